@@ -1,0 +1,326 @@
+"""The flp2p Flower App: a ServerApp and a ClientApp on Flower's Message API.
+
+The same code runs in three places:
+
+* ``python -m flp2p.simulate`` builds both apps with :func:`make_server_app` and
+  :func:`make_client_app` around validated :class:`~flp2p.config.RunSettings` and runs
+  them on Flower's simulation engine;
+* ``flwr run .`` loads the module-level :data:`server_app` and :data:`client_app`,
+  which compose the settings from the app's run config (``[tool.flwr.app.config]``);
+* the peer runtime starts the ClientApp under a Flower SuperNode.
+
+Each training reply carries the model (``arrays``), metrics with ``num-examples`` and
+an ``identity`` record — the client's persistent Ed25519 identity and its signature
+over (federation, round, SHA-256 of the update) — so that aggregation can attribute,
+weigh and reward every contribution (see :mod:`strategies.records`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from flp2p.config import RunSettings, build_strategy, compose
+from flp2p.data import ArrayDataset, client_partition, load_dataset
+from flp2p.models import build_model, evaluate, get_weights, set_weights, train
+from flp2p.reporting import RunReporter
+from strategies.records import (
+    ARRAYS_KEY,
+    IDENTITY_ID,
+    IDENTITY_KEY,
+    IDENTITY_PUBLIC_KEY,
+    IDENTITY_SIGNATURE,
+    METRICS_KEY,
+    NUM_EXAMPLES_KEY,
+    contribution_message,
+    update_sha256,
+)
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY = "config"
+"""Key of the ConfigRecord in instructions (Flower's default)."""
+PartitionTable = tuple[np.ndarray, ...]
+
+
+def arrays_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """Named numpy arrays as a Flower ArrayRecord (order preserved)."""
+    return ArrayRecord({name: Array(np.asarray(a)) for name, a in arrays.items()})
+
+
+def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """A Flower ArrayRecord as named numpy arrays (order preserved)."""
+    return {name: record[name].numpy() for name in record}
+
+
+def federation_name(settings: RunSettings) -> str:
+    """The federation id a simulated run signs its contributions for."""
+    return f"simulation/{settings.dataset}/{settings.seed}"
+
+
+def simulated_signing_key(seed: int, partition_id: int) -> Ed25519PrivateKey:
+    """A deterministic Ed25519 key per (seed, partition): stable simulated identity.
+
+    Flower's node ids change with every registration; flp2p keys reputation by the
+    public key, so the same partition must keep the same key across rounds and runs.
+    """
+    secret = hashlib.sha256(f"flp2p/simulation/{seed}/{partition_id}".encode())
+    return Ed25519PrivateKey.from_private_bytes(secret.digest())
+
+
+def identity_record(
+    key: Ed25519PrivateKey, federation: str, server_round: int, digest: str
+) -> ConfigRecord:
+    """The reply's ``identity`` record: node id, public key, contribution signature."""
+    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    signature = key.sign(contribution_message(federation, server_round, digest))
+    return ConfigRecord(
+        {
+            IDENTITY_ID: hashlib.sha256(public).hexdigest(),
+            IDENTITY_PUBLIC_KEY: public,
+            IDENTITY_SIGNATURE: signature,
+        }
+    )
+
+
+def initial_model(settings: RunSettings) -> torch.nn.Module:
+    """The global model of round 0, identical for a given seed."""
+    data = load_dataset(settings.dataset, settings.data_dir)
+    torch.manual_seed(settings.seed)
+    return build_model(data.image_shape, data.num_classes)
+
+
+# --------------------------------------------------------------------------- client
+
+
+def _client_data(
+    settings: RunSettings, context: Context, partitions: PartitionTable | None
+) -> tuple[int, ArrayDataset]:
+    partition_id = int(context.node_config["partition-id"])
+    num_partitions = int(context.node_config.get("num-partitions", settings.clients))
+    if partitions is not None:
+        data = load_dataset(settings.dataset, settings.data_dir)
+        return partition_id, data.train.subset(partitions[partition_id])
+    return partition_id, client_partition(
+        settings.dataset,
+        partition_id,
+        num_partitions,
+        settings.partition_scheme,
+        settings.alpha,
+        settings.seed,
+        settings.data_dir,
+    )
+
+
+def _number(config: ConfigRecord, key: str, default: float) -> float:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"instruction field {key!r} must be a number, got {value!r}")
+    return float(value)
+
+
+def client_train(
+    msg: Message,
+    context: Context,
+    settings: RunSettings,
+    partitions: PartitionTable | None = None,
+) -> Message:
+    """Train the received global model on this client's partition; sign the result."""
+    torch.set_num_threads(1)  # one Ray CPU per virtual client
+    partition_id, local = _client_data(settings, context, partitions)
+    config = msg.content.config_records[CONFIG_KEY]
+    server_round = int(_number(config, "server-round", 0))
+    data = load_dataset(settings.dataset, settings.data_dir)
+    model = build_model(data.image_shape, data.num_classes)
+    set_weights(model, record_to_arrays(msg.content.array_records[ARRAYS_KEY]))
+    result = train(
+        model,
+        local.images,
+        local.labels,
+        epochs=int(_number(config, "epochs", settings.train.epochs)),
+        batch_size=int(_number(config, "batch-size", settings.train.batch_size)),
+        lr=_number(config, "lr", settings.train.lr),
+        momentum=_number(config, "momentum", settings.train.momentum),
+        seed=settings.seed * 1_000_003 + server_round * 1_009 + partition_id,
+    )
+    arrays = get_weights(model)
+    federation = str(config.get("federation", federation_name(settings)))
+    key = simulated_signing_key(settings.seed, partition_id)
+    content = RecordDict(
+        {
+            ARRAYS_KEY: arrays_to_record(arrays),
+            METRICS_KEY: MetricRecord(
+                {
+                    NUM_EXAMPLES_KEY: result.num_examples,
+                    "train-loss-before": result.loss_before,
+                    "train-loss": result.loss_after,
+                }
+            ),
+            IDENTITY_KEY: identity_record(
+                key, federation, server_round, update_sha256(arrays)
+            ),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def client_evaluate(
+    msg: Message,
+    context: Context,
+    settings: RunSettings,
+    partitions: PartitionTable | None = None,
+) -> Message:
+    """Evaluate the received global model on this client's partition."""
+    torch.set_num_threads(1)
+    _, local = _client_data(settings, context, partitions)
+    data = load_dataset(settings.dataset, settings.data_dir)
+    model = build_model(data.image_shape, data.num_classes)
+    set_weights(model, record_to_arrays(msg.content.array_records[ARRAYS_KEY]))
+    loss, accuracy = evaluate(model, local.images, local.labels)
+    metrics = MetricRecord(
+        {NUM_EXAMPLES_KEY: len(local), "eval-loss": loss, "eval-accuracy": accuracy}
+    )
+    return Message(content=RecordDict({METRICS_KEY: metrics}), reply_to=msg)
+
+
+def make_client_app(
+    settings: RunSettings | None = None, partitions: PartitionTable | None = None
+) -> ClientApp:
+    """A ClientApp bound to ``settings`` (or composing them from the run config).
+
+    ``partitions`` (one index array per client) may be computed once by the driver
+    and shipped with the app, so virtual clients do not each recompute the split.
+    """
+    app = ClientApp()
+
+    def resolve(context: Context) -> RunSettings:
+        return settings or settings_from_run_config(context.run_config)
+
+    @app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        return client_train(msg, context, resolve(context), partitions)
+
+    @app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        return client_evaluate(msg, context, resolve(context), partitions)
+
+    return app
+
+
+# --------------------------------------------------------------------------- server
+
+
+def central_evaluator(
+    settings: RunSettings, on_round: Callable[[int, float, float], None] | None = None
+) -> Callable[[int, ArrayRecord], MetricRecord]:
+    """``evaluate_fn`` for :meth:`Strategy.start`: global model on the test set."""
+    data = load_dataset(settings.dataset, settings.data_dir)
+    model = build_model(data.image_shape, data.num_classes)
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        set_weights(model, record_to_arrays(arrays))
+        loss, accuracy = evaluate(model, data.test.images, data.test.labels)
+        if on_round is not None:
+            on_round(server_round, accuracy, loss)
+        return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+    return evaluate_fn
+
+
+def run_server(
+    grid: Grid, settings: RunSettings, output_dir: Path, strategy: Any = None
+) -> dict[str, Any]:
+    """Run the federation from the ServerApp and write its results.
+
+    Returns the summary that is also written to ``summary.json``.
+    """
+    strategy = strategy if strategy is not None else build_strategy(settings)
+    model = initial_model(settings)
+    title = (
+        f"{settings.strategy_name} · {settings.dataset} · {settings.clients} clients"
+    )
+    reporter = RunReporter(
+        output_dir,
+        settings.rounds,
+        title=title,
+        show_progress=settings.progress,
+        plot=settings.plot,
+    )
+    reporter.extra_summary.update(
+        {
+            "strategy": settings.strategy_name,
+            "attack": settings.attack_name,
+            "privacy": str(settings.privacy.get("name", "none")),
+            "dataset": settings.dataset,
+            "clients": settings.clients,
+            "seed": settings.seed,
+        }
+    )
+    train_config = ConfigRecord(
+        {
+            "epochs": settings.train.epochs,
+            "batch-size": settings.train.batch_size,
+            "lr": settings.train.lr,
+            "momentum": settings.train.momentum,
+            "federation": federation_name(settings),
+        }
+    )
+    with reporter:
+        strategy.start(
+            grid=grid,
+            initial_arrays=arrays_to_record(get_weights(model)),
+            num_rounds=settings.rounds,
+            train_config=train_config,
+            evaluate_fn=central_evaluator(settings, reporter.round_done),
+        )
+    return reporter.summary("completed")
+
+
+def make_server_app(settings: RunSettings | None, output_dir: Path | None) -> ServerApp:
+    """A ServerApp bound to ``settings`` (or composing them from the run config)."""
+    app = ServerApp()
+
+    @app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        resolved = settings or settings_from_run_config(context.run_config)
+        target = output_dir or Path(
+            str(context.run_config.get("output-dir", "outputs/flwr-run"))
+        )
+        run_server(grid, resolved, target)
+
+    return app
+
+
+def settings_from_run_config(run_config: Mapping[str, Any]) -> RunSettings:
+    """Compose settings from a Flower run config (``flwr run . -c 'rounds=3'``).
+
+    Each key of the run config other than ``output-dir`` becomes a Hydra override,
+    so ``strategy="fedmedian"`` selects ``conf/strategy/fedmedian.yaml``.
+    """
+    overrides = [f"{k}={v}" for k, v in run_config.items() if k != "output-dir"]
+    return RunSettings.from_config(compose(overrides))
+
+
+server_app = make_server_app(None, None)
+"""ServerApp for ``flwr run .`` (settings from the run config)."""
+client_app = make_client_app(None)
+"""ClientApp for ``flwr run .`` and for SuperNodes started by the peer runtime."""

@@ -1,0 +1,244 @@
+"""Experiment settings: one typed, validated view of the composed Hydra config.
+
+The Hydra config (``conf/``) is composed once, by ``python -m flp2p.simulate`` or, when
+the project runs as a Flower App (``flwr run .``), from the app's run config. Either
+way it becomes a frozen :class:`RunSettings` that ServerApp and ClientApp share, so
+every bad value is caught before any training starts, with a message naming the fix.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from flp2p.data import DATASETS, PARTITION_SCHEMES
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+"""The Hydra config directory of a source checkout (``conf/`` beside the package)."""
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Local training hyper-parameters of every client."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a federation run needs, validated."""
+
+    rounds: int
+    clients: int
+    seed: int
+    dataset: str
+    data_dir: str | None
+    partition_scheme: str
+    alpha: float
+    fraction_train: float
+    fraction_evaluate: float
+    train: TrainSettings
+    strategy: Mapping[str, Any]
+    attack: Mapping[str, Any]
+    privacy: Mapping[str, Any]
+    cpus_per_client: float = 1.0
+    num_cpus: int | None = None
+    plot: bool = True
+    progress: bool = True
+
+    @property
+    def strategy_name(self) -> str:
+        """Name of the strategy config (``strategy.name``)."""
+        return str(self.strategy.get("name", "custom"))
+
+    @property
+    def attack_name(self) -> str:
+        """Name of the attack config (``attack.name``)."""
+        return str(self.attack.get("name", "none"))
+
+    @property
+    def num_malicious(self) -> int:
+        """How many clients the attack controls (``round(fraction × clients)``)."""
+        if self.attack_name == "none":
+            return 0
+        return math.floor(float(self.attack.get("fraction", 0.0)) * self.clients)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
+        """Validate a composed config and freeze it.
+
+        Raises
+        ------
+        ConfigError
+            On the first invalid value, naming the key.
+        """
+        if isinstance(cfg, DictConfig):
+            container = OmegaConf.to_container(cfg, resolve=True)
+            assert isinstance(container, dict)
+            plain = {str(key): value for key, value in container.items()}
+        else:
+            plain = dict(cfg)
+        return _settings_from_plain(plain)
+
+
+def _settings_from_plain(cfg: dict[str, Any]) -> RunSettings:
+    train_cfg = dict(cfg.get("train") or {})
+    partition = dict(cfg.get("partition") or {})
+    dataset = dict(cfg.get("dataset") or {})
+    simulation = dict(cfg.get("simulation") or {})
+    output = dict(cfg.get("output") or {})
+    settings = RunSettings(
+        rounds=_int(cfg, "rounds", minimum=1),
+        clients=_int(cfg, "clients", minimum=1),
+        seed=_int(cfg, "seed", minimum=0),
+        dataset=str(dataset.get("name", "fmnist")),
+        data_dir=dataset.get("data_dir"),
+        partition_scheme=str(partition.get("scheme", "dirichlet")),
+        alpha=float(partition.get("alpha", 0.5)),
+        fraction_train=float(cfg.get("fraction_train", 1.0)),
+        fraction_evaluate=float(cfg.get("fraction_evaluate", 0.0)),
+        train=TrainSettings(
+            epochs=_int(train_cfg, "epochs", minimum=1, prefix="train."),
+            batch_size=_int(train_cfg, "batch_size", minimum=1, prefix="train."),
+            lr=float(train_cfg.get("lr", 0.05)),
+            momentum=float(train_cfg.get("momentum", 0.9)),
+        ),
+        strategy=dict(cfg.get("strategy") or {"name": "fedavg"}),
+        attack=dict(cfg.get("attack") or {"name": "none"}),
+        privacy=dict(cfg.get("privacy") or {"name": "none"}),
+        cpus_per_client=float(simulation.get("cpus_per_client", 1)),
+        num_cpus=simulation.get("num_cpus"),
+        plot=bool(output.get("plot", True)),
+        progress=bool(output.get("progress", True)),
+    )
+    _check(settings)
+    return settings
+
+
+def _int(cfg: Mapping[str, Any], key: str, minimum: int, prefix: str = "") -> int:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{prefix}{key} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{prefix}{key} must be ≥ {minimum}, got {value}")
+    return value
+
+
+def _check(s: RunSettings) -> None:
+    if s.dataset not in DATASETS:
+        raise ConfigError(
+            f"unknown dataset {s.dataset!r}: choose one of {', '.join(DATASETS)}"
+        )
+    if s.partition_scheme not in PARTITION_SCHEMES:
+        raise ConfigError(
+            f"partition.scheme must be one of {', '.join(PARTITION_SCHEMES)}, "
+            f"got {s.partition_scheme!r}"
+        )
+    if not s.alpha > 0:
+        raise ConfigError(f"partition.alpha must be > 0, got {s.alpha}")
+    for key, value in (
+        ("fraction_train", s.fraction_train),
+        ("fraction_evaluate", s.fraction_evaluate),
+    ):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key} must lie in [0, 1], got {value}")
+    if s.fraction_train == 0.0:
+        raise ConfigError("fraction_train must be > 0: nobody would train")
+    if not s.train.lr > 0:
+        raise ConfigError(f"train.lr must be > 0, got {s.train.lr}")
+    if not 0.0 <= s.train.momentum < 1.0:
+        raise ConfigError(f"train.momentum must lie in [0, 1), got {s.train.momentum}")
+    if s.cpus_per_client <= 0:
+        raise ConfigError("simulation.cpus_per_client must be > 0")
+    fraction = float(s.attack.get("fraction", 0.0))
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"attack.fraction must lie in [0, 1), got {fraction}")
+    if "_target_" not in s.strategy:
+        raise ConfigError(
+            f"strategy {s.strategy_name!r} has no _target_: name the strategy class "
+            "in conf/strategy/<name>.yaml"
+        )
+
+
+def compose(overrides: Sequence[str] = (), config_dir: Path = CONF_DIR) -> DictConfig:
+    """Compose ``conf/config.yaml`` with Hydra overrides, outside ``@hydra.main``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if not config_dir.is_dir():
+        raise ConfigError(f"config directory {config_dir} not found")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir)):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def build_strategy(settings: RunSettings, **extra: Any) -> Any:
+    """Instantiate ``strategy._target_`` with the run's sampling arguments.
+
+    Arguments the class accepts and the config leaves unset are filled from the run:
+    ``fraction_train``, ``fraction_evaluate``, ``min_available_nodes`` (all clients,
+    so that no round starts before every virtual client registered),
+    ``num_malicious_nodes`` (the attack's count), and for Multi-Krum
+    ``num_nodes_to_select`` (n − f). ``extra`` is passed to the constructor as is
+    (e.g. a recorder), when the class accepts it.
+    """
+    from hydra.utils import get_class
+
+    params = {k: v for k, v in settings.strategy.items() if k not in {"name"}}
+    target = params.pop("_target_")
+    try:
+        cls = get_class(target)
+    except Exception as err:  # Hydra wraps import errors in several types
+        raise ConfigError(
+            f"strategy {settings.strategy_name!r}: cannot import {target!r} ({err})"
+        ) from None
+    accepted = inspect.signature(cls).parameters
+    f = settings.num_malicious
+    defaults: dict[str, Any] = {
+        "fraction_train": settings.fraction_train,
+        "fraction_evaluate": settings.fraction_evaluate,
+        "min_available_nodes": settings.clients,
+        "min_train_nodes": max(
+            1, math.ceil(settings.fraction_train * settings.clients)
+        ),
+        "min_evaluate_nodes": 0 if settings.fraction_evaluate == 0 else 1,
+        "num_malicious_nodes": f,
+        "num_nodes_to_select": max(1, settings.clients - f),
+    }
+    for key, value in {**defaults, **extra}.items():
+        if key in accepted and key not in params:
+            params[key] = value
+    unknown = sorted(set(params) - set(accepted))
+    if unknown and not any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()
+    ):
+        raise ConfigError(
+            f"strategy {settings.strategy_name!r}: {cls.__name__} takes no "
+            f"argument(s) {', '.join(unknown)}"
+        )
+    # Flower warns when fraction_evaluate is 0; here that is the configured choice
+    # (central evaluation runs every round), so keep the console for real problems.
+    flwr_logger = logging.getLogger("flwr")
+    previous_level = flwr_logger.level
+    flwr_logger.setLevel(max(previous_level, logging.ERROR))
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"strategy {settings.strategy_name!r}: {err}") from None
+    finally:
+        flwr_logger.setLevel(previous_level)

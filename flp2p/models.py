@@ -1,0 +1,132 @@
+"""Models and the local training/evaluation loops that every client runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    """Two 3×3 conv blocks and a small classifier head.
+
+    Sized for 2-core CPUs: about 0.1 M parameters on 28×28 inputs, one Fashion-MNIST
+    epoch over 60,000 images in seconds, yet above 85 % test accuracy when federated.
+    GroupNorm rather than BatchNorm, so that Opacus' per-sample gradients apply
+    without surgery and small non-IID batches do not skew running statistics.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        num_classes: int = 10,
+        width: int = 16,
+    ) -> None:
+        super().__init__()
+        channels, height, width_px = image_shape
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.GroupNorm(4, width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.GroupNorm(4, 2 * width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        flat = 2 * width * (height // 4) * (width_px // 4)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(flat, 64), nn.ReLU(), nn.Linear(64, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def build_model(image_shape: tuple[int, int, int], num_classes: int) -> SmallCNN:
+    """The model every participant of a federation trains (same seed, same init)."""
+    return SmallCNN(image_shape, num_classes)
+
+
+def get_weights(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's state as named numpy arrays (copies)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def set_weights(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
+    """Load named numpy arrays into ``model``; names and shapes must match."""
+    state = {k: torch.from_numpy(np.asarray(v).copy()) for k, v in arrays.items()}
+    model.load_state_dict(state, strict=True)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one local training run reports."""
+
+    num_examples: int
+    loss_before: float
+    loss_after: float
+    steps: int
+
+
+def batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Mini-batches as tensors, shuffled when ``rng`` is given."""
+    order = rng.permutation(len(labels)) if rng is not None else np.arange(len(labels))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        yield torch.from_numpy(images[idx]), torch.from_numpy(labels[idx])
+
+
+def train(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.9,
+    seed: int = 0,
+) -> TrainResult:
+    """Plain SGD with momentum for ``epochs`` local epochs."""
+    if len(labels) == 0:
+        raise ValueError("cannot train on an empty partition")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    criterion = nn.CrossEntropyLoss()
+    loss_before = evaluate(model, images, labels, batch_size=512)[0]
+    model.train()
+    steps = 0
+    for _ in range(epochs):
+        for x, y in batches(images, labels, batch_size, rng):
+            optimizer.zero_grad()
+            criterion(model(x), y).backward()
+            optimizer.step()
+            steps += 1
+    loss_after = evaluate(model, images, labels, batch_size=512)[0]
+    return TrainResult(len(labels), loss_before, loss_after, steps)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int = 512
+) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` on the given examples."""
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    total_loss, correct = 0.0, 0
+    for x, y in batches(images, labels, batch_size):
+        logits = model(x)
+        total_loss += float(criterion(logits, y))
+        correct += int((logits.argmax(dim=1) == y).sum())
+    n = max(len(labels), 1)
+    return total_loss / n, correct / n

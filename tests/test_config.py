@@ -1,0 +1,99 @@
+"""Every config option composes; bad values stop with one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flp2p.config import CONF_DIR, ConfigError, RunSettings, build_strategy, compose
+from flp2p.simulate import CONFIG_GROUPS, check_group_choices
+
+GROUP_OPTIONS = [
+    (group, path.stem)
+    for group in CONFIG_GROUPS
+    for path in sorted((CONF_DIR / group).glob("*.yaml"))
+]
+
+
+def test_every_group_has_options() -> None:
+    assert {group for group, _ in GROUP_OPTIONS} == set(CONFIG_GROUPS)
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
+def test_every_option_composes_and_builds(group: str, option: str) -> None:
+    overrides = [f"{group}={option}", "clients=20"]
+    if group == "attack" and option != "none":
+        overrides.append("attack.fraction=0.2")
+    settings = RunSettings.from_config(compose(overrides))
+    strategy = build_strategy(settings)
+    assert strategy.min_available_nodes == 20
+    if group == "strategy":
+        assert settings.strategy_name == option
+
+
+def test_defaults_are_the_documented_federation() -> None:
+    settings = RunSettings.from_config(compose([]))
+    assert (settings.dataset, settings.clients) == ("fmnist", 20)
+    assert (settings.partition_scheme, settings.alpha) == ("dirichlet", 0.5)
+    assert settings.strategy_name == "fedavg"
+
+
+def test_robust_baselines_get_the_attack_count() -> None:
+    settings = RunSettings.from_config(
+        compose(["strategy=flwr_multikrum", "clients=10"])
+    )
+    assert build_strategy(settings).num_malicious_nodes == 0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("rounds=0", "rounds must be ≥ 1"),
+        ("clients=-3", "clients must be ≥ 1"),
+        ("rounds=1.5", "rounds must be an integer"),
+        ("partition.alpha=0", "alpha must be > 0"),
+        ("partition.scheme=shards", "partition.scheme must be one of"),
+        ("fraction_train=1.5", "fraction_train must lie in"),
+        ("train.lr=-1", "train.lr must be > 0"),
+        ("+strategy.bogus=1", "takes no argument"),
+    ],
+)
+def test_invalid_values_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_strategy(RunSettings.from_config(compose([override])))
+
+
+def test_unknown_group_option_is_named_with_the_choices() -> None:
+    with pytest.raises(ConfigError, match="unknown strategy 'nope': choose one of"):
+        check_group_choices(["strategy=fedavg,nope"])
+    check_group_choices(["strategy=fedavg,fedmedian", "seed=0,1", "rounds=3"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["strategy=nope"], "unknown strategy 'nope'"),
+        (["rounds=0"], "rounds must be ≥ 1"),
+        (["dataset.data_dir=/nonexistent"], "Fashion-MNIST not found in /nonexistent"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_leaves_nothing(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "flp2p.simulate", *args, f"hydra.run.dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not run_dir.exists()
