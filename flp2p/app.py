@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,17 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from flp2p.config import RunSettings, build_strategy, compose
+from flp2p.attacks import Attack, AttackContext, build_attack, malicious_partitions
+from flp2p.config import RunSettings, TrainSettings, build_strategy, compose
 from flp2p.data import ArrayDataset, client_partition, load_dataset
-from flp2p.models import build_model, evaluate, get_weights, set_weights, train
+from flp2p.models import (
+    TrainResult,
+    build_model,
+    evaluate,
+    get_weights,
+    set_weights,
+    train,
+)
 from flp2p.reporting import RunReporter
 from strategies.records import (
     ARRAYS_KEY,
@@ -112,15 +121,16 @@ def initial_model(settings: RunSettings) -> torch.nn.Module:
 # --------------------------------------------------------------------------- client
 
 
-def _client_data(
-    settings: RunSettings, context: Context, partitions: PartitionTable | None
-) -> tuple[int, ArrayDataset]:
-    partition_id = int(context.node_config["partition-id"])
-    num_partitions = int(context.node_config.get("num-partitions", settings.clients))
+def _partition(
+    settings: RunSettings,
+    partition_id: int,
+    num_partitions: int,
+    partitions: PartitionTable | None,
+) -> ArrayDataset:
     if partitions is not None:
         data = load_dataset(settings.dataset, settings.data_dir)
-        return partition_id, data.train.subset(partitions[partition_id])
-    return partition_id, client_partition(
+        return data.train.subset(partitions[partition_id])
+    return client_partition(
         settings.dataset,
         partition_id,
         num_partitions,
@@ -131,11 +141,119 @@ def _client_data(
     )
 
 
+def _client_data(
+    settings: RunSettings, context: Context, partitions: PartitionTable | None
+) -> tuple[int, ArrayDataset]:
+    partition_id = int(context.node_config["partition-id"])
+    num_partitions = int(context.node_config.get("num-partitions", settings.clients))
+    return partition_id, _partition(settings, partition_id, num_partitions, partitions)
+
+
 def _number(config: ConfigRecord, key: str, default: float) -> float:
     value = config.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"instruction field {key!r} must be a number, got {value!r}")
     return float(value)
+
+
+def flatten(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Concatenate named arrays into one float64 vector (insertion order)."""
+    return np.concatenate(
+        [np.asarray(a, dtype=np.float64).ravel() for a in arrays.values()]
+    )
+
+
+def unflatten(
+    vector: np.ndarray, like: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Split ``vector`` back into arrays shaped and typed like ``like``."""
+    out, offset = {}, 0
+    for name, array in like.items():
+        out[name] = (
+            vector[offset : offset + array.size]
+            .reshape(array.shape)
+            .astype(array.dtype)
+        )
+        offset += array.size
+    return out
+
+
+@dataclass(frozen=True)
+class LocalTask:
+    """One round's instruction to a client, as received."""
+
+    server_round: int
+    global_arrays: dict[str, np.ndarray]
+    train: TrainSettings
+    federation: str
+
+    @classmethod
+    def from_message(cls, msg: Message, settings: RunSettings) -> LocalTask:
+        config = msg.content.config_records[CONFIG_KEY]
+        defaults = settings.train
+        return cls(
+            server_round=int(_number(config, "server-round", 0)),
+            global_arrays=record_to_arrays(msg.content.array_records[ARRAYS_KEY]),
+            train=TrainSettings(
+                epochs=int(_number(config, "epochs", defaults.epochs)),
+                batch_size=int(_number(config, "batch-size", defaults.batch_size)),
+                lr=_number(config, "lr", defaults.lr),
+                momentum=_number(config, "momentum", defaults.momentum),
+            ),
+            federation=str(config.get("federation", federation_name(settings))),
+        )
+
+
+def train_locally(
+    settings: RunSettings, task: LocalTask, local: ArrayDataset, partition_id: int
+) -> tuple[dict[str, np.ndarray], TrainResult]:
+    """Train the task's global model on ``local``; return new weights and stats."""
+    data = load_dataset(settings.dataset, settings.data_dir)
+    model = build_model(data.image_shape, data.num_classes)
+    set_weights(model, task.global_arrays)
+    result = train(
+        model,
+        local.images,
+        local.labels,
+        epochs=task.train.epochs,
+        batch_size=task.train.batch_size,
+        lr=task.train.lr,
+        momentum=task.train.momentum,
+        seed=settings.seed * 1_000_003 + task.server_round * 1_009 + partition_id,
+    )
+    return get_weights(model), result
+
+
+_BENIGN_CACHE: dict[tuple[int, str, int], np.ndarray] = {}
+
+
+def colluders_benign_deltas(
+    settings: RunSettings,
+    task: LocalTask,
+    colluders: frozenset[int],
+    partitions: PartitionTable | None,
+) -> np.ndarray:
+    """Benign updates of every malicious partition (the attackers' shared knowledge).
+
+    Cached per worker process and round, so that the attackers one Ray worker hosts
+    train each colluding partition once rather than once per attacker.
+    """
+    round_key = update_sha256(task.global_arrays)
+    for stale in [k for k in _BENIGN_CACHE if k[1] != round_key]:
+        del _BENIGN_CACHE[stale]
+    global_vector = flatten(task.global_arrays)
+    rows = []
+    for pid in sorted(colluders):
+        key = (task.server_round, round_key, pid)
+        if key not in _BENIGN_CACHE:
+            local = _partition(settings, pid, settings.clients, partitions)
+            arrays, _ = train_locally(settings, task, local, pid)
+            _BENIGN_CACHE[key] = flatten(arrays) - global_vector
+        rows.append(_BENIGN_CACHE[key])
+    return np.stack(rows)
+
+
+PREVIOUS_DELTA_KEY = "flp2p-attack-previous"
 
 
 def client_train(
@@ -144,43 +262,74 @@ def client_train(
     settings: RunSettings,
     partitions: PartitionTable | None = None,
 ) -> Message:
-    """Train the received global model on this client's partition; sign the result."""
+    """Train the received global model on this client's partition; sign the result.
+
+    A client the configured attack controls poisons its data and/or its update here
+    (see :mod:`flp2p.attacks`); honest clients are untouched by that code path.
+    """
     torch.set_num_threads(1)  # one Ray CPU per virtual client
     partition_id, local = _client_data(settings, context, partitions)
-    config = msg.content.config_records[CONFIG_KEY]
-    server_round = int(_number(config, "server-round", 0))
-    data = load_dataset(settings.dataset, settings.data_dir)
-    model = build_model(data.image_shape, data.num_classes)
-    set_weights(model, record_to_arrays(msg.content.array_records[ARRAYS_KEY]))
-    result = train(
-        model,
-        local.images,
-        local.labels,
-        epochs=int(_number(config, "epochs", settings.train.epochs)),
-        batch_size=int(_number(config, "batch-size", settings.train.batch_size)),
-        lr=_number(config, "lr", settings.train.lr),
-        momentum=_number(config, "momentum", settings.train.momentum),
-        seed=settings.seed * 1_000_003 + server_round * 1_009 + partition_id,
+    task = LocalTask.from_message(msg, settings)
+    colluders = malicious_partitions(
+        settings.clients, float(settings.attack.get("fraction", 0.0)), settings.seed
     )
-    arrays = get_weights(model)
-    federation = str(config.get("federation", federation_name(settings)))
+    attack = build_attack(settings.attack) if partition_id in colluders else None
+    num_classes = load_dataset(settings.dataset, settings.data_dir).num_classes
+    if attack is not None:
+        images, labels = attack.poison_data(local.images, local.labels, num_classes)
+        local = ArrayDataset(images, labels)
+    arrays, result = train_locally(settings, task, local, partition_id)
+    num_examples = result.num_examples
+    if attack is not None:
+        arrays = _attack_update(
+            attack, arrays, task, context, settings, colluders, partitions
+        )
+        num_examples = attack.claimed_examples(num_examples)
     key = simulated_signing_key(settings.seed, partition_id)
     content = RecordDict(
         {
             ARRAYS_KEY: arrays_to_record(arrays),
             METRICS_KEY: MetricRecord(
                 {
-                    NUM_EXAMPLES_KEY: result.num_examples,
+                    NUM_EXAMPLES_KEY: num_examples,
                     "train-loss-before": result.loss_before,
                     "train-loss": result.loss_after,
                 }
             ),
             IDENTITY_KEY: identity_record(
-                key, federation, server_round, update_sha256(arrays)
+                key, task.federation, task.server_round, update_sha256(arrays)
             ),
         }
     )
     return Message(content=content, reply_to=msg)
+
+
+def _attack_update(
+    attack: Attack,
+    arrays: dict[str, np.ndarray],
+    task: LocalTask,
+    context: Context,
+    settings: RunSettings,
+    colluders: frozenset[int],
+    partitions: PartitionTable | None,
+) -> dict[str, np.ndarray]:
+    global_vector = flatten(task.global_arrays)
+    previous = context.state.array_records.get(PREVIOUS_DELTA_KEY)
+    attack_ctx = AttackContext(
+        honest_delta=flatten(arrays) - global_vector,
+        benign_deltas=lambda: colluders_benign_deltas(
+            settings, task, colluders, partitions
+        ),
+        num_malicious=len(colluders),
+        num_clients=settings.clients,
+        rng=np.random.default_rng([settings.seed, task.server_round, len(arrays)]),
+        previous_delta=None
+        if previous is None
+        else flatten(record_to_arrays(previous)),
+    )
+    delta = attack.poison_update(attack_ctx)
+    context.state[PREVIOUS_DELTA_KEY] = arrays_to_record({"delta": delta})
+    return unflatten(global_vector + delta, task.global_arrays)
 
 
 def client_evaluate(

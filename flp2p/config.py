@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from flp2p.attacks import build_attack
 from flp2p.data import DATASETS, PARTITION_SCHEMES
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -167,6 +168,10 @@ def _check(s: RunSettings) -> None:
     fraction = float(s.attack.get("fraction", 0.0))
     if not 0.0 <= fraction < 1.0:
         raise ConfigError(f"attack.fraction must lie in [0, 1), got {fraction}")
+    try:
+        build_attack(s.attack)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"attack {s.attack_name!r}: {err}") from None
     if "_target_" not in s.strategy:
         raise ConfigError(
             f"strategy {s.strategy_name!r} has no _target_: name the strategy class "
