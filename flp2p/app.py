@@ -33,12 +33,14 @@ from flwr.app import (
     ArrayRecord,
     ConfigRecord,
     Context,
+    Error,
     Message,
     MetricRecord,
     RecordDict,
 )
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
+from opacus.accountants import IAccountant
 
 from flp2p.attacks import Attack, AttackContext, build_attack, malicious_partitions
 from flp2p.config import RunSettings, TrainSettings, build_strategy, compose
@@ -50,6 +52,15 @@ from flp2p.models import (
     get_weights,
     set_weights,
     train,
+)
+from flp2p.privacy import (
+    ACCOUNTANT_STATE_KEY,
+    DPSGDSettings,
+    PrivacyBudgetExceeded,
+    load_accountant,
+    planned_noise_multiplier,
+    save_accountant,
+    train_dpsgd,
 )
 from flp2p.reporting import RunReporter
 from strategies.records import (
@@ -66,6 +77,8 @@ from strategies.records import (
 
 log = logging.getLogger(__name__)
 
+BUDGET_EXHAUSTED = 4_001
+"""Error code of a reply from a client whose privacy budget is spent."""
 CONFIG_KEY = "config"
 """Key of the ConfigRecord in instructions (Flower's default)."""
 PartitionTable = tuple[np.ndarray, ...]
@@ -205,23 +218,70 @@ class LocalTask:
 
 
 def train_locally(
-    settings: RunSettings, task: LocalTask, local: ArrayDataset, partition_id: int
+    settings: RunSettings,
+    task: LocalTask,
+    local: ArrayDataset,
+    partition_id: int,
+    private: PrivateTraining | None = None,
 ) -> tuple[dict[str, np.ndarray], TrainResult]:
-    """Train the task's global model on ``local``; return new weights and stats."""
+    """Train the task's global model on ``local``; return new weights and stats.
+
+    With ``private`` the client trains with DP-SGD and its accountant accumulates
+    the spend (raising :class:`PrivacyBudgetExceeded` before a round over budget).
+    """
     data = load_dataset(settings.dataset, settings.data_dir)
     model = build_model(data.image_shape, data.num_classes)
     set_weights(model, task.global_arrays)
-    result = train(
-        model,
-        local.images,
-        local.labels,
-        epochs=task.train.epochs,
-        batch_size=task.train.batch_size,
-        lr=task.train.lr,
-        momentum=task.train.momentum,
-        seed=settings.seed * 1_000_003 + task.server_round * 1_009 + partition_id,
-    )
+    hyper = task.train
+    seed = settings.seed * 1_000_003 + task.server_round * 1_009 + partition_id
+    if private is None:
+        result = train(
+            model,
+            local.images,
+            local.labels,
+            epochs=hyper.epochs,
+            batch_size=hyper.batch_size,
+            lr=hyper.lr,
+            momentum=hyper.momentum,
+            seed=seed,
+        )
+    else:
+        result = train_dpsgd(
+            model,
+            local.images,
+            local.labels,
+            epochs=hyper.epochs,
+            batch_size=hyper.batch_size,
+            lr=hyper.lr,
+            momentum=hyper.momentum,
+            seed=seed,
+            noise_multiplier=planned_noise_multiplier(
+                private.settings,
+                len(local),
+                hyper.batch_size,
+                hyper.epochs,
+                settings.rounds,
+            ),
+            max_grad_norm=private.settings.max_grad_norm,
+            accountant=private.accountant,
+            epsilon_budget=private.settings.budget,
+            delta=private.settings.delta,
+            secure_mode=private.settings.secure_mode,
+        )
     return get_weights(model), result
+
+
+@dataclass(frozen=True)
+class PrivateTraining:
+    """A DP-SGD client's settings and its cross-round accountant."""
+
+    settings: DPSGDSettings
+    accountant: IAccountant
+
+    @property
+    def epsilon(self) -> float:
+        """ε spent so far at the configured δ."""
+        return float(self.accountant.get_epsilon(delta=self.settings.delta))
 
 
 _BENIGN_CACHE: dict[tuple[int, str, int], np.ndarray] = {}
@@ -278,30 +338,51 @@ def client_train(
     if attack is not None:
         images, labels = attack.poison_data(local.images, local.labels, num_classes)
         local = ArrayDataset(images, labels)
-    arrays, result = train_locally(settings, task, local, partition_id)
+    private = _private_training(settings, context)
+    try:
+        arrays, result = train_locally(settings, task, local, partition_id, private)
+    except PrivacyBudgetExceeded as exhausted:
+        log.warning("client %d stops participating: %s", partition_id, exhausted)
+        return Message(
+            Error(code=BUDGET_EXHAUSTED, reason=str(exhausted)), reply_to=msg
+        )
+    metrics: dict[str, int | float | list[int] | list[float]] = {
+        "train-loss-before": result.loss_before,
+        "train-loss": result.loss_after,
+    }
+    if private is not None:
+        context.state[ACCOUNTANT_STATE_KEY] = save_accountant(private.accountant)
+        metrics.update(
+            {"dp-epsilon": private.epsilon, "dp-delta": private.settings.delta}
+        )
     num_examples = result.num_examples
     if attack is not None:
         arrays = _attack_update(
             attack, arrays, task, context, settings, colluders, partitions
         )
         num_examples = attack.claimed_examples(num_examples)
+    metrics[NUM_EXAMPLES_KEY] = num_examples
     key = simulated_signing_key(settings.seed, partition_id)
     content = RecordDict(
         {
             ARRAYS_KEY: arrays_to_record(arrays),
-            METRICS_KEY: MetricRecord(
-                {
-                    NUM_EXAMPLES_KEY: num_examples,
-                    "train-loss-before": result.loss_before,
-                    "train-loss": result.loss_after,
-                }
-            ),
+            METRICS_KEY: MetricRecord(metrics),
             IDENTITY_KEY: identity_record(
                 key, task.federation, task.server_round, update_sha256(arrays)
             ),
         }
     )
     return Message(content=content, reply_to=msg)
+
+
+def _private_training(
+    settings: RunSettings, context: Context
+) -> PrivateTraining | None:
+    if settings.privacy_name != "dpsgd":
+        return None
+    dp = DPSGDSettings.from_spec(settings.privacy)
+    state = context.state.config_records.get(ACCOUNTANT_STATE_KEY)
+    return PrivateTraining(dp, load_accountant(state, dp.accountant))
 
 
 def _attack_update(
@@ -418,7 +499,7 @@ def run_server(
         {
             "strategy": settings.strategy_name,
             "attack": settings.attack_name,
-            "privacy": str(settings.privacy.get("name", "none")),
+            "privacy": settings.privacy_name,
             "dataset": settings.dataset,
             "clients": settings.clients,
             "seed": settings.seed,

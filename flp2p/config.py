@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flp2p.attacks import build_attack
 from flp2p.data import DATASETS, PARTITION_SCHEMES
+from flp2p.privacy import DPSGDSettings
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 """The Hydra config directory of a source checkout (``conf/`` beside the package)."""
@@ -70,6 +71,11 @@ class RunSettings:
     def attack_name(self) -> str:
         """Name of the attack config (``attack.name``)."""
         return str(self.attack.get("name", "none"))
+
+    @property
+    def privacy_name(self) -> str:
+        """Name of the privacy config (``privacy.name``)."""
+        return str(self.privacy.get("name", "none"))
 
     @property
     def num_malicious(self) -> int:
@@ -172,6 +178,11 @@ def _check(s: RunSettings) -> None:
         build_attack(s.attack)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"attack {s.attack_name!r}: {err}") from None
+    if s.privacy_name == "dpsgd":
+        try:
+            DPSGDSettings.from_spec(s.privacy)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"privacy 'dpsgd': {err}") from None
     if "_target_" not in s.strategy:
         raise ConfigError(
             f"strategy {s.strategy_name!r} has no _target_: name the strategy class "
