@@ -1,0 +1,444 @@
+"""How long one aggregation takes: our exact rules beside Flower's built-in strategies.
+
+Every contender aggregates the same batch of ``n`` client updates of ``d`` float32
+parameters: a plain numpy weighted mean (the floor), each rule of
+:mod:`strategies.aggregators` on the ``(n, d)`` matrix, and each Flower 1.41 strategy's
+``aggregate_train`` on the same updates carried as reply :class:`flwr.app.Message`\\ s
+(the path a real round takes, records and all).
+
+    .venv/bin/python benchmarks/aggregation_speed.py               # 50 × 1M, ~1-2 min
+    .venv/bin/python benchmarks/aggregation_speed.py --large       # also 100 × 10M
+    .venv/bin/python benchmarks/aggregation_speed.py --only krum   # name filter
+
+Reports, per contender: median seconds over ``--repeats`` timed runs, the ratio to the
+plain weighted mean, and the peak of memory *allocated during the call* as seen by
+:mod:`tracemalloc` (numpy reports its buffers to it), measured in one extra untimed run
+so tracing does not distort the timings. Writes ``benchmarks/results/
+aggregation_speed.csv`` and ``.json``.
+
+To add a contender (e.g. our default pipeline strategy), append to the list returned
+by :func:`default_contenders`, or pass extra ones to :func:`run_benchmark`:
+:func:`strategy_contender` wraps any object with Flower's
+``aggregate_train(server_round, replies)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import strategy as flower
+from flwr.supercore.task_identity import TaskIdentity
+from rich.console import Console
+from rich.table import Table
+
+from strategies.aggregators import (
+    Bulyan,
+    CenteredClipping,
+    CoordinateMedian,
+    GeometricMedian,
+    Krum,
+    Mean,
+    MultiKrum,
+    TrimmedMean,
+)
+from strategies.records import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MEMORY_FACTOR = 7.0
+"""Peak resident bytes per byte of float32 input, estimated for the whole run.
+
+The input (×1), our float64 working copy (×2), the reply messages (×1) and Flower's
+stacked float32 layers and temporaries (×~3) are alive at about the same time.
+"""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One batch of client updates, in every form a contender may want."""
+
+    updates: np.ndarray
+    """``(n, d)`` float32: a shared random model plus small per-client noise."""
+    num_examples: np.ndarray
+    """``(n,)`` int64 example counts, the FedAvg weights."""
+    layer_sizes: tuple[int, ...]
+    """How ``d`` is cut into named arrays in the reply messages (like model layers)."""
+
+    @property
+    def n(self) -> int:
+        return int(self.updates.shape[0])
+
+    @property
+    def d(self) -> int:
+        return int(self.updates.shape[1])
+
+
+class TrainAggregator(Protocol):
+    """Anything with Flower's Message-API ``aggregate_train``."""
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]: ...
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A named aggregation to time.
+
+    ``prepare`` builds its (untimed) input from the workload; ``run`` is the timed
+    call. Flower's FedMedian, FedTrimmedAvg and Bulyan pop the arrays out of the
+    replies they aggregate, so their input must be rebuilt before every run.
+    """
+
+    name: str
+    family: str
+    prepare: Callable[[Workload], Any]
+    run: Callable[[Any], object]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one contender cost on one workload."""
+
+    name: str
+    family: str
+    n: int
+    d: int
+    repeats: int
+    median_s: float
+    min_s: float
+    ratio_to_mean: float
+    peak_alloc_mib: float
+
+
+def make_workload(n: int, d: int, seed: int) -> Workload:
+    """Synthetic batch: ``base + 0.01·noise`` per client, float32.
+
+    Parameters
+    ----------
+    n, d : int
+        Clients and parameters per client.
+    seed : int
+        Seed of :func:`numpy.random.default_rng`.
+    """
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal(d, dtype=np.float32)
+    updates = rng.standard_normal((n, d), dtype=np.float32)
+    updates *= np.float32(0.01)
+    updates += base
+    num_examples = rng.integers(50, 500, size=n)
+    return Workload(updates, num_examples, split_into_layers(d))
+
+
+def split_into_layers(d: int) -> tuple[int, ...]:
+    """Cut ``d`` parameters into four layers of falling size (½, ¼, ⅛, rest)."""
+    sizes = [d // 2, d // 4, d // 8]
+    sizes.append(d - sum(sizes))
+    return tuple(size for size in sizes if size > 0)
+
+
+def build_replies(workload: Workload) -> list[Message]:
+    """One training reply per client, as a ClientApp would send it."""
+    TaskIdentity.run_id = 1
+    TaskIdentity.task_id = 1
+    TaskIdentity.node_id = 1
+    bounds = np.cumsum((0, *workload.layer_sizes))
+    replies = []
+    for node_id, (row, examples) in enumerate(
+        zip(workload.updates, workload.num_examples, strict=True), start=1
+    ):
+        arrays = ArrayRecord(
+            {
+                f"layer{k}": Array(row[bounds[k] : bounds[k + 1]])
+                for k in range(len(workload.layer_sizes))
+            }
+        )
+        content = RecordDict(
+            {
+                ARRAYS_KEY: arrays,
+                METRICS_KEY: MetricRecord({NUM_EXAMPLES_KEY: int(examples)}),
+            }
+        )
+        instruction = Message(RecordDict(), dst_node_id=node_id, message_type="train")
+        replies.append(Message(content, reply_to=instruction))
+    return replies
+
+
+def strategy_contender(
+    name: str, make_strategy: Callable[[], TrainAggregator], family: str = "flower"
+) -> Contender:
+    """Time ``make_strategy().aggregate_train(1, replies)`` on fresh replies.
+
+    The strategy is built during ``prepare`` so its construction is not timed; the
+    hook for "ours, default pipeline" (a strategy needing ``set_reference`` can do it
+    inside ``make_strategy``).
+    """
+
+    def prepare(workload: Workload) -> tuple[TrainAggregator, list[Message]]:
+        return make_strategy(), build_replies(workload)
+
+    def run(prepared: tuple[TrainAggregator, list[Message]]) -> object:
+        strategy, replies = prepared
+        arrays, _ = strategy.aggregate_train(1, replies)
+        if arrays is None:
+            raise RuntimeError(f"{name} did not aggregate")
+        return arrays
+
+    return Contender(name, family, prepare, run)
+
+
+def rule_contender(name: str, rule: Any, weighted: bool) -> Contender:
+    """Time ``rule(updates[, num_examples])`` on the float32 matrix."""
+
+    def prepare(workload: Workload) -> Workload:
+        return workload
+
+    def run(workload: Workload) -> object:
+        if weighted:
+            return rule(workload.updates, workload.num_examples)
+        return rule(workload.updates)
+
+    return Contender(name, "ours", prepare, run)
+
+
+def plain_weighted_mean(workload: Workload) -> np.ndarray:
+    """The floor: one float32 BLAS matrix-vector product."""
+    weights = workload.num_examples.astype(np.float32)
+    return (weights / weights.sum()) @ workload.updates
+
+
+def default_contenders(f: int, beta: float, tau: float) -> list[Contender]:
+    """The baseline, our rules and Flower's built-ins, for ``f`` Byzantine clients."""
+    keep = lambda workload: workload  # noqa: E731  # the matrix needs no preparation
+    return [
+        Contender("weighted mean (numpy)", "baseline", keep, plain_weighted_mean),
+        rule_contender("Mean", Mean(), weighted=True),
+        rule_contender("CoordinateMedian", CoordinateMedian(), weighted=False),
+        rule_contender(f"TrimmedMean(β={beta})", TrimmedMean(beta), weighted=False),
+        rule_contender(f"Krum(f={f})", Krum(f), weighted=False),
+        rule_contender(f"MultiKrum(f={f}, m=n-f)", _MultiKrumNMinusF(f), weighted=True),
+        rule_contender(f"Bulyan(f={f})", Bulyan(f), weighted=False),
+        rule_contender("GeometricMedian", GeometricMedian(), weighted=True),
+        rule_contender(f"CenteredClipping(τ={tau})", CenteredClipping(tau), True),
+        strategy_contender("FedAvg", lambda: flower.FedAvg()),
+        strategy_contender("FedMedian", lambda: flower.FedMedian()),
+        strategy_contender(
+            f"FedTrimmedAvg(β={beta})", lambda: flower.FedTrimmedAvg(beta=beta)
+        ),
+        strategy_contender(f"Krum(f={f})", lambda: flower.Krum(num_malicious_nodes=f)),
+        strategy_contender(
+            f"MultiKrum(f={f}, m=n-f)", lambda: _FlowerMultiKrumNMinusF(f)
+        ),
+        strategy_contender(
+            f"Bulyan(f={f})", lambda: flower.Bulyan(num_malicious_nodes=f)
+        ),
+    ]
+
+
+class _MultiKrumNMinusF:
+    """Our MultiKrum keeping ``m = n − f``, with ``n`` known only at call time."""
+
+    def __init__(self, f: int) -> None:
+        self.f = f
+
+    def __call__(self, updates: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return MultiKrum(self.f, updates.shape[0] - self.f)(updates, weights)
+
+
+class _FlowerMultiKrumNMinusF:
+    """Flower's MultiKrum keeping ``m = n − f``, with ``n`` known only at call time."""
+
+    def __init__(self, f: int) -> None:
+        self.f = f
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        strategy = flower.MultiKrum(
+            num_malicious_nodes=self.f, num_nodes_to_select=len(replies) - self.f
+        )
+        return strategy.aggregate_train(server_round, replies)
+
+
+def time_contender(
+    contender: Contender, workload: Workload, repeats: int
+) -> tuple[list[float], float]:
+    """Wall seconds of ``repeats`` runs, then the traced allocation peak in MiB."""
+    seconds = []
+    for _ in range(repeats):
+        prepared = contender.prepare(workload)
+        gc.collect()
+        started = time.perf_counter()
+        contender.run(prepared)
+        seconds.append(time.perf_counter() - started)
+        del prepared
+    prepared = contender.prepare(workload)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        contender.run(prepared)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return seconds, (peak - before) / 2**20
+
+
+def run_benchmark(
+    workload: Workload,
+    contenders: Sequence[Contender],
+    repeats: int,
+    console: Console,
+) -> list[Measurement]:
+    """Time every contender; the first one is the reference of the ratio column."""
+    rows: list[Measurement] = []
+    reference: float | None = None
+    for contender in contenders:
+        console.log(
+            f"{contender.family:>8} · {contender.name} ({workload.n}×{workload.d})"
+        )
+        seconds, peak = time_contender(contender, workload, repeats)
+        median = statistics.median(seconds)
+        reference = median if reference is None else reference
+        rows.append(
+            Measurement(
+                name=contender.name,
+                family=contender.family,
+                n=workload.n,
+                d=workload.d,
+                repeats=repeats,
+                median_s=median,
+                min_s=min(seconds),
+                ratio_to_mean=median / reference,
+                peak_alloc_mib=peak,
+            )
+        )
+    return rows
+
+
+def available_memory_bytes() -> int | None:
+    """``MemAvailable`` from ``/proc/meminfo``, or ``None`` where there is none."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def fits_in_memory(n: int, d: int) -> tuple[bool, str]:
+    """Whether an ``n × d`` run is likely to fit, with the numbers behind the call."""
+    needed = MEMORY_FACTOR * n * d * 4
+    available = available_memory_bytes()
+    if available is None:
+        return False, "cannot read available memory"
+    verdict = needed < 0.8 * available
+    return verdict, f"needs ~{needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB free"
+
+
+def render(rows: Sequence[Measurement], console: Console) -> None:
+    table = Table(title="Aggregation time per round (median of repeats)")
+    for header in ("family", "contender", "n × d", "median s", "× mean", "peak MiB"):
+        table.add_column(header, justify="left" if header == "contender" else "right")
+    for row in rows:
+        table.add_row(
+            row.family,
+            row.name,
+            f"{row.n} × {row.d:,}",
+            f"{row.median_s:.3f}",
+            f"{row.ratio_to_mean:.1f}",
+            f"{row.peak_alloc_mib:.0f}",
+        )
+    console.print(table)
+
+
+def write_results(rows: Sequence[Measurement], settings: dict[str, Any]) -> Path:
+    """Write the CSV and the JSON (with machine details); return the CSV path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    csv_path = RESULTS / "aggregation_speed.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(asdict(rows[0])))
+        writer.writeheader()
+        writer.writerows(asdict(row) for row in rows)
+    record = {
+        "settings": settings,
+        "memory_metric": "tracemalloc peak allocated during the call (MiB)",
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "numpy": np.__version__,
+        },
+        "rows": [asdict(row) for row in rows],
+    }
+    (RESULTS / "aggregation_speed.json").write_text(
+        json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    return csv_path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--params", type=int, default=1_000_000)
+    parser.add_argument("--large", action="store_true", help="also 100 × 10M")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--byzantine", type=int, default=10, help="f for Krum/Bulyan")
+    parser.add_argument("--beta", type=float, default=0.2, help="trim fraction")
+    parser.add_argument("--tau", type=float, default=1.0, help="clipping radius")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default="", help="substring filter on names")
+    args = parser.parse_args()
+
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    console = Console(width=110)
+
+    sizes = [(args.clients, args.params)]
+    if args.large:
+        sizes.append((100, 10_000_000))
+    rows: list[Measurement] = []
+    for n, d in sizes:
+        fits, detail = fits_in_memory(n, d)
+        if not fits:
+            console.print(f"[yellow]skipping {n} × {d:,}: {detail}[/yellow]")
+            continue
+        f = min(args.byzantine, (n - 3) // 4)  # Bulyan needs n ≥ 4f + 3
+        contenders = [
+            contender
+            for contender in default_contenders(f, args.beta, args.tau)
+            if contender.family == "baseline"
+            or args.only.lower() in contender.name.lower()
+        ]
+        console.log(f"{n} × {d:,} float32, f = {f}: {detail}")
+        workload = make_workload(n, d, args.seed)
+        rows.extend(run_benchmark(workload, contenders, args.repeats, console))
+        del workload
+        gc.collect()
+    if not rows:
+        console.print("[red]nothing was measured[/red]")
+        return
+    render(rows, console)
+    settings = vars(args) | {"sizes": sizes}
+    console.print(f"wrote {write_results(rows, settings)} and .json")
+
+
+if __name__ == "__main__":
+    main()
