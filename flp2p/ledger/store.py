@@ -1,0 +1,460 @@
+"""The ledger: a SQLite file that persists reputation and the signed round chain.
+
+:class:`Ledger` implements :class:`strategies.records.ReputationStore` and
+:class:`strategies.records.RoundRecorder`, so a strategy keeps reputation across
+runs, restarts and aggregator changes by being handed one. On the aggregator each
+recorded round becomes a signed block; on a participant :meth:`Ledger.append_block`
+verifies and appends the blocks the aggregator sends. Every block is written in one
+``BEGIN IMMEDIATE`` transaction, so a crash leaves either the whole round or none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import sqlite_utils
+
+from strategies.records import ReputationState, RoundReport, Tier
+
+from .blocks import (
+    ZERO_HASH,
+    Block,
+    BlockKind,
+    contribution_row,
+    reputation_from_row,
+    reputation_row,
+    reward_row,
+)
+from .errors import ChainError, FederationMismatchError, LedgerError
+from .rewards import RewardPolicy, round_rewards
+from .schema import connect, create_schema, enable_wal, read_meta
+from .signing import Signer
+from .tables import (
+    contribution_sql_rows,
+    header_sql_row,
+    iter_blocks,
+    load_block,
+    reputation_sql_rows,
+    reward_sql_rows,
+)
+from .verify import ChainTip, check_successor, verify_chain
+
+
+class Ledger:
+    """An flp2p ledger file (use :meth:`open`).
+
+    Parameters
+    ----------
+    db : sqlite_utils.Database
+        Open database holding the ledger schema.
+    path : Path
+        Where it lives (for messages).
+    federation : str
+        Federation id of the chain.
+    signer : Signer or None
+        Key that signs new blocks (the aggregator's identity); ``None`` for a
+        replica, which can only append blocks others signed.
+    allowed_signers : Sequence[bytes]
+        Public keys the genesis allows to sign, used only if this ledger writes the
+        genesis; empty allows any key.
+    policy : RewardPolicy
+        Reward formula parameters for rounds this ledger records.
+    """
+
+    def __init__(
+        self,
+        db: sqlite_utils.Database,
+        path: Path,
+        federation: str,
+        signer: Signer | None = None,
+        allowed_signers: Sequence[bytes] = (),
+        policy: RewardPolicy | None = None,
+    ) -> None:
+        self._db = db
+        self.path = path
+        self.federation = federation
+        self.signer = signer
+        self.allowed_signers = tuple(bytes(key) for key in allowed_signers)
+        self.policy = policy if policy is not None else RewardPolicy()
+        self._tip: ChainTip | None = None
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        federation: str | None = None,
+        signer: Signer | None = None,
+        allowed_signers: Sequence[bytes] = (),
+        policy: RewardPolicy | None = None,
+        create: bool = False,
+    ) -> Ledger:
+        """Open the ledger at ``path``, creating it if ``create`` is true.
+
+        Parameters
+        ----------
+        path : str or Path
+            Database file.
+        federation : str or None
+            Expected federation; required to create, checked when the file exists.
+        signer, allowed_signers, policy
+            See :class:`Ledger`.
+        create : bool
+            Create a missing file (readers leave it false, so they never create one).
+
+        Raises
+        ------
+        LedgerNotFoundError
+            Missing file and ``create`` false.
+        ForeignDatabaseError
+            The file is not an flp2p ledger; it is left untouched.
+        FederationMismatchError
+            The ledger belongs to another federation.
+        """
+        path = Path(path)
+        if create and not federation:
+            raise LedgerError("a federation id is needed to create a ledger")
+        db, is_new = connect(path, create=create)
+        try:
+            if is_new and create:
+                assert federation is not None
+                enable_wal(db)
+                with db.atomic():
+                    create_schema(db, federation)
+            meta = read_meta(db, path)
+            if federation is not None and meta["federation"] != federation:
+                raise FederationMismatchError(
+                    f"{path} is the ledger of federation {meta['federation']!r}, "
+                    f"not {federation!r}"
+                )
+        except BaseException:
+            db.close()
+            raise
+        return cls(db, path, meta["federation"], signer, allowed_signers, policy)
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """The underlying database, for read-only queries."""
+        return self._db
+
+    # -- transactions -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _write_transaction(self) -> Iterator[None]:
+        """One ``BEGIN IMMEDIATE`` transaction: the write lock is taken up front, so
+        two writers queue instead of failing halfway with "database is locked"."""
+        self._db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.conn.execute("ROLLBACK")
+            self._tip = None  # whatever was cached may describe rolled-back rows
+            raise
+        self._db.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _read_snapshot(self) -> Iterator[None]:
+        """A read transaction, so several lazy queries see one consistent state."""
+        self._db.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._db.conn.execute("ROLLBACK")
+
+    # -- ReputationStore ----------------------------------------------------------
+
+    def get_reputation(self, identity: str) -> ReputationState | None:
+        """Current reputation of ``identity``, or ``None`` if never seen."""
+        rows = list(
+            self._db.query("SELECT * FROM reputations WHERE identity = ?", [identity])
+        )
+        return reputation_from_row(rows[0]) if rows else None
+
+    def put_reputations(self, states: Iterable[ReputationState]) -> None:
+        """Insert or replace reputation states in one transaction.
+
+        These are current standings only; the signed history is written by
+        :meth:`record_round`.
+        """
+        rows = [reputation_row(state) for state in states]
+        with self._write_transaction():
+            self._upsert_reputations(rows, updated_height=None)
+
+    def all_reputations(self) -> list[ReputationState]:
+        """Every known reputation, ordered by identity."""
+        rows = self._db.query("SELECT * FROM reputations ORDER BY identity")
+        return [reputation_from_row(row) for row in rows]
+
+    # -- RoundRecorder ------------------------------------------------------------
+
+    def record_round(
+        self, report: RoundReport, reputations: Sequence[ReputationState]
+    ) -> None:
+        """Append ``report`` as one signed block (with its rewards and reputations).
+
+        Writes the genesis first when the chain is empty. Reputation states are
+        stored as this round's snapshot and as the current standings.
+
+        Raises
+        ------
+        LedgerError
+            If this ledger has no signer, or its signer is not allowed by the genesis.
+        """
+        if self.signer is None:
+            raise LedgerError(
+                "this ledger has no signing identity; only an aggregator records rounds"
+            )
+        contributions = tuple(contribution_row(c) for c in report.contributions)
+        latest = {state.identity: state for state in reputations}
+        tiers = self._tiers_for(report, latest)
+        rewards = round_rewards(report.contributions, tiers, self.policy)
+        with self._write_transaction():
+            tip = self._load_tip()
+            if tip is None:
+                genesis = self._signed_genesis()
+                self._insert_block(genesis, tip=None)
+                tip = self._load_tip()
+                assert tip is not None
+            block = Block(
+                federation=self.federation,
+                height=tip.next_height,
+                kind=BlockKind.ROUND,
+                previous_hash=tip.last.block_hash,
+                server_round=int(report.server_round),
+                aggregate_sha256=report.aggregate_sha256,
+                created_at=time.time(),
+                signer="",
+                contributions=contributions,
+                rewards=tuple(reward_row(r) for r in rewards),
+                reputations=tuple(reputation_row(latest[i]) for i in sorted(latest)),
+            ).signed_by(self.signer)
+            self._insert_block(block, tip)
+
+    def _tiers_for(
+        self, report: RoundReport, latest: dict[str, ReputationState]
+    ) -> dict[str, Tier]:
+        """Tier of each contributor after the round (stored tier when not updated)."""
+        tiers = {}
+        for contribution in report.contributions:
+            state = latest.get(contribution.identity) or self.get_reputation(
+                contribution.identity
+            )
+            tiers[contribution.identity] = state.tier if state else Tier.BRONZE
+        return tiers
+
+    def _signed_genesis(self) -> Block:
+        """A genesis block for this federation, signed by this ledger's signer."""
+        assert self.signer is not None
+        return Block(
+            federation=self.federation,
+            height=0,
+            kind=BlockKind.GENESIS,
+            previous_hash=ZERO_HASH,
+            server_round=0,
+            aggregate_sha256=None,
+            created_at=time.time(),
+            signer="",
+            allowed_signers=tuple(key.hex() for key in self.allowed_signers),
+        ).signed_by(self.signer)
+
+    # -- replication --------------------------------------------------------------
+
+    def append_block(self, block_bytes: bytes) -> Block:
+        """Verify a block received from the aggregator and append it.
+
+        Checks federation, height, previous hash, allowed signer and signature
+        against this replica's chain (:func:`~flp2p.ledger.verify.check_successor`).
+
+        Returns
+        -------
+        Block
+            The appended block.
+
+        Raises
+        ------
+        BlockFormatError
+            The bytes are not a well-formed block.
+        ChainError
+            The block does not follow this chain; nothing was written.
+        """
+        block = Block.from_bytes(bytes(block_bytes))
+        with self._write_transaction():
+            self._insert_block(block, self._load_tip())
+        return block
+
+    def block(self, height: int) -> Block:
+        """The block at ``height``.
+
+        Raises
+        ------
+        LedgerError
+            If there is none.
+        """
+        found = load_block(self._db, height)
+        if found is None:
+            raise LedgerError(f"{self.path} has no block at height {height}")
+        return found
+
+    def blocks(self, start_height: int = 0) -> Iterator[Block]:
+        """Blocks from ``start_height`` on, in order (streamed).
+
+        Runs in one read transaction: consume it fully before writing to this
+        ledger.
+        """
+        with self._read_snapshot():
+            yield from iter_blocks(self._db, start_height)
+
+    def blocks_bytes_after(self, height: int) -> list[bytes]:
+        """Wire bytes of every block above ``height`` (to catch a replica up)."""
+        return [block.to_bytes() for block in self.blocks(height + 1)]
+
+    @property
+    def height(self) -> int | None:
+        """Height of the last block, ``None`` while the chain is empty."""
+        row = self._db.execute("SELECT MAX(height) FROM blocks").fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def latest_block(self) -> Block | None:
+        """The last block, ``None`` while the chain is empty."""
+        height = self.height
+        return None if height is None else self.block(height)
+
+    def verify(self) -> int:
+        """Recheck every block from its rows; return how many were checked.
+
+        Raises
+        ------
+        ChainError
+            Naming the first bad (or missing) block.
+        """
+        with self._read_snapshot():
+            tip = verify_chain(iter_blocks(self._db), self.federation)
+        return 0 if tip is None else tip.last.height + 1
+
+    # -- writing ------------------------------------------------------------------
+
+    def _load_tip(self) -> ChainTip | None:
+        """Genesis and last block, reusing the cached tip while it is still the tip."""
+        row = self._db.execute(
+            "SELECT height, block_hash FROM blocks ORDER BY height DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        if self._tip is not None and (
+            self._tip.last.height,
+            self._tip.last.block_hash,
+        ) == (row[0], row[1]):
+            return self._tip
+        genesis, last = load_block(self._db, 0), load_block(self._db, row[0])
+        if genesis is None or last is None:
+            raise ChainError(0, "the chain has no genesis")
+        return ChainTip(genesis, last)
+
+    def _insert_block(self, block: Block, tip: ChainTip | None) -> None:
+        """Check ``block`` against ``tip`` and write all its rows (caller's txn)."""
+        check_successor(block, tip, self.federation)
+        for table, rows in (
+            ("blocks", [header_sql_row(block)]),
+            ("contributions", contribution_sql_rows(block)),
+            ("rewards", reward_sql_rows(block)),
+            ("reputation_snapshots", reputation_sql_rows(block)),
+        ):
+            self._insert_rows(table, rows)
+        self._update_derived(block)
+        self._tip = ChainTip(tip.genesis if tip else block, block)
+
+    def _insert_rows(self, table: str, rows: Sequence[Mapping[str, object]]) -> None:
+        """Plain ``executemany`` INSERT (the caller's transaction).
+
+        sqlite-utils' ``insert_all`` re-inspects and JSON-converts every value, which
+        alone took longer than the 100 ms budget for a 1,000-contribution round.
+        """
+        if not rows:
+            return
+        columns = list(rows[0])
+        self._db.conn.executemany(
+            f"INSERT INTO {table} ({', '.join(columns)}) "
+            f"VALUES ({', '.join(':' + column for column in columns)})",
+            rows,
+        )
+
+    def _update_derived(self, block: Block) -> None:
+        """Refresh current reputations, known identities and bans from ``block``."""
+        self._upsert_reputations(block.reputations, updated_height=block.height)
+        self._db.conn.executemany(
+            """
+            INSERT INTO identities (identity, first_height, last_height, first_round,
+                                    last_round, contributions)
+            VALUES (?, ?, ?, ?, ?, 1)
+            ON CONFLICT(identity) DO UPDATE SET
+                last_height = excluded.last_height,
+                last_round = excluded.last_round,
+                contributions = contributions + 1
+            """,
+            [
+                (
+                    row["identity"],
+                    block.height,
+                    block.height,
+                    block.server_round,
+                    block.server_round,
+                )
+                for row in block.contributions
+            ],
+        )
+        reasons = {row["identity"]: row["reason"] for row in block.contributions}
+        self._db.conn.executemany(
+            "INSERT OR IGNORE INTO bans VALUES (?, ?, ?, ?, ?)",
+            [
+                (
+                    row["identity"],
+                    block.height,
+                    block.server_round,
+                    row["banned_until"],
+                    reasons.get(row["identity"], ""),
+                )
+                for row in block.reputations
+                if _as_int(row["banned_until"]) > block.server_round
+            ],
+        )
+
+    def _upsert_reputations(
+        self, rows: Iterable[Mapping[str, object]], updated_height: int | None
+    ) -> None:
+        """Replace current reputation rows (a derived table, not append-only)."""
+        self._db.conn.executemany(
+            """
+            INSERT OR REPLACE INTO reputations (identity, score, tier, first_round,
+                last_round, rounds_participated, rounds_accepted, rounds_rejected,
+                banned_until, updated_height)
+            VALUES (:identity, :score, :tier, :first_round, :last_round,
+                :rounds_participated, :rounds_accepted, :rounds_rejected,
+                :banned_until, :updated_height)
+            """,
+            [{**row, "updated_height": updated_height} for row in rows],
+        )
+
+
+def _as_int(value: object) -> int:
+    """``value``, known to be an int because the block was validated."""
+    assert isinstance(value, int)
+    return value
