@@ -3,8 +3,8 @@
 Runs the default federation of ``python -m flp2p.simulate`` and reports test accuracy
 per round, wall time, and when (round, seconds) the target accuracy was first reached.
 
-    .venv/bin/python benchmarks/baseline_fedavg.py            # 20 rounds, ~5-9 min
-    .venv/bin/python benchmarks/baseline_fedavg.py --rounds 5 --target 0.8
+    .venv/bin/python -m benchmarks.baseline_fedavg            # 20 rounds, ~5-9 min
+    .venv/bin/python -m benchmarks.baseline_fedavg --rounds 5 --target 0.8
 
 Writes ``metrics.csv``, ``summary.json`` and ``accuracy.png`` to
 ``benchmarks/results/baseline_fedavg/`` and a one-file record with the machine it ran
@@ -60,13 +60,17 @@ def main() -> None:
 
     with (out / "metrics.csv").open() as stream:
         rows = [
-            RoundRow(int(r["round"]), float(r["accuracy"]), float(r["loss"]),
-                     float(r["seconds"]))
+            RoundRow(
+                int(r["round"]),
+                float(r["accuracy"]),
+                float(r["loss"]),
+                float(r["seconds"]),
+            )
             for r in csv.DictReader(stream)
-        ]  # fmt: skip
+        ]
     hit = first_reaching(rows, args.target)
     record = {
-        "command": "benchmarks/baseline_fedavg.py "
+        "command": "python -m benchmarks.baseline_fedavg "
         + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
         "machine": {
             "cpus": os.cpu_count(),

@@ -63,6 +63,7 @@ from flp2p.privacy import (
     train_dpsgd,
 )
 from flp2p.reporting import RunReporter
+from strategies.base import flatten_arrays, unflatten_vector
 from strategies.records import (
     ARRAYS_KEY,
     IDENTITY_ID,
@@ -167,28 +168,6 @@ def _number(config: ConfigRecord, key: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"instruction field {key!r} must be a number, got {value!r}")
     return float(value)
-
-
-def flatten(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Concatenate named arrays into one float64 vector (insertion order)."""
-    return np.concatenate(
-        [np.asarray(a, dtype=np.float64).ravel() for a in arrays.values()]
-    )
-
-
-def unflatten(
-    vector: np.ndarray, like: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """Split ``vector`` back into arrays shaped and typed like ``like``."""
-    out, offset = {}, 0
-    for name, array in like.items():
-        out[name] = (
-            vector[offset : offset + array.size]
-            .reshape(array.shape)
-            .astype(array.dtype)
-        )
-        offset += array.size
-    return out
 
 
 @dataclass(frozen=True)
@@ -301,14 +280,14 @@ def colluders_benign_deltas(
     round_key = update_sha256(task.global_arrays)
     for stale in [k for k in _BENIGN_CACHE if k[1] != round_key]:
         del _BENIGN_CACHE[stale]
-    global_vector = flatten(task.global_arrays)
+    global_vector = flatten_arrays(task.global_arrays)
     rows = []
     for pid in sorted(colluders):
         key = (task.server_round, round_key, pid)
         if key not in _BENIGN_CACHE:
             local = _partition(settings, pid, settings.clients, partitions)
             arrays, _ = train_locally(settings, task, local, pid)
-            _BENIGN_CACHE[key] = flatten(arrays) - global_vector
+            _BENIGN_CACHE[key] = flatten_arrays(arrays) - global_vector
         rows.append(_BENIGN_CACHE[key])
     return np.stack(rows)
 
@@ -394,10 +373,10 @@ def _attack_update(
     colluders: frozenset[int],
     partitions: PartitionTable | None,
 ) -> dict[str, np.ndarray]:
-    global_vector = flatten(task.global_arrays)
+    global_vector = flatten_arrays(task.global_arrays)
     previous = context.state.array_records.get(PREVIOUS_DELTA_KEY)
     attack_ctx = AttackContext(
-        honest_delta=flatten(arrays) - global_vector,
+        honest_delta=flatten_arrays(arrays) - global_vector,
         benign_deltas=lambda: colluders_benign_deltas(
             settings, task, colluders, partitions
         ),
@@ -406,11 +385,11 @@ def _attack_update(
         rng=np.random.default_rng([settings.seed, task.server_round, len(arrays)]),
         previous_delta=None
         if previous is None
-        else flatten(record_to_arrays(previous)),
+        else flatten_arrays(record_to_arrays(previous)),
     )
     delta = attack.poison_update(attack_ctx)
     context.state[PREVIOUS_DELTA_KEY] = arrays_to_record({"delta": delta})
-    return unflatten(global_vector + delta, task.global_arrays)
+    return unflatten_vector(global_vector + delta, task.global_arrays)
 
 
 def client_evaluate(
@@ -494,6 +473,7 @@ def run_server(
         title=title,
         show_progress=settings.progress,
         plot=settings.plot,
+        live_values=privacy_spent(strategy),
     )
     reporter.extra_summary.update(
         {
@@ -523,6 +503,13 @@ def run_server(
             evaluate_fn=central_evaluator(settings, reporter.round_done),
         )
     return reporter.summary("completed")
+
+
+def privacy_spent(strategy: Any) -> Callable[[], dict[str, float]] | None:
+    """Reads ε and δ after each round from a strategy with central DP, if any."""
+    if not hasattr(strategy, "epsilon"):
+        return None
+    return lambda: {"epsilon": strategy.epsilon, "delta": strategy.delta}
 
 
 def make_server_app(settings: RunSettings | None, output_dir: Path | None) -> ServerApp:

@@ -223,7 +223,12 @@ def build_strategy(settings: RunSettings, **extra: Any) -> Any:
         raise ConfigError(
             f"strategy {settings.strategy_name!r}: cannot import {target!r} ({err})"
         ) from None
-    accepted = inspect.signature(cls).parameters
+    accepted = dict(inspect.signature(cls).parameters)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        # flp2p strategies forward FedAvg's arguments through **options.
+        from flwr.serverapp.strategy import FedAvg
+
+        accepted.update(inspect.signature(FedAvg).parameters)
     f = settings.num_malicious
     defaults: dict[str, Any] = {
         "fraction_train": settings.fraction_train,
@@ -252,9 +257,41 @@ def build_strategy(settings: RunSettings, **extra: Any) -> Any:
     flwr_logger = logging.getLogger("flwr")
     previous_level = flwr_logger.level
     flwr_logger.setLevel(max(previous_level, logging.ERROR))
+    if settings.privacy_name == "central":
+        cls, params = _central_dp_variant(settings, cls, params)
     try:
         return cls(**params)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"strategy {settings.strategy_name!r}: {err}") from None
     finally:
         flwr_logger.setLevel(previous_level)
+
+
+def _central_dp_variant(
+    settings: RunSettings, cls: type, params: dict[str, Any]
+) -> tuple[type, dict[str, Any]]:
+    """The user-level DP variant of the configured strategy and its arguments."""
+    from strategies.base import ScreenedFedAvg
+    from strategies.privacy import noise_multiplier_for, with_central_dp
+
+    if not (isinstance(cls, type) and issubclass(cls, ScreenedFedAvg)):
+        raise ConfigError(
+            f"privacy=central needs an flp2p strategy, not {cls.__name__}: use "
+            "strategy=screened_fedavg (FedAvg semantics) or strategy=trusted"
+        )
+    spec = {k: v for k, v in settings.privacy.items() if k != "name"}
+    target = spec.pop("target_epsilon", None)
+    delta = float(spec.get("delta", 1e-5))
+    if (spec.get("noise_multiplier") is None) == (target is None):
+        raise ConfigError(
+            "privacy 'central': give exactly one of noise_multiplier or target_epsilon"
+        )
+    if target is not None:
+        spec["noise_multiplier"] = noise_multiplier_for(
+            float(target), delta, settings.fraction_train, settings.rounds
+        )
+    if spec.get("max_share") is None:
+        expected = max(1, math.ceil(settings.fraction_train * settings.clients))
+        spec["max_share"] = min(1.0, 2.0 / expected)
+    spec.setdefault("seed", settings.seed)
+    return with_central_dp(cls), {**params, **spec}

@@ -11,7 +11,7 @@ import csv
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -67,6 +67,8 @@ class RunReporter:
     console: Console = field(default_factory=lambda: Console(stderr=True))
     rows: list[RoundRow] = field(default_factory=list)
     extra_summary: dict[str, Any] = field(default_factory=dict)
+    live_values: Callable[[], Mapping[str, float]] | None = None
+    """Read after each round, shown on its line and kept in the summary (e.g. ε)."""
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -114,6 +116,10 @@ class RunReporter:
             f"round {server_round:>3}/{self.rounds}  accuracy {accuracy:6.2%}  "
             f"loss {loss:.4f}  ({row.seconds:.1f} s)"
         )
+        if self.live_values is not None:
+            values = dict(self.live_values())
+            self.extra_summary.update(values)
+            line += "".join(f"  {name} {value:.4g}" for name, value in values.items())
         if self._progress is not None:
             self._progress.console.print(line)
             self._progress.update(
@@ -161,9 +167,11 @@ def plot_accuracy(rows: list[RoundRow], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     ax.plot([r.round for r in rows], [100 * r.accuracy for r in rows], marker="o", ms=3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{title} — {rows[-1].seconds:.0f} s wall time")

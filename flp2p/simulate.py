@@ -88,6 +88,15 @@ def simulate(settings: RunSettings, output_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def completed_summary(output_dir: Path) -> dict[str, Any] | None:
+    """The summary of a run folder that already finished, else ``None``."""
+    path = output_dir / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    summary: dict[str, Any] = json.loads(path.read_text())
+    return summary if summary.get("status") == "completed" else None
+
+
 def _discard_if_empty(output_dir: Path) -> None:
     """Remove a run folder holding nothing but Hydra's own bookkeeping."""
     leftovers = {p.name for p in output_dir.iterdir()} - {".hydra", "simulate.log"}
@@ -101,6 +110,12 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         settings = RunSettings.from_config(cfg)
+        if cfg.get("resume") and (done := completed_summary(output_dir)) is not None:
+            print(
+                f"flp2p.simulate: {output_dir} already completed; skipped",
+                file=sys.stderr,
+            )
+            return done
         return simulate(settings, output_dir)
     except USER_ERRORS as err:
         _discard_if_empty(output_dir)

@@ -1,0 +1,54 @@
+"""Flower strategies for federations of peers that do not trust each other.
+
+Every strategy here is a Message-API strategy (``flwr.serverapp.strategy``) built on
+:class:`ScreenedFedAvg`: each reply is validated on its own, a bad one is dropped with
+its reason instead of aborting the run, and no reply is ever mutated. The pure rules
+behind them (numpy in, numpy out) live in :mod:`strategies.aggregators`.
+
+>>> from strategies import Median
+>>> strategy = Median(min_available_nodes=10)   # doctest: +SKIP
+"""
+
+from strategies import aggregators
+from strategies.base import AggregationOutcome, ScreenedFedAvg, UpdateBatch
+from strategies.bulyan import Bulyan
+from strategies.centered_clipping import CenteredClipping
+from strategies.geometric_median import GeometricMedian
+from strategies.krum import Krum, MultiKrum
+from strategies.median import Median
+from strategies.privacy import CentralDP, with_central_dp
+from strategies.records import (
+    Contribution,
+    InMemoryStore,
+    ReputationState,
+    ReputationStore,
+    RoundRecorder,
+    RoundReport,
+    Tier,
+    Verdict,
+)
+from strategies.trimmed_mean import TrimmedMean
+
+__all__ = [
+    "AggregationOutcome",
+    "Bulyan",
+    "CenteredClipping",
+    "CentralDP",
+    "Contribution",
+    "GeometricMedian",
+    "InMemoryStore",
+    "Krum",
+    "Median",
+    "MultiKrum",
+    "ReputationState",
+    "ReputationStore",
+    "RoundRecorder",
+    "RoundReport",
+    "ScreenedFedAvg",
+    "Tier",
+    "TrimmedMean",
+    "UpdateBatch",
+    "Verdict",
+    "aggregators",
+    "with_central_dp",
+]

@@ -10,7 +10,6 @@ from flp2p.app import (
     arrays_to_record,
     client_train,
     federation_name,
-    flatten,
     initial_model,
     record_to_arrays,
 )
@@ -30,6 +29,7 @@ from flp2p.attacks import (
 )
 from flp2p.config import ConfigError, RunSettings, compose
 from flp2p.models import get_weights
+from strategies.base import flatten_arrays
 from strategies.records import METRICS_KEY, NUM_EXAMPLES_KEY
 
 
@@ -147,8 +147,10 @@ def train_reply(settings: RunSettings, partition_id: int) -> tuple[Message, Mess
 
 
 def delta_of(msg: Message, reply: Message) -> np.ndarray:
-    before = flatten(record_to_arrays(msg.content.array_records["arrays"]))
-    return flatten(record_to_arrays(reply.content.array_records["arrays"])) - before
+    before = flatten_arrays(record_to_arrays(msg.content.array_records["arrays"]))
+    return (
+        flatten_arrays(record_to_arrays(reply.content.array_records["arrays"])) - before
+    )
 
 
 def test_malicious_client_sends_the_attack_and_honest_ones_do_not() -> None:

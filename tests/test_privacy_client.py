@@ -100,10 +100,20 @@ def test_more_noise_spends_less() -> None:
     for sigma in (0.8, 1.6):
         accountant = load_accountant(None, "rdp")
         train_dpsgd(
-            build_model(data.image_shape, 10), images, labels, epochs=1, batch_size=32,
-            lr=0.1, momentum=0.0, seed=0, noise_multiplier=sigma, max_grad_norm=1.0,
-            accountant=accountant, epsilon_budget=None, delta=1e-5,
-        )  # fmt: skip
+            build_model(data.image_shape, 10),
+            images,
+            labels,
+            epochs=1,
+            batch_size=32,
+            lr=0.1,
+            momentum=0.0,
+            seed=0,
+            noise_multiplier=sigma,
+            max_grad_norm=1.0,
+            accountant=accountant,
+            epsilon_budget=None,
+            delta=1e-5,
+        )
         epsilons.append(accountant.get_epsilon(delta=1e-5))
     assert epsilons[0] > epsilons[1] > 0
 
@@ -113,11 +123,20 @@ def test_budget_check_happens_before_any_step() -> None:
     accountant = load_accountant(None, "rdp")
     with pytest.raises(PrivacyBudgetExceeded):
         train_dpsgd(
-            build_model(data.image_shape, 10), data.train.images[:64],
-            data.train.labels[:64], epochs=1, batch_size=32, lr=0.1, momentum=0.0,
-            seed=0, noise_multiplier=0.5, max_grad_norm=1.0, accountant=accountant,
-            epsilon_budget=0.01, delta=1e-5,
-        )  # fmt: skip
+            build_model(data.image_shape, 10),
+            data.train.images[:64],
+            data.train.labels[:64],
+            epochs=1,
+            batch_size=32,
+            lr=0.1,
+            momentum=0.0,
+            seed=0,
+            noise_multiplier=0.5,
+            max_grad_norm=1.0,
+            accountant=accountant,
+            epsilon_budget=0.01,
+            delta=1e-5,
+        )
     assert accountant.history == []
 
 

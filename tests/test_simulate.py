@@ -46,13 +46,23 @@ def test_sweep_writes_one_combined_table(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     result = subprocess.run(
         [
-            sys.executable, "-m", "flp2p.simulate", "-m",
-            "strategy=fedavg,fedmedian", "dataset=digits", "rounds=1", "clients=2",
-            "output.progress=false", "output.plot=false",
+            sys.executable,
+            "-m",
+            "flp2p.simulate",
+            "-m",
+            "strategy=fedavg,fedmedian",
+            "dataset=digits",
+            "rounds=1",
+            "clients=2",
+            "output.progress=false",
+            "output.plot=false",
             f"hydra.sweep.dir={sweep_dir}",
         ],
-        capture_output=True, text=True, timeout=400, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     with (sweep_dir / "results.csv").open() as stream:
         rows = list(csv.DictReader(stream))

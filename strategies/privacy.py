@@ -1,0 +1,270 @@
+"""User-level central differential privacy: DP-FedAvg at a trusted aggregator.
+
+Each accepted update is clipped to L2 norm ``C`` (fixed, or adapted towards a quantile
+of the update norms as in Andrew et al. 2021), the clipped updates are combined with
+weights whose shares are capped at ``w_max``, and Gaussian noise calibrated to the
+sensitivity of that weighted mean is added (McMahan et al. 2018, "Learning
+Differentially Private Recurrent Language Models"). ε(δ) across rounds comes from
+Opacus' RDP accountant with the client sampling rate.
+
+Sensitivity of the weighted mean
+--------------------------------
+With shares ``w_i ≥ 0``, ``Σ w_i = 1``, ``w_i ≤ w_max`` and ``‖x_i‖ ≤ C``:
+
+* replacing client ``j``'s update changes ``A = Σ w_i x_i`` by
+  ``w_j ‖x_j − x_j'‖ ≤ 2 w_max C``;
+* removing client ``j`` (the other shares renormalised) gives
+  ``A − A' = w_j (x_j − A')`` and, ``A'`` being a convex combination of clipped
+  updates, ``‖A − A'‖ ≤ 2 w_max C``.
+
+So ``S = 2 · w_max · C`` and the noise is ``N(0, (z · S)² I)`` with noise multiplier
+``z``. Uncapped reputation weights would let one heavily weighted client dominate the
+aggregate and the noise would have to grow with its share: capping is what keeps
+``S`` small and known in advance.
+
+What is claimed
+---------------
+The weights (claimed example counts, reputation) are treated as public inputs, not
+as the protected data, and the anomaly filter's accept/reject decisions depend on
+the updates themselves: those decisions are *not* privatised here. The guarantee is
+therefore for the released aggregate given the set of accepted clients; see the
+privacy section of the README for what that does and does not cover.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from opacus.accountants.registry import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+from strategies.base import AggregationOutcome, ScreenedFedAvg, UpdateBatch
+
+
+def clip_rows(deltas: np.ndarray, clip_norm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Scale each row to L2 norm at most ``clip_norm``: x · min(1, C / ‖x‖).
+
+    Returns the clipped copy and the original norms (the input is not modified).
+    """
+    if clip_norm <= 0:
+        raise ValueError(f"clip_norm must be > 0, got {clip_norm}")
+    norms = np.linalg.norm(deltas, axis=1)
+    scale = np.minimum(1.0, clip_norm / np.maximum(norms, np.finfo(np.float64).tiny))
+    return deltas * scale[:, None], norms
+
+
+def cap_shares(weights: np.ndarray, max_share: float) -> np.ndarray:
+    """Renormalise non-negative ``weights`` to sum 1 with no share above ``max_share``.
+
+    Water-filling: capped entries sit at ``max_share`` and the rest keep their
+    proportions. When ``k`` positive entries cannot carry the total
+    (``k · max_share < 1``), every positive entry gets ``max_share`` and the shares
+    sum to less than 1 — the aggregate shrinks rather than the cap being broken.
+    """
+    if not 0 < max_share <= 1:
+        raise ValueError(f"max_share must lie in (0, 1], got {max_share}")
+    w = np.asarray(weights, dtype=np.float64)
+    if np.any(w < 0) or not np.all(np.isfinite(w)):
+        raise ValueError("weights must be finite and non-negative")
+    positive = w > 0
+    if positive.sum() * max_share <= 1.0:
+        return np.where(positive, max_share, 0.0)
+    shares = w / w.sum()
+    capped = np.zeros_like(shares, dtype=bool)
+    while True:
+        free_mass = 1.0 - max_share * capped.sum()
+        free = ~capped & positive
+        shares = np.where(capped, max_share, shares)
+        shares[free] = w[free] / w[free].sum() * free_mass
+        over = free & (shares > max_share)
+        if not over.any():
+            return shares
+        capped |= over
+
+
+def weighted_mean_sensitivity(max_share: float, clip_norm: float) -> float:
+    """L2 sensitivity of a capped-share weighted mean of clipped updates: 2·w_max·C."""
+    return 2.0 * max_share * clip_norm
+
+
+@dataclass
+class AdaptiveClipNorm:
+    """Quantile-tracking clip norm (Andrew, Thakkar, McMahan & Ramaswamy 2021).
+
+    After each round ``C ← C · exp(−η (b̃ − γ))``, where ``b̃`` is the noisy fraction
+    of updates whose norm was at most ``C`` (noise std ``count_noise / n``) and ``γ``
+    the target quantile: ``C`` grows while fewer than ``γ`` of the updates fit.
+    """
+
+    clip_norm: float
+    target_quantile: float = 0.5
+    learning_rate: float = 0.2
+    count_noise: float = 0.0
+
+    def update(self, norms: np.ndarray, rng: np.random.Generator) -> float:
+        """Move ``clip_norm`` after a round with these update norms; return it."""
+        if len(norms) == 0:
+            return self.clip_norm
+        below = float(np.sum(norms <= self.clip_norm))
+        noisy = (below + rng.normal(0.0, self.count_noise)) / len(norms)
+        self.clip_norm *= math.exp(-self.learning_rate * (noisy - self.target_quantile))
+        return self.clip_norm
+
+
+@dataclass
+class CentralPrivacyAccountant:
+    """ε(δ) of the released aggregates over rounds (Opacus RDP accountant).
+
+    Each round is one Gaussian mechanism with noise multiplier ``z`` on a client
+    sample drawn with rate ``sample_rate`` (Flower's ``fraction_train``).
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    delta: float
+    mechanism: str = "rdp"
+    accountant: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.accountant = create_accountant(self.mechanism)
+
+    def step(self) -> None:
+        """Account for one released aggregate."""
+        self.accountant.step(
+            noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate
+        )
+
+    @property
+    def epsilon(self) -> float:
+        """ε spent so far at ``delta`` (0 before the first round)."""
+        if not self.accountant.history:
+            return 0.0
+        return float(self.accountant.get_epsilon(delta=self.delta))
+
+
+def noise_multiplier_for(
+    target_epsilon: float, delta: float, sample_rate: float, rounds: int
+) -> float:
+    """The z that spends ``target_epsilon`` over ``rounds`` rounds (RDP)."""
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=rounds,
+            accountant="rdp",
+        )
+    )
+
+
+class CentralDP(ScreenedFedAvg):
+    """Mixin that makes any :class:`ScreenedFedAvg` strategy user-level private.
+
+    Combine by inheritance, ahead of the strategy: ``class DPTrusted(CentralDP,
+    TrustedFedAvg)`` or :func:`with_central_dp`. The wrapped strategy still decides
+    verdicts and weights — on the *clipped* updates — and this mixin replaces its
+    combination by the capped-share weighted mean plus calibrated Gaussian noise
+    (see the module docstring for the sensitivity).
+
+    Parameters
+    ----------
+    noise_multiplier : float
+        ``z``: noise std divided by the sensitivity.
+    clip_norm : float
+        Initial (or fixed) L2 clip norm ``C``.
+    max_share : float
+        ``w_max``: the largest share one client may have in the aggregate.
+    delta : float
+        δ of the reported ε(δ).
+    adaptive_clipping : bool
+        Track the ``target_quantile`` of update norms (Andrew et al. 2021).
+    target_quantile, clip_learning_rate, clip_count_noise : float
+        Parameters of :class:`AdaptiveClipNorm`.
+    seed : int | None
+        Seed of the noise (``None``: fresh OS entropy, what a deployment wants).
+    **kwargs
+        Passed on to the wrapped strategy.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        noise_multiplier: float = 1.0,
+        clip_norm: float = 1.0,
+        max_share: float = 0.1,
+        delta: float = 1e-5,
+        adaptive_clipping: bool = False,
+        target_quantile: float = 0.5,
+        clip_learning_rate: float = 0.2,
+        clip_count_noise: float = 0.0,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if noise_multiplier < 0:
+            raise ValueError(f"noise_multiplier must be ≥ 0, got {noise_multiplier}")
+        if not 0 < max_share <= 1:
+            raise ValueError(f"max_share must lie in (0, 1], got {max_share}")
+        self.noise_multiplier = noise_multiplier
+        self.max_share = max_share
+        self.clipping = AdaptiveClipNorm(
+            clip_norm,
+            target_quantile,
+            clip_learning_rate if adaptive_clipping else 0.0,
+            clip_count_noise,
+        )
+        self.privacy_accountant = CentralPrivacyAccountant(
+            noise_multiplier, min(1.0, self.fraction_train), delta
+        )
+        self.rng = np.random.default_rng(seed)
+        self.last_sensitivity = 0.0
+
+    @property
+    def epsilon(self) -> float:
+        """ε(δ) spent by the aggregates released so far."""
+        return self.privacy_accountant.epsilon
+
+    @property
+    def delta(self) -> float:
+        """δ of :attr:`epsilon`."""
+        return self.privacy_accountant.delta
+
+    def aggregate_updates(
+        self, server_round: int, batch: UpdateBatch
+    ) -> AggregationOutcome:
+        """Clip, let the wrapped rule judge, combine with capped shares, add noise."""
+        clip_norm = self.clipping.clip_norm
+        clipped, norms = clip_rows(batch.deltas, clip_norm)
+        clipped.setflags(write=False)
+        judged = super().aggregate_updates(server_round, replace(batch, deltas=clipped))
+        shares = cap_shares(judged.weights, self.max_share)
+        sensitivity = weighted_mean_sensitivity(self.max_share, clip_norm)
+        noise = self.rng.normal(
+            0.0, self.noise_multiplier * sensitivity, size=clipped.shape[1]
+        )
+        self.privacy_accountant.step()
+        self.clipping.update(norms, self.rng)
+        self.last_sensitivity = sensitivity
+        # Shares may sum below 1 when few clients remain (see cap_shares); the
+        # outcome reports them normalised, the aggregate keeps the shrinkage.
+        total = float(shares.sum())
+        return AggregationOutcome(
+            delta=shares @ clipped + noise,
+            weights=shares / total if total > 0 else shares,
+            verdicts=judged.verdicts,
+            reasons=judged.reasons,
+            scores=tuple(
+                {**scores, "update-norm": float(norm)}
+                for scores, norm in zip(judged.scores, norms, strict=True)
+            ),
+        )
+
+
+def with_central_dp(strategy_cls: type[ScreenedFedAvg]) -> type[ScreenedFedAvg]:
+    """The user-level DP variant of a :class:`ScreenedFedAvg` subclass."""
+    if issubclass(strategy_cls, CentralDP):
+        return strategy_cls
+    return type(f"CentralDP{strategy_cls.__name__}", (CentralDP, strategy_cls), {})

@@ -1,0 +1,144 @@
+"""User-level central DP: clipping, share caps, sensitivity, noise, accounting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from strategies.base import ScreenedFedAvg, UpdateBatch
+from strategies.privacy import (
+    AdaptiveClipNorm,
+    CentralDP,
+    CentralPrivacyAccountant,
+    cap_shares,
+    clip_rows,
+    weighted_mean_sensitivity,
+    with_central_dp,
+)
+
+
+def batch_of(deltas: np.ndarray, examples: list[int] | None = None) -> UpdateBatch:
+    n = len(deltas)
+    deltas = np.array(deltas, dtype=np.float64)
+    deltas.setflags(write=False)
+    return UpdateBatch(
+        identities=tuple(f"c{i}" for i in range(n)),
+        node_ids=tuple(range(n)),
+        num_examples=np.array(examples or [10] * n, dtype=np.int64),
+        deltas=deltas,
+        digests=("",) * n,
+        metrics=({},) * n,
+        reference={"w": np.zeros(deltas.shape[1])},
+    )
+
+
+def test_every_clipped_update_is_within_the_clip_norm() -> None:
+    rng = np.random.default_rng(0)
+    deltas = rng.normal(size=(50, 30)) * rng.uniform(0.01, 100, size=(50, 1))
+    clipped, norms = clip_rows(deltas, 2.5)
+    assert np.all(np.linalg.norm(clipped, axis=1) <= 2.5 + 1e-12)
+    small = norms <= 2.5
+    np.testing.assert_array_equal(clipped[small], deltas[small])  # untouched
+    np.testing.assert_allclose(norms, np.linalg.norm(deltas, axis=1))
+
+
+def test_cap_shares_by_hand() -> None:
+    # raw 6:2:1:1, cap 0.4 -> first capped at 0.4, the rest share 0.6 as 2:1:1
+    np.testing.assert_allclose(
+        cap_shares(np.array([6.0, 2, 1, 1]), 0.4), [0.4, 0.3, 0.15, 0.15]
+    )
+    # two positive entries cannot reach 1 under a 0.3 cap: both at the cap
+    np.testing.assert_allclose(cap_shares(np.array([5.0, 0, 1]), 0.3), [0.3, 0, 0.3])
+
+
+def test_cap_shares_properties() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        raw = rng.pareto(1.0, size=rng.integers(5, 40)) + 1e-3
+        cap = rng.uniform(1.0 / len(raw), 0.5)
+        shares = cap_shares(raw, cap)
+        assert shares.max() <= cap + 1e-12
+        assert shares.sum() == pytest.approx(1.0)
+        uncapped = shares < cap - 1e-12
+        if uncapped.sum() >= 2:  # uncapped entries keep their proportions
+            ratio = shares[uncapped] / raw[uncapped]
+            np.testing.assert_allclose(ratio, ratio[0])
+
+
+def test_removing_one_client_moves_the_aggregate_by_at_most_the_sensitivity() -> None:
+    rng = np.random.default_rng(2)
+    worst = 0.0
+    for _ in range(300):
+        n, clip = int(rng.integers(12, 30)), float(rng.uniform(0.5, 3))
+        cap = 2.0 / n
+        rows, _ = clip_rows(rng.normal(size=(n, 8)) * 5, clip)
+        raw = rng.uniform(0.2, 3.0, size=n)
+        full = cap_shares(raw, cap) @ rows
+        j = int(rng.integers(n))
+        keep = np.arange(n) != j
+        without = cap_shares(raw[keep], cap) @ rows[keep]
+        ratio = np.linalg.norm(full - without) / weighted_mean_sensitivity(cap, clip)
+        worst = max(worst, ratio)
+    assert worst <= 1.0 + 1e-9
+
+
+def test_noise_standard_deviation_matches_its_calibration() -> None:
+    strategy = with_central_dp(ScreenedFedAvg)(
+        noise_multiplier=1.5, clip_norm=2.0, max_share=0.25, seed=7
+    )
+    d = 100_000
+    outcome = strategy.aggregate_updates(1, batch_of(np.zeros((8, d))))
+    expected = 1.5 * weighted_mean_sensitivity(0.25, 2.0)  # z * 2 * w_max * C = 1.5
+    assert strategy.last_sensitivity == pytest.approx(1.0)
+    assert outcome.delta.std() == pytest.approx(expected, rel=0.02)
+    assert abs(outcome.delta.mean()) < 4 * expected / np.sqrt(d)
+
+
+def test_without_noise_the_aggregate_is_the_capped_mean_of_clipped_updates() -> None:
+    strategy = with_central_dp(ScreenedFedAvg)(
+        noise_multiplier=0.0, clip_norm=1.0, max_share=0.5
+    )
+    deltas = np.array([[3.0, 4.0], [0.3, 0.4], [0.0, 0.1]])  # norms 5, 0.5, 0.1
+    outcome = strategy.aggregate_updates(1, batch_of(deltas, [80, 10, 10]))
+    shares = cap_shares(np.array([80.0, 10, 10]), 0.5)  # [0.5, 0.25, 0.25]
+    clipped = np.array([[0.6, 0.8], [0.3, 0.4], [0.0, 0.1]])
+    np.testing.assert_allclose(outcome.delta, shares @ clipped)
+    assert outcome.scores[0]["update-norm"] == pytest.approx(5.0)
+
+
+def test_epsilon_grows_with_rounds_and_falls_with_noise() -> None:
+    def spent(z: float, rounds: int) -> float:
+        accountant = CentralPrivacyAccountant(z, sample_rate=0.5, delta=1e-5)
+        for _ in range(rounds):
+            accountant.step()
+        return accountant.epsilon
+
+    assert spent(1.0, 0) == 0.0
+    assert spent(1.0, 1) < spent(1.0, 5) < spent(1.0, 20)
+    assert spent(0.8, 10) > spent(1.2, 10) > spent(3.0, 10)
+
+
+def test_strategy_epsilon_advances_one_step_per_round() -> None:
+    strategy = with_central_dp(ScreenedFedAvg)(noise_multiplier=1.0, max_share=0.5)
+    batch = batch_of(np.ones((4, 3)))
+    seen = []
+    for r in (1, 2, 3):
+        strategy.aggregate_updates(r, batch)
+        seen.append(strategy.epsilon)
+    assert 0 < seen[0] < seen[1] < seen[2]
+
+
+def test_adaptive_clip_norm_tracks_the_quantile() -> None:
+    norms = np.linspace(1.0, 10.0, 101)  # median 5.5
+    clipping = AdaptiveClipNorm(clip_norm=0.5, target_quantile=0.5, learning_rate=0.3)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        clipping.update(norms, rng)
+    assert clipping.clip_norm == pytest.approx(5.5, rel=0.1)
+
+
+def test_dp_variant_is_built_once_and_validates() -> None:
+    variant = with_central_dp(ScreenedFedAvg)
+    assert issubclass(variant, CentralDP) and with_central_dp(variant) is variant
+    with pytest.raises(ValueError, match="max_share"):
+        variant(max_share=0.0)
