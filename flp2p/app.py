@@ -45,6 +45,8 @@ from opacus.accountants import IAccountant
 from flp2p.attacks import Attack, AttackContext, build_attack, malicious_partitions
 from flp2p.config import RunSettings, TrainSettings, build_strategy, compose
 from flp2p.data import ArrayDataset, client_partition, load_dataset
+from flp2p.identity import Identity
+from flp2p.ledger import Ledger, LedgerError
 from flp2p.models import (
     TrainResult,
     build_model,
@@ -62,8 +64,9 @@ from flp2p.privacy import (
     save_accountant,
     train_dpsgd,
 )
+from flp2p.replication import LEDGER_BLOCKS_KEY, sync_replica, with_ledger_broadcast
 from flp2p.reporting import RunReporter
-from strategies.base import flatten_arrays, unflatten_vector
+from strategies.base import ScreenedFedAvg, flatten_arrays, unflatten_vector
 from strategies.records import (
     ARRAYS_KEY,
     IDENTITY_ID,
@@ -295,11 +298,31 @@ def colluders_benign_deltas(
 PREVIOUS_DELTA_KEY = "flp2p-attack-previous"
 
 
+def _sync_ledger(
+    msg: Message, replica_dir: Path, partition_id: int, federation: str
+) -> dict[str, int | float | list[int] | list[float]]:
+    """Verify and append the blocks the instruction carries to this client's copy."""
+    config = msg.content.config_records[CONFIG_KEY]
+    blocks = config.get(LEDGER_BLOCKS_KEY)
+    if not isinstance(blocks, list) or not blocks:
+        return {}
+    path = replica_dir / f"client-{partition_id}.db"
+    try:
+        height = sync_replica(
+            path, federation, [b for b in blocks if isinstance(b, bytes)]
+        )
+    except LedgerError as refused:
+        log.warning("client %d refused a ledger block: %s", partition_id, refused)
+        return {"ledger-refused": 1}
+    return {} if height is None else {"ledger-height": height}
+
+
 def client_train(
     msg: Message,
     context: Context,
     settings: RunSettings,
     partitions: PartitionTable | None = None,
+    replica_dir: Path | None = None,
 ) -> Message:
     """Train the received global model on this client's partition; sign the result.
 
@@ -341,6 +364,8 @@ def client_train(
         )
         num_examples = attack.claimed_examples(num_examples)
     metrics[NUM_EXAMPLES_KEY] = num_examples
+    if replica_dir is not None:
+        metrics.update(_sync_ledger(msg, replica_dir, partition_id, task.federation))
     key = simulated_signing_key(settings.seed, partition_id)
     content = RecordDict(
         {
@@ -412,12 +437,16 @@ def client_evaluate(
 
 
 def make_client_app(
-    settings: RunSettings | None = None, partitions: PartitionTable | None = None
+    settings: RunSettings | None = None,
+    partitions: PartitionTable | None = None,
+    replica_dir: Path | None = None,
 ) -> ClientApp:
     """A ClientApp bound to ``settings`` (or composing them from the run config).
 
     ``partitions`` (one index array per client) may be computed once by the driver
     and shipped with the app, so virtual clients do not each recompute the split.
+    With ``replica_dir`` each client keeps a verified copy of the aggregator's
+    ledger there (``client-<partition>.db``).
     """
     app = ClientApp()
 
@@ -426,7 +455,7 @@ def make_client_app(
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
-        return client_train(msg, context, resolve(context), partitions)
+        return client_train(msg, context, resolve(context), partitions, replica_dir)
 
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
@@ -455,14 +484,68 @@ def central_evaluator(
     return evaluate_fn
 
 
-def run_server(
-    grid: Grid, settings: RunSettings, output_dir: Path, strategy: Any = None
-) -> dict[str, Any]:
+LEDGER_FILE = "ledger.db"
+REPLICA_DIR = "replicas"
+
+
+def aggregator_identity(settings: RunSettings) -> Identity:
+    """The simulated aggregator's signing identity (deterministic per seed)."""
+    secret = hashlib.sha256(f"flp2p/simulation/{settings.seed}/aggregator".encode())
+    return Identity.from_private_bytes(secret.digest())
+
+
+def open_run_ledger(settings: RunSettings, output_dir: Path) -> Ledger | None:
+    """The aggregator's ledger for this run, if the strategy can record into one.
+
+    Flower's built-in strategies report no verdicts, so they get no ledger.
+    """
+    if not settings.ledger_enabled or not _records_rounds(settings):
+        return None
+    return Ledger.open(
+        output_dir / LEDGER_FILE,
+        federation=federation_name(settings),
+        signer=aggregator_identity(settings),
+        create=True,
+    )
+
+
+def _records_rounds(settings: RunSettings) -> bool:
+    from hydra.utils import get_class
+
+    try:
+        return issubclass(get_class(str(settings.strategy["_target_"])), ScreenedFedAvg)
+    except Exception:  # an unimportable target is reported by build_strategy
+        return False
+
+
+def run_server(grid: Grid, settings: RunSettings, output_dir: Path) -> dict[str, Any]:
     """Run the federation from the ServerApp and write its results.
 
     Returns the summary that is also written to ``summary.json``.
     """
-    strategy = strategy if strategy is not None else build_strategy(settings)
+    ledger = open_run_ledger(settings, output_dir)
+    try:
+        decorate = None
+        if ledger is not None and settings.ledger_replicate:
+
+            def decorate(cls: type) -> type:
+                return with_ledger_broadcast(cls, ledger)
+
+        extra = {} if ledger is None else {"recorder": ledger}
+        strategy = build_strategy(settings, decorate, **extra)
+        return _run_strategy(grid, settings, output_dir, strategy, ledger)
+    finally:
+        if ledger is not None:
+            ledger.close()
+
+
+def _run_strategy(
+    grid: Grid,
+    settings: RunSettings,
+    output_dir: Path,
+    strategy: Any,
+    ledger: Ledger | None,
+) -> dict[str, Any]:
     model = initial_model(settings)
     title = (
         f"{settings.strategy_name} · {settings.dataset} · {settings.clients} clients"
@@ -502,6 +585,8 @@ def run_server(
             train_config=train_config,
             evaluate_fn=central_evaluator(settings, reporter.round_done),
         )
+        if ledger is not None:
+            reporter.extra_summary["ledger_height"] = ledger.height
     return reporter.summary("completed")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,8 @@ class RunSettings:
     num_cpus: int | None = None
     plot: bool = True
     progress: bool = True
+    ledger_enabled: bool = True
+    ledger_replicate: bool = True
 
     @property
     def strategy_name(self) -> str:
@@ -108,6 +110,7 @@ def _settings_from_plain(cfg: dict[str, Any]) -> RunSettings:
     dataset = dict(cfg.get("dataset") or {})
     simulation = dict(cfg.get("simulation") or {})
     output = dict(cfg.get("output") or {})
+    ledger = dict(cfg.get("ledger") or {})
     settings = RunSettings(
         rounds=_int(cfg, "rounds", minimum=1),
         clients=_int(cfg, "clients", minimum=1),
@@ -131,6 +134,8 @@ def _settings_from_plain(cfg: dict[str, Any]) -> RunSettings:
         num_cpus=simulation.get("num_cpus"),
         plot=bool(output.get("plot", True)),
         progress=bool(output.get("progress", True)),
+        ledger_enabled=bool(ledger.get("enabled", True)),
+        ledger_replicate=bool(ledger.get("replicate", True)),
     )
     _check(settings)
     return settings
@@ -203,7 +208,11 @@ def compose(overrides: Sequence[str] = (), config_dir: Path = CONF_DIR) -> DictC
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
-def build_strategy(settings: RunSettings, **extra: Any) -> Any:
+def build_strategy(
+    settings: RunSettings,
+    decorate: Callable[[type], type] | None = None,
+    **extra: Any,
+) -> Any:
     """Instantiate ``strategy._target_`` with the run's sampling arguments.
 
     Arguments the class accepts and the config leaves unset are filled from the run:
@@ -211,7 +220,8 @@ def build_strategy(settings: RunSettings, **extra: Any) -> Any:
     so that no round starts before every virtual client registered),
     ``num_malicious_nodes`` (the attack's count), and for Multi-Krum
     ``num_nodes_to_select`` (n − f). ``extra`` is passed to the constructor as is
-    (e.g. a recorder), when the class accepts it.
+    (e.g. a recorder), when the class accepts it. ``decorate`` may derive a
+    subclass (a mixin) before instantiation.
     """
     from hydra.utils import get_class
 
@@ -225,10 +235,11 @@ def build_strategy(settings: RunSettings, **extra: Any) -> Any:
         ) from None
     accepted = dict(inspect.signature(cls).parameters)
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
-        # flp2p strategies forward FedAvg's arguments through **options.
-        from flwr.serverapp.strategy import FedAvg
-
-        accepted.update(inspect.signature(FedAvg).parameters)
+        # Subclasses forward their bases' arguments through **options.
+        for base in cls.__mro__[1:]:
+            if "__init__" in vars(base):
+                accepted.update(inspect.signature(vars(base)["__init__"]).parameters)
+        accepted.pop("self", None)
     f = settings.num_malicious
     defaults: dict[str, Any] = {
         "fraction_train": settings.fraction_train,
@@ -259,6 +270,8 @@ def build_strategy(settings: RunSettings, **extra: Any) -> Any:
     flwr_logger.setLevel(max(previous_level, logging.ERROR))
     if settings.privacy_name == "central":
         cls, params = _central_dp_variant(settings, cls, params)
+    if decorate is not None:
+        cls = decorate(cls)
     try:
         return cls(**params)
     except (TypeError, ValueError) as err:

@@ -24,7 +24,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from flp2p.app import make_client_app, make_server_app
+from flp2p.app import REPLICA_DIR, make_client_app, make_server_app
 from flp2p.config import CONF_DIR, ConfigError, RunSettings, build_strategy
 from flp2p.data import DatasetNotFoundError, load_dataset, partition_indices
 from flp2p.engine import run_federation
@@ -79,7 +79,11 @@ def simulate(settings: RunSettings, output_dir: Path) -> dict[str, Any]:
     )
     run_federation(
         make_server_app(settings, output_dir),
-        make_client_app(settings, partitions),
+        make_client_app(
+            settings,
+            partitions,
+            output_dir / REPLICA_DIR if settings.ledger_replicate else None,
+        ),
         num_clients=settings.clients,
         cpus_per_client=settings.cpus_per_client,
         num_cpus=settings.num_cpus,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from flp2p.config import RunSettings, compose
+from flp2p.ledger import Ledger
 from flp2p.reporting import METRICS_COLUMNS
 from flp2p.simulate import simulate
 
@@ -22,7 +23,15 @@ def read_metrics(path: Path) -> list[dict[str, str]]:
 
 def test_two_round_federation_trains_and_writes_results(tmp_path: Path) -> None:
     settings = RunSettings.from_config(
-        compose(["dataset=digits", "rounds=2", "clients=4", "output.progress=false"])
+        compose(
+            [
+                "dataset=digits",
+                "rounds=2",
+                "clients=4",
+                "strategy=screened_fedavg",
+                "output.progress=false",
+            ]
+        )
     )
     summary = simulate(settings, tmp_path)
 
@@ -40,6 +49,17 @@ def test_two_round_federation_trains_and_writes_results(tmp_path: Path) -> None:
     assert on_disk["final_accuracy"] == summary["final_accuracy"]
     assert on_disk["final_accuracy"] == pytest.approx(accuracy[-1], abs=1e-6)
     assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+    # The signed ledger: genesis + 2 rounds at the aggregator; every client holds a
+    # verified copy of what was handed out with round 2's instruction.
+    with Ledger.open(tmp_path / "ledger.db") as ledger:
+        assert ledger.verify() == 3
+        chain = [block.block_hash for block in ledger.blocks()]
+    replicas = sorted((tmp_path / "replicas").glob("*.db"))
+    assert len(replicas) == 4
+    for path in replicas:
+        with Ledger.open(path) as replica:
+            assert [block.block_hash for block in replica.blocks()] == chain[:2]
 
 
 def test_sweep_writes_one_combined_table(tmp_path: Path) -> None:

@@ -1,0 +1,96 @@
+"""The ledger travels with the model.
+
+The aggregator records each finished round as a signed block in its ledger
+(:class:`flp2p.ledger.Ledger`, the strategy's recorder) and hands the newest blocks to
+the participants inside the next round's training instruction. Every participant
+verifies them against its own copy — federation, height, previous hash, signer,
+signature — and appends them, so that each holds the same chain and nobody, the
+aggregator included, can rewrite history unseen. A block that does not follow the
+replica's chain is refused and nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Message
+from flwr.serverapp import Grid
+
+from flp2p.ledger import Ledger, LedgerError
+
+log = logging.getLogger(__name__)
+
+LEDGER_BLOCKS_KEY = "ledger-blocks"
+"""Field of the training instruction holding the newest blocks (list of bytes)."""
+CATCH_UP_BLOCKS = 8
+"""Blocks sent with each instruction: enough for a client that sat out a few rounds
+to catch up, small enough to keep instructions light (a 20-client block is ~8 KB)."""
+
+
+class LedgerBroadcast:
+    """Mixin for any Flower strategy: attach the newest ledger blocks to instructions.
+
+    Combine ahead of the strategy (:func:`with_ledger_broadcast`); the ledger must
+    be the one the strategy records into.
+    """
+
+    ledger: Ledger
+
+    def configure_train(
+        self, server_round: int, arrays: Any, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Configure as the strategy does, with the newest blocks in the config."""
+        height = self.ledger.height
+        blocks = (
+            []
+            if height is None
+            else self.ledger.blocks_bytes_after(height - CATCH_UP_BLOCKS)
+        )
+        with_blocks = ConfigRecord(dict(config.items()))
+        with_blocks[LEDGER_BLOCKS_KEY] = blocks
+        return super().configure_train(  # type: ignore[misc]
+            server_round, arrays, with_blocks, grid
+        )
+
+
+def with_ledger_broadcast(strategy_cls: type, ledger: Ledger) -> type:
+    """A subclass of ``strategy_cls`` that broadcasts ``ledger``'s newest blocks."""
+    return type(
+        f"LedgerBroadcast{strategy_cls.__name__}",
+        (LedgerBroadcast, strategy_cls),
+        {"ledger": ledger},
+    )
+
+
+def block_height(block_bytes: bytes) -> int:
+    """Height named in a block's wire form (checked again when it is appended)."""
+    height = json.loads(bytes(block_bytes)).get("height")
+    if not isinstance(height, int) or isinstance(height, bool):
+        raise LedgerError("a received block has no integer height")
+    return height
+
+
+def sync_replica(path: Path, federation: str, blocks: Sequence[bytes]) -> int | None:
+    """Append the blocks this replica lacks; return its height afterwards.
+
+    Blocks at or below the replica's height are skipped (already held); each new
+    one is verified by :meth:`Ledger.append_block`.
+
+    Raises
+    ------
+    LedgerError
+        A block is malformed, from another federation, out of order or forged;
+        blocks before it that verified stay appended, it and later ones do not.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with Ledger.open(path, federation=federation, create=True) as replica:
+        for block in sorted(blocks, key=block_height):
+            held = replica.height
+            if held is not None and block_height(block) <= held:
+                continue
+            replica.append_block(block)
+        return replica.height

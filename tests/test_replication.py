@@ -1,0 +1,91 @@
+"""Ledger replication: blocks ride on instructions; replicas verify and append."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord
+from helpers_ledger import FEDERATION, KeySigner, make_report
+
+from flp2p.ledger import Ledger, LedgerError
+from flp2p.replication import (
+    CATCH_UP_BLOCKS,
+    LEDGER_BLOCKS_KEY,
+    block_height,
+    sync_replica,
+    with_ledger_broadcast,
+)
+from strategies.base import ScreenedFedAvg
+
+
+class FakeGrid:
+    """Just enough of a Flower Grid for ``configure_train``."""
+
+    def get_node_ids(self) -> list[int]:
+        return [11, 12, 13]
+
+
+def aggregator_ledger(tmp_path: Path, rounds: int) -> Ledger:
+    ledger = Ledger.open(
+        tmp_path / "aggregator.db",
+        federation=FEDERATION,
+        signer=KeySigner(0),
+        create=True,
+    )
+    for r in range(1, rounds + 1):
+        ledger.record_round(make_report(r), [])
+    return ledger
+
+
+def test_instructions_carry_the_newest_blocks(tmp_path: Path) -> None:
+    ledger = aggregator_ledger(tmp_path, rounds=CATCH_UP_BLOCKS + 4)
+    strategy = with_ledger_broadcast(ScreenedFedAvg, ledger)(min_available_nodes=3)
+    arrays = ArrayRecord({"w": Array(np.zeros(2))})
+    config = ConfigRecord({"lr": 0.1})
+    messages = list(strategy.configure_train(5, arrays, config, FakeGrid()))
+    assert len(messages) == 3
+    sent = messages[0].content.config_records["config"][LEDGER_BLOCKS_KEY]
+    heights = [block_height(b) for b in sent]
+    assert heights == list(
+        range(ledger.height - CATCH_UP_BLOCKS + 1, ledger.height + 1)
+    )
+    assert LEDGER_BLOCKS_KEY not in config  # the caller's record is not touched
+    ledger.close()
+
+
+def test_replicas_hold_the_same_chain_over_five_rounds(tmp_path: Path) -> None:
+    ledger = Ledger.open(
+        tmp_path / "agg.db", federation=FEDERATION, signer=KeySigner(0), create=True
+    )
+    replicas = [tmp_path / f"replica-{i}.db" for i in range(3)]
+    for r in range(1, 6):
+        ledger.record_round(make_report(r), [])
+        window = ledger.blocks_bytes_after(ledger.height - CATCH_UP_BLOCKS)
+        # replica 2 sits out round 3 and catches up afterwards
+        for i, path in enumerate(replicas):
+            if not (i == 2 and r == 3):
+                sync_replica(path, FEDERATION, window)
+    hashes = [b.block_hash for b in ledger.blocks()]
+    for path in replicas:
+        with Ledger.open(path) as replica:
+            assert [b.block_hash for b in replica.blocks()] == hashes
+            assert replica.verify() == len(hashes)
+    ledger.close()
+
+
+def test_forged_or_foreign_block_is_refused_and_nothing_written(tmp_path: Path) -> None:
+    ledger = aggregator_ledger(tmp_path, rounds=2)
+    blocks = ledger.blocks_bytes_after(-1)
+    replica = tmp_path / "replica.db"
+    sync_replica(replica, FEDERATION, blocks[:2])
+    forged = blocks[2].replace(b'"server_round":2', b'"server_round":9')
+    assert forged != blocks[2]
+    with pytest.raises(LedgerError):
+        sync_replica(replica, FEDERATION, [forged])
+    with pytest.raises(LedgerError):
+        sync_replica(tmp_path / "other.db", "another-federation", blocks)
+    with Ledger.open(replica) as copy:
+        assert copy.height == 1
+    ledger.close()
