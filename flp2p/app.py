@@ -215,40 +215,30 @@ def train_locally(
     model = build_model(data.image_shape, data.num_classes)
     set_weights(model, task.global_arrays)
     hyper = task.train
-    seed = settings.seed * 1_000_003 + task.server_round * 1_009 + partition_id
+    schedule: dict[str, Any] = {
+        "epochs": hyper.epochs,
+        "batch_size": hyper.batch_size,
+        "lr": hyper.lr,
+        "momentum": hyper.momentum,
+        "seed": settings.seed * 1_000_003 + task.server_round * 1_009 + partition_id,
+    }
     if private is None:
-        result = train(
-            model,
-            local.images,
-            local.labels,
-            epochs=hyper.epochs,
-            batch_size=hyper.batch_size,
-            lr=hyper.lr,
-            momentum=hyper.momentum,
-            seed=seed,
-        )
+        result = train(model, local.images, local.labels, **schedule)
     else:
+        dp = private.settings
         result = train_dpsgd(
             model,
             local.images,
             local.labels,
-            epochs=hyper.epochs,
-            batch_size=hyper.batch_size,
-            lr=hyper.lr,
-            momentum=hyper.momentum,
-            seed=seed,
+            **schedule,
             noise_multiplier=planned_noise_multiplier(
-                private.settings,
-                len(local),
-                hyper.batch_size,
-                hyper.epochs,
-                settings.rounds,
+                dp, len(local), hyper.batch_size, hyper.epochs, settings.rounds
             ),
-            max_grad_norm=private.settings.max_grad_norm,
+            max_grad_norm=dp.max_grad_norm,
             accountant=private.accountant,
-            epsilon_budget=private.settings.budget,
-            delta=private.settings.delta,
-            secure_mode=private.settings.secure_mode,
+            epsilon_budget=dp.budget,
+            delta=dp.delta,
+            secure_mode=dp.secure_mode,
         )
     return get_weights(model), result
 
