@@ -1,0 +1,417 @@
+"""TrustedFedAvg: FedAvg for peers that do not trust each other.
+
+Per round, on the replies that passed validation (:class:`~strategies.base.
+ScreenedFedAvg`):
+
+1. replies of banned identities are rejected ("banned until round N");
+2. the detectors of :mod:`strategies.detectors` score every delta and decide
+   accepted / down-weighted / rejected, each reason naming detector and value;
+3. weights = claimed examples (capped) × tier multiplier × detector factor, with the
+   identities on probation capped to a joint share (:mod:`strategies.reputation`);
+4. the aggregate is the weighted mean of the accepted deltas, each first bounded to
+   ``norm_bound_ratio`` × the median accepted norm (norm bounding, Sun, Kairouz,
+   Suresh & McMahan, "Can You Really Backdoor Federated Learning?", 2019), or a
+   robust rule of :mod:`strategies.aggregators` over the accepted rows;
+5. reputations are updated from the verdicts and, with the
+   :class:`~strategies.records.RoundReport`, handed to the recorder through
+   ``recorder.record_round(report, reputations)``. That is the only way verdicts,
+   scores and weights leave the strategy.
+
+Cost on 50 × 1M float64 parameters: one pass for the exact norms, a copy of 32
+blocks of 1 024 coordinates per row (Gram matrix and history, see
+:mod:`strategies.detectors`) and one weighted sum (the aggregate);
+``tests/test_trusted.py::test_default_pipeline_cost`` (marked slow) checks that it
+stays within 5 × a plain weighted mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from logging import INFO
+from typing import Unpack
+
+import numpy as np
+from flwr.supercore import log
+
+from strategies import aggregators
+from strategies.base import (
+    AggregationOutcome,
+    InsufficientReplies,
+    ScreenedFedAvg,
+    ScreenedFedAvgOptions,
+    UpdateBatch,
+)
+from strategies.detectors import (
+    SKETCH_COORDINATES,
+    DetectionContext,
+    DetectorPanel,
+    Screening,
+    UpdateHistory,
+)
+from strategies.records import (
+    Contribution,
+    ReputationState,
+    ReputationStore,
+    RoundReport,
+    Verdict,
+)
+from strategies.reputation import (
+    Judgement,
+    ReputationBook,
+    ReputationPolicy,
+    is_banned,
+    reputation_weights,
+)
+
+ROBUST_RULES: Mapping[str, type[aggregators.AggregationRule]] = {
+    "median": aggregators.CoordinateMedian,
+    "trimmed_mean": aggregators.TrimmedMean,
+    "geometric_median": aggregators.GeometricMedian,
+    "centered_clipping": aggregators.CenteredClipping,
+}
+"""Names accepted for ``robust_rule`` besides ``"mean"`` (the norm-bounded mean)."""
+
+
+def norm_bound_factors(norms: np.ndarray, used: np.ndarray, ratio: float) -> np.ndarray:
+    """``min(1, τ / ‖x_i‖)`` with ``τ = ratio · median of the used rows' norms``.
+
+    Multiplying a row by its factor bounds its norm by ``τ`` (Sun et al., 2019); the
+    median of the rows that enter the aggregate cannot be inflated by a minority.
+    Rows of norm 0 get factor 1.
+    """
+    if not np.any(used):
+        return np.ones_like(norms)
+    bound = ratio * float(np.median(norms[used]))
+    if bound <= 0.0:
+        return np.ones_like(norms)
+    return bound / np.maximum(norms, bound)
+
+
+def example_weights_with_factors(
+    num_examples: np.ndarray, factors: np.ndarray
+) -> np.ndarray:
+    """``n_i f_i / Σ_j n_j f_j`` (all zero when nothing is left)."""
+    raw = np.asarray(num_examples, dtype=np.float64) * factors
+    total = float(raw.sum())
+    return raw / total if total > 0.0 else raw
+
+
+@dataclass(frozen=True)
+class _PendingRound:
+    """What :meth:`TrustedFedAvg.aggregate_updates` decided, for ``record_round``."""
+
+    server_round: int
+    keys: tuple[tuple[str, str], ...]
+    """(identity, update digest) per row."""
+    verdicts: tuple[Verdict, ...]
+    reasons: tuple[str, ...]
+    scores: tuple[Mapping[str, float], ...]
+    banned: tuple[bool, ...]
+
+
+# pylint: disable=too-many-instance-attributes
+class TrustedFedAvg(ScreenedFedAvg):
+    """Detectors + reputation + norm-bounded FedAvg (the flp2p strategy).
+
+    Implementation based on FedAvg (McMahan et al., AISTATS 2017,
+    https://arxiv.org/abs/1602.05629) with the screening of
+    :mod:`strategies.detectors`, the reputation of :mod:`strategies.reputation` and
+    norm bounding (Sun et al., 2019, https://arxiv.org/abs/1911.07963).
+
+    Parameters
+    ----------
+    panel : DetectorPanel | None (default: None)
+        Detectors and thresholds; ``None`` for the default panel.
+    policy : ReputationPolicy | None (default: None)
+        Reputation knobs; ``None`` for the defaults.
+    store : ReputationStore | None (default: None)
+        Where reputations persist; ``None`` uses the recorder when it is also a
+        store (the SQLite ledger), else a fresh in-memory store.
+    use_detectors : bool (default: True)
+        ``False`` accepts every valid reply (reputation and norm bound still apply).
+    use_reputation : bool (default: True)
+        ``False`` weights by example count × detector factor only, never bans, and
+        hands the recorder no reputations.
+    robust_rule : str | aggregators.AggregationRule (default: "mean")
+        ``"mean"``: norm-bounded weighted mean of the accepted rows. A name in
+        :data:`ROBUST_RULES` or any rule instance aggregates the accepted rows
+        instead (with the weights if the rule supports them, else uniformly).
+    norm_bound_ratio : float | None (default: 2.0)
+        ``"mean"`` only: rows longer than this × the median accepted norm are scaled
+        down to it; ``None`` disables the bound.
+    sketch_coordinates : int (default: 32768)
+        Coordinates of each delta sampled for pairwise geometry and history
+        (:mod:`strategies.detectors`); models up to this size are treated exactly.
+    exact_geometry : bool (default: False)
+        Gram matrix over every coordinate: exact for any size, ``O(n² d)``.
+    sketch_seed : int | None (default: None)
+        Seed of the sampled coordinates; ``None`` draws one from the OS, so that
+        clients cannot know which coordinates are watched.
+    **options
+        Every argument of :class:`~strategies.base.ScreenedFedAvg`.
+    """
+
+    # pylint: disable=too-many-arguments
+    def __init__(
+        self,
+        panel: DetectorPanel | None = None,
+        policy: ReputationPolicy | None = None,
+        store: ReputationStore | None = None,
+        use_detectors: bool = True,
+        use_reputation: bool = True,
+        robust_rule: str | aggregators.AggregationRule = "mean",
+        norm_bound_ratio: float | None = 2.0,
+        sketch_coordinates: int = SKETCH_COORDINATES,
+        exact_geometry: bool = False,
+        sketch_seed: int | None = None,
+        **options: Unpack[ScreenedFedAvgOptions],
+    ) -> None:
+        super().__init__(**options)
+        if norm_bound_ratio is not None and not norm_bound_ratio >= 1.0:
+            raise ValueError(
+                f"norm_bound_ratio must be ≥ 1 or None, got {norm_bound_ratio}"
+            )
+        if sketch_coordinates < 1:
+            raise ValueError(
+                f"sketch_coordinates must be ≥ 1, got {sketch_coordinates}"
+            )
+        self.panel = panel if panel is not None else DetectorPanel()
+        self.use_detectors = use_detectors
+        self.use_reputation = use_reputation
+        self.rule = _resolve_rule(robust_rule)
+        self.norm_bound_ratio = norm_bound_ratio
+        if store is None and isinstance(self.recorder, ReputationStore):
+            store = self.recorder
+        self.book = ReputationBook(policy, store)
+        self.exact_geometry = exact_geometry
+        if sketch_seed is None:
+            sketch_seed = int(np.random.SeedSequence().generate_state(1)[0])
+        self.history = UpdateHistory(
+            max_coordinates=sketch_coordinates, seed=sketch_seed
+        )
+        self._pending: _PendingRound | None = None
+
+    @property
+    def policy(self) -> ReputationPolicy:
+        """The reputation policy."""
+        return self.book.policy
+
+    def summary(self) -> None:
+        """Log summary configuration of the strategy."""
+        names = ", ".join(detector.name for detector in self.panel.detectors)
+        log(INFO, "\t├──> TrustedFedAvg settings:")
+        log(INFO, "\t│\t├── Detectors: %s", names if self.use_detectors else "off")
+        log(INFO, "\t│\t├── Reputation: %s", "on" if self.use_reputation else "off")
+        rule = "norm-bounded mean" if self.rule is None else type(self.rule).__name__
+        log(INFO, "\t│\t└── Aggregation: %s", rule)
+        super().summary()
+
+    # ------------------------------------------------------------------ the hook
+
+    def aggregate_updates(
+        self, server_round: int, batch: UpdateBatch
+    ) -> AggregationOutcome:
+        """Ban check → detectors → weights → aggregate (see the module docstring)."""
+        states = (
+            self.book.states(batch.identities)
+            if self.use_reputation
+            else [None] * batch.size
+        )
+        banned = np.array([is_banned(state, server_round) for state in states], bool)
+        context = DetectionContext.build(
+            batch.deltas, batch.identities, self.history, self.exact_geometry
+        )
+        screening = (
+            self.panel.screen(batch.deltas, context)
+            if self.use_detectors
+            else _accept_all(batch.size)
+        )
+        verdicts, reasons = _with_bans(screening, states, banned)
+        factors = np.where(banned, 0.0, screening.factors)
+        if self.use_reputation:
+            weights = reputation_weights(
+                batch.num_examples, states, factors, self.policy
+            )
+        else:
+            weights = example_weights_with_factors(batch.num_examples, factors)
+
+        kept = ~banned
+        remembered = context.sketches if bool(kept.all()) else context.sketches[kept]
+        self.history = self.history.remember(
+            [
+                identity
+                for identity, keep in zip(batch.identities, kept, strict=True)
+                if keep
+            ],
+            remembered,
+            batch.deltas.shape[1],
+            server_round,
+        )
+        self._pending = _PendingRound(
+            server_round,
+            tuple(zip(batch.identities, batch.digests, strict=True)),
+            verdicts,
+            reasons,
+            screening.scores,
+            tuple(bool(flag) for flag in banned),
+        )
+        if not np.any(weights > 0.0):
+            raise InsufficientReplies("every valid reply was rejected or banned")
+        delta, weights = self._aggregate(batch.deltas, weights, context)
+        return AggregationOutcome(delta, weights, verdicts, reasons, screening.scores)
+
+    def _aggregate(
+        self, deltas: np.ndarray, weights: np.ndarray, context: DetectionContext
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The aggregate delta and the weights reported for it."""
+        used = weights > 0.0
+        if self.rule is None:
+            coefficients = weights
+            if self.norm_bound_ratio is not None:
+                factors = norm_bound_factors(
+                    context.geometry.norms, used, self.norm_bound_ratio
+                )
+                coefficients = weights * factors
+            # Rejected rows have coefficient 0: one matrix-vector product over all
+            # rows is cheaper than copying the accepted ones out.
+            return coefficients @ deltas, weights
+        rows = deltas if bool(used.all()) else deltas[used]
+        if self.rule.supports_weights:
+            return self.rule(rows, weights[used]), weights
+        uniform = used / float(used.sum())
+        return self.rule(rows), uniform
+
+    # ---------------------------------------------------------------- the ledger
+
+    def record_round(self, report: RoundReport) -> None:
+        """Update reputations from this round's verdicts, then hand both on."""
+        pending = self._pending
+        self._pending = None
+        if pending is not None and pending.server_round != report.server_round:
+            pending = None
+        if pending is not None and report.aggregate_sha256 is None:
+            report = _restore_verdicts(report, pending)
+        if not self.use_reputation:
+            if self.recorder is not None:
+                self.recorder.record_round(report, [])
+            return
+        judgements = (
+            [
+                Judgement(identity, verdict, banned)
+                for (identity, _), verdict, banned in zip(
+                    pending.keys, pending.verdicts, pending.banned, strict=True
+                )
+            ]
+            if pending is not None
+            else []
+        )
+        states = self.book.next_states(
+            report.server_round, judgements, report.aggregate_sha256 is not None
+        )
+        self.book.commit(report, states, self.recorder)
+
+    def reputations(self) -> list[ReputationState]:
+        """Every reputation in the store (for reports and tests)."""
+        return self.book.store.all_reputations()
+
+
+class DetectorsOnlyFedAvg(TrustedFedAvg):
+    """:class:`TrustedFedAvg` without reputation: detectors + norm-bounded mean."""
+
+    def __init__(
+        self,
+        panel: DetectorPanel | None = None,
+        robust_rule: str | aggregators.AggregationRule = "mean",
+        norm_bound_ratio: float | None = 2.0,
+        **options: Unpack[ScreenedFedAvgOptions],
+    ) -> None:
+        super().__init__(
+            panel=panel,
+            use_reputation=False,
+            robust_rule=robust_rule,
+            norm_bound_ratio=norm_bound_ratio,
+            **options,
+        )
+
+
+class TrustedMedianFedAvg(TrustedFedAvg):
+    """:class:`TrustedFedAvg` aggregating the accepted rows by coordinate median."""
+
+    def __init__(
+        self,
+        panel: DetectorPanel | None = None,
+        policy: ReputationPolicy | None = None,
+        store: ReputationStore | None = None,
+        **options: Unpack[ScreenedFedAvgOptions],
+    ) -> None:
+        super().__init__(
+            panel=panel, policy=policy, store=store, robust_rule="median", **options
+        )
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def _resolve_rule(
+    rule: str | aggregators.AggregationRule,
+) -> aggregators.AggregationRule | None:
+    if not isinstance(rule, str):
+        return rule
+    if rule == "mean":
+        return None
+    if rule not in ROBUST_RULES:
+        names = ", ".join(["mean", *ROBUST_RULES])
+        raise ValueError(f"unknown robust_rule {rule!r}; choose one of {names}")
+    return ROBUST_RULES[rule]()
+
+
+def _accept_all(rows: int) -> Screening:
+    return Screening(
+        scores=({},) * rows,
+        verdicts=(Verdict.ACCEPTED,) * rows,
+        reasons=("",) * rows,
+        factors=np.ones(rows),
+    )
+
+
+def _with_bans(
+    screening: Screening,
+    states: Sequence[ReputationState | None],
+    banned: np.ndarray,
+) -> tuple[tuple[Verdict, ...], tuple[str, ...]]:
+    verdicts = list(screening.verdicts)
+    reasons = list(screening.reasons)
+    for row, state in enumerate(states):
+        if banned[row] and state is not None:
+            verdicts[row] = Verdict.REJECTED
+            reasons[row] = f"banned until round {state.banned_until}"
+    return tuple(verdicts), tuple(reasons)
+
+
+def _restore_verdicts(report: RoundReport, pending: _PendingRound) -> RoundReport:
+    """Put the hook's verdicts back into a report of a round that was not aggregated.
+
+    ``ScreenedFedAvg`` reports every valid row of such a round as accepted with
+    weight 0; when the reason is that this strategy rejected them all, the recorder
+    must see those rejections.
+    """
+    rows = {key: row for row, key in enumerate(pending.keys)}
+    contributions: list[Contribution] = []
+    for contribution in report.contributions:
+        row = rows.get((contribution.identity, contribution.update_sha256))
+        if row is None or contribution.verdict is not Verdict.ACCEPTED:
+            contributions.append(contribution)
+            continue
+        verdict = pending.verdicts[row]
+        reason = pending.reasons[row] or contribution.reason
+        contributions.append(
+            replace(
+                contribution,
+                verdict=verdict,
+                reason=reason,
+                scores=dict(pending.scores[row]),
+                weight=0.0,
+            )
+        )
+    return replace(report, contributions=tuple(contributions))
