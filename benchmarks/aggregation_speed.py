@@ -37,7 +37,7 @@ import tracemalloc
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
@@ -56,7 +56,9 @@ from strategies.aggregators import (
     MultiKrum,
     TrimmedMean,
 )
+from strategies.base import ScreenedFedAvg
 from strategies.records import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
+from strategies.trusted import TrustedFedAvg
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MEMORY_FACTOR = 7.0
@@ -221,6 +223,33 @@ def plain_weighted_mean(workload: Workload) -> np.ndarray:
     return (weights / weights.sum()) @ workload.updates
 
 
+def screened_contender(name: str, make_strategy: Callable[[], Any]) -> Contender:
+    """Time one of our Message-API strategies (validation included) on fresh replies.
+
+    The workload's rows are models; the strategy's reference (the global model the
+    deltas are taken from) is all zeros in the same layers.
+    """
+
+    def make_with_reference(workload: Workload) -> TrainAggregator:
+        strategy = make_strategy()
+        strategy.set_reference(
+            {
+                f"layer{k}": np.zeros(size, dtype=np.float32)
+                for k, size in enumerate(workload.layer_sizes)
+            }
+        )
+        return cast(TrainAggregator, strategy)
+
+    def prepare(workload: Workload) -> tuple[TrainAggregator, list[Message]]:
+        return make_with_reference(workload), build_replies(workload)
+
+    def run(prepared: tuple[TrainAggregator, list[Message]]) -> object:
+        strategy, replies = prepared
+        return strategy.aggregate_train(1, replies)
+
+    return Contender(name, "ours", prepare, run)
+
+
 def default_contenders(f: int, beta: float, tau: float) -> list[Contender]:
     """The baseline, our rules and Flower's built-ins, for ``f`` Byzantine clients."""
     keep = lambda workload: workload  # noqa: E731  # the matrix needs no preparation
@@ -234,6 +263,8 @@ def default_contenders(f: int, beta: float, tau: float) -> list[Contender]:
         rule_contender(f"Bulyan(f={f})", Bulyan(f), weighted=False),
         rule_contender("GeometricMedian", GeometricMedian(), weighted=True),
         rule_contender(f"CenteredClipping(τ={tau})", CenteredClipping(tau), True),
+        screened_contender("ScreenedFedAvg (strategy)", ScreenedFedAvg),
+        screened_contender("TrustedFedAvg (default pipeline)", TrustedFedAvg),
         strategy_contender("FedAvg", lambda: flower.FedAvg()),
         strategy_contender("FedMedian", lambda: flower.FedMedian()),
         strategy_contender(

@@ -235,11 +235,14 @@ def build_strategy(
         ) from None
     accepted = dict(inspect.signature(cls).parameters)
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
-        # Subclasses forward their bases' arguments through **options.
-        for base in cls.__mro__[1:]:
-            if "__init__" in vars(base):
-                accepted.update(inspect.signature(vars(base)["__init__"]).parameters)
-        accepted.pop("self", None)
+        # flp2p strategies forward ScreenedFedAvg's (hence FedAvg's) arguments
+        # through **options; intermediate classes may fix some of their own.
+        from flwr.serverapp.strategy import FedAvg
+
+        from strategies.base import ScreenedFedAvg
+
+        forwarded = ScreenedFedAvg if issubclass(cls, ScreenedFedAvg) else FedAvg
+        accepted.update(inspect.signature(forwarded).parameters)
     f = settings.num_malicious
     defaults: dict[str, Any] = {
         "fraction_train": settings.fraction_train,

@@ -28,6 +28,7 @@ from strategies.records import (
     Verdict,
 )
 from strategies.trimmed_mean import TrimmedMean
+from strategies.trusted import DetectorsOnlyFedAvg, TrustedFedAvg, TrustedMedianFedAvg
 
 __all__ = [
     "AggregationOutcome",
@@ -35,6 +36,7 @@ __all__ = [
     "CenteredClipping",
     "CentralDP",
     "Contribution",
+    "DetectorsOnlyFedAvg",
     "GeometricMedian",
     "InMemoryStore",
     "Krum",
@@ -47,6 +49,8 @@ __all__ = [
     "ScreenedFedAvg",
     "Tier",
     "TrimmedMean",
+    "TrustedFedAvg",
+    "TrustedMedianFedAvg",
     "UpdateBatch",
     "Verdict",
     "aggregators",
