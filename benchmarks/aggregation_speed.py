@@ -400,10 +400,12 @@ def render(rows: Sequence[Measurement], console: Console) -> None:
     console.print(table)
 
 
-def write_results(rows: Sequence[Measurement], settings: dict[str, Any]) -> Path:
+def write_results(
+    rows: Sequence[Measurement], settings: dict[str, Any], out: Path = RESULTS
+) -> Path:
     """Write the CSV and the JSON (with machine details); return the CSV path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    csv_path = RESULTS / "aggregation_speed.csv"
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "aggregation_speed.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(asdict(rows[0])))
         writer.writeheader()
@@ -419,7 +421,7 @@ def write_results(rows: Sequence[Measurement], settings: dict[str, Any]) -> Path
         },
         "rows": [asdict(row) for row in rows],
     }
-    (RESULTS / "aggregation_speed.json").write_text(
+    (out / "aggregation_speed.json").write_text(
         json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     return csv_path
@@ -436,6 +438,7 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=1.0, help="clipping radius")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default="", help="substring filter on names")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args()
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -467,8 +470,8 @@ def main() -> None:
         console.print("[red]nothing was measured[/red]")
         return
     render(rows, console)
-    settings = vars(args) | {"sizes": sizes}
-    console.print(f"wrote {write_results(rows, settings)} and .json")
+    settings = {k: v for k, v in vars(args).items() if k != "out"} | {"sizes": sizes}
+    console.print(f"wrote {write_results(rows, settings, args.out)} and .json")
 
 
 if __name__ == "__main__":
