@@ -133,6 +133,9 @@ def main() -> None:
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
     parser.add_argument("--attack", default="alie", help="'none' to skip")
     parser.add_argument("--strategy", default="screened_fedavg")
+    parser.add_argument(
+        "--attack-strategy", default="trusted", help="strategy for the attacked runs"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -186,6 +189,7 @@ def main() -> None:
                     "privacy=central",
                     f"privacy.target_epsilon={eps}",
                     f"attack={args.attack}",
+                    f"strategy={args.attack_strategy}",
                 ],
             )
 
