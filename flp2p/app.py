@@ -513,6 +513,7 @@ def run_server(grid: Grid, settings: RunSettings, output_dir: Path) -> dict[str,
 
     Returns the summary that is also written to ``summary.json``.
     """
+    output_dir.mkdir(parents=True, exist_ok=True)
     ledger = open_run_ledger(settings, output_dir)
     try:
         decorate = None

@@ -33,7 +33,8 @@ def test_two_round_federation_trains_and_writes_results(tmp_path: Path) -> None:
             ]
         )
     )
-    summary = simulate(settings, tmp_path)
+    summary = simulate(settings, tmp_path / "new" / "run")
+    tmp_path = tmp_path / "new" / "run"  # a folder that did not exist before
 
     rows = read_metrics(tmp_path / "metrics.csv")
     assert tuple(rows[0]) == METRICS_COLUMNS
