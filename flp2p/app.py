@@ -487,12 +487,18 @@ def aggregator_identity(settings: RunSettings) -> Identity:
 def open_run_ledger(settings: RunSettings, output_dir: Path) -> Ledger | None:
     """The aggregator's ledger for this run, if the strategy can record into one.
 
+    ``ledger.path`` names a file that outlives the run (reputation then carries
+    over to the next run of the same federation); by default it is the run folder's.
     Flower's built-in strategies report no verdicts, so they get no ledger.
     """
     if not settings.ledger_enabled or not _records_rounds(settings):
         return None
+    path = (
+        Path(settings.ledger_path) if settings.ledger_path else output_dir / LEDGER_FILE
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
     return Ledger.open(
-        output_dir / LEDGER_FILE,
+        path,
         federation=federation_name(settings),
         signer=aggregator_identity(settings),
         create=True,

@@ -63,6 +63,7 @@ class RunSettings:
     progress: bool = True
     ledger_enabled: bool = True
     ledger_replicate: bool = True
+    ledger_path: str | None = None
 
     @property
     def strategy_name(self) -> str:
@@ -136,6 +137,7 @@ def _settings_from_plain(cfg: dict[str, Any]) -> RunSettings:
         progress=bool(output.get("progress", True)),
         ledger_enabled=bool(ledger.get("enabled", True)),
         ledger_replicate=bool(ledger.get("replicate", True)),
+        ledger_path=ledger.get("path"),
     )
     _check(settings)
     return settings

@@ -18,6 +18,7 @@ from flp2p.replication import (
     with_ledger_broadcast,
 )
 from strategies.base import ScreenedFedAvg
+from strategies.records import ReputationState, Tier
 
 
 class FakeGrid:
@@ -89,3 +90,26 @@ def test_forged_or_foreign_block_is_refused_and_nothing_written(tmp_path: Path) 
     with Ledger.open(replica) as copy:
         assert copy.height == 1
     ledger.close()
+
+
+def test_reputation_carries_over_between_runs_through_a_fixed_ledger(
+    tmp_path: Path,
+) -> None:
+    from flp2p.app import open_run_ledger
+    from flp2p.config import RunSettings, compose
+
+    shared = tmp_path / "federation.db"
+    settings = RunSettings.from_config(
+        compose(["dataset=digits", "strategy=trusted", f"ledger.path={shared}"])
+    )
+    first = open_run_ledger(settings, tmp_path / "run-1")
+    assert first is not None
+    first.record_round(make_report(1), [])
+    first.put_reputations([ReputationState("peer-a", 0.9, Tier.GOLD)])
+    first.close()
+    second = open_run_ledger(settings, tmp_path / "run-2")
+    assert second is not None and second.path == shared
+    assert second.height == 1  # genesis + the first run's round
+    carried = second.get_reputation("peer-a")
+    assert carried is not None and carried.score == 0.9 and carried.tier is Tier.GOLD
+    second.close()

@@ -33,10 +33,10 @@ def test_two_round_federation_trains_and_writes_results(tmp_path: Path) -> None:
             ]
         )
     )
-    summary = simulate(settings, tmp_path / "new" / "run")
-    tmp_path = tmp_path / "new" / "run"  # a folder that did not exist before
+    run_dir = tmp_path / "new" / "run"  # the run creates its folder
+    summary = simulate(settings, run_dir)
 
-    rows = read_metrics(tmp_path / "metrics.csv")
+    rows = read_metrics(run_dir / "metrics.csv")
     assert tuple(rows[0]) == METRICS_COLUMNS
     assert [int(r["round"]) for r in rows] == [0, 1, 2]
     accuracy = [float(r["accuracy"]) for r in rows]
@@ -44,19 +44,19 @@ def test_two_round_federation_trains_and_writes_results(tmp_path: Path) -> None:
     seconds = [float(r["seconds"]) for r in rows]
     assert seconds == sorted(seconds)
 
-    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk["status"] == "completed"
     assert on_disk["rounds_completed"] == 2
     assert on_disk["final_accuracy"] == summary["final_accuracy"]
     assert on_disk["final_accuracy"] == pytest.approx(accuracy[-1], abs=1e-6)
-    assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run_dir / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
 
     # The signed ledger: genesis + 2 rounds at the aggregator; every client holds a
     # verified copy of what was handed out with round 2's instruction.
-    with Ledger.open(tmp_path / "ledger.db") as ledger:
+    with Ledger.open(run_dir / "ledger.db") as ledger:
         assert ledger.verify() == 3
         chain = [block.block_hash for block in ledger.blocks()]
-    replicas = sorted((tmp_path / "replicas").glob("*.db"))
+    replicas = sorted((run_dir / "replicas").glob("*.db"))
     assert len(replicas) == 4
     for path in replicas:
         with Ledger.open(path) as replica:
