@@ -136,6 +136,9 @@ def main() -> None:
     parser.add_argument(
         "--attack-strategy", default="trusted", help="strategy for the attacked runs"
     )
+    parser.add_argument(
+        "--modes", nargs="+", choices=["dpsgd", "central"], default=["dpsgd", "central"]
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -162,7 +165,7 @@ def main() -> None:
         print(f"{mode:>15} ε={epsilon:<6g} accuracy {summary.get('final_accuracy')}")
 
     record("none", float("inf"), "none", [])
-    for eps in args.epsilons:
+    for eps in args.epsilons if "dpsgd" in args.modes else []:
         record(
             "dpsgd",
             eps,
@@ -173,13 +176,14 @@ def main() -> None:
                 f"privacy.target_epsilon={eps}",
             ],
         )
+    for eps in args.epsilons if "central" in args.modes else []:
         record(
             "central",
             eps,
             f"central-{eps:g}",
             ["privacy=central", f"privacy.target_epsilon={eps}"],
         )
-    if args.attack != "none":
+    if args.attack != "none" and "central" in args.modes:
         for eps in args.epsilons:
             record(
                 "central+attack",
