@@ -1,0 +1,283 @@
+"""One command, a whole federation on 127.0.0.1: a founder (bootstrap peer), two
+aggregator-eligible peers and N clients, each its own ``python -m`` process.
+
+::
+
+    .venv/bin/python examples/localhost/run.py --clients 4 --rounds 2
+    .venv/bin/python examples/localhost/run.py --kill-aggregator-after 1   # failover
+
+Every process logs to ``<work dir>/<name>.log``. With ``--kill-aggregator-after R`` the
+lease holder's whole process group (peer, SuperLink, ServerApp) gets SIGKILL as soon
+as its lease advertises round R; the other eligible peer takes over and the clients
+follow it. Exit code 0 when every client reports the federation finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flp2p.client import configure_logging
+from flp2p.dht import AddressBook, Lease
+from flp2p.identity import Identity
+from flp2p.peer.processes import (
+    descendants,
+    flower_environment,
+    free_port,
+    process_children,
+)
+
+PYTHON = sys.executable
+
+
+@dataclass
+class LocalFederation:
+    """The processes of one localhost federation and where they log."""
+
+    work_dir: Path
+    clients: int = 4
+    rounds: int = 2
+    dataset: str = "digits"
+    insecure: bool = False
+    lease_timeout: float = 120.0
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    federation_id: str = ""
+    bootstrap: str = ""
+    eligible: dict[str, str] = field(default_factory=dict)
+    """Process name → node id of the aggregator-eligible peers."""
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.work_dir / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            [PYTHON, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=flower_environment(),
+            start_new_session=True,  # one group per peer: kill -9 takes its children
+        )
+        log.close()
+        self.processes[name] = process
+        return process
+
+    def start(self) -> None:
+        """Found the federation, then start the eligible peers and the clients."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("eligible-a", "eligible-b"):
+            key = self.work_dir / name / "identity.key"
+            self.eligible[name] = Identity.load_or_create(key).node_id
+        port = free_port()
+        self.bootstrap = f"127.0.0.1:{port}"
+        founder = self._spawn(
+            "founder",
+            [
+                "-m", "flp2p.peer.founder", "--listen", self.bootstrap,
+                "--identity", str(self.work_dir / "founder.key"),
+                *(a for n in self.eligible.values() for a in ("--eligible", n)),
+                "--param", f"rounds={self.rounds}",
+                "--param", f"clients={self.clients}",
+                "--param", f"dataset={self.dataset}",
+                "--param", "output.progress=false", "--param", "output.plot=false",
+            ],
+        )  # fmt: skip
+        self.federation_id = self._read_federation_id(founder)
+        for name in self.eligible:
+            self._spawn(name, [*self._peer_args(name), "--aggregator-eligible"])
+        for index in range(self.clients):
+            partition = ["--partition-id", str(index), "--num-partitions"]
+            self._spawn(
+                f"client-{index}",
+                [*self._peer_args(f"client-{index}"), *partition, str(self.clients)],
+            )
+
+    def _read_federation_id(self, founder: subprocess.Popen[bytes]) -> str:
+        log_path = self.work_dir / "founder.log"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for line in log_path.read_text().splitlines():
+                if len(line) == 64 and all(c in "0123456789abcdef" for c in line):
+                    return line
+            if founder.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"the founder did not start; see {log_path}")
+
+    def _peer_args(self, name: str) -> list[str]:
+        args = [
+            "-m", "flp2p.client", "--bootstrap", self.bootstrap,
+            "--federation", self.federation_id,
+            "--identity", str(self.work_dir / name / "identity.key"),
+            "--work-dir", str(self.work_dir / name),
+            "--lease-timeout", str(self.lease_timeout), "--verbose",
+        ]  # fmt: skip
+        return [*args, "--insecure"] if self.insecure else args
+
+    def client_names(self) -> list[str]:
+        """Names of the client processes."""
+        return [f"client-{i}" for i in range(self.clients)]
+
+    def wait_clients(self, timeout: float) -> dict[str, int | None]:
+        """Exit code of every client (``None``: still running at the timeout)."""
+        deadline = time.monotonic() + timeout
+        for name in self.client_names():
+            remaining = max(0.1, deadline - time.monotonic())
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.processes[name].wait(timeout=remaining)
+        return {n: self.processes[n].poll() for n in self.client_names()}
+
+    def holder_name(self, lease: Lease) -> str | None:
+        """Process name of the peer holding ``lease``."""
+        names = [n for n, node_id in self.eligible.items() if node_id == lease.holder]
+        return names[0] if names else None
+
+    def kill(self, name: str) -> None:
+        """SIGKILL ``name`` as if its machine died: its process group and every
+        process below it (Flower detaches SuperExec and the ServerApp into
+        sessions of their own, which a group kill would miss)."""
+        process = self.processes[name]
+        tree = descendants(process.pid, process_children())
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Terminate every process group still running (then kill stragglers)."""
+        for process in self.processes.values():
+            # Even when the peer exited, a process it left behind may hold its group.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for process in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
+
+    def log_tail(self, name: str, lines: int = 5) -> str:
+        """Last lines of a process log (for failure messages)."""
+        text = (self.work_dir / f"{name}.log").read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+async def watch_lease(
+    federation: LocalFederation, wanted: Callable[[Lease], bool], timeout: float
+) -> Lease | None:
+    """Read the lease as an observer until ``wanted`` holds for it."""
+    book = AddressBook(Identity.generate(), rpc_timeout=2.0)
+    await book.start()
+    try:
+        host, port = federation.bootstrap.rsplit(":", 1)
+        await book.bootstrap([(host, int(port))])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lease = await book.get_lease(federation.federation_id)
+            if lease is not None and wanted(lease):
+                return lease
+            await asyncio.sleep(0.5)
+        return None
+    finally:
+        await book.stop()
+
+
+@dataclass(frozen=True)
+class Failover:
+    """What happened around a SIGKILL of the lease holder (seconds after the kill)."""
+
+    victim: str
+    killed_after_round: int
+    new_lease_after: float | None
+    next_round_after: float | None
+    successor_epoch: int | None
+    resumed_from_round: int | None
+
+
+def kill_holder_and_watch(
+    federation: LocalFederation, after_round: int, timeout: float
+) -> Failover:
+    """SIGKILL the holder once round ``after_round`` is advertised; time the resume.
+
+    Raises
+    ------
+    RuntimeError
+        If no lease reaches that round within ``timeout``.
+    """
+    lease = asyncio.run(
+        watch_lease(federation, lambda x: x.last_round >= after_round, timeout)
+    )
+    victim = None if lease is None else federation.holder_name(lease)
+    if lease is None or victim is None:
+        raise RuntimeError(f"no lease advertised round {after_round} in {timeout} s")
+    federation.kill(victim)
+    killed_at = time.monotonic()
+    successor = asyncio.run(
+        watch_lease(federation, lambda x: x.epoch > lease.epoch, timeout)
+    )
+    new_lease_after = None if successor is None else time.monotonic() - killed_at
+    progressed = asyncio.run(
+        watch_lease(
+            federation,
+            lambda x: x.epoch > lease.epoch and x.last_round > lease.last_round,
+            timeout,
+        )
+    )
+    return Failover(
+        victim=victim,
+        killed_after_round=lease.last_round,
+        new_lease_after=new_lease_after,
+        next_round_after=None if progressed is None else time.monotonic() - killed_at,
+        successor_epoch=None if successor is None else successor.epoch,
+        resumed_from_round=None if successor is None else successor.last_round,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the example; returns the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--insecure", action="store_true")
+    parser.add_argument("--kill-aggregator-after", type=int, metavar="ROUND")
+    parser.add_argument("--work-dir", type=Path)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    args = parser.parse_args(argv)
+    configure_logging(verbose=False)  # the observer's DHT node is chatty otherwise
+    work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="flp2p-localhost-"))
+    federation = LocalFederation(
+        work_dir, args.clients, args.rounds, args.dataset, args.insecure
+    )
+    started = time.monotonic()
+    try:
+        federation.start()
+        print(f"federation {federation.federation_id} · logs in {work_dir}")
+        if args.kill_aggregator_after is not None:
+            failover = kill_holder_and_watch(
+                federation, args.kill_aggregator_after, args.timeout
+            )
+            print(failover)
+        codes = federation.wait_clients(args.timeout)
+    finally:
+        federation.stop()
+    for name, code in codes.items():
+        print(f"{name}: exit {code} · {federation.log_tail(name, 1)}")
+    print(f"total {time.monotonic() - started:.0f} s")
+    return 0 if all(code == 0 for code in codes.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""The aggregator role: a SuperLink, the flp2p ServerApp on it, and the lease.
+
+An aggregator-eligible peer takes this role when the deterministic election
+(:mod:`flp2p.peer.election`) names it — at the start, when nobody holds the lease, or
+after the holder's lease lapsed. It then
+
+1. starts a Flower SuperLink on 127.0.0.1 with a fresh self-signed certificate
+   (:mod:`flp2p.peer.tls`), unless told to run without TLS — or uses the one it
+   kept warm while it was next in line (:meth:`AggregatorRole.prepare`);
+2. publishes the lease — SuperLink address, certificate fingerprint, epoch (one more
+   than the lapsed lease's), last finished round and the hash of the model it resumes
+   from — which the address book renews every third of its lifetime;
+3. submits the peer Flower App (:mod:`flp2p.peer.apps`) with ``flwr run``, resuming
+   from that round's checkpoint;
+4. as each round finishes (a new checkpoint appears), pushes the model to the other
+   eligible peers (:mod:`flp2p.peer.replication`) and only then advertises the round
+   in the lease — so a successor always holds the model the last lease names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from flp2p.dht import AddressBook, Genesis, Lease
+from flp2p.dht.codec import JSONValue
+from flp2p.peer.apps import CHECKPOINT_DIR_KEY, FEDERATION_KEY, START_ROUND_KEY
+from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
+from flp2p.peer.flower_app import flatten_parameters, write_app
+from flp2p.peer.processes import (
+    ManagedProcess,
+    flower_environment,
+    flower_executable,
+    free_port,
+    superlink_command,
+    wait_for_port,
+)
+from flp2p.peer.replication import push_checkpoint
+from flp2p.peer.tls import (
+    INSECURE_FINGERPRINT,
+    TlsFiles,
+    make_self_signed_certificate,
+)
+
+log = logging.getLogger(__name__)
+
+AGGREGATOR_ROLE = "aggregator-eligible"
+"""Role in the node record of a peer that may hold the lease; its address receives
+checkpoint pushes."""
+SUPERLINK_START_TIMEOUT = 60.0
+SUBMIT_TIMEOUT = 180.0
+
+
+class AggregatorError(RuntimeError):
+    """The aggregator could not start its SuperLink or submit the run."""
+
+
+def total_rounds(genesis: Genesis) -> int:
+    """Rounds the federation trains, from the genesis parameters.
+
+    Raises
+    ------
+    AggregatorError
+        If the genesis does not say (a positive integer ``rounds``).
+    """
+    rounds = genesis.parameters.get("rounds")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise AggregatorError(
+            f"the genesis must set a positive 'rounds', got {rounds!r}"
+        )
+    return rounds
+
+
+def peer_run_config(
+    parameters: Mapping[str, JSONValue],
+    federation_id: str,
+    start_round: int,
+    checkpoint_dir: Path,
+    output_dir: Path,
+) -> dict[str, JSONValue]:
+    """Run config of one submission: genesis parameters plus the ``peer.`` keys."""
+    config = flatten_parameters(parameters)
+    config.update(
+        {
+            START_ROUND_KEY: start_round,
+            CHECKPOINT_DIR_KEY: str(checkpoint_dir),
+            FEDERATION_KEY: federation_id,
+            "output-dir": str(output_dir),
+        }
+    )
+    return config
+
+
+@dataclass(frozen=True)
+class RunningSuperLink:
+    """A SuperLink this peer started, where it listens and what it trusts."""
+
+    process: ManagedProcess
+    address: str
+    tls: TlsFiles | None
+    directory: Path
+
+
+@dataclass
+class Holding:
+    """What the current holder runs and last advertised."""
+
+    superlink: RunningSuperLink
+    lease: Lease
+
+
+class AggregatorRole:
+    """Holds the lease and runs the federation from this peer.
+
+    Parameters
+    ----------
+    book
+        The peer's address book (publishes and renews the lease).
+    genesis
+        The federation's genesis (parameters, eligible peers).
+    store
+        This peer's checkpoints; the ServerApp writes new rounds here.
+    work_dir
+        Folder for certificates, the app, logs and run outputs.
+    use_tls
+        Serve the SuperLink over TLS with a pinned self-signed certificate.
+    """
+
+    def __init__(
+        self,
+        book: AddressBook,
+        genesis: Genesis,
+        store: CheckpointStore,
+        work_dir: Path,
+        use_tls: bool = True,
+    ) -> None:
+        self.book = book
+        self.genesis = genesis
+        self.store = store
+        self.work_dir = work_dir
+        self.use_tls = use_tls
+        self.holding: Holding | None = None
+        self.warm: RunningSuperLink | None = None
+
+    @property
+    def federation_id(self) -> str:
+        """Id of the federation (hash of the genesis)."""
+        return self.genesis.federation_id
+
+    @property
+    def finished(self) -> bool:
+        """Whether the lease advertises the federation's last round."""
+        return (
+            self.holding is not None
+            and self.holding.lease.last_round >= total_rounds(self.genesis)
+        )
+
+    async def prepare(self) -> None:
+        """Start a SuperLink ahead of need (the next in line keeps one warm).
+
+        Starting a SuperLink takes seconds on a loaded machine; a standby that would
+        win the next election pays that before the holder fails, not after.
+        """
+        if self.warm is None:
+            self.warm = await self._start_superlink()
+
+    async def _start_superlink(self) -> RunningSuperLink:
+        port = free_port()
+        directory = self.work_dir / f"superlink-{port}"
+        tls = make_self_signed_certificate(directory / "tls") if self.use_tls else None
+        address = f"127.0.0.1:{port}"
+        process = ManagedProcess(
+            superlink_command(
+                port, None if tls is None else (tls.certificate, tls.private_key)
+            ),
+            directory / "superlink.log",
+            cwd=directory,
+        )
+        up = await asyncio.to_thread(wait_for_port, address, SUPERLINK_START_TIMEOUT)
+        if not up:
+            process.stop()
+            raise AggregatorError(f"the SuperLink did not listen on {address}")
+        return RunningSuperLink(process, address, tls, directory)
+
+    async def take_over(self, resume: Checkpoint, epoch: int) -> Lease:
+        """Publish lease ``epoch`` for a (warm or new) SuperLink and submit the run.
+
+        Raises
+        ------
+        AggregatorError
+            If the SuperLink does not come up or ``flwr run`` fails.
+        """
+        warm, self.warm = self.warm, None
+        if warm is None or not warm.process.running():
+            if warm is not None:
+                warm.process.stop()
+            warm = await self._start_superlink()
+        superlink = warm
+        lease = Lease(
+            federation_id=self.federation_id,
+            holder=self.book.identity.node_id,
+            superlink_address=superlink.address,
+            tls_fingerprint=(
+                INSECURE_FINGERPRINT
+                if superlink.tls is None
+                else superlink.tls.fingerprint
+            ),
+            epoch=epoch,
+            last_round=resume.server_round,
+            model_sha256=resume.sha256,
+        )
+        self.holding = Holding(superlink, lease)
+        await self.book.publish(lease)
+        log.info("holding lease epoch %d at %s", epoch, superlink.address)
+        if resume.server_round < total_rounds(self.genesis):
+            await self._submit(resume.server_round, epoch, superlink)
+        return lease
+
+    async def _submit(
+        self, start_round: int, epoch: int, superlink: RunningSuperLink
+    ) -> None:
+        incarnation = superlink.directory / f"epoch-{epoch}"
+        config = peer_run_config(
+            self.genesis.parameters,
+            self.federation_id,
+            start_round,
+            self.store.directory,
+            incarnation / "run",
+        )
+        tls = superlink.tls
+        certificate = None if tls is None else tls.certificate
+        app_dir, flwr_home = write_app(
+            incarnation, config, superlink.address, certificate
+        )
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [flower_executable("flwr"), "run", str(app_dir)],
+            env=flower_environment({"FLWR_HOME": str(flwr_home)}),
+            capture_output=True,
+            text=True,
+            timeout=SUBMIT_TIMEOUT,
+            check=False,
+        )
+        if done.returncode != 0:
+            tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
+            raise AggregatorError(f"flwr run failed: {' / '.join(tail)}")
+
+    async def advertise_progress(self, standbys: list[str]) -> int | None:
+        """Push the newest finished round to ``standbys``, then advertise it.
+
+        Returns
+        -------
+        int or None
+            The round newly advertised, or ``None`` if nothing new finished.
+        """
+        if self.holding is None:
+            return None
+        rounds = self.store.rounds()
+        newest = rounds[-1] if rounds else -1
+        if newest <= self.holding.lease.last_round:
+            return None
+        checkpoint = self.store.load(newest)
+        failures = await asyncio.gather(
+            *(
+                push_checkpoint(a, self.book.identity, self.federation_id, checkpoint)
+                for a in standbys
+            )
+        )
+        for failure in filter(None, failures):
+            log.warning("standby did not take round %d: %s", newest, failure)
+        lease = dataclasses.replace(
+            self.holding.lease, last_round=newest, model_sha256=checkpoint.sha256
+        )
+        self.holding.lease = lease
+        await self.book.publish(lease)
+        return newest
+
+    def superlink_alive(self) -> bool:
+        """Whether the SuperLink this peer started still runs."""
+        return self.holding is not None and self.holding.superlink.process.running()
+
+    def stop(self) -> None:
+        """Stop the SuperLinks and stop renewing the lease (it lapses on its own)."""
+        if self.holding is not None:
+            self.book.withdraw(self.holding.lease)
+            self.holding.superlink.process.stop()
+            self.holding = None
+        if self.warm is not None:
+            self.warm.process.stop()
+            self.warm = None

@@ -1,0 +1,177 @@
+"""What the aggregator writes and runs: app folder, connection, commands, run config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomli
+from flwr.app import ArrayRecord, MetricRecord
+
+from flp2p.aggregator import AggregatorError, peer_run_config, total_rounds
+from flp2p.app import arrays_to_record
+from flp2p.dht import Genesis
+from flp2p.dht.codec import JSONValue
+from flp2p.peer.apps import (
+    CHECKPOINT_DIR_KEY,
+    FEDERATION_KEY,
+    START_ROUND_KEY,
+    PeerRun,
+    checkpointing_evaluator,
+    experiment_settings,
+)
+from flp2p.peer.checkpoints import CheckpointStore
+from flp2p.peer.flower_app import (
+    connection_toml,
+    flatten_parameters,
+    toml_value,
+    write_app,
+)
+from flp2p.peer.processes import descendants, superlink_command, supernode_command
+from strategies.records import update_sha256
+
+FEDERATION = "fe" * 32
+
+
+def test_flatten_parameters_uses_dotted_keys() -> None:
+    nested: dict[str, JSONValue] = {
+        "rounds": 2,
+        "partition": {"alpha": 0.5, "scheme": "iid"},
+    }
+    assert flatten_parameters(nested) == {
+        "rounds": 2,
+        "partition.alpha": 0.5,
+        "partition.scheme": "iid",
+    }
+
+
+def test_toml_value_refuses_what_a_run_config_cannot_hold() -> None:
+    assert toml_value('say "hi"') == '"say \\"hi\\""'
+    assert toml_value(True) == "true"
+    bad_values: list[JSONValue] = [None, [1], {"a": 1}]
+    for bad in bad_values:
+        with pytest.raises(ValueError, match="scalars"):
+            toml_value(bad)
+
+
+def test_written_app_and_connection_parse_back(tmp_path: Path) -> None:
+    config = peer_run_config(
+        {"rounds": 3, "dataset": "digits", "partition": {"alpha": 0.1}},
+        FEDERATION,
+        1,
+        tmp_path / "ckpt",
+        tmp_path / "out",
+    )
+    certificate = tmp_path / "tls" / "superlink.crt"
+    app_dir, home = write_app(tmp_path, config, "127.0.0.1:9999", certificate)
+    app = tomli.loads((app_dir / "pyproject.toml").read_text())
+    flwr = app["tool"]["flwr"]["app"]
+    assert flwr["components"] == {
+        "serverapp": "flp2p.peer.apps:server_app",
+        "clientapp": "flp2p.peer.apps:client_app",
+    }
+    run_config = flwr["config"]
+    assert run_config["rounds"] == 3 and run_config["partition"] == {"alpha": 0.1}
+    assert run_config["peer"] == {
+        "start-round": 1,
+        "checkpoint-dir": str(tmp_path / "ckpt"),
+        "federation": FEDERATION,
+    }
+    assert run_config["output-dir"] == str(tmp_path / "out")
+    connection = tomli.loads((home / "config.toml").read_text())["superlink"]
+    name = connection["default"]
+    assert connection[name] == {
+        "address": "127.0.0.1:9999",
+        "root-certificates": str(certificate),
+    }
+
+
+def test_insecure_connection() -> None:
+    parsed = tomli.loads(connection_toml("127.0.0.1:1", None))["superlink"]
+    assert parsed[parsed["default"]] == {"address": "127.0.0.1:1", "insecure": True}
+
+
+def test_peer_keys_are_required_and_stripped_from_the_experiment() -> None:
+    with pytest.raises(ValueError, match="not a peer-runtime run"):
+        PeerRun.from_run_config({"rounds": 2})
+    run_config = {
+        "rounds": 2,
+        "dataset": "digits",
+        START_ROUND_KEY: 1,
+        CHECKPOINT_DIR_KEY: "/tmp/c",
+        FEDERATION_KEY: FEDERATION,
+    }
+    peer = PeerRun.from_run_config(run_config)
+    assert (peer.start_round, peer.checkpoint_dir, peer.federation) == (
+        1,
+        Path("/tmp/c"),
+        FEDERATION,
+    )
+    settings = experiment_settings(run_config, {"data-dir": "/data/mine"})
+    assert settings.rounds == 2 and settings.dataset == "digits"
+    assert settings.data_dir == "/data/mine"
+
+
+def test_checkpoints_are_numbered_in_federation_rounds(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    seen: list[int] = []
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        seen.append(server_round)
+        return MetricRecord({"accuracy": 0.5})
+
+    evaluate_fn = checkpointing_evaluator(evaluate, store, start_round=3)
+    model = {"w": np.arange(4, dtype=np.float32)}
+    evaluate_fn(0, arrays_to_record(model))  # the starting model: already held
+    assert store.rounds() == []
+    evaluate_fn(1, arrays_to_record(model))
+    evaluate_fn(2, arrays_to_record({"w": model["w"] + 1}))
+    assert store.rounds() == [4, 5]
+    assert store.load(5).sha256 == update_sha256({"w": model["w"] + 1})
+    assert seen == [0, 1, 2]  # evaluation itself is unchanged
+
+
+def test_total_rounds_comes_from_the_genesis() -> None:
+    def genesis(parameters: dict[str, JSONValue]) -> Genesis:
+        return Genesis("a" * 64, parameters, ("b" * 64,))
+
+    assert total_rounds(genesis({"rounds": 4})) == 4
+    bad_parameters: list[dict[str, JSONValue]] = [
+        {},
+        {"rounds": 0},
+        {"rounds": True},
+        {"rounds": "3"},
+    ]
+    for bad in bad_parameters:
+        with pytest.raises(AggregatorError, match="positive 'rounds'"):
+            total_rounds(genesis(bad))
+
+
+def test_superlink_command_tls_and_insecure(tmp_path: Path) -> None:
+    crt, key = tmp_path / "c.crt", tmp_path / "c.key"
+    tls = superlink_command(9000, (crt, key))
+    assert tls[tls.index("--port") + 1] == "9000"
+    assert tls[tls.index("--ssl-certfile") + 1] == str(crt)
+    assert tls[tls.index("--ssl-ca-certfile") + 1] == str(crt)  # self-signed
+    assert tls[tls.index("--ssl-keyfile") + 1] == str(key)
+    assert "--insecure" not in tls
+    plain = superlink_command(9000, None)
+    assert "--insecure" in plain and "--ssl-certfile" not in plain
+
+
+def test_supernode_command_quotes_strings_and_pins_the_root(tmp_path: Path) -> None:
+    pem = tmp_path / "pin.pem"
+    command = supernode_command(
+        "127.0.0.1:9000", pem, 9100, {"partition-id": 1, "data-dir": "/d"}
+    )
+    assert command[command.index("--superlink") + 1] == "127.0.0.1:9000"
+    assert command[command.index("--root-certificates") + 1] == str(pem)
+    assert command[command.index("--node-config") + 1] == 'partition-id=1 data-dir="/d"'
+    assert "--insecure" in supernode_command("h:1", None, 9100, {})
+
+
+def test_descendants_walks_the_whole_tree() -> None:
+    tree = {1: [2, 3], 2: [4], 4: [5], 9: [10]}
+    assert sorted(descendants(1, tree)) == [2, 3, 4, 5]
+    assert descendants(5, tree) == []

@@ -1,0 +1,116 @@
+"""End to end on 127.0.0.1: the localhost example with real SuperLinks/SuperNodes.
+
+Both tests start a founder, two aggregator-eligible peers and four clients as
+separate processes (``examples/localhost/run.py``) and take minutes on two shared
+cores, hence ``slow``: ``.venv/bin/pytest tests/test_peer_localhost.py -m slow``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from flp2p.peer.checkpoints import CheckpointStore
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "localhost" / "run.py"
+TIMEOUT = 420.0
+
+
+def _example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("localhost_example", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+example = _example()
+
+
+def processes_working_in(directory: Path) -> list[int]:
+    """Pids whose working directory lies in ``directory`` (Flower's detached
+    SuperExec and app processes inherit the SuperLink's or SuperNode's)."""
+    found = []
+    for cwd in Path("/proc").glob("[0-9]*/cwd"):
+        try:
+            if Path(os.readlink(cwd)).is_relative_to(directory):
+                found.append(int(cwd.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def wait_until_none_left(directory: Path, timeout: float = 20.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := processes_working_in(directory)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator[Any]:
+    running = example.LocalFederation(tmp_path, clients=4, rounds=2)
+    try:
+        yield running
+    finally:
+        running.stop()
+        for process in running.processes.values():  # nothing left in any group
+            with pytest.raises(ProcessLookupError):
+                os.killpg(process.pid, 0)
+        # ... nor anything Flower detached from them.
+        assert wait_until_none_left(tmp_path) == []
+
+
+def _final_lines(federation: Any) -> dict[str, str]:
+    return {n: federation.log_tail(n, 1) for n in federation.client_names()}
+
+
+@pytest.mark.slow
+def test_four_clients_train_two_rounds(federation: Any) -> None:
+    federation.start()
+    codes = federation.wait_clients(TIMEOUT)
+    assert codes == dict.fromkeys(federation.client_names(), 0), _final_lines(
+        federation
+    )
+    lines = set(_final_lines(federation).values())
+    assert len(lines) == 1, lines  # every client saw the same final lease
+    (line,) = lines
+    assert "finished: round 2" in line and "lease epoch 1" in line
+    # The holder's round-2 checkpoint is the model the final lease names.
+    holders = [
+        CheckpointStore(federation.work_dir / n / "checkpoints")
+        for n in ("eligible-a", "eligible-b")
+    ]
+    final_hashes = {s.load(2).sha256[:12] for s in holders if 2 in s.rounds()}
+    assert len(final_hashes) == 1 and f"model {final_hashes.pop()}" in line
+
+
+@pytest.mark.slow
+def test_training_completes_after_the_aggregator_is_killed(federation: Any) -> None:
+    federation.start()
+    failover = example.kill_holder_and_watch(federation, 1, TIMEOUT)
+    codes = federation.wait_clients(TIMEOUT)
+    assert codes == dict.fromkeys(federation.client_names(), 0), _final_lines(
+        federation
+    )
+    assert failover.killed_after_round == 1
+    # The successor resumed from round 1 (nothing finished was lost), as epoch 2,
+    # and took over within the 30 s the issue asks for.
+    assert failover.successor_epoch == 2 and failover.resumed_from_round == 1
+    assert failover.new_lease_after is not None and failover.new_lease_after < 30
+    survivor = ({"eligible-a", "eligible-b"} - {failover.victim}).pop()
+    ours = CheckpointStore(federation.work_dir / survivor / "checkpoints")
+    theirs = CheckpointStore(federation.work_dir / failover.victim / "checkpoints")
+    assert ours.load(1).sha256 == theirs.load(1).sha256  # resumed from *the* round 1
+    for line in _final_lines(federation).values():
+        assert "finished: round 2" in line and "lease epoch 2" in line
+        assert f"model {ours.load(2).sha256[:12]}" in line

@@ -1,0 +1,200 @@
+"""The peer's decisions, with the network and Flower replaced by recorders:
+who takes over, from which round, as which epoch, and when a holder steps down."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flp2p.aggregator import Holding
+from flp2p.client import Peer, PeerError, PeerOptions
+from flp2p.dht import AddressBook, Genesis, Lease, NodeRecord
+from flp2p.identity import Identity
+from flp2p.peer.checkpoints import Checkpoint
+
+ME = Identity.generate()
+OTHER = Identity.generate()
+FOUNDER = Identity.generate()
+
+
+@dataclass
+class RecordingAggregator:
+    """Stands in for :class:`flp2p.aggregator.AggregatorRole`."""
+
+    holding: Holding | None = None
+    warm: object | None = None
+    prepared: int = 0
+    took_over: list[tuple[int, str, int]] = field(default_factory=list)
+    stopped: int = 0
+    progress_calls: int = 0
+
+    async def take_over(self, resume: Checkpoint, epoch: int) -> None:
+        self.took_over.append((resume.server_round, resume.sha256, epoch))
+
+    async def prepare(self) -> None:
+        self.prepared += 1
+        self.warm = object()
+
+    async def advertise_progress(self, standbys: list[str]) -> None:
+        self.progress_calls += 1
+
+    finished = False
+
+    def superlink_alive(self) -> bool:
+        return True
+
+    def stop(self) -> None:
+        self.stopped += 1
+        self.holding = None
+
+
+def _model(value: float) -> dict[str, np.ndarray]:
+    return {"w": np.full(3, value, dtype=np.float32)}
+
+
+def _lease(genesis: Genesis, holder: Identity, epoch: int, last_round: int) -> Lease:
+    return Lease(
+        federation_id=genesis.federation_id,
+        holder=holder.node_id,
+        superlink_address="127.0.0.1:9",
+        tls_fingerprint="ab" * 32,
+        epoch=epoch,
+        last_round=last_round,
+        model_sha256=Checkpoint(last_round, _model(last_round)).sha256,
+    )
+
+
+@pytest.fixture
+def peer(tmp_path: Path) -> Peer:
+    genesis = Genesis(
+        founder=FOUNDER.node_id,
+        parameters={"rounds": 3},
+        eligible=(ME.node_id, OTHER.node_id),
+    )
+    options = PeerOptions(
+        bootstrap=(("127.0.0.1", 1),),
+        federation=genesis.federation_id,
+        identity=tmp_path / "id.key",
+        work_dir=tmp_path,
+        aggregator_eligible=True,
+    )
+    running = Peer(options, AddressBook(ME), genesis)
+    running.aggregator = RecordingAggregator()  # type: ignore[assignment]
+    return running
+
+
+def _live(peer: Peer, *alive: Identity) -> None:
+    live = {i.node_id for i in alive}
+
+    async def get_node(node_id: str) -> NodeRecord | None:
+        return NodeRecord(node_id, "127.0.0.1:1") if node_id in live else None
+
+    peer.book.get_node = get_node  # type: ignore[method-assign]
+
+
+def _hold_models(peer: Peer, *rounds: int) -> None:
+    for r in rounds:
+        checkpoint = Checkpoint(r, _model(r))
+        peer.store.save(checkpoint)
+
+
+def test_successor_resumes_from_the_last_advertised_round_as_next_epoch(
+    peer: Peer,
+) -> None:
+    # OTHER (the holder) died after advertising round 2; its record still looks live.
+    _live(peer, ME, OTHER)
+    _hold_models(peer, 0, 1, 2)
+    for r in (0, 1, 2):
+        peer.advertised[r] = Checkpoint(r, _model(r)).sha256
+    peer.last_lease = _lease(peer.genesis, OTHER, epoch=4, last_round=2)
+    asyncio.run(peer._maybe_take_over())
+    aggregator = peer.aggregator
+    assert isinstance(aggregator, RecordingAggregator)
+    assert aggregator.took_over == [(2, Checkpoint(2, _model(2)).sha256, 5)]
+    assert OTHER.node_id in peer.failed
+
+
+def test_a_tampered_newest_model_is_not_resumed_from(peer: Peer) -> None:
+    _live(peer, ME)
+    _hold_models(peer, 0, 1)
+    peer.store.save(Checkpoint(2, _model(99.0)))  # not what the lease vouched for
+    for r in (0, 1, 2):
+        peer.advertised[r] = Checkpoint(r, _model(r)).sha256
+    peer.last_lease = _lease(peer.genesis, OTHER, epoch=1, last_round=2)
+    asyncio.run(peer._maybe_take_over())
+    aggregator = peer.aggregator
+    assert isinstance(aggregator, RecordingAggregator)
+    assert [(r, e) for r, _, e in aggregator.took_over] == [(1, 2)]
+
+
+def test_only_the_elected_peer_takes_over(peer: Peer) -> None:
+    _live(peer, ME, OTHER)
+    _hold_models(peer, 0)
+    peer.advertised[0] = Checkpoint(0, _model(0)).sha256
+    asyncio.run(peer._maybe_take_over())  # no lease yet: nobody failed
+    aggregator = peer.aggregator
+    assert isinstance(aggregator, RecordingAggregator)
+    expected = min(ME.node_id, OTHER.node_id) == ME.node_id
+    assert bool(aggregator.took_over) == expected
+    if expected:
+        assert aggregator.took_over[0][2] == 1  # the first lease is epoch 1
+
+
+def test_elected_without_any_vouched_model_is_an_error(peer: Peer) -> None:
+    _live(peer, ME)
+    peer.last_lease = _lease(peer.genesis, OTHER, epoch=1, last_round=1)
+    with pytest.raises(PeerError, match="no held model matches"):
+        asyncio.run(peer._maybe_take_over())
+
+
+def _holding(peer: Peer, epoch: int) -> RecordingAggregator:
+    aggregator = peer.aggregator
+    assert isinstance(aggregator, RecordingAggregator)
+    aggregator.holding = Holding(
+        superlink=None,
+        lease=_lease(peer.genesis, ME, epoch=epoch, last_round=1),
+    )
+    _live(peer)
+    return aggregator
+
+
+def test_holder_steps_down_for_a_newer_epoch(peer: Peer) -> None:
+    aggregator = _holding(peer, epoch=2)
+    newer = _lease(peer.genesis, OTHER, epoch=3, last_round=1)
+    assert asyncio.run(peer._hold(newer)) is None
+    assert aggregator.stopped == 1 and aggregator.progress_calls == 0
+
+
+def test_holder_keeps_going_against_an_older_epoch(peer: Peer) -> None:
+    aggregator = _holding(peer, epoch=2)
+    older = _lease(peer.genesis, OTHER, epoch=1, last_round=1)
+    assert asyncio.run(peer._hold(older)) is None
+    assert aggregator.stopped == 0 and aggregator.progress_calls == 1
+
+
+def test_only_the_next_in_line_keeps_a_superlink_warm(peer: Peer) -> None:
+    aggregator = peer.aggregator
+    assert isinstance(aggregator, RecordingAggregator)
+    _live(peer, ME, OTHER)
+    # The holder is OTHER: whoever is left after excluding it is next in line (ME).
+    asyncio.run(peer._keep_warm_if_next(_lease(peer.genesis, OTHER, 1, 0)))
+    asyncio.run(peer._keep_warm_if_next(_lease(peer.genesis, OTHER, 1, 0)))
+    assert aggregator.prepared == 1  # once: the warm SuperLink is kept
+
+
+def test_a_dead_standby_is_not_next_in_line(peer: Peer) -> None:
+    aggregator = peer.aggregator
+    assert isinstance(aggregator, RecordingAggregator)
+    third = Identity.generate()
+    peer.genesis = Genesis(
+        founder=FOUNDER.node_id,
+        parameters={"rounds": 3},
+        eligible=(ME.node_id, OTHER.node_id, third.node_id),
+    )
+    _live(peer, OTHER, third)  # this peer's own record has not propagated: not live
+    asyncio.run(peer._keep_warm_if_next(_lease(peer.genesis, OTHER, 1, 0)))
+    assert aggregator.prepared == 0
