@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 STRATEGY_ORDER = (
     "fedavg", "fedmedian", "fedtrimmedavg", "flwr_krum", "flwr_multikrum",
     "flwr_bulyan", "screened_fedavg", "median", "trimmed_mean", "krum", "multikrum",
@@ -17,7 +19,11 @@ _PALETTE = (
 )  # fmt: skip
 STRATEGY_COLORS = dict(zip(STRATEGY_ORDER, _PALETTE, strict=True))
 """Strategy name → colour, the same in every figure."""
-CLEAN_FEDAVG_STYLE = {"color": "black", "linestyle": "--", "linewidth": 1.2}
+CLEAN_FEDAVG_STYLE: dict[str, Any] = {
+    "color": "black",
+    "linestyle": "--",
+    "linewidth": 1.2,
+}
 """The clean-FedAvg reference line drawn on every robustness plot."""
 
 
