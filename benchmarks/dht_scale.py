@@ -74,6 +74,12 @@ def max_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def summarise(phase: str, op: str, results: list[tuple[bool, float]]) -> OpStats:
     """Turn (succeeded, seconds) pairs into :class:`OpStats`."""
     latencies = [seconds * 1000.0 for _, seconds in results]
@@ -171,15 +177,18 @@ async def gets(
     return summarise(phase, "get", await run_all(operations, concurrency))
 
 
-async def benchmark(args: argparse.Namespace) -> dict[str, object]:
+async def benchmark(args: argparse.Namespace, progress: Console) -> dict[str, object]:
     """Run the three phases; return everything measured."""
     rng = random.Random(args.seed)
     rss_before_mib = max_rss_mib()
     started = time.perf_counter()
+    cpu_before = cpu_seconds()
     books = await start_network(args.nodes, args.rpc_timeout, args.stock_routing, rng)
     bootstrap_s = time.perf_counter() - started
+    progress.log(f"{len(books)} nodes up in {bootstrap_s:.1f} s")
     stats = [await puts("steady", books)]
     stats.append(await gets("steady", books, books, args.gets, rng))
+    progress.log("steady phase done")
 
     victims = set(rng.sample(range(len(books)), int(len(books) * args.churn)))
     for index in victims:
@@ -190,12 +199,14 @@ async def benchmark(args: argparse.Namespace) -> dict[str, object]:
         await gets("churn", survivors, survivors, args.churn_gets, rng, parallel)
     )
     stats.append(await puts("churn", survivors, parallel))
+    progress.log(f"churn phase done ({len(victims)} nodes killed)")
 
     sweep_started = time.perf_counter()
     evicted = sum(
         await asyncio.gather(*(b.server.protocol.sweep_contacts() for b in survivors))
     )
     sweep_s = time.perf_counter() - sweep_started
+    progress.log(f"sweep done in {sweep_s:.1f} s, {evicted} contacts evicted")
     stats.append(await gets("swept", survivors, survivors, args.gets, rng))
     stats.append(await puts("swept", survivors))
 
@@ -214,6 +225,11 @@ async def benchmark(args: argparse.Namespace) -> dict[str, object]:
         "max_rss_mib": max_rss_mib(),
         "rss_before_network_mib": rss_before_mib,
         "load_average": os.getloadavg(),
+        # CPU share this process got: far below 1 means the host starved the event
+        # loop, and RPC timeouts then fire on live peers.
+        "cpu_share": round(
+            (cpu_seconds() - cpu_before) / (time.perf_counter() - started), 2
+        ),
         "python": platform.python_version(),
         "stats": [asdict(s) for s in stats],
     }
@@ -242,7 +258,8 @@ def render(result: dict[str, object], console: Console) -> None:
         f"bootstrap of all nodes {result['bootstrap_all_s']} s, sweep "
         f"{result['sweep_s']} s ({result['contacts_evicted_by_sweep']} dead contacts "
         f"evicted), max RSS {result['max_rss_mib']} MiB "
-        f"({result['rss_before_network_mib']} MiB before starting the nodes)"
+        f"({result['rss_before_network_mib']} MiB before starting the nodes), "
+        f"CPU share {result['cpu_share']}, load average {result['load_average']}"
     )
 
 
@@ -275,13 +292,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Dead contacts make rpcudp log an error per timeout; they are expected here.
     logging.getLogger("rpcudp").setLevel(logging.CRITICAL)
     logging.getLogger("kademlia").setLevel(logging.CRITICAL)
-    result = asyncio.run(benchmark(args))
-    render(result, Console())
+    console = Console()
+    result = asyncio.run(benchmark(args, console))
+    render(result, console)
     default_name = "dht_scale_stock.json" if args.stock_routing else "dht_scale.json"
     output = args.output or RESULTS / default_name
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
-    Console().print(f"wrote {output}")
+    console.print(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,12 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from helpers_dht import FakeClock, genesis_for, lease_for, node_record
+from kademlia.node import Node
 
-from flp2p.dht import AddressBook, RecordRejected
+from flp2p.dht import AddressBook, RecordRejected, RecordValidator
 from flp2p.dht.address_book import fresh_seq, heartbeat_interval
+from flp2p.dht.protocol import ValidatingProtocol
+from flp2p.dht.storage import ValidatingStorage
 from flp2p.identity import Identity
 
 
@@ -31,8 +34,9 @@ def test_record_ttl_must_be_positive() -> None:
 
 
 async def _peers(count: int, **options: object) -> list[AddressBook]:
+    options.setdefault("rpc_timeout", 0.3)
     books = [
-        AddressBook(Identity.generate(), rpc_timeout=0.3, **options)  # type: ignore[arg-type]
+        AddressBook(Identity.generate(), **options)  # type: ignore[arg-type]
         for _ in range(count)
     ]
     first = await books[0].start()
@@ -141,6 +145,32 @@ def test_background_heartbeat_keeps_short_lived_records_alive() -> None:
     run(2, scenario, record_ttl=0.4)
 
 
+def contact_ids(book: AddressBook) -> set[bytes]:
+    """Kademlia ids in ``book``'s routing table."""
+    buckets = book.server.protocol.router.buckets
+    return {contact.id for bucket in buckets for contact in bucket.nodes.values()}
+
+
+def test_failed_call_evicts_only_silent_contacts() -> None:
+    async def main() -> None:
+        me = Node(b"\x00" * 20)
+        protocol = ValidatingProtocol(
+            me, ValidatingStorage(RecordValidator()), 20, rpc_timeout=0.5
+        )
+        speaker = Node(b"\x01" * 20, "127.0.0.1", 4001)
+        silent = Node(b"\x02" * 20, "127.0.0.1", 4002)
+        for contact in (speaker, silent):
+            protocol.router.add_contact(contact)
+        # A datagram (here a runt one, ignored by rpcudp) proves the speaker alive.
+        protocol.datagram_received(b"late", ("127.0.0.1", 4001))
+        for contact in (speaker, silent):
+            protocol.handle_call_response((False, None), contact)
+        remaining = {c.id for b in protocol.router.buckets for c in b.nodes.values()}
+        assert remaining == {speaker.id}
+
+    asyncio.run(main())
+
+
 def test_lookups_survive_churn() -> None:
     async def scenario(books: list[AddressBook]) -> None:
         for book in books:
@@ -148,15 +178,23 @@ def test_lookups_survive_churn() -> None:
         dead, alive = books[:3], books[3:]
         for book in dead:
             await book.stop()
+        dead_ids = {book.server.node.id for book in dead}
+        assert dead_ids <= contact_ids(alive[0])
         # Sweeps dead contacts, republishes.
         await asyncio.gather(*(book.heartbeat() for book in alive))
+        for book in alive:
+            assert contact_ids(book) == {
+                other.server.node.id for other in alive if other is not book
+            }
         for reader in alive:
             for book in alive:
                 assert await reader.get_node(book.identity.node_id) is not None
         # Records of dead peers still live until their expiry (no one can delete).
         assert await alive[0].get_node(dead[0].identity.node_id) is not None
 
-    run(12, scenario)
+    # A generous timeout: a live peer slowed by a loaded test machine must not be
+    # mistaken for a dead one.
+    run(12, scenario, rpc_timeout=1.0)
 
 
 def test_publishing_what_peers_would_refuse_raises() -> None:

@@ -119,10 +119,11 @@ class AddressBook:
         ConnectionError
             If none of ``peers`` answered.
         """
-        await self.server.bootstrap(list(peers))
+        known = list(peers)
+        await self.server.bootstrap(known)
         contacts = sum(len(b) for b in self.server.protocol.router.buckets)
         if contacts == 0:
-            raise ConnectionError(f"no bootstrap peer answered among {list(peers)}")
+            raise ConnectionError(f"no bootstrap peer answered among {known}")
         return contacts
 
     async def publish(self, record: AnyRecord, ttl: float | None = None) -> int:

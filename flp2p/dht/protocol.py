@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 
 from kademlia.node import Node
@@ -21,9 +23,13 @@ from flp2p.dht.validation import UnknownFederation
 log = logging.getLogger(__name__)
 
 SWEEP_CONCURRENCY = 8
-"""Pings one sweep keeps in flight (a burst of hundreds overflows UDP buffers)."""
+"""Pings one sweep keeps in flight."""
 SWEEP_ATTEMPTS = 2
-"""Missed pings in a row before a contact is evicted."""
+"""Pings a contact may miss in one sweep before it is a suspect."""
+LIVENESS_WINDOW_TIMEOUTS = 2.0
+"""A contact heard from within this many RPC timeouts is not evicted for one miss."""
+LIVENESS_MEMORY_S = 600.0
+"""How long a sweep remembers when an address was last heard from."""
 KADEMLIA_ID_BYTES = 20
 """Kademlia ids and keys are 160 bits."""
 GenesisFetcher = Callable[[str], Awaitable[object]]
@@ -59,6 +65,7 @@ class ValidatingProtocol(KademliaProtocol):
         self.fetch_genesis: GenesisFetcher | None = None
         # asyncio keeps only weak references to tasks; hold them until done.
         self._handoffs: set[asyncio.Task[object]] = set()
+        self._last_heard: dict[tuple[str, int], float] = {}
 
     async def rpc_store(
         self, sender: tuple[str, int], nodeid: bytes, key: bytes, value: object
@@ -101,21 +108,42 @@ class ValidatingProtocol(KademliaProtocol):
                 task.add_done_callback(self._handoffs.discard)
         self.router.add_contact(node)
 
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Note that ``addr`` is alive, then handle the datagram as rpcudp does."""
+        # Any datagram proves its sender alive, even a reply that came after its
+        # timeout: on a loaded host that is a slow contact, not a dead one.
+        self._last_heard[(addr[0], addr[1])] = time.monotonic()
+        super().datagram_received(data, addr)
+
+    def silent_since(self, node: Node, since: float) -> bool:
+        """Whether nothing came from ``node``'s address since ``since`` (monotonic)."""
+        return self._last_heard.get((node.ip, node.port), -math.inf) < since
+
+    def handle_call_response(self, result: tuple[bool, object], node: Node) -> object:
+        """As kademlia (evict on no answer), unless the contact spoke very recently."""
+        window = LIVENESS_WINDOW_TIMEOUTS * self._wait_timeout
+        if not result[0] and not self.silent_since(node, time.monotonic() - window):
+            return result
+        return super().handle_call_response(result, node)
+
     async def sweep_contacts(
         self, concurrency: int = SWEEP_CONCURRENCY, attempts: int = SWEEP_ATTEMPTS
     ) -> int:
-        """Ping every contact; evict those that miss ``attempts`` pings in a row.
+        """Evict every contact that stayed silent through ``attempts`` pings.
 
         Kademlia evicts a dead contact only after a lookup waited for it in vain;
-        sweeping from the heartbeat keeps lookups from paying that timeout. Pings
-        are rate-limited and retried because UDP drops datagrams under load, and
-        evicting a live contact costs more than keeping a dead one a little longer.
+        sweeping from the heartbeat keeps lookups from paying that timeout. A contact
+        counts as dead only if nothing at all arrived from it during the sweep (late
+        replies included): evicting a live contact costs far more than keeping a
+        dead one a little longer. Pings are rate-limited, since a burst of hundreds
+        overflows UDP buffers.
 
         Returns
         -------
         int
             Number of contacts evicted.
         """
+        started = time.monotonic()
         contacts = [c for bucket in self.router.buckets for c in bucket.nodes.values()]
         slots = asyncio.Semaphore(concurrency)
 
@@ -130,10 +158,19 @@ class ValidatingProtocol(KademliaProtocol):
                 return False
 
         alive = await asyncio.gather(*(answers(c) for c in contacts))
-        dead = [contact for contact, ok in zip(contacts, alive, strict=True) if not ok]
+        suspects = [c for c, ok in zip(contacts, alive, strict=True) if not ok]
+        if suspects:
+            await asyncio.sleep(self._wait_timeout)  # grace for late replies
+        dead = [c for c in suspects if self.silent_since(c, started)]
         for contact in dead:
             self.router.remove_contact(contact)
+        self._forget_heard_before(started - LIVENESS_MEMORY_S)
         return len(dead)
+
+    def _forget_heard_before(self, cutoff: float) -> None:
+        stale = [addr for addr, heard in self._last_heard.items() if heard < cutoff]
+        for addr in stale:
+            del self._last_heard[addr]
 
 
 def _is_kademlia_id(value: object) -> bool:
