@@ -77,7 +77,14 @@ class ReputationPolicy:
     ema_rate : float
         ``α``: weight of this round's quality in the new score.
     rejection_penalty : float
-        ``π``: extra drop when the reply was rejected.
+        ``π``: extra drop when the reply was rejected. A rejection is strong
+        evidence and an acceptance weak (an attacker is accepted whenever its
+        update happens to look benign), so ``π`` must beat the EMA's recovery: an
+        identity rejected every other round settles at the fixed point
+        ``r* = ((1 − α)α − π) / (1 − (1 − α)²)`` of its rejected rounds, which is
+        0.167 (never banned) with ``π = 0.1`` and negative (banned) with 0.15.
+        Sign-flippers on real rounds were rejected exactly every other round
+        (``benchmarks/calibrate_trusted.py``).
     downweighted_quality : float
         Quality of a down-weighted reply (accepted is 1, rejected is 0).
     absence_decay : float
@@ -104,7 +111,7 @@ class ReputationPolicy:
 
     initial_score: float = 0.5
     ema_rate: float = 0.2
-    rejection_penalty: float = 0.1
+    rejection_penalty: float = 0.15
     downweighted_quality: float = 0.5
     absence_decay: float = 0.01
     probation_rounds: int = 3

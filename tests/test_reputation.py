@@ -2,7 +2,7 @@
 
 Every expected number is worked out by hand from the formulas in
 :mod:`strategies.reputation` with the default :class:`ReputationPolicy`
-(initial 0.5, α = 0.2, penalty 0.1, decay 0.01, ban below 0.15 for 10 rounds).
+(initial 0.5, α = 0.2, penalty 0.15, decay 0.01, ban below 0.15 for 10 rounds).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def established(identity: str, score: float = 0.8) -> ReputationState:
     [
         (Verdict.ACCEPTED, 0.8 * 0.5 + 0.2 * 1.0),
         (Verdict.DOWNWEIGHTED, 0.8 * 0.5 + 0.2 * 0.5),
-        (Verdict.REJECTED, 0.8 * 0.5 + 0.2 * 0.0 - 0.1),
+        (Verdict.REJECTED, 0.8 * 0.5 + 0.2 * 0.0 - 0.15),
     ],
 )
 def test_first_update_of_a_newcomer(verdict: Verdict, expected: float) -> None:
@@ -153,11 +153,25 @@ def test_tier_follows_decay() -> None:
     assert decayed_reputation(state, POLICY).tier is Tier.SILVER
 
 
+def test_identity_rejected_every_other_round_is_banned() -> None:
+    """The pattern of sign-flippers on real rounds: rejected, accepted, rejected …
+
+    By hand: 0.5 → r 0.25 → a 0.4 → r 0.17 → a 0.336 → r 0.1188 < 0.15: banned at
+    round 5. (With a penalty of 0.1 the rejected rounds would settle at 0.167.)
+    """
+    state = None
+    for server_round in range(1, 6):
+        verdict = Verdict.REJECTED if server_round % 2 else Verdict.ACCEPTED
+        state = judged(state, verdict, server_round)
+        assert state.banned_until == (15 if server_round == 5 else 0)
+    assert state is not None and state.score == pytest.approx(0.1188)
+
+
 def test_ban_after_repeated_rejections_and_unban_after_ban_rounds() -> None:
-    first = judged(None, Verdict.REJECTED, server_round=1)  # 0.3
+    first = judged(None, Verdict.REJECTED, server_round=1)  # 0.4 − 0.15 = 0.25
     assert first.banned_until == 0
-    second = judged(first, Verdict.REJECTED, server_round=2)  # 0.24 − 0.1 = 0.14
-    assert second.score == pytest.approx(0.14)
+    second = judged(first, Verdict.REJECTED, server_round=2)  # 0.2 − 0.15 = 0.05
+    assert second.score == pytest.approx(0.05)
     assert second.banned_until == 12
     assert is_banned(second, 11)
     assert not is_banned(second, 12)
@@ -258,7 +272,7 @@ def test_book_updates_judged_decays_absent_and_skips_banned() -> None:
     )
     by_identity = {state.identity: state for state in states}
     assert by_identity["honest"].score == pytest.approx(0.8 * 0.8 + 0.2)
-    assert by_identity["newcomer"].score == pytest.approx(0.3)
+    assert by_identity["newcomer"].score == pytest.approx(0.8 * 0.5 - 0.15)
     assert by_identity["absent"].score == pytest.approx(0.79)
     assert "banned" not in by_identity
 

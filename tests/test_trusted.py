@@ -177,6 +177,7 @@ def test_reasons_name_the_detector_and_its_value() -> None:
     assert set(outcome.scores[0]) == {
         "norm",
         "cosine",
+        "opposition",
         "krum",
         "collusion",
         "free_rider",
@@ -351,7 +352,8 @@ def test_round_where_everything_is_rejected_reports_the_rejections() -> None:
     assert all("collusion" in c.reason for c in report.contributions)
     for identity in identities:
         state = store.get_reputation(identity)
-        assert state is not None and state.score == pytest.approx(0.3)
+        # newcomer 0.5, rejected: 0.8 · 0.5 − 0.15
+        assert state is not None and state.score == pytest.approx(0.25)
 
 
 def test_detectors_only_variant_hands_no_reputations() -> None:
@@ -387,3 +389,49 @@ def test_established_clients_reach_higher_tiers() -> None:
     tiers = {state.tier for state in store.all_reputations()}
     # 8 accepted rounds from 0.5: 1 − 0.5·0.8⁸ ≈ 0.916 → Platinum
     assert tiers == {Tier.PLATINUM}
+
+
+def test_heterogeneous_sign_flippers_that_matter_are_rejected_then_banned() -> None:
+    """Non-IID honest clients (as measured on digits, Dirichlet α = 0.5).
+
+    Honest deltas: a weak shared direction plus a persistent client-specific one
+    three times longer, so that honest cosines to the consensus spread widely and a
+    flipped update looks like one more honest outlier to a z-score. The flips that
+    matter, those of clients agreeing with the honest mean, must lose all weight and
+    end banned; the aggregate must keep the honest direction.
+    """
+    rng = np.random.default_rng(7)
+    shared = rng.standard_normal(WIDTH)
+    shared *= 0.3 / np.linalg.norm(shared)
+    own = rng.standard_normal((CLIENTS, WIDTH))
+    own *= rng.uniform(0.2, 0.7, (CLIENTS, 1)) / np.linalg.norm(
+        own, axis=1, keepdims=True
+    )
+    strategy = TrustedFedAvg()
+    claims = np.full(CLIENTS, 100)
+    for server_round in range(1, 5):
+        # Fresh noise of norm 0.2: real honest updates change between rounds.
+        fresh = 0.2 * rng.standard_normal((CLIENTS, WIDTH)) / np.sqrt(WIDTH)
+        honest = shared + own + fresh
+        honest_mean = honest[MALICIOUS:].mean(axis=0)
+        agreement = np.array([cosine(row, honest_mean) for row in honest[:MALICIOUS]])
+        deltas = honest.copy()
+        deltas[:MALICIOUS] = -honest[:MALICIOUS]
+        outcome = strategy.aggregate_updates(
+            server_round, batch_of(deltas, claims, server_round)
+        )
+        strategy.record_round(RoundReport(server_round, (), "aggregated"))
+        harmful = agreement >= 0.6
+        assert harmful.any()
+        assert np.all(outcome.weights[:MALICIOUS][harmful] == 0.0), outcome.reasons
+        assert cosine(outcome.delta, honest_mean) > 0.9
+        honest_lowered = sum(
+            v is not Verdict.ACCEPTED for v in outcome.verdicts[MALICIOUS:]
+        )
+        assert honest_lowered <= 1, outcome.reasons
+    banned = [
+        state
+        for state in strategy.reputations()
+        if state.identity in {f"client-{row}" for row in np.flatnonzero(harmful)}
+    ]
+    assert banned and all(state.banned_until > 4 for state in banned)
