@@ -20,6 +20,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from .blocks import REPUTATION_FIELDS
 from .errors import ForeignDatabaseError, LedgerNotFoundError
 
 SCHEMA_NAME = "flp2p-ledger"
@@ -37,17 +38,6 @@ DERIVED_TABLES = ("reputations", "identities", "bans")
 BUSY_TIMEOUT_S = 30.0
 """How long a writer waits for another process's transaction before giving up."""
 
-_REPUTATION_COLUMNS: dict[str, type] = {
-    "identity": str,
-    "score": float,
-    "tier": str,
-    "first_round": int,
-    "last_round": int,
-    "rounds_participated": int,
-    "rounds_accepted": int,
-    "rounds_rejected": int,
-    "banned_until": int,
-}
 
 _VIEWS = """
 CREATE VIEW IF NOT EXISTS rounds AS
@@ -132,10 +122,10 @@ def create_schema(db: sqlite_utils.Database, federation: str) -> None:
         pk=("height", "position"),
     )
     db.table("reputation_snapshots").create(
-        {"height": int, **_REPUTATION_COLUMNS}, pk=("height", "identity")
+        {"height": int, **REPUTATION_FIELDS}, pk=("height", "identity")
     )
     db.table("reputations").create(
-        {**_REPUTATION_COLUMNS, "updated_height": int}, pk="identity"
+        {**REPUTATION_FIELDS, "updated_height": int}, pk="identity"
     )
     db.table("identities").create(
         {
