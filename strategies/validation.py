@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 
 from strategies.records import (
     IDENTITY_ID,
@@ -135,11 +142,7 @@ def validate_reply(
     identity = f"node-{node_id}"
     digest = ""
     try:
-        if message.has_error():
-            raise _Rejection(f"error reply: {_error_reason(message)}")
-        if not message.has_content():
-            raise _Rejection("reply has no content")
-        content = message.content
+        content = _reply_content(message)
         identity = _identity(content.config_records.get(IDENTITY_KEY), node_id)
         array_record = _single_record(content.array_records, "ArrayRecord")
         metric_record = _single_record(content.metric_records, "MetricRecord")
@@ -205,11 +208,7 @@ def validate_evaluate_reply(
     node_id = _node_id(message)
     identity = f"node-{node_id}"
     try:
-        if message.has_error():
-            raise _Rejection(f"error reply: {_error_reason(message)}")
-        if not message.has_content():
-            raise _Rejection("reply has no content")
-        content = message.content
+        content = _reply_content(message)
         identity = _identity(content.config_records.get(IDENTITY_KEY), node_id)
         metric_record = _single_record(content.metric_records, "MetricRecord")
         num_examples = _num_examples(metric_record, weighted_by_key)
@@ -248,6 +247,15 @@ def numeric_metrics(record: MetricRecord, exclude: str = "") -> dict[str, float]
         if math.isfinite(number):
             metrics[key] = number
     return metrics
+
+
+def _reply_content(message: Message) -> RecordDict:
+    """The reply's content; a reply that carries an error or nothing is rejected."""
+    if message.has_error():
+        raise _Rejection(f"error reply: {_error_reason(message)}")
+    if not message.has_content():
+        raise _Rejection("reply has no content")
+    return message.content
 
 
 def _node_id(message: Message) -> int:
