@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -11,7 +12,7 @@ from helpers_dht import FakeClock, genesis_for, lease_for, node_record
 from kademlia.node import Node
 
 from flp2p.dht import AddressBook, RecordRejected, RecordValidator
-from flp2p.dht.address_book import fresh_seq, heartbeat_interval
+from flp2p.dht.address_book import fresh_seq, heartbeat_delay, heartbeat_interval
 from flp2p.dht.protocol import ValidatingProtocol
 from flp2p.dht.storage import ValidatingStorage
 from flp2p.identity import Identity
@@ -26,6 +27,14 @@ def test_fresh_seq_is_clock_microseconds_and_strictly_increasing() -> None:
 
 def test_heartbeat_leaves_room_for_two_missed_beats() -> None:
     assert heartbeat_interval(300.0) == 100.0
+
+
+def test_heartbeats_are_spread_and_never_later_than_the_interval() -> None:
+    rng = random.Random(1)
+    delays = [heartbeat_delay(300.0, rng) for _ in range(200)]
+    assert all(50.0 <= d <= 100.0 for d in delays)
+    # Peers started together drift apart: the delays are spread over the range.
+    assert max(delays) - min(delays) > 40.0
 
 
 def test_record_ttl_must_be_positive() -> None:

@@ -6,7 +6,9 @@ import asyncio
 import hashlib
 import json
 import random
+from collections.abc import Coroutine
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import umsgpack
@@ -306,6 +308,9 @@ class _QuietProtocol:
 
     async def call_ping(self, node: Node) -> None:
         return None
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return asyncio.ensure_future(coroutine)
 
 
 def _filled(
