@@ -366,6 +366,48 @@ def trimmed_count(beta: float, n: int) -> int:
     return math.floor(round(beta * n, 9))
 
 
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Lower weighted median along axis 0: the smallest value whose cumulative
+    weight (values in increasing order) reaches half of the total.
+
+    Parameters
+    ----------
+    values : np.ndarray
+        ``(n,)`` or ``(n, c)`` float64.
+    weights : np.ndarray
+        ``(n,)`` non-negative, not all zero.
+
+    Returns
+    -------
+    np.ndarray
+        ``()`` or ``(c,)`` float64.
+    """
+    # Sorting contiguous rows of n values is twice as fast as sorting along axis 0.
+    rows = np.ascontiguousarray(np.asarray(values).T)
+    order = np.argsort(rows, axis=-1)
+    cumulative = np.cumsum(weights[order], axis=-1)
+    total = cumulative[..., -1:]
+    # Rounding may leave a cumulative sum a hair under the half it reaches exactly.
+    position = np.argmax(cumulative >= 0.5 * total - 1e-12 * total, axis=-1)
+    chosen = np.take_along_axis(order, position[..., None], axis=-1)
+    return np.take_along_axis(rows, chosen, axis=-1)[..., 0]
+
+
+def weighted_coordinate_median(matrix: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """:func:`weighted_median` of every column, in column blocks.
+
+    Equal weights take a partial sort (``np.partition``, ``O(n)`` per column), about
+    five times faster than the full sort unequal weights need.
+    """
+    n = matrix.shape[0]
+    if np.all(weights == weights[0]):
+        middle = (n - 1) // 2  # the lower median, as weighted_median gives
+        return columnwise(
+            matrix, lambda block: np.partition(block, middle, axis=0)[middle]
+        )
+    return columnwise(matrix, lambda block: weighted_median(block, weights))
+
+
 def weiszfeld(
     updates: np.ndarray,
     weights: np.ndarray,
@@ -376,29 +418,40 @@ def weiszfeld(
     """Smoothed Weiszfeld iterations for the weighted geometric median.
 
     Algorithm 2 of Pillutla, Kakade & Harchaoui, "Robust Aggregation for Federated
-    Learning", IEEE TSP 2022 (RFA): starting from the weighted mean,
+    Learning", IEEE TSP 2022 (RFA):
 
     .. math:: \\beta_i = \\frac{\\alpha_i}{\\max(\\nu, \\|v - x_i\\|)},\\qquad
               v \\leftarrow \\frac{\\sum_i \\beta_i x_i}{\\sum_i \\beta_i},
 
     a majorise-minimise step on ``g(v) = Σ α_i ‖v − x_i‖`` in which ``ν`` keeps the
-    step defined when ``v`` lands on an update. Stops when ``g`` improves by less than
-    ``tolerance × g(v)`` or after ``max_iterations``.
+    step defined when ``v`` lands on an update.
+
+    Two choices differ from RFA, both so that one far update cannot drag the
+    *computed* estimate (the geometric median itself moves by at most the honest
+    spread): the start is the weighted coordinate-wise median, not the weighted
+    mean (from a mean pulled ``10³⁰`` away, each step only halves the distance);
+    and the iteration stops when a step moves the estimate by less than
+    ``tolerance`` × the weighted median distance of the updates to it (at least
+    ``ν``), not when ``g`` improves by less than ``tolerance × g``: a far update
+    dominates ``g``, so a relative change of ``g`` stops the iteration while the
+    estimate is still off by ``tolerance`` × that update's distance (found by
+    ``tests/test_fuzz_replies.py``: two equal updates and one at ``10³⁰`` gave, with
+    the default settings, a "median" ``4·10²⁴`` away from them).
 
     Returns
     -------
     tuple[np.ndarray, int]
         The median estimate and the number of iterations run.
     """
-    estimate = weighted_sum(updates, weights)
+    estimate = weighted_coordinate_median(updates, weights)
     distances = distances_to_point(updates, estimate)
-    objective = float(weights @ distances)
     for iteration in range(1, max_iterations + 1):
         coefficients = weights / np.maximum(nu, distances)
-        estimate = weighted_sum(updates, coefficients) / coefficients.sum()
+        step = weighted_sum(updates, coefficients) / coefficients.sum()
+        moved = float(np.linalg.norm(step - estimate))
+        estimate = step
         distances = distances_to_point(updates, estimate)
-        previous, objective = objective, float(weights @ distances)
-        if abs(previous - objective) <= tolerance * objective:
+        if moved <= tolerance * max(nu, float(weighted_median(distances, weights))):
             return estimate, iteration
     return estimate, max_iterations
 
@@ -690,7 +743,8 @@ class GeometricMedian:
     max_iterations : int
         Upper bound on Weiszfeld steps (``≥ 1``).
     tolerance : float
-        Stop when the objective improves by less than this fraction of itself.
+        Stop when a step moves the estimate by less than this fraction of the
+        weighted median distance of the updates to it (see :func:`weiszfeld`).
     """
 
     nu: float = 1e-6

@@ -41,15 +41,16 @@ sleeper, drifting client   :class:`HistoryConsistency` (down-weights only)
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import pairwise
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from strategies import aggregators
 from strategies.records import Verdict
 
 MAD_TO_SIGMA = 1.4826
@@ -119,6 +120,30 @@ def robust_z(values: np.ndarray, min_scale: float = 0.0) -> np.ndarray:
     deviations = values - centre
     scale = max(MAD_TO_SIGMA * float(np.median(np.abs(deviations))), min_scale)
     return np.sign(deviations) * safe_ratio(np.abs(deviations), scale)
+
+
+def one_sided_z(
+    values: np.ndarray, min_scale: float, side: Literal["upper", "lower"]
+) -> np.ndarray:
+    """How far each value lies beyond the median on one ``side``, in robust σ.
+
+    :func:`robust_z` with the other side set to 0: a detector that flags long
+    updates must not flag short ones (and the reverse).
+
+    Parameters
+    ----------
+    values, min_scale
+        As in :func:`robust_z`.
+    side : {"upper", "lower"}
+        Which excess counts.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n,)`` float64 in ``[0, SCORE_CEILING]``.
+    """
+    signed = robust_z(values, min_scale)
+    return np.maximum(signed if side == "upper" else -signed, 0.0)
 
 
 def cosines_from_dots(
@@ -193,8 +218,22 @@ def geometric_median_coefficients(
               \\beta \\leftarrow \\frac{1/\\max(\\nu, \\|v - x_i\\|)}
               {\\sum_j 1/\\max(\\nu, \\|v - x_j\\|)}
 
-    ``O(n²)`` per step and no pass over the ``d`` coordinates. ``ν`` is ``1e-9`` of the
-    largest row norm, so an estimate landing on a row keeps the step defined.
+    ``O(n²)`` per step and no pass over the ``d`` coordinates. ``ν`` is ``1e-6`` of the
+    median row norm, so an estimate landing on a row keeps the step defined; it must
+    exceed the ``~1e-8`` relative precision of Gram-identity distances, or an
+    estimate on a row that is not the median cannot see itself leave it.
+
+    A far row must not drag the *computed* centre (the geometric median itself moves
+    by at most the spread of the majority). So, unlike RFA, the start is the mean of
+    the half of the rows closest to the medoid (the row with the smallest median
+    distance to the others), not the mean of all rows, and the iteration stops when
+    a step moves the estimate by less than ``tolerance`` × the median distance of
+    the rows to it, not when ``Σ‖v − x_i‖`` improves by a fraction of itself: a far
+    row dominates that sum, which then stops changing while the estimate is still
+    off by ``tolerance`` × that row's distance. (With the old rules one update of
+    norm ``10¹⁰`` among eight of norm 0.3 left the centre 4 units away, and
+    :class:`Collusion` rejected every honest row, whose residuals all pointed the
+    same way.)
 
     Parameters
     ----------
@@ -203,7 +242,8 @@ def geometric_median_coefficients(
     max_iterations : int
         Upper bound on Weiszfeld steps.
     tolerance : float
-        Stop when the objective ``Σ‖v − x_i‖`` improves by less than this fraction.
+        Stop when a step moves the estimate by less than this fraction of the median
+        distance of the rows to it (at least ``ν``).
 
     Returns
     -------
@@ -212,21 +252,26 @@ def geometric_median_coefficients(
     """
     n = gram.shape[0]
     diagonal = np.diag(gram)
-    nu = max(1e-9 * float(np.sqrt(max(diagonal.max(initial=0.0), 0.0))), 1e-300)
-    coefficients = np.full(n, 1.0 / n)
+    norms = np.sqrt(np.maximum(diagonal, 0.0))
+    nu = max(1e-6 * float(np.median(norms)), 1e-300)
+    pairwise_distances = np.sqrt(squared_distances_from_gram(gram))
+    medoid = int(np.argmin(np.median(pairwise_distances, axis=1)))
+    nearest = np.argsort(pairwise_distances[medoid], kind="stable")[: n // 2 + 1]
+    coefficients = np.zeros(n)
+    coefficients[nearest] = 1.0 / nearest.size
 
     def distances_to(beta: np.ndarray) -> np.ndarray:
         projected = gram @ beta
         return np.sqrt(np.maximum(beta @ projected - 2.0 * projected + diagonal, 0.0))
 
     distances = distances_to(coefficients)
-    objective = float(distances.sum())
     for _ in range(max_iterations):
         inverse = 1.0 / np.maximum(distances, nu)
-        coefficients = inverse / inverse.sum()
+        step = inverse / inverse.sum() - coefficients
+        coefficients = coefficients + step
         distances = distances_to(coefficients)
-        previous, objective = objective, float(distances.sum())
-        if previous - objective <= tolerance * objective:
+        moved = float(np.sqrt(max(float(step @ gram @ step), 0.0)))
+        if moved <= tolerance * max(nu, float(np.median(distances))):
             break
     return coefficients
 
@@ -237,14 +282,10 @@ def krum_neighbour_sums(squared_distances: np.ndarray, byzantine: int) -> np.nda
     Krum's score (Blanchard, El Mhamdi, Guerraoui & Stainer, "Machine Learning with
     Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017, Sec. 4):
     ``s(i) = Σ_{i→j} ‖x_i − x_j‖²``. The neighbour count is clamped to ``[1, n − 1]``
-    so small rounds still get a score; a single row scores 0.
+    so small rounds still get a score; a single row scores 0. The rule's own
+    :func:`strategies.aggregators.krum_scores`, named for the detectors.
     """
-    n = squared_distances.shape[0]
-    if n < 2:
-        return np.zeros(n)
-    neighbours = min(n - 1, max(1, n - byzantine - 2))
-    off_diagonal = squared_distances[~np.eye(n, dtype=bool)].reshape(n, n - 1)
-    return np.sort(off_diagonal, axis=1)[:, :neighbours].sum(axis=1)
+    return aggregators.krum_scores(squared_distances, byzantine)
 
 
 def centred_gram(gram: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
@@ -673,7 +714,7 @@ class NormOutlier:
         context.check(deltas)
         norms = context.geometry.norms
         floor = self.min_relative_scale * float(np.median(norms))
-        return np.maximum(robust_z(norms, floor), 0.0)
+        return one_sided_z(norms, floor, "upper")
 
 
 @dataclass(frozen=True)
@@ -705,7 +746,7 @@ class CosineToCentre:
     def score(self, deltas: np.ndarray, context: DetectionContext) -> np.ndarray:
         context.check(deltas)
         cosines = context.geometry.cosines_to_centre()
-        return np.maximum(-robust_z(cosines, self.min_scale), 0.0)
+        return one_sided_z(cosines, self.min_scale, "lower")
 
 
 @dataclass(frozen=True)
@@ -916,7 +957,7 @@ class HistoryConsistency:
             context.sketch_norms[known],
             context.previous_norms[known],
         )
-        scores[known] = np.maximum(-robust_z(alignment, self.min_scale), 0.0)
+        scores[known] = one_sided_z(alignment, self.min_scale, "lower")
         return scores
 
 
@@ -1004,20 +1045,16 @@ class DetectorPanel:
             detector.name: _checked_scores(detector, matrix, context, n)
             for detector in self.detectors
         }
+        scores = tuple(
+            {name: float(values[row]) for name, values in table.items()}
+            for row in range(n)
+        )
         verdicts: list[Verdict] = []
         reasons: list[str] = []
         factors = np.ones(n)
-        for row in range(n):
-            rejecting = [
-                _firing(detector, table[detector.name][row], detector.reject_at)
-                for detector in self.detectors
-                if table[detector.name][row] >= detector.reject_at
-            ]
-            lowering = [
-                _firing(detector, table[detector.name][row], detector.downweight_at)
-                for detector in self.detectors
-                if table[detector.name][row] >= detector.downweight_at
-            ]
+        for row, row_scores in enumerate(scores):
+            rejecting = _fired(self.detectors, row_scores, _reject_at)
+            lowering = _fired(self.detectors, row_scores, _downweight_at)
             if rejecting:
                 verdicts.append(Verdict.REJECTED)
                 reasons.append("rejected by " + "; ".join(rejecting))
@@ -1031,15 +1068,28 @@ class DetectorPanel:
             else:
                 verdicts.append(Verdict.ACCEPTED)
                 reasons.append("")
-        scores = tuple(
-            {name: float(values[row]) for name, values in table.items()}
-            for row in range(n)
-        )
         return Screening(scores, tuple(verdicts), tuple(reasons), factors)
 
 
-def _firing(detector: Detector, value: float, threshold: float) -> str:
-    return f"{detector.name} {value:.4g} ≥ {threshold:g}"
+def _reject_at(detector: Detector) -> float:
+    return detector.reject_at
+
+
+def _downweight_at(detector: Detector) -> float:
+    return detector.downweight_at
+
+
+def _fired(
+    detectors: Sequence[Detector],
+    scores: Mapping[str, float],
+    threshold: Callable[[Detector], float],
+) -> list[str]:
+    """``"name score ≥ threshold"`` for each detector whose score reaches it."""
+    return [
+        f"{detector.name} {scores[detector.name]:.4g} ≥ {threshold(detector):g}"
+        for detector in detectors
+        if scores[detector.name] >= threshold(detector)
+    ]
 
 
 def _checked_scores(

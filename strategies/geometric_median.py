@@ -51,7 +51,8 @@ class GeometricMedian(ScreenedFedAvg):
     max_iterations : int (default: 100)
         Upper bound on Weiszfeld steps.
     tolerance : float (default: 1e-6)
-        Relative objective improvement below which the iteration stops.
+        Stop when a step moves the estimate by less than this fraction of the
+        median distance of the deltas to it.
     **options
         Every argument of :class:`~strategies.base.ScreenedFedAvg`.
     """

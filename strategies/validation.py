@@ -50,6 +50,9 @@ NUMERIC_DTYPE_KINDS = frozenset("biuf")
 _NPY_HEADER_ALLOWANCE = 4096
 """Bytes a serialised ``.npy`` payload may exceed the raw array size by (header)."""
 
+_DECODE_ATTEMPTS = 3
+"""Tries of a decode that fails with a spurious ``SystemError`` (see ``_decode``)."""
+
 
 @dataclass(frozen=True)
 class ValidReply:
@@ -340,9 +343,10 @@ def _read_array(name: str, array: Array, expected: np.ndarray | None) -> np.ndar
         if len(array.data) > expected.nbytes + _NPY_HEADER_ALLOWANCE:
             raise _Rejection(f"array '{name}' payload is larger than its shape allows")
     try:
-        values = array.numpy()
+        values = _decode(array)
     except Exception as error:
-        raise _Rejection(f"array '{name}' cannot be decoded") from error
+        detail = f"{type(error).__name__}: {error}"[:120]
+        raise _Rejection(f"array '{name}' cannot be decoded ({detail})") from error
     if expected is not None:
         _check_form(name, str(values.dtype), values.shape, expected)
     elif values.dtype.kind not in NUMERIC_DTYPE_KINDS:
@@ -351,6 +355,26 @@ def _read_array(name: str, array: Array, expected: np.ndarray | None) -> np.ndar
         raise _Rejection(f"array '{name}' contains NaN or Inf")
     values.setflags(write=False)
     return values
+
+
+def _decode(array: Array) -> np.ndarray:
+    """``array.numpy()``, retried when CPython's AST recursion check misfires.
+
+    ``np.load`` parses the ``.npy`` header with ``ast.literal_eval``. On CPython 3.11
+    the AST constructor's recursion counter is shared by threads, so two replies
+    decoded at once (:class:`~strategies.base.ScreenedFedAvg` validates on several
+    threads) now and then fail with a spurious ``SystemError: AST constructor
+    recursion depth mismatch`` (python/cpython#106905): a valid reply was rejected
+    as undecodable, about once in ten thousand fuzzed rounds
+    (``tests/test_fuzz_replies.py``). The error says nothing about the payload, so
+    the decode is simply tried again; any other error is the reply's.
+    """
+    for _ in range(_DECODE_ATTEMPTS - 1):
+        try:
+            return array.numpy()
+        except SystemError:
+            continue
+    return array.numpy()
 
 
 def _check_form(

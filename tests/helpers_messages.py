@@ -12,7 +12,6 @@ from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import (
-    Array,
     ArrayRecord,
     ConfigRecord,
     Error,
@@ -22,6 +21,7 @@ from flwr.app import (
     RecordDict,
 )
 
+from flp2p.app import arrays_to_record
 from strategies.records import (
     ARRAYS_KEY,
     IDENTITY_ID,
@@ -43,11 +43,9 @@ def make_reply(content: RecordDict, node_id: int) -> Message:
     return Message(content, reply_to=make_instruction(node_id))
 
 
-def array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """An ArrayRecord holding copies of ``arrays`` (order preserved)."""
-    return ArrayRecord(
-        {name: Array(np.asarray(value)) for name, value in arrays.items()}
-    )
+array_record = arrays_to_record
+"""An ArrayRecord holding copies of named arrays (order preserved): the library's
+:func:`flp2p.app.arrays_to_record`, under the name these tests use."""
 
 
 def make_train_reply(
@@ -80,7 +78,7 @@ def make_train_reply(
     metric_values: dict[str, int | float] = {NUM_EXAMPLES_KEY: num_examples}
     metric_values.update(metrics or {})
     records: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
-        ARRAYS_KEY: array_record(arrays),
+        ARRAYS_KEY: arrays_to_record(arrays),
         METRICS_KEY: MetricRecord(metric_values),  # type: ignore[arg-type]
     }
     identity_fields: dict[str, str | bytes] = {}
