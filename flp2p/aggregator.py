@@ -10,11 +10,14 @@ after the holder's lease lapsed. It then
 2. publishes the lease — SuperLink address, certificate fingerprint, epoch (one more
    than the lapsed lease's), last finished round and the hash of the model it resumes
    from — which the address book renews every third of its lifetime;
-3. submits the peer Flower App (:mod:`flp2p.peer.apps`) with ``flwr run``, resuming
-   from that round's checkpoint;
-4. as each round finishes (a new checkpoint appears), pushes the model to the other
-   eligible peers (:mod:`flp2p.peer.replication`) and only then advertises the round
-   in the lease — so a successor always holds the model the last lease names.
+3. runs the peer Flower App (:mod:`flp2p.peer.apps`) resuming from that round's
+   checkpoint: the run was submitted with ``flwr run`` ahead of need and waits,
+   its ServerApp started, until released with the round to resume from;
+4. as each round finishes (a new checkpoint appears), pushes the model and the
+   ledger blocks up to that round to the other eligible peers
+   (:mod:`flp2p.peer.replication`) and only then advertises the round in the lease
+   — so a successor always holds the model the last lease names, and the chain up
+   to it, which its own ServerApp extends under its own signature.
 """
 
 from __future__ import annotations
@@ -29,7 +32,18 @@ from pathlib import Path
 
 from flp2p.dht import AddressBook, Genesis, Lease
 from flp2p.dht.codec import JSONValue
-from flp2p.peer.apps import CHECKPOINT_DIR_KEY, FEDERATION_KEY, START_ROUND_KEY
+from flp2p.ledger import Ledger, LedgerError
+from flp2p.peer.apps import (
+    AGGREGATORS_KEY,
+    CHECKPOINT_DIR_KEY,
+    FEDERATION_KEY,
+    IDENTITY_KEY_KEY,
+    LEDGER_KEY,
+    START_FILE_KEY,
+    START_ROUND_KEY,
+    join_ids,
+    write_start,
+)
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
 from flp2p.peer.flower_app import flatten_parameters, write_app
 from flp2p.peer.processes import (
@@ -40,7 +54,7 @@ from flp2p.peer.processes import (
     superlink_command,
     wait_for_port,
 )
-from flp2p.peer.replication import push_checkpoint
+from flp2p.peer.replication import push_blocks, push_checkpoint
 from flp2p.peer.tls import (
     INSECURE_FINGERPRINT,
     TlsFiles,
@@ -79,21 +93,64 @@ def total_rounds(genesis: Genesis) -> int:
 def peer_run_config(
     parameters: Mapping[str, JSONValue],
     federation_id: str,
-    start_round: int,
+    start_round: int | None,
     checkpoint_dir: Path,
     output_dir: Path,
+    identity_key: Path | None = None,
+    ledger: Path | None = None,
+    aggregators: tuple[str, ...] = (),
+    start_file: Path | None = None,
 ) -> dict[str, JSONValue]:
-    """Run config of one submission: genesis parameters plus the ``peer.`` keys."""
+    """Run config of one submission: genesis parameters plus the ``peer.`` keys.
+
+    ``identity_key`` and ``ledger`` are paths on the aggregator's machine (where its
+    ServerApp runs); the key itself never enters the run config. A parked run names
+    its ``start_file`` instead of a ``start_round``.
+    """
+    if (start_round is None) == (start_file is None):
+        raise ValueError("give exactly one of start_round and start_file")
     config = flatten_parameters(parameters)
     config.update(
         {
-            START_ROUND_KEY: start_round,
             CHECKPOINT_DIR_KEY: str(checkpoint_dir),
             FEDERATION_KEY: federation_id,
             "output-dir": str(output_dir),
         }
     )
+    if start_file is None:
+        config[START_ROUND_KEY] = start_round
+    else:
+        config[START_FILE_KEY] = str(start_file.resolve())
+    if identity_key is not None and ledger is not None:
+        config.update(
+            {
+                IDENTITY_KEY_KEY: str(identity_key.resolve()),
+                LEDGER_KEY: str(ledger.resolve()),
+                AGGREGATORS_KEY: join_ids(aggregators),
+            }
+        )
     return config
+
+
+def blocks_up_to(ledger_path: Path, federation: str, last_round: int) -> list[bytes]:
+    """Wire bytes of the blocks of ``ledger_path`` up to federation round
+    ``last_round`` (none while the file does not exist yet).
+
+    Blocks of later rounds stay back: a successor resumes from ``last_round`` and
+    writes the next round's block itself.
+    """
+    if not ledger_path.exists():
+        return []
+    try:
+        with Ledger.open(ledger_path, federation=federation) as ledger:
+            return [
+                block.to_bytes()
+                for block in ledger.blocks()
+                if block.server_round <= last_round
+            ]
+    except LedgerError as error:
+        log.warning("cannot read the ledger to replicate it: %s", error)
+        return []
 
 
 @dataclass(frozen=True)
@@ -104,6 +161,9 @@ class RunningSuperLink:
     address: str
     tls: TlsFiles | None
     directory: Path
+    start_file: Path | None = None
+    """Release file of the run parked on it (:data:`flp2p.peer.apps.START_FILE_KEY`),
+    once one was submitted."""
 
 
 @dataclass
@@ -129,6 +189,9 @@ class AggregatorRole:
         Folder for certificates, the app, logs and run outputs.
     use_tls
         Serve the SuperLink over TLS with a pinned self-signed certificate.
+    identity_key, ledger
+        The peer's key file and its copy of the ledger; with both, the ServerApp
+        signs and extends that chain, and its blocks are pushed to the standbys.
     """
 
     def __init__(
@@ -138,14 +201,21 @@ class AggregatorRole:
         store: CheckpointStore,
         work_dir: Path,
         use_tls: bool = True,
+        identity_key: Path | None = None,
+        ledger: Path | None = None,
     ) -> None:
         self.book = book
         self.genesis = genesis
         self.store = store
         self.work_dir = work_dir
         self.use_tls = use_tls
+        self.identity_key = identity_key
+        self.ledger = ledger
         self.holding: Holding | None = None
         self.warm: RunningSuperLink | None = None
+        self.blocks_sent: dict[str, int] = {}
+        """Standby address → number of blocks it acknowledged (a prefix of the
+        chain: pushes resume after it)."""
 
     @property
     def federation_id(self) -> str:
@@ -161,13 +231,28 @@ class AggregatorRole:
         )
 
     async def prepare(self) -> None:
-        """Start a SuperLink ahead of need (the next in line keeps one warm).
+        """Start a SuperLink and park a run on it ahead of need (the next in line
+        keeps one warm).
 
-        Starting a SuperLink takes seconds on a loaded machine; a standby that would
-        win the next election pays that before the holder fails, not after.
+        Starting a SuperLink, ``flwr run`` and the ServerApp's start-up take many
+        seconds on a loaded machine; a standby that would win the next election pays
+        them before the holder fails, not after.
+
+        Raises
+        ------
+        AggregatorError
+            If the SuperLink does not come up or ``flwr run`` fails.
         """
         if self.warm is None:
-            self.warm = await self._start_superlink()
+            self.warm = await self._parked_superlink()
+
+    async def _parked_superlink(self) -> RunningSuperLink:
+        superlink = await self._start_superlink()
+        try:
+            return await self._park(superlink)
+        except AggregatorError:
+            superlink.process.stop()
+            raise
 
     async def _start_superlink(self) -> RunningSuperLink:
         port = free_port()
@@ -196,11 +281,15 @@ class AggregatorRole:
             If the SuperLink does not come up or ``flwr run`` fails.
         """
         warm, self.warm = self.warm, None
-        if warm is None or not warm.process.running():
+        if warm is None or warm.start_file is None or not warm.process.running():
             if warm is not None:
                 warm.process.stop()
-            warm = await self._start_superlink()
+            warm = await self._parked_superlink()
         superlink = warm
+        assert superlink.start_file is not None
+        if resume.server_round < total_rounds(self.genesis):
+            write_start(superlink.start_file, resume.server_round)
+            log.info("run released from round %d", resume.server_round)
         lease = Lease(
             federation_id=self.federation_id,
             holder=self.book.identity.node_id,
@@ -217,25 +306,26 @@ class AggregatorRole:
         self.holding = Holding(superlink, lease)
         await self.book.publish(lease)
         log.info("holding lease epoch %d at %s", epoch, superlink.address)
-        if resume.server_round < total_rounds(self.genesis):
-            await self._submit(resume.server_round, epoch, superlink)
         return lease
 
-    async def _submit(
-        self, start_round: int, epoch: int, superlink: RunningSuperLink
-    ) -> None:
-        incarnation = superlink.directory / f"epoch-{epoch}"
+    async def _park(self, superlink: RunningSuperLink) -> RunningSuperLink:
+        """Submit a parked run to ``superlink`` (released by :meth:`take_over`)."""
+        start_file = superlink.directory / "start.json"
         config = peer_run_config(
             self.genesis.parameters,
             self.federation_id,
-            start_round,
+            None,
             self.store.directory,
-            incarnation / "run",
+            superlink.directory / "run",
+            self.identity_key,
+            self.ledger,
+            self.genesis.eligible,
+            start_file=start_file,
         )
         tls = superlink.tls
         certificate = None if tls is None else tls.certificate
         app_dir, flwr_home = write_app(
-            incarnation, config, superlink.address, certificate
+            superlink.directory, config, superlink.address, certificate
         )
         done = await asyncio.to_thread(
             subprocess.run,
@@ -249,6 +339,8 @@ class AggregatorRole:
         if done.returncode != 0:
             tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
             raise AggregatorError(f"flwr run failed: {' / '.join(tail)}")
+        log.info("run parked on %s", superlink.address)
+        return dataclasses.replace(superlink, start_file=start_file)
 
     async def advertise_progress(self, standbys: list[str]) -> int | None:
         """Push the newest finished round to ``standbys``, then advertise it.
@@ -273,12 +365,42 @@ class AggregatorRole:
         )
         for failure in filter(None, failures):
             log.warning("standby did not take round %d: %s", newest, failure)
+        took = [a for a, failure in zip(standbys, failures, strict=True) if not failure]
+        await self._push_blocks(took, newest)
         lease = dataclasses.replace(
             self.holding.lease, last_round=newest, model_sha256=checkpoint.sha256
         )
         self.holding.lease = lease
         await self.book.publish(lease)
         return newest
+
+    async def _push_blocks(self, standbys: list[str], last_round: int) -> None:
+        """Hand ``standbys`` the ledger blocks up to ``last_round`` they lack.
+
+        Only standbys that took the round's model get its blocks: a peer never holds
+        the block of a round whose model it could not resume from.
+        """
+        if self.ledger is None or not standbys:
+            return
+        blocks = await asyncio.to_thread(
+            blocks_up_to, self.ledger, self.federation_id, last_round
+        )
+        if not blocks:
+            return
+        sent = [self.blocks_sent.get(a, 0) for a in standbys]
+        failures = await asyncio.gather(
+            *(
+                push_blocks(a, self.federation_id, blocks[start:])
+                for a, start in zip(standbys, sent, strict=True)
+                if start < len(blocks)
+            )
+        )
+        pending = [a for a, s in zip(standbys, sent, strict=True) if s < len(blocks)]
+        for address, failure in zip(pending, failures, strict=True):
+            if failure:
+                log.warning("standby did not take the ledger: %s", failure)
+            else:
+                self.blocks_sent[address] = len(blocks)
 
     def superlink_alive(self) -> bool:
         """Whether the SuperLink this peer started still runs."""

@@ -37,18 +37,31 @@ from flp2p.aggregator import AGGREGATOR_ROLE, AggregatorError, AggregatorRole
 from flp2p.aggregator import total_rounds as genesis_rounds
 from flp2p.dht import AddressBook, Genesis, Lease, NodeRecord
 from flp2p.identity import Identity
+from flp2p.peer.apps import (
+    AGGREGATORS_NODE_KEY,
+    FEDERATION_NODE_KEY,
+    IDENTITY_NODE_KEY,
+    LEDGER_NODE_KEY,
+    join_ids,
+)
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore, resume_round
 from flp2p.peer.election import elect_successor
 from flp2p.peer.founder import parse_address
-from flp2p.peer.leases import LeaseWatch
+from flp2p.peer.leases import LeaseWatch, probe_superlink
 from flp2p.peer.replication import CheckpointReceiver
 from flp2p.peer.supernode import InsecureLeaseRefused, SuperNodeFollower
 from flp2p.peer.tls import FingerprintMismatch
 
 log = logging.getLogger("flp2p.client")
 
+LEDGER_FILE = "ledger.db"
+"""This peer's copy of the federation's ledger, in ``--work-dir``: blocks it received
+as a participant or standby, and those it signs while it aggregates."""
+
 FINISH_GRACE_SECONDS = 5.0
 """How long a finished aggregator keeps its lease so every client sees the end."""
+REPROBE_SECONDS = 0.3
+"""Pause between two probes of a SuperLink that refused a connection."""
 
 
 class PeerError(Exception):
@@ -73,6 +86,10 @@ class PeerOptions:
     record_ttl: float = 9.0
     poll_interval: float = 1.0
     settle_seconds: float = 3.0
+    refusals_to_fail: int = 2
+    """Consecutive probes, :data:`REPROBE_SECONDS` apart, in which the holder's
+    SuperLink must refuse connections before a standby treats the holder as dead
+    without waiting for its lease to lapse."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,10 +213,17 @@ class Peer:
         self.receiver: CheckpointReceiver | None = None
         self.aggregator: AggregatorRole | None = None
         self.follower: SuperNodeFollower | None = None
+        self.ledger = (options.work_dir / LEDGER_FILE).resolve()
         if options.partition_id is not None:
             node_config: dict[str, int | str] = {
                 "partition-id": options.partition_id,
                 "num-partitions": int(options.num_partitions or 0),
+                # The ClientApp signs with this peer's key, read from the file: the
+                # key itself never passes through Flower.
+                IDENTITY_NODE_KEY: str(options.identity.resolve()),
+                FEDERATION_NODE_KEY: genesis.federation_id,
+                AGGREGATORS_NODE_KEY: join_ids(genesis.eligible),
+                LEDGER_NODE_KEY: str(self.ledger),
             }
             if options.data_dir:
                 node_config["data-dir"] = options.data_dir
@@ -221,13 +245,19 @@ class Peer:
                 self.store,
                 self.options.work_dir / "aggregator",
                 use_tls=not self.options.insecure,
+                identity_key=self.options.identity,
+                ledger=self.ledger,
             )
             start = initial_checkpoint(self.genesis)
             self.store.save(start)
             self.advertised[0] = start.sha256
             eligible = frozenset(self.genesis.eligible)
             self.receiver = CheckpointReceiver(
-                self.store, self.genesis.federation_id, eligible.__contains__
+                self.store,
+                self.genesis.federation_id,
+                eligible.__contains__,
+                ledger=self.ledger,
+                block_signers=eligible,
             )
             address = await self.receiver.start(self.options.listen[0])
             roles: tuple[str, ...] = (AGGREGATOR_ROLE,)
@@ -246,30 +276,81 @@ class Peer:
         while True:
             lease = await self.watch.current()
             now = time.monotonic()
+            if (
+                lease is not None
+                and self.last_lease is not None
+                and lease.epoch < self.last_lease.epoch
+            ):
+                # A peer that missed the successor's lease can still serve the dead
+                # holder's for the rest of its TTL: never step back an epoch.
+                await asyncio.sleep(self.options.poll_interval)
+                continue
             if lease is not None:
                 self.last_lease, lapsed_since = lease, None
                 self.advertised[lease.last_round] = lease.model_sha256
                 if lease.last_round >= self.rounds and not self._holding():
                     return self._finished(lease)
+            elif self.last_lease is not None and lapsed_since is None:
+                lapsed_since = now
+                log.info("lease epoch %d lapsed", self.last_lease.epoch)
             if self._holding():
                 done = await self._hold(lease)
                 if done is not None:
                     return done
             elif lease is None and now - started >= self.options.settle_seconds:
-                await self._maybe_take_over()
+                lapsed = now - (now if lapsed_since is None else lapsed_since)
+                if await self._holder_gone(lapsed):
+                    await self._maybe_take_over()
             elif lease is not None and lease.holder != self.me:
-                await self._keep_warm_if_next(lease)
-            if lease is not None and self.follower and lease.holder != self.me:
+                if await self._superlink_refuses(lease):
+                    log.info(
+                        "lease epoch %d: its SuperLink refuses connections",
+                        lease.epoch,
+                    )
+                    await self._maybe_take_over()
+                else:
+                    await self._keep_warm_if_next(lease)
+            if (
+                lease is not None
+                and self.follower
+                and lease.holder != self.me
+                and not self._holding()
+            ):
                 await self._follow(lease)
             if lease is None and not self._holding():
-                if self.last_lease is None:
-                    waited = now - started
-                else:
-                    lapsed_since = now if lapsed_since is None else lapsed_since
-                    waited = now - lapsed_since
-                if waited > self.options.lease_timeout:
+                started_waiting = started if lapsed_since is None else lapsed_since
+                if now - started_waiting > self.options.lease_timeout:
                     raise PeerError(self._no_lease_reason())
             await asyncio.sleep(self.options.poll_interval)
+
+    async def _superlink_refuses(self, lease: Lease) -> bool:
+        """Whether ``lease``'s SuperLink refuses connections, so its holder is dead
+        (asked by eligible peers only: they take over).
+
+        A lease stays valid for up to its TTL after its holder died; a refused
+        connection to the SuperLink it names says so at once. The holder starts its
+        SuperLink before it publishes the lease and exits when the SuperLink does,
+        so nothing listening there means no holder.
+        """
+        if self.aggregator is None:
+            return False
+        for attempt in range(self.options.refusals_to_fail):
+            if attempt:
+                await asyncio.sleep(REPROBE_SECONDS)
+            if await probe_superlink(lease.superlink_address) is not False:
+                return False
+        return True
+
+    async def _holder_gone(self, lapsed: float) -> bool:
+        """Whether to elect now that no lease is found.
+
+        A lookup can miss a live lease (a slow peer, a lost datagram); while the
+        last holder's SuperLink still accepts connections, wait for the lapse to
+        last a whole record TTL before electing a successor.
+        """
+        if self.last_lease is None or lapsed >= self.options.record_ttl:
+            return True
+        return await probe_superlink(self.last_lease.superlink_address) is not True
 
     def _holding(self) -> bool:
         return self.aggregator is not None and self.aggregator.holding is not None
@@ -292,14 +373,15 @@ class Peer:
         return f"no valid aggregator lease within {timeout:g} s"
 
     async def _standby_addresses(self) -> list[str]:
-        addresses = []
-        for node_id in self.genesis.eligible:
-            if node_id == self.me:
-                continue
-            record = await self.book.get_node(node_id)
-            if record is not None and AGGREGATOR_ROLE in record.roles:
-                addresses.append(record.address)
-        return addresses
+        others = [n for n in self.genesis.eligible if n != self.me]
+        # Concurrent lookups: one that asks a dead contact waits an RPC timeout,
+        # and sequential ones would add those waits up.
+        records = await asyncio.gather(*(self.book.get_node(n) for n in others))
+        return [
+            record.address
+            for record in records
+            if record is not None and AGGREGATOR_ROLE in record.roles
+        ]
 
     async def _hold(self, lease: Lease | None) -> str | None:
         assert self.aggregator is not None and self.aggregator.holding is not None
@@ -323,9 +405,9 @@ class Peer:
         return None
 
     async def _live_eligible(self) -> list[str]:
-        return [
-            n for n in self.genesis.eligible if await self.book.get_node(n) is not None
-        ]
+        eligible = list(self.genesis.eligible)
+        records = await asyncio.gather(*(self.book.get_node(n) for n in eligible))
+        return [n for n, r in zip(eligible, records, strict=True) if r is not None]
 
     async def _keep_warm_if_next(self, lease: Lease) -> None:
         """Start a SuperLink now if this peer would succeed ``lease``'s holder."""

@@ -185,6 +185,25 @@ class Identity:
         return identity
 
     @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Identity:
+        """Load the existing key at ``path`` (never create one).
+
+        For processes that act *as* a peer but must not invent its identity, such
+        as the ClientApp a peer's SuperNode starts.
+
+        Raises
+        ------
+        FileNotFoundError
+            If there is no key at ``path``.
+        PermissionError, ValueError
+            As for :meth:`load_or_create`.
+        """
+        key_path = Path(path)
+        if not key_path.exists():
+            raise FileNotFoundError(f"no identity key at {key_path}")
+        return cls._load(key_path)
+
+    @classmethod
     def _load(cls, key_path: Path) -> Identity:
         mode = stat.S_IMODE(key_path.stat().st_mode)
         if mode & 0o077:

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from flp2p.ledger import Ledger, LedgerError
+from flp2p.ledger import Block, ChainError, Ledger, LedgerError
+from flp2p.ledger.verify import signer_node_id
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +75,36 @@ def block_height(block_bytes: bytes) -> int:
     return height
 
 
-def sync_replica(path: Path, federation: str, blocks: Sequence[bytes]) -> int | None:
+def sync_replica(
+    path: Path,
+    federation: str,
+    blocks: Sequence[bytes],
+    signer_ids: Collection[str] | None = None,
+) -> int | None:
     """Append the blocks this replica lacks; return its height afterwards.
 
     Blocks at or below the replica's height are skipped (already held); each new
     one is verified by :meth:`Ledger.append_block`.
 
+    Parameters
+    ----------
+    path, federation
+        The replica's file and the federation it belongs to.
+    blocks
+        Blocks in wire form, in any order.
+    signer_ids
+        Node ids whose signatures this participant accepts, whatever the chain's
+        own genesis block says: in the peer runtime, the aggregators the
+        federation's genesis record names (the aggregator that wrote the chain's
+        genesis block cannot widen that list). ``None`` leaves the check to the
+        chain's genesis block alone (simulation).
+
     Raises
     ------
     LedgerError
-        A block is malformed, from another federation, out of order or forged;
-        blocks before it that verified stay appended, it and later ones do not.
+        A block is malformed, from another federation, out of order, forged or
+        signed by someone outside ``signer_ids``; blocks before it that verified
+        stay appended, it and later ones do not.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with Ledger.open(path, federation=federation, create=True) as replica:
@@ -92,5 +112,13 @@ def sync_replica(path: Path, federation: str, blocks: Sequence[bytes]) -> int | 
             held = replica.height
             if held is not None and block_height(block) <= held:
                 continue
+            if signer_ids is not None:
+                parsed = Block.from_bytes(bytes(block))
+                if signer_node_id(parsed.signer) not in signer_ids:
+                    raise ChainError(
+                        parsed.height,
+                        f"signer {parsed.signer[:16]}… is not an aggregator of the "
+                        "federation",
+                    )
             replica.append_block(block)
         return replica.height

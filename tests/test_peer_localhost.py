@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from flp2p.identity import Identity
+from flp2p.ledger import Ledger
 from flp2p.peer.checkpoints import CheckpointStore
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "localhost" / "run.py"
@@ -74,6 +76,25 @@ def _final_lines(federation: Any) -> dict[str, str]:
     return {n: federation.log_tail(n, 1) for n in federation.client_names()}
 
 
+def _identity(federation: Any, name: str) -> Identity:
+    return Identity.load(federation.work_dir / name / "identity.key")
+
+
+def _chain(federation: Any, name: str) -> list[tuple[int, str, frozenset[str]]]:
+    """(round, signer key, contributor ids) of every block of ``name``'s ledger,
+    after checking the whole chain."""
+    with Ledger.open(federation.work_dir / name / "ledger.db") as ledger:
+        ledger.verify()
+        return [
+            (
+                block.server_round,
+                block.signer,
+                frozenset(str(row["identity"]) for row in block.contributions),
+            )
+            for block in ledger.blocks()
+        ]
+
+
 @pytest.mark.slow
 def test_four_clients_train_two_rounds(federation: Any) -> None:
     federation.start()
@@ -92,10 +113,21 @@ def test_four_clients_train_two_rounds(federation: Any) -> None:
     ]
     final_hashes = {s.load(2).sha256[:12] for s in holders if 2 in s.rounds()}
     assert len(final_hashes) == 1 and f"model {final_hashes.pop()}" in line
+    # Every round is in the holder's signed ledger, keyed by the clients' own keys,
+    # and the standby holds the same chain (pushed with the checkpoints).
+    clients = frozenset(
+        _identity(federation, n).node_id for n in federation.client_names()
+    )
+    chain = _chain(federation, "eligible-a")
+    assert [r for r, _, _ in chain] == [0, 1, 2]
+    assert all(ids == clients for _, _, ids in chain[1:])
+    assert _chain(federation, "eligible-b") == chain
 
 
 @pytest.mark.slow
 def test_training_completes_after_the_aggregator_is_killed(federation: Any) -> None:
+    # Three rounds: the successor's first block reaches the clients with round 3.
+    federation.rounds = 3
     federation.start()
     failover = example.kill_holder_and_watch(federation, 1, TIMEOUT)
     codes = federation.wait_clients(TIMEOUT)
@@ -112,5 +144,23 @@ def test_training_completes_after_the_aggregator_is_killed(federation: Any) -> N
     theirs = CheckpointStore(federation.work_dir / failover.victim / "checkpoints")
     assert ours.load(1).sha256 == theirs.load(1).sha256  # resumed from *the* round 1
     for line in _final_lines(federation).values():
-        assert "finished: round 2" in line and "lease epoch 2" in line
-        assert f"model {ours.load(2).sha256[:12]}" in line
+        assert "finished: round 3" in line and "lease epoch 2" in line
+        assert f"model {ours.load(3).sha256[:12]}" in line
+    # One chain across the failover: round 1 signed by the victim, the rest by the
+    # successor, every contribution keyed by a client's own identity ...
+    victim_key = _identity(federation, failover.victim).public_key.hex()
+    survivor_key = _identity(federation, survivor).public_key.hex()
+    clients = frozenset(
+        _identity(federation, n).node_id for n in federation.client_names()
+    )
+    chain = _chain(federation, survivor)
+    assert [(r, signer) for r, signer, _ in chain] == [
+        (0, victim_key),
+        (1, victim_key),
+        (2, survivor_key),
+        (3, survivor_key),
+    ]
+    assert all(ids == clients for _, _, ids in chain[1:])
+    # ... which every client holds, the successor's round-2 block included.
+    for name in federation.client_names():
+        assert _chain(federation, name) == chain[:3]

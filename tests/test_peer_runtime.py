@@ -4,17 +4,21 @@ who takes over, from which round, as which epoch, and when a holder steps down."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from flp2p.aggregator import Holding
+from flp2p.aggregator import Holding, peer_run_config
 from flp2p.client import Peer, PeerError, PeerOptions
 from flp2p.dht import AddressBook, Genesis, Lease, NodeRecord
 from flp2p.identity import Identity
+from flp2p.peer.apps import PeerRun, wait_for_start, write_start
 from flp2p.peer.checkpoints import Checkpoint
+from flp2p.peer.processes import free_port
 
 ME = Identity.generate()
 OTHER = Identity.generate()
@@ -198,3 +202,60 @@ def test_a_dead_standby_is_not_next_in_line(peer: Peer) -> None:
     _live(peer, OTHER, third)  # this peer's own record has not propagated: not live
     asyncio.run(peer._keep_warm_if_next(_lease(peer.genesis, OTHER, 1, 0)))
     assert aggregator.prepared == 0
+
+
+def _lease_at(peer: Peer, address: str) -> Lease:
+    return dataclasses.replace(
+        _lease(peer.genesis, OTHER, epoch=1, last_round=0), superlink_address=address
+    )
+
+
+async def _with_listener(check: Callable[[str], Awaitable[bool]]) -> bool:
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    host, port = server.sockets[0].getsockname()[:2]
+    try:
+        return await check(f"{host}:{port}")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_a_superlink_refusing_connections_marks_its_holder_dead(peer: Peer) -> None:
+    nobody = f"127.0.0.1:{free_port()}"  # nothing listens there
+    assert asyncio.run(peer._superlink_refuses(_lease_at(peer, nobody)))
+    listening = asyncio.run(
+        _with_listener(lambda a: peer._superlink_refuses(_lease_at(peer, a)))
+    )
+    assert not listening
+    # Only eligible peers probe (they are the ones who would take over).
+    peer.aggregator = None
+    assert not asyncio.run(peer._superlink_refuses(_lease_at(peer, nobody)))
+
+
+def test_a_missed_lease_waits_a_ttl_while_the_holder_answers(peer: Peer) -> None:
+    ttl = peer.options.record_ttl
+
+    async def gone_after(address: str, lapsed: float) -> bool:
+        peer.last_lease = _lease_at(peer, address)
+        return await peer._holder_gone(lapsed)
+
+    assert not asyncio.run(_with_listener(lambda a: gone_after(a, 0.5)))
+    assert asyncio.run(_with_listener(lambda a: gone_after(a, ttl)))
+    assert asyncio.run(gone_after(f"127.0.0.1:{free_port()}", 0.5))
+
+
+def test_a_parked_run_waits_for_its_release(tmp_path: Path) -> None:
+    start = tmp_path / "start.json"
+    with pytest.raises(TimeoutError, match="nobody released"):
+        wait_for_start(start, timeout=0.2, poll=0.05)
+    write_start(start, 3)
+    assert wait_for_start(start, timeout=0.2) == 3
+    config = peer_run_config(
+        {"rounds": 4}, "fe" * 32, None, tmp_path, tmp_path, start_file=start
+    )
+    parked = PeerRun.from_run_config(config)
+    assert parked.start_file == start.resolve() and parked.start_round == -1
+    with pytest.raises(ValueError, match="exactly one"):
+        peer_run_config(
+            {"rounds": 4}, "fe" * 32, 1, tmp_path, tmp_path, start_file=start
+        )

@@ -48,6 +48,9 @@ class LocalFederation:
     clients: int = 4
     rounds: int = 2
     dataset: str = "digits"
+    strategy: str = "trusted"
+    """flp2p's default pipeline: it checks every reply's signature and records each
+    round in the ledger (Flower's built-in strategies do neither)."""
     insecure: bool = False
     lease_timeout: float = 120.0
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -87,6 +90,7 @@ class LocalFederation:
                 "--param", f"rounds={self.rounds}",
                 "--param", f"clients={self.clients}",
                 "--param", f"dataset={self.dataset}",
+                "--param", f"strategy={self.strategy}",
                 "--param", "output.progress=false", "--param", "output.plot=false",
             ],
         )  # fmt: skip
@@ -204,6 +208,8 @@ class Failover:
     next_round_after: float | None
     successor_epoch: int | None
     resumed_from_round: int | None
+    killed_at: float = 0.0
+    """Unix time of the SIGKILL (to line it up with the processes' logs)."""
 
 
 def kill_holder_and_watch(
@@ -223,7 +229,7 @@ def kill_holder_and_watch(
     if lease is None or victim is None:
         raise RuntimeError(f"no lease advertised round {after_round} in {timeout} s")
     federation.kill(victim)
-    killed_at = time.monotonic()
+    killed_at, killed_at_unix = time.monotonic(), time.time()
     successor = asyncio.run(
         watch_lease(federation, lambda x: x.epoch > lease.epoch, timeout)
     )
@@ -242,6 +248,7 @@ def kill_holder_and_watch(
         next_round_after=None if progressed is None else time.monotonic() - killed_at,
         successor_epoch=None if successor is None else successor.epoch,
         resumed_from_round=None if successor is None else successor.last_round,
+        killed_at=killed_at_unix,
     )
 
 
@@ -251,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--strategy", default="trusted")
     parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--kill-aggregator-after", type=int, metavar="ROUND")
     parser.add_argument("--work-dir", type=Path)
@@ -259,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(verbose=False)  # the observer's DHT node is chatty otherwise
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="flp2p-localhost-"))
     federation = LocalFederation(
-        work_dir, args.clients, args.rounds, args.dataset, args.insecure
+        work_dir, args.clients, args.rounds, args.dataset, args.strategy, args.insecure
     )
     started = time.monotonic()
     try:

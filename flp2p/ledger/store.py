@@ -58,9 +58,10 @@ class Ledger:
     signer : Signer or None
         Key that signs new blocks (the aggregator's identity); ``None`` for a
         replica, which can only append blocks others signed.
-    allowed_signers : Sequence[bytes]
-        Public keys the genesis allows to sign, used only if this ledger writes the
-        genesis; empty allows any key.
+    allowed_signers : Sequence[bytes | str]
+        Who the genesis allows to sign, used only if this ledger writes the genesis:
+        raw public keys (bytes) or node ids (hex SHA-256 of a key, str); empty
+        allows any key.
     policy : RewardPolicy
         Reward formula parameters for rounds this ledger records.
     """
@@ -71,14 +72,16 @@ class Ledger:
         path: Path,
         federation: str,
         signer: Signer | None = None,
-        allowed_signers: Sequence[bytes] = (),
+        allowed_signers: Sequence[bytes | str] = (),
         policy: RewardPolicy | None = None,
     ) -> None:
         self._db = db
         self.path = path
         self.federation = federation
         self.signer = signer
-        self.allowed_signers = tuple(bytes(key) for key in allowed_signers)
+        self.allowed_signers = tuple(
+            key if isinstance(key, str) else bytes(key).hex() for key in allowed_signers
+        )
         self.policy = policy if policy is not None else RewardPolicy()
         self._tip: ChainTip | None = None
 
@@ -89,7 +92,7 @@ class Ledger:
         *,
         federation: str | None = None,
         signer: Signer | None = None,
-        allowed_signers: Sequence[bytes] = (),
+        allowed_signers: Sequence[bytes | str] = (),
         policy: RewardPolicy | None = None,
         create: bool = False,
     ) -> Ledger:
@@ -273,7 +276,7 @@ class Ledger:
             aggregate_sha256=None,
             created_at=time.time(),
             signer="",
-            allowed_signers=tuple(key.hex() for key in self.allowed_signers),
+            allowed_signers=self.allowed_signers,
         ).signed_by(self.signer)
 
     # -- replication --------------------------------------------------------------

@@ -8,13 +8,16 @@ things. Rules, in the order checked (the first broken one is reported):
 2. its height is the next one (a gap means a deleted block, a repeat a reordering);
 3. height 0 is the genesis and only height 0 is;
 4. ``previous_hash`` is the hash of the block before (zeros for the genesis);
-5. its signer is allowed by the genesis (any key when the genesis lists none);
+5. its signer is allowed by the genesis (any key when the genesis lists none); the
+   genesis names a signer by its hex public key or by its node id (hex SHA-256 of
+   the key, how a federation's genesis record in the DHT names its aggregators);
 6. its signature verifies under its own signer key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .blocks import ZERO_HASH, Block, BlockKind
@@ -73,7 +76,9 @@ def check_successor(block: Block, tip: ChainTip | None, federation: str) -> None
             f"({block.previous_hash[:12]} != {previous_hash[:12]})",
         )
     genesis = block if tip is None else tip.genesis
-    if genesis.allowed_signers and block.signer not in genesis.allowed_signers:
+    if genesis.allowed_signers and not signer_allowed(
+        block.signer, genesis.allowed_signers
+    ):
         raise ChainError(
             block.height, f"signer {block.signer[:16]}… is not allowed by the genesis"
         )
@@ -82,6 +87,23 @@ def check_successor(block: Block, tip: ChainTip | None, federation: str) -> None
             block.height,
             "signature does not verify (a row was altered or the signer swapped)",
         )
+
+
+def signer_node_id(signer: str) -> str | None:
+    """Node id (hex SHA-256 of the raw key) of a block's hex signer key, if hex."""
+    try:
+        return hashlib.sha256(bytes.fromhex(signer)).hexdigest()
+    except ValueError:
+        return None
+
+
+def signer_allowed(signer: str, allowed: Sequence[str]) -> bool:
+    """Whether the hex public key ``signer`` is in ``allowed``, by key or node id.
+
+    Both forms are 64 hex digits; a key that equalled another key's node id would be
+    a SHA-256 preimage, so accepting either form admits no one else.
+    """
+    return signer in allowed or signer_node_id(signer) in allowed
 
 
 def verify_chain(blocks: Iterable[Block], federation: str) -> ChainTip | None:

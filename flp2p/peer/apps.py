@@ -3,11 +3,22 @@
 They wrap :mod:`flp2p.app` with what a real federation adds to a simulation:
 
 * the run resumes from a checkpoint (round ``peer.start-round`` of
-  ``peer.checkpoint-dir``) instead of always starting from the seed's initial model,
+  ``peer.checkpoint-dir``, or of a run parked ahead of need, the round named when it
+  is released: ``peer.start-file``) instead of always starting from the seed's
+  initial model,
   and every finished round is written back there, numbered in the federation's
   rounds, so the aggregator process can advertise it in its lease and a successor can
   continue from it;
-* contributions are signed for the federation id (the hash of the genesis);
+* every training reply is signed with the participant's own Ed25519 identity (the
+  key ``python -m flp2p.client`` loads, named by path in the SuperNode's node
+  config, never sent through Flower) for the federation id and the federation's
+  round count, and the strategy rejects replies that are unsigned or whose
+  signature does not verify (:class:`~flp2p.identity.ContributionAuthenticator`);
+* the aggregator records each round in its copy of the federation's ledger, signed
+  with its own identity, numbered in federation rounds, and continues whatever chain
+  that copy holds — so after a failover the successor extends the same chain — and
+  hands the newest blocks to the participants, which accept only blocks signed by an
+  aggregator the federation's genesis names;
 * each SuperNode may name its own data folder in its node config (``data-dir``).
 
 Keys under ``peer.`` configure this wrapper and are removed before the rest of the
@@ -17,7 +28,11 @@ run config becomes Hydra overrides (:func:`flp2p.app.settings_from_run_config`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,16 +42,23 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from flp2p.app import (
+    Participant,
     arrays_to_record,
     central_evaluator,
     client_evaluate,
     client_train,
-    open_run_ledger,
     record_to_arrays,
+    records_rounds,
     settings_from_run_config,
 )
 from flp2p.config import RunSettings, build_strategy
+from flp2p.identity import ContributionAuthenticator, Identity
+from flp2p.ledger import Ledger
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
+from flp2p.replication import with_ledger_broadcast
+from strategies.records import ReputationState, RoundReport
+
+log = logging.getLogger(__name__)
 
 PEER_PREFIX = "peer."
 START_ROUND_KEY = "peer.start-round"
@@ -45,8 +67,41 @@ CHECKPOINT_DIR_KEY = "peer.checkpoint-dir"
 """Run-config key: folder of the :class:`CheckpointStore` the aggregator watches."""
 FEDERATION_KEY = "peer.federation"
 """Run-config key: the federation id contributions are signed for."""
+START_FILE_KEY = "peer.start-file"
+"""Run-config key of a *parked* run (instead of ``peer.start-round``): the ServerApp
+starts, loads what it needs, and waits until this file names the round to resume
+from. A standby submits one to its warm SuperLink ahead of need, so taking over
+costs neither ``flwr run`` nor the ServerApp's start-up."""
+PARKED_RUN_TIMEOUT = 24 * 3600.0
+"""Seconds a parked ServerApp waits before it gives up (its SuperLink is normally
+stopped long before)."""
+IDENTITY_KEY_KEY = "peer.identity-key"
+"""Run-config key: the aggregator's key file (it signs ledger blocks; the path
+only — the ServerApp runs on the aggregator's own machine)."""
+LEDGER_KEY = "peer.ledger"
+"""Run-config key: the aggregator's copy of the federation's ledger."""
+AGGREGATORS_KEY = "peer.aggregators"
+"""Run-config key: comma-separated node ids the genesis allows to aggregate."""
 DATA_DIR_NODE_KEY = "data-dir"
 """Node-config key: a SuperNode's own data folder (overrides ``dataset.data_dir``)."""
+IDENTITY_NODE_KEY = "identity-key"
+"""Node-config key: the participant's key file, which signs its training replies."""
+FEDERATION_NODE_KEY = "federation"
+"""Node-config key: the federation the participant joined (it signs for no other)."""
+AGGREGATORS_NODE_KEY = "aggregators"
+"""Node-config key: comma-separated node ids whose ledger blocks it accepts."""
+LEDGER_NODE_KEY = "ledger"
+"""Node-config key: the participant's copy of the ledger."""
+
+
+def join_ids(node_ids: Iterable[str]) -> str:
+    """Node ids as one config value (Flower configs hold scalars only)."""
+    return ",".join(node_ids)
+
+
+def split_ids(value: object) -> tuple[str, ...]:
+    """Inverse of :func:`join_ids`."""
+    return tuple(part for part in str(value or "").split(",") if part)
 
 
 @dataclass(frozen=True)
@@ -56,21 +111,191 @@ class PeerRun:
     start_round: int
     checkpoint_dir: Path
     federation: str
+    identity_key: Path | None = None
+    ledger: Path | None = None
+    aggregators: tuple[str, ...] = ()
+    start_file: Path | None = None
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> PeerRun:
-        """Read the ``peer.`` keys (raises ``ValueError`` naming a missing one)."""
-        missing = [
-            k
-            for k in (START_ROUND_KEY, CHECKPOINT_DIR_KEY, FEDERATION_KEY)
-            if k not in run_config
-        ]
+        """Read the ``peer.`` keys (raises ``ValueError`` naming a missing one).
+
+        A parked run (``peer.start-file``) has no start round yet: ``start_round``
+        is ``-1`` until :func:`wait_for_start` reads it.
+        """
+        required = [CHECKPOINT_DIR_KEY, FEDERATION_KEY]
+        if START_FILE_KEY not in run_config:
+            required.insert(0, START_ROUND_KEY)
+        missing = [k for k in required if k not in run_config]
         if missing:
             raise ValueError(f"run config lacks {missing}: not a peer-runtime run")
+        identity_key = run_config.get(IDENTITY_KEY_KEY)
+        ledger = run_config.get(LEDGER_KEY)
+        start_file = run_config.get(START_FILE_KEY)
         return cls(
-            start_round=int(run_config[START_ROUND_KEY]),
+            start_round=int(run_config.get(START_ROUND_KEY, -1)),
             checkpoint_dir=Path(str(run_config[CHECKPOINT_DIR_KEY])),
             federation=str(run_config[FEDERATION_KEY]),
+            identity_key=Path(str(identity_key)) if identity_key else None,
+            ledger=Path(str(ledger)) if ledger else None,
+            aggregators=split_ids(run_config.get(AGGREGATORS_KEY)),
+            start_file=Path(str(start_file)) if start_file else None,
+        )
+
+
+def write_start(path: Path, start_round: int) -> None:
+    """Release a parked run: resume from ``start_round`` (atomic: never half-read)."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps({"start-round": start_round}))
+    os.replace(partial, path)
+
+
+def wait_for_start(
+    path: Path, timeout: float = PARKED_RUN_TIMEOUT, poll: float = 0.1
+) -> int:
+    """Block until :func:`write_start` released the run; return its start round.
+
+    Raises
+    ------
+    TimeoutError
+        If nobody released it within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nobody released the parked run ({path})")
+        time.sleep(poll)
+    return int(json.loads(path.read_text())["start-round"])
+
+
+def participant_from_node_config(node_config: Mapping[str, Any]) -> Participant:
+    """The participant a peer's SuperNode runs for, from its node config.
+
+    Raises
+    ------
+    ValueError
+        If the node config does not name the key file and the federation (the
+        SuperNode was not started by ``python -m flp2p.client``).
+    """
+    missing = [
+        k for k in (IDENTITY_NODE_KEY, FEDERATION_NODE_KEY) if not node_config.get(k)
+    ]
+    if missing:
+        raise ValueError(
+            f"node config lacks {missing}: start peer SuperNodes with "
+            "`python -m flp2p.client`"
+        )
+    ledger = node_config.get(LEDGER_NODE_KEY)
+    return Participant(
+        identity=Identity.load(str(node_config[IDENTITY_NODE_KEY])),
+        federation=str(node_config[FEDERATION_NODE_KEY]),
+        ledger=Path(str(ledger)) if ledger else None,
+        aggregators=frozenset(split_ids(node_config.get(AGGREGATORS_NODE_KEY))),
+    )
+
+
+class FederationRoundAuthenticator:
+    """Checks contributions against the federation's round count, not Flower's.
+
+    A run resumed after ``round_offset`` finished rounds calls its first round 1;
+    participants sign for round ``round_offset + 1`` (they receive the offset in
+    the instructions), so a reply signed for one federation round cannot be replayed
+    into another run whose Flower round has the same number.
+
+    Parameters
+    ----------
+    authenticate
+        The federation's Ed25519 check.
+    round_offset
+        Federation rounds finished before this run.
+    """
+
+    def __init__(
+        self, authenticate: ContributionAuthenticator, round_offset: int
+    ) -> None:
+        self.authenticate = authenticate
+        self.round_offset = round_offset
+
+    def __call__(
+        self,
+        identity: str,
+        public_key: bytes | None,
+        signature: bytes | None,
+        server_round: int,
+        update_digest: str,
+    ) -> str | None:
+        """``None`` if authentic for federation round ``offset + server_round``."""
+        return self.authenticate(
+            identity,
+            public_key,
+            signature,
+            self.round_offset + server_round,
+            update_digest,
+        )
+
+
+class FederationRoundLedger:
+    """The ledger as the strategy's store and recorder, in federation rounds.
+
+    Strategies count rounds the way Flower numbers them in one run (from 1); the
+    ledger of a federation that changed aggregators spans several runs. Every round
+    number crossing this adapter is shifted by ``round_offset`` — reports and the
+    reputation fields ``first_round``, ``last_round`` and ``banned_until`` — so the
+    chain's blocks name federation rounds and a ban set before a failover still
+    lasts the same rounds after it. Differences between rounds, which is all the
+    reputation rules use, are unchanged.
+
+    Parameters
+    ----------
+    ledger
+        The aggregator's ledger (signing, or continuing, the federation's chain).
+    round_offset
+        Federation rounds finished before this run.
+    """
+
+    def __init__(self, ledger: Ledger, round_offset: int) -> None:
+        self.ledger = ledger
+        self.round_offset = round_offset
+
+    def _to_ledger(self, state: ReputationState) -> ReputationState:
+        offset = self.round_offset
+        return state.evolve(
+            first_round=state.first_round + offset,
+            last_round=state.last_round + offset,
+            # ≤ 0 means "never banned" in either count.
+            banned_until=state.banned_until + offset if state.banned_until > 0 else 0,
+        )
+
+    def _from_ledger(self, state: ReputationState) -> ReputationState:
+        offset = self.round_offset
+        return state.evolve(
+            first_round=state.first_round - offset,
+            last_round=state.last_round - offset,
+            banned_until=max(0, state.banned_until - offset),
+        )
+
+    def get_reputation(self, identity: str) -> ReputationState | None:
+        """State of ``identity`` in this run's round count (``None``: unknown)."""
+        state = self.ledger.get_reputation(identity)
+        return None if state is None else self._from_ledger(state)
+
+    def put_reputations(self, states: Iterable[ReputationState]) -> None:
+        """Store ``states`` in federation rounds."""
+        self.ledger.put_reputations(self._to_ledger(s) for s in states)
+
+    def all_reputations(self) -> list[ReputationState]:
+        """Every known state in this run's round count."""
+        return [self._from_ledger(s) for s in self.ledger.all_reputations()]
+
+    def record_round(
+        self, report: RoundReport, reputations: Sequence[ReputationState]
+    ) -> None:
+        """Append ``report`` as the block of federation round ``offset + round``."""
+        self.ledger.record_round(
+            dataclasses.replace(
+                report, server_round=report.server_round + self.round_offset
+            ),
+            [self._to_ledger(s) for s in reputations],
         )
 
 
@@ -112,42 +337,103 @@ def checkpointing_evaluator(
     return evaluate_fn
 
 
-def train_config(settings: RunSettings, federation: str) -> ConfigRecord:
-    """Instructions every client receives (same fields as :mod:`flp2p.app`'s)."""
+def train_config(
+    settings: RunSettings, federation: str, round_offset: int = 0
+) -> ConfigRecord:
+    """Instructions every client receives (same fields as :mod:`flp2p.app`'s).
+
+    ``round-offset`` tells clients how many federation rounds preceded this run, so
+    they sign for the federation's round rather than Flower's.
+    """
     return ConfigRecord(
         {
             "epochs": settings.train.epochs,
             "batch-size": settings.train.batch_size,
             "lr": settings.train.lr,
             "momentum": settings.train.momentum,
+            "max-steps": settings.train.max_steps or 0,  # 0: no cap
             "federation": federation,
+            "round-offset": round_offset,
         }
     )
 
 
+def open_peer_ledger(peer: PeerRun, settings: RunSettings) -> Ledger | None:
+    """The aggregator's copy of the federation's ledger, signing as the aggregator.
+
+    It may already hold the chain (the blocks this peer received while standing by
+    or training); new rounds extend it. ``None`` when the strategy reports no
+    verdicts (Flower's built-ins) or the run config names no ledger or key.
+    """
+    if (
+        peer.ledger is None
+        or peer.identity_key is None
+        or not settings.ledger_enabled
+        or not records_rounds(settings)
+    ):
+        return None
+    peer.ledger.parent.mkdir(parents=True, exist_ok=True)
+    return Ledger.open(
+        peer.ledger,
+        federation=peer.federation,
+        signer=Identity.load(peer.identity_key),
+        allowed_signers=peer.aggregators,
+        create=True,
+    )
+
+
+def peer_strategy(settings: RunSettings, peer: PeerRun, ledger: Ledger | None) -> Any:
+    """The configured strategy with the peer runtime's authenticator and ledger."""
+    extra: dict[str, Any] = {
+        "authenticator": FederationRoundAuthenticator(
+            ContributionAuthenticator(peer.federation), peer.start_round
+        )
+    }
+    decorate = None
+    if ledger is not None:
+        extra["recorder"] = FederationRoundLedger(ledger, peer.start_round)
+        if settings.ledger_replicate:
+
+            def decorate(cls: type) -> type:
+                return with_ledger_broadcast(cls, ledger)
+
+    strategy = build_strategy(settings, decorate, **extra)
+    if getattr(strategy, "authenticator", None) is None:
+        # Flower's built-in strategies take no authenticator.
+        log.warning(
+            "strategy %s does not check signatures: unsigned replies are accepted",
+            settings.strategy_name,
+        )
+    return strategy
+
+
 def run_peer_server(grid: Grid, context: Context) -> None:
-    """Run the remaining rounds of the federation from the starting checkpoint."""
+    """Run the remaining rounds of the federation from the starting checkpoint.
+
+    A parked run first prepares what does not depend on the start round (settings,
+    test data) and then waits to be released (:data:`START_FILE_KEY`).
+    """
     peer = PeerRun.from_run_config(context.run_config)
     settings = experiment_settings(context.run_config)
     output_dir = Path(str(context.run_config.get("output-dir", peer.checkpoint_dir)))
     output_dir.mkdir(parents=True, exist_ok=True)
+    evaluate = central_evaluator(settings)
+    if peer.start_file is not None:
+        peer = dataclasses.replace(peer, start_round=wait_for_start(peer.start_file))
     store = CheckpointStore(peer.checkpoint_dir)
     start = store.load(peer.start_round)
     remaining = settings.rounds - peer.start_round
     if remaining <= 0:
         return
-    ledger = open_run_ledger(settings, output_dir)
+    ledger = open_peer_ledger(peer, settings)
     try:
-        extra = {} if ledger is None else {"recorder": ledger}
-        strategy = build_strategy(settings, None, **extra)
+        strategy = peer_strategy(settings, peer, ledger)
         strategy.start(
             grid=grid,
             initial_arrays=arrays_to_record(dict(start.arrays)),
             num_rounds=remaining,
-            train_config=train_config(settings, peer.federation),
-            evaluate_fn=checkpointing_evaluator(
-                central_evaluator(settings), store, peer.start_round
-            ),
+            train_config=train_config(settings, peer.federation, peer.start_round),
+            evaluate_fn=checkpointing_evaluator(evaluate, store, peer.start_round),
         )
     finally:
         if ledger is not None:
@@ -155,13 +441,15 @@ def run_peer_server(grid: Grid, context: Context) -> None:
 
 
 def make_peer_client_app() -> ClientApp:
-    """The ClientApp of :mod:`flp2p.app`, with settings read the peer way."""
+    """The ClientApp of :mod:`flp2p.app`, with settings read the peer way and
+    replies signed by the participant's own identity."""
     app = ClientApp()
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
         settings = experiment_settings(context.run_config, context.node_config)
-        return client_train(msg, context, settings)
+        participant = participant_from_node_config(context.node_config)
+        return client_train(msg, context, settings, participant=participant)
 
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:

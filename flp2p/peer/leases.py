@@ -9,6 +9,8 @@ it refused.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 from flp2p.dht import AddressBook, Lease, RecordRejected, SignedRecord
@@ -55,3 +57,28 @@ class LeaseWatch:
     async def current(self) -> Lease | None:
         """The newest valid, unexpired lease, or ``None``."""
         return await self.book.get_lease(self.federation_id)
+
+
+async def probe_superlink(address: str, timeout: float = 1.0) -> bool | None:
+    """Whether the SuperLink at ``address`` accepts TCP connections.
+
+    Returns
+    -------
+    bool or None
+        ``True`` if it accepts, ``False`` if the connection is refused (nothing
+        listens: the process is gone), ``None`` if there is no answer in time (a
+        host that died, or one too busy to answer: no conclusion).
+    """
+    host, _, port = address.rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, int(port)), timeout
+        )
+    except ConnectionRefusedError:
+        return False
+    except (OSError, asyncio.TimeoutError, ValueError):
+        return None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True

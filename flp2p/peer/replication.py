@@ -10,6 +10,12 @@ Wire format, one checkpoint per TCP connection: a JSON header line (federation, 
 hash, size, signer public key, Ed25519 signature over
 ``b"flp2p/checkpoint/v1\\n" + federation + "\\n" + round + "\\n" + hash``), then
 ``size`` bytes of ``.npz``; the receiver answers one line, ``ok`` or ``refused: …``.
+
+The holder's ledger blocks travel the same way (header ``{"kind": "ledger",
+"federation", "size"}``, then a JSON list of blocks in wire form): every block is
+signed by the aggregator that wrote it, so the receiver checks the blocks
+themselves — chain rules, and a signer the genesis names — rather than the sender.
+A standby that takes over then continues the chain it holds.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
 from typing import Any
 
 from flp2p.identity import Identity, node_id_of, verify
+from flp2p.ledger import LedgerError
 from flp2p.peer.checkpoints import (
     Checkpoint,
     CheckpointError,
@@ -29,6 +37,7 @@ from flp2p.peer.checkpoints import (
     decode_arrays,
     encode_arrays,
 )
+from flp2p.replication import sync_replica
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +133,49 @@ async def push_checkpoint(
     return None if answer == "ok" else f"{address}: {answer or 'no answer'}"
 
 
+LEDGER_KIND = "ledger"
+"""``kind`` of a push that carries ledger blocks (a checkpoint push has none)."""
+
+
+def encode_blocks(blocks: Sequence[bytes]) -> bytes:
+    """Blocks in wire form (canonical JSON each) as one JSON list."""
+    return json.dumps([bytes(b).decode("utf-8") for b in blocks]).encode()
+
+
+def decode_blocks(body: bytes) -> list[bytes]:
+    """Inverse of :func:`encode_blocks` (raises :class:`LedgerError`)."""
+    try:
+        decoded = json.loads(body)
+    except ValueError as error:
+        raise LedgerError(f"blocks are not JSON: {error}") from None
+    if not isinstance(decoded, list) or not all(isinstance(b, str) for b in decoded):
+        raise LedgerError("blocks must be a JSON list of strings")
+    return [b.encode("utf-8") for b in decoded]
+
+
+async def push_blocks(
+    address: str, federation: str, blocks: Sequence[bytes], timeout: float = 10.0
+) -> str | None:
+    """Send ledger ``blocks`` to the receiver at ``address``.
+
+    Returns
+    -------
+    str or None
+        ``None`` if the receiver holds them now, else why not.
+    """
+    body = encode_blocks(blocks)
+    header = {"kind": LEDGER_KIND, "federation": federation, "size": len(body)}
+    host, _, port = address.rpartition(":")
+    try:
+        answer = await asyncio.wait_for(
+            _send(host, int(port), json.dumps(header).encode() + b"\n" + body),
+            timeout,
+        )
+    except (OSError, asyncio.TimeoutError) as error:
+        return f"{address}: {error or type(error).__name__}"
+    return None if answer == "ok" else f"{address}: {answer or 'no answer'}"
+
+
 async def _send(host: str, port: int, data: bytes) -> str:
     reader, writer = await asyncio.open_connection(host, port)
     try:
@@ -147,6 +199,11 @@ class CheckpointReceiver:
         The only federation accepted.
     may_sign
         Whether a node id may push (e.g. it is eligible in the genesis).
+    ledger
+        This peer's copy of the ledger, extended by pushed blocks; ``None`` refuses
+        block pushes.
+    block_signers
+        Node ids whose blocks are accepted (the genesis' aggregators).
     """
 
     def __init__(
@@ -154,10 +211,14 @@ class CheckpointReceiver:
         store: CheckpointStore,
         federation: str,
         may_sign: Callable[[str], bool],
+        ledger: Path | None = None,
+        block_signers: Collection[str] = (),
     ) -> None:
         self.store = store
         self.federation = federation
         self.may_sign = may_sign
+        self.ledger = ledger
+        self.block_signers = frozenset(block_signers)
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -202,10 +263,28 @@ class CheckpointReceiver:
         if not 0 < size <= MAX_CHECKPOINT_BYTES:
             return f"refused: size {size} out of range"
         body = await reader.readexactly(size)
+        if header.get("kind") == LEDGER_KIND:
+            return await self._receive_blocks(header, body)
         try:
             checkpoint = check_pushed(header, body, self.federation, self.may_sign)
         except CheckpointError as refused:
             log.warning("refused a pushed checkpoint: %s", refused)
             return f"refused: {refused}"
         self.store.save(checkpoint)
+        return "ok"
+
+    async def _receive_blocks(self, header: dict[str, Any], body: bytes) -> str:
+        if self.ledger is None:
+            return "refused: this peer keeps no ledger"
+        if header.get("federation") != self.federation:
+            return "refused: blocks for another federation"
+        try:
+            blocks = decode_blocks(body)
+            # SQLite waits for the lock if the ServerApp writes: keep the loop free.
+            await asyncio.to_thread(
+                sync_replica, self.ledger, self.federation, blocks, self.block_signers
+            )
+        except LedgerError as refused:
+            log.warning("refused pushed ledger blocks: %s", refused)
+            return f"refused: {refused}"
         return "ok"
