@@ -10,11 +10,13 @@ parameters: a plain numpy weighted mean (the floor), each rule of
     .venv/bin/python benchmarks/aggregation_speed.py --large       # also 100 × 10M
     .venv/bin/python benchmarks/aggregation_speed.py --only krum   # name filter
 
-Reports, per contender: median seconds over ``--repeats`` timed runs, the ratio to the
-plain weighted mean, and the peak of memory *allocated during the call* as seen by
-:mod:`tracemalloc` (numpy reports its buffers to it), measured in one extra untimed run
-so tracing does not distort the timings. Writes ``benchmarks/results/
-aggregation_speed.csv`` and ``.json``.
+Reports, per contender: median seconds over ``--repeats`` timed runs, two ratios —
+to the numpy weighted mean (the floor for a rule on a ready matrix) and to Flower's
+``FedAvg.aggregate_train`` (the plain weighted mean as a strategy: the fair reference
+for strategies, which decode every reply's records first) — and the peak of memory
+*allocated during the call* as seen by :mod:`tracemalloc` (numpy reports its buffers to
+it), measured in one extra untimed run so tracing does not distort the timings.
+Writes ``benchmarks/results/aggregation_speed.csv`` and ``.json``.
 
 To add a contender (e.g. our default pipeline strategy), append to the list returned
 by :func:`default_contenders`, or pass extra ones to :func:`run_benchmark`:
@@ -35,7 +37,7 @@ import statistics
 import time
 import tracemalloc
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -125,6 +127,7 @@ class Measurement:
     min_s: float
     ratio_to_mean: float
     peak_alloc_mib: float
+    ratio_to_flower_fedavg: float | None = None
 
 
 def make_workload(n: int, d: int, seed: int) -> Workload:
@@ -359,7 +362,15 @@ def run_benchmark(
                 peak_alloc_mib=peak,
             )
         )
-    return rows
+    flower_fedavg = next(
+        (r.median_s for r in rows if r.family == "flower" and r.name == "FedAvg"), None
+    )
+    if flower_fedavg is None:
+        return rows
+    return [
+        replace(row, ratio_to_flower_fedavg=row.median_s / flower_fedavg)
+        for row in rows
+    ]
 
 
 def available_memory_bytes() -> int | None:
@@ -386,7 +397,16 @@ def fits_in_memory(n: int, d: int) -> tuple[bool, str]:
 
 def render(rows: Sequence[Measurement], console: Console) -> None:
     table = Table(title="Aggregation time per round (median of repeats)")
-    for header in ("family", "contender", "n × d", "median s", "× mean", "peak MiB"):
+    headers = (
+        "family",
+        "contender",
+        "n × d",
+        "median s",
+        "× mean",
+        "× FedAvg",
+        "peak MiB",
+    )
+    for header in headers:
         table.add_column(header, justify="left" if header == "contender" else "right")
     for row in rows:
         table.add_row(
@@ -395,6 +415,9 @@ def render(rows: Sequence[Measurement], console: Console) -> None:
             f"{row.n} × {row.d:,}",
             f"{row.median_s:.3f}",
             f"{row.ratio_to_mean:.1f}",
+            "–"
+            if row.ratio_to_flower_fedavg is None
+            else f"{row.ratio_to_flower_fedavg:.2f}",
             f"{row.peak_alloc_mib:.0f}",
         )
     console.print(table)

@@ -8,6 +8,7 @@ robustness survives the noise. Also measures Opacus' per-step overhead against p
 training of the same model, side by side in this process, as a ratio.
 
     .venv/bin/python -m benchmarks.privacy_utility                       # FMNIST
+    .venv/bin/python -m benchmarks.privacy_utility --max-steps 0         # full epochs
     .venv/bin/python -m benchmarks.privacy_utility --dataset digits --rounds 3 \\
         --epsilons 3 8 --clients 6                                         # small
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,23 @@ def run(out: Path, name: str, overrides: list[str]) -> dict[str, Any]:
         return done
     settings = RunSettings.from_config(compose([*overrides, "output.plot=false"]))
     return simulate(settings, folder)
+
+
+def largest_client_epsilon(folder: Path) -> float | None:
+    """The largest cumulative ε a DP-SGD client reported, read from the run's ledger.
+
+    Clients report their own spend with every reply (``dp-epsilon``); the ledger keeps
+    each contribution's metrics, so the run's true client-side ε is their maximum.
+    """
+    path = folder / "ledger.db"
+    if not path.exists():
+        return None
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        (value,) = db.execute(
+            """SELECT MAX(json_extract(metrics, '$."dp-epsilon"'))"""
+            " FROM contributions"
+        ).fetchone()
+    return None if value is None else float(value)
 
 
 def opacus_overhead(
@@ -142,6 +161,12 @@ def main() -> None:
     parser.add_argument("--dataset", default="fmnist")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=12,
+        help="local optimiser steps per round (0: one full epoch)",
+    )
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
     parser.add_argument("--attack", default="alie", help="'none' to skip")
     parser.add_argument("--strategy", default="screened_fedavg")
@@ -150,6 +175,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--modes", nargs="+", choices=["dpsgd", "central"], default=["dpsgd", "central"]
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per client (default: all cores)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -160,7 +191,12 @@ def main() -> None:
         f"rounds={args.rounds}",
         f"clients={args.clients}",
         f"strategy={args.strategy}",
+        f"train.max_steps={args.max_steps or 'null'}",
+        "simulation.backend=in_process",
+        "ledger.replicate=false",
     ]
+    if args.threads:
+        base.append(f"simulation.num_cpus={args.threads}")
     rows: list[dict[str, Any]] = []
 
     def record(mode: str, epsilon: float, name: str, overrides: list[str]) -> None:
@@ -170,7 +206,8 @@ def main() -> None:
                 "mode": mode,
                 "epsilon": epsilon,
                 "final_accuracy": summary.get("final_accuracy"),
-                "reported_epsilon": summary.get("epsilon"),
+                "reported_epsilon": summary.get("epsilon")
+                or largest_client_epsilon(args.out / "runs" / name),
                 "seconds": summary.get("seconds"),
             }
         )

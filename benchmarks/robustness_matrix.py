@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
+import sqlite3
 import subprocess
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
 import numpy as np
+import yaml
 
 from benchmarks.plotstyle import CLEAN_FEDAVG_STYLE, ordered
 
@@ -55,22 +59,114 @@ def run_sweep(out: Path, overrides: list[str]) -> None:
         raise SystemExit("robustness_matrix: the sweep failed (see its output above)")
 
 
-def load_runs(sweep_dir: Path) -> dict[tuple[str, str], list[float]]:
-    """(strategy, attack) → final accuracies of the completed seeds."""
-    accuracies: dict[tuple[str, str], list[float]] = defaultdict(list)
+TAIL_ROUNDS = 3
+"""Accuracy of a run = mean test accuracy of its last rounds: one round's accuracy
+swings by several points under label skew, which would decide close cells by luck."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One completed run of the sweep."""
+
+    strategy: str
+    attack: str
+    seed: int
+    accuracy: float  # mean of the last TAIL_ROUNDS rounds
+    final_accuracy: float
+    attacker_weight: float | None  # mean share of the aggregate, None: no ledger
+
+
+def tail_accuracy(metrics_csv: Path, rounds: int = TAIL_ROUNDS) -> float:
+    """Mean test accuracy of the last ``rounds`` rounds in a run's metrics.csv."""
+    with metrics_csv.open() as stream:
+        trained = [
+            float(r["accuracy"]) for r in csv.DictReader(stream) if int(r["round"]) > 0
+        ]
+    return mean(trained[-rounds:])
+
+
+def attacker_identities(seed: int, clients: int, fraction: float) -> set[str]:
+    """Identities (SHA-256 of the public key) of the seed's malicious clients."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from flp2p.app import simulated_signing_key
+    from flp2p.attacks import malicious_partitions
+
+    identities = set()
+    for partition in malicious_partitions(clients, fraction, seed):
+        public = (
+            simulated_signing_key(seed, partition)
+            .public_key()
+            .public_bytes(Encoding.Raw, PublicFormat.Raw)
+        )
+        identities.add(hashlib.sha256(public).hexdigest())
+    return identities
+
+
+def attacker_weight_share(ledger_db: Path, attackers: set[str]) -> float | None:
+    """Mean over rounds of the attackers' share of the aggregation weight.
+
+    Read from the run's ledger (only flp2p strategies keep one); ``None`` without.
+    """
+    if not ledger_db.is_file():
+        return None
+    with sqlite3.connect(ledger_db) as db:
+        rows = db.execute(
+            "SELECT height, identity, weight FROM contributions"
+        ).fetchall()
+    per_round: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for height, identity, weight in rows:
+        per_round[height][0] += float(weight) if identity in attackers else 0.0
+        per_round[height][1] += float(weight)
+    shares = [bad / total for bad, total in per_round.values() if total > 0]
+    return mean(shares) if shares else None
+
+
+def load_runs(sweep_dir: Path) -> list[RunResult]:
+    """Every completed run of the sweep, read from its folder."""
+    results = []
     with (sweep_dir / "results.csv").open() as stream:
         for row in csv.DictReader(stream):
-            if row["status"] == "completed" and row["final_accuracy"]:
-                key = (row["strategy"], row["attack"])
-                accuracies[key].append(float(row["final_accuracy"]))
-    return accuracies
+            if row["status"] != "completed" or not row["final_accuracy"]:
+                continue
+            folder = sweep_dir / row["job"]
+            config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
+            seed = int(row["seed"])
+            attackers = (
+                attacker_identities(
+                    seed, int(config["clients"]), float(config["attack"]["fraction"])
+                )
+                if row["attack"] != "none"
+                else set()
+            )
+            results.append(
+                RunResult(
+                    strategy=row["strategy"],
+                    attack=row["attack"],
+                    seed=seed,
+                    accuracy=tail_accuracy(folder / "metrics.csv"),
+                    final_accuracy=float(row["final_accuracy"]),
+                    attacker_weight=attacker_weight_share(
+                        folder / "ledger.db", attackers
+                    )
+                    if attackers
+                    else None,
+                )
+            )
+    return results
 
 
-def summarise(runs: dict[tuple[str, str], list[float]]) -> list[dict[str, object]]:
-    """One row per cell: mean/min/max accuracy and the gap to clean FedAvg (pp)."""
-    clean = mean(runs[BASELINE]) if BASELINE in runs else None
+def summarise(runs: list[RunResult]) -> list[dict[str, object]]:
+    """One row per cell: accuracy over seeds, gap to clean FedAvg (pp), attackers'
+    weight share (flp2p strategies)."""
+    cells: dict[tuple[str, str], list[RunResult]] = defaultdict(list)
+    for run in runs:
+        cells[(run.strategy, run.attack)].append(run)
+    clean = mean(r.accuracy for r in cells[BASELINE]) if BASELINE in cells else None
     rows = []
-    for (strategy, attack), values in sorted(runs.items()):
+    for (strategy, attack), members in sorted(cells.items()):
+        values = [r.accuracy for r in members]
+        shares = [r.attacker_weight for r in members if r.attacker_weight is not None]
         rows.append(
             {
                 "strategy": strategy,
@@ -79,12 +175,63 @@ def summarise(runs: dict[tuple[str, str], list[float]]) -> list[dict[str, object
                 "accuracy_mean": round(mean(values), 4),
                 "accuracy_min": round(min(values), 4),
                 "accuracy_max": round(max(values), 4),
+                "final_round_accuracy_mean": round(
+                    mean(r.final_accuracy for r in members), 4
+                ),
                 "gap_to_clean_fedavg_pp": None
                 if clean is None
                 else round(100 * (mean(values) - clean), 2),
+                "attacker_weight_share": round(mean(shares), 4) if shares else None,
             }
         )
     return rows
+
+
+OURS = ("trusted", "trusted_median")
+FLOWER_BUILTINS = (
+    "fedmedian", "fedtrimmedavg", "flwr_krum", "flwr_multikrum", "flwr_bulyan",
+)  # fmt: skip
+
+
+def goal_table(rows: list[dict[str, object]]) -> list[str]:
+    """The issue's goals, cell by cell, for each of our strategies.
+
+    Under attack: within 2 pp of clean FedAvg, and at least the best Flower
+    built-in; without attack: at least FedAvg − 0.5 pp.
+    """
+    acc = {(str(r["strategy"]), str(r["attack"])): 100 * float(r["accuracy_mean"])  # type: ignore[arg-type]
+           for r in rows}  # fmt: skip
+    if BASELINE not in acc:
+        return []
+    clean = acc[BASELINE]
+    attacks = [a for a in ATTACK_ORDER if any(k[1] == a for k in acc)]
+    lines = [
+        "| ours | " + " | ".join(attacks) + " |",
+        "|---" * (len(attacks) + 1) + "|",
+    ]
+    for strategy in [s for s in OURS if any(k[0] == s for k in acc)]:
+        cells = []
+        for attack in attacks:
+            value = acc.get((strategy, attack))
+            if value is None:
+                cells.append("–")
+                continue
+            builtins = [acc[(b, attack)] for b in FLOWER_BUILTINS if (b, attack) in acc]
+            if attack == "none":
+                ok = value >= acc.get(("fedavg", "none"), clean) - 0.5
+                note = f"{value - clean:+.1f} vs FedAvg"
+            else:
+                ok = value >= clean - 2.0 and (not builtins or value >= max(builtins))
+                best = f", best built-in {max(builtins):.1f}" if builtins else ""
+                note = f"{value - clean:+.1f} pp{best}"
+            cells.append(f"{'✅' if ok else '❌'} {note}")
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "✅: within 2 pp of clean FedAvg and at least the best Flower built-in under "
+        "attack; at least FedAvg − 0.5 pp without attack."
+    )
+    return lines
 
 
 def write_csv(rows: list[dict[str, object]], path: Path) -> None:
@@ -125,7 +272,35 @@ def write_markdown(rows: list[dict[str, object]], path: Path) -> None:
             cells.append(f"**{text}**" if value == best[j] else text)
         lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Final test accuracy (%), mean over seeds; best per attack in bold.")
+    lines.append(
+        f"Test accuracy (%) averaged over the last {TAIL_ROUNDS} rounds and over "
+        "seeds; best per attack in bold."
+    )
+    shares = {
+        (str(r["strategy"]), str(r["attack"])): float(r["attacker_weight_share"])  # type: ignore[arg-type]
+        for r in rows
+        if r["attacker_weight_share"] is not None
+    }
+    if shares:
+        lines += [
+            "",
+            "Attackers' mean share of the aggregation weight (flp2p strategies, from "
+            "each run's ledger; their share of the clients is 30 %):",
+            "",
+        ]
+        ours = [s for s in strategies if any(k[0] == s for k in shares)]
+        lines.append("| strategy | " + " | ".join(attacks[1:]) + " |")
+        lines.append("|---" * len(attacks) + "|")
+        for strategy in ours:
+            cells = [
+                f"{100 * shares[(strategy, a)]:.1f} %" if (strategy, a) in shares
+                else "–"
+                for a in attacks[1:]
+            ]  # fmt: skip
+            lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    goals = goal_table(rows)
+    if goals:
+        lines += ["", "Goals:", "", *goals]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -160,7 +335,7 @@ def plot_heatmap(rows: list[dict[str, object]], path: Path) -> None:
                     color=color,
                 )
     ax.set_xlabel("attack (30 % of clients malicious)")
-    ax.set_title("final test accuracy (%)")
+    ax.set_title(f"test accuracy (%), mean of the last {TAIL_ROUNDS} rounds")
     fig.colorbar(image, ax=ax, label="accuracy (%)")
     worst = np.nanmin(grid, axis=1)
     bar.barh(range(len(strategies)), worst, color="#4e79a7")

@@ -114,10 +114,14 @@ def simulated_signing_key(seed: int, partition_id: int) -> Ed25519PrivateKey:
 
 
 def identity_record(
-    key: Ed25519PrivateKey, federation: str, server_round: int, digest: str
+    key: Ed25519PrivateKey | Identity, federation: str, server_round: int, digest: str
 ) -> ConfigRecord:
     """The reply's ``identity`` record: node id, public key, contribution signature."""
-    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    public = (
+        key.public_key
+        if isinstance(key, Identity)
+        else key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    )
     signature = key.sign(contribution_message(federation, server_round, digest))
     return ConfigRecord(
         {
@@ -174,13 +178,50 @@ def _number(config: ConfigRecord, key: str, default: float) -> float:
 
 
 @dataclass(frozen=True)
+class Participant:
+    """A real participant's side of the ClientApp (the peer runtime; not simulation).
+
+    Attributes
+    ----------
+    identity : Identity
+        The peer's persistent key: it signs every training reply, so reputation and
+        rewards follow the peer, not a partition number.
+    federation : str
+        The federation the peer joined; it signs for this one only, whatever an
+        instruction names.
+    ledger : Path or None
+        The peer's copy of the ledger, to which the blocks instructions carry are
+        appended once verified.
+    aggregators : frozenset[str]
+        Node ids the federation's genesis allows to aggregate: the only signers of
+        ledger blocks the peer accepts.
+    """
+
+    identity: Identity
+    federation: str
+    ledger: Path | None = None
+    aggregators: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class LocalTask:
-    """One round's instruction to a client, as received."""
+    """One round's instruction to a client, as received.
+
+    ``round_offset`` is the number of federation rounds finished before the run
+    that sent the instruction started (the peer runtime resumes a federation in a
+    new Flower run after a failover, and Flower counts that run's rounds from 1).
+    """
 
     server_round: int
     global_arrays: dict[str, np.ndarray]
     train: TrainSettings
     federation: str
+    round_offset: int = 0
+
+    @property
+    def federation_round(self) -> int:
+        """The round in the federation's count, which contributions are signed for."""
+        return self.round_offset + self.server_round
 
     @classmethod
     def from_message(cls, msg: Message, settings: RunSettings) -> LocalTask:
@@ -194,8 +235,10 @@ class LocalTask:
                 batch_size=int(_number(config, "batch-size", defaults.batch_size)),
                 lr=_number(config, "lr", defaults.lr),
                 momentum=_number(config, "momentum", defaults.momentum),
+                max_steps=int(_number(config, "max-steps", 0)) or None,
             ),
             federation=str(config.get("federation", federation_name(settings))),
+            round_offset=int(_number(config, "round-offset", 0)),
         )
 
 
@@ -220,6 +263,7 @@ def train_locally(
         "batch_size": hyper.batch_size,
         "lr": hyper.lr,
         "momentum": hyper.momentum,
+        "max_steps": hyper.max_steps,
         "seed": settings.seed * 1_000_003 + task.server_round * 1_009 + partition_id,
     }
     if private is None:
@@ -232,7 +276,12 @@ def train_locally(
             local.labels,
             **schedule,
             noise_multiplier=planned_noise_multiplier(
-                dp, len(local), hyper.batch_size, hyper.epochs, settings.rounds
+                dp,
+                len(local),
+                hyper.batch_size,
+                hyper.epochs,
+                settings.rounds,
+                hyper.max_steps,
             ),
             max_grad_norm=dp.max_grad_norm,
             accountant=private.accountant,
@@ -289,17 +338,20 @@ PREVIOUS_DELTA_KEY = "flp2p-attack-previous"
 
 
 def _sync_ledger(
-    msg: Message, replica_dir: Path, partition_id: int, federation: str
+    msg: Message,
+    path: Path,
+    partition_id: int,
+    federation: str,
+    signer_ids: frozenset[str] | None = None,
 ) -> dict[str, int | float | list[int] | list[float]]:
     """Verify and append the blocks the instruction carries to this client's copy."""
     config = msg.content.config_records[CONFIG_KEY]
     blocks = config.get(LEDGER_BLOCKS_KEY)
     if not isinstance(blocks, list) or not blocks:
         return {}
-    path = replica_dir / f"client-{partition_id}.db"
     try:
         height = sync_replica(
-            path, federation, [b for b in blocks if isinstance(b, bytes)]
+            path, federation, [b for b in blocks if isinstance(b, bytes)], signer_ids
         )
     except LedgerError as refused:
         log.warning("client %d refused a ledger block: %s", partition_id, refused)
@@ -313,13 +365,17 @@ def client_train(
     settings: RunSettings,
     partitions: PartitionTable | None = None,
     replica_dir: Path | None = None,
+    participant: Participant | None = None,
 ) -> Message:
     """Train the received global model on this client's partition; sign the result.
 
     A client the configured attack controls poisons its data and/or its update here
     (see :mod:`flp2p.attacks`); honest clients are untouched by that code path.
+    In simulation the reply is signed with the partition's simulated key for the
+    instruction's federation and round; a real ``participant`` signs with its own
+    identity, for its own federation and the federation's round count.
     """
-    torch.set_num_threads(1)  # one Ray CPU per virtual client
+    torch.set_num_threads(settings.client_threads)
     partition_id, local = _client_data(settings, context, partitions)
     task = LocalTask.from_message(msg, settings)
     colluders = malicious_partitions(
@@ -354,15 +410,32 @@ def client_train(
         )
         num_examples = attack.claimed_examples(num_examples)
     metrics[NUM_EXAMPLES_KEY] = num_examples
-    if replica_dir is not None:
-        metrics.update(_sync_ledger(msg, replica_dir, partition_id, task.federation))
-    key = simulated_signing_key(settings.seed, partition_id)
+    key: Ed25519PrivateKey | Identity
+    if participant is None:
+        if replica_dir is not None:
+            replica = replica_dir / f"client-{partition_id}.db"
+            metrics.update(_sync_ledger(msg, replica, partition_id, task.federation))
+        key = simulated_signing_key(settings.seed, partition_id)
+        federation, signed_round = task.federation, task.server_round
+    else:
+        if participant.ledger is not None:
+            metrics.update(
+                _sync_ledger(
+                    msg,
+                    participant.ledger,
+                    partition_id,
+                    participant.federation,
+                    participant.aggregators,
+                )
+            )
+        key = participant.identity
+        federation, signed_round = participant.federation, task.federation_round
     content = RecordDict(
         {
             ARRAYS_KEY: arrays_to_record(arrays),
             METRICS_KEY: MetricRecord(metrics),
             IDENTITY_KEY: identity_record(
-                key, task.federation, task.server_round, update_sha256(arrays)
+                key, federation, signed_round, update_sha256(arrays)
             ),
         }
     )
@@ -414,7 +487,7 @@ def client_evaluate(
     partitions: PartitionTable | None = None,
 ) -> Message:
     """Evaluate the received global model on this client's partition."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(settings.client_threads)
     _, local = _client_data(settings, context, partitions)
     data = load_dataset(settings.dataset, settings.data_dir)
     model = build_model(data.image_shape, data.num_classes)
@@ -491,7 +564,7 @@ def open_run_ledger(settings: RunSettings, output_dir: Path) -> Ledger | None:
     over to the next run of the same federation); by default it is the run folder's.
     Flower's built-in strategies report no verdicts, so they get no ledger.
     """
-    if not settings.ledger_enabled or not _records_rounds(settings):
+    if not settings.ledger_enabled or not records_rounds(settings):
         return None
     path = (
         Path(settings.ledger_path) if settings.ledger_path else output_dir / LEDGER_FILE
@@ -505,7 +578,8 @@ def open_run_ledger(settings: RunSettings, output_dir: Path) -> Ledger | None:
     )
 
 
-def _records_rounds(settings: RunSettings) -> bool:
+def records_rounds(settings: RunSettings) -> bool:
+    """Whether the configured strategy reports verdicts a ledger can record."""
     from hydra.utils import get_class
 
     try:
@@ -571,6 +645,7 @@ def _run_strategy(
             "batch-size": settings.train.batch_size,
             "lr": settings.train.lr,
             "momentum": settings.train.momentum,
+            "max-steps": settings.train.max_steps or 0,  # 0: no cap
             "federation": federation_name(settings),
         }
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,10 @@ from flp2p.privacy import DPSGDSettings
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 """The Hydra config directory of a source checkout (``conf/`` beside the package)."""
 
+SIMULATION_BACKENDS = ("ray", "in_process")
+"""``ray``: Flower's engine (a worker process per client, in parallel); ``in_process``:
+:class:`flp2p.engine.InProcessGrid` (clients one after another, deterministic)."""
+
 
 class ConfigError(ValueError):
     """An invalid setting; the message names the key and the fix."""
@@ -38,6 +43,8 @@ class TrainSettings:
     batch_size: int = 32
     lr: float = 0.05
     momentum: float = 0.9
+    max_steps: int | None = None
+    """Cap on local optimiser steps per round (``None``: all ``epochs``)."""
 
 
 @dataclass(frozen=True)
@@ -59,11 +66,23 @@ class RunSettings:
     privacy: Mapping[str, Any]
     cpus_per_client: float = 1.0
     num_cpus: int | None = None
+    backend: str = "ray"
     plot: bool = True
     progress: bool = True
     ledger_enabled: bool = True
     ledger_replicate: bool = True
     ledger_path: str | None = None
+
+    @property
+    def client_threads(self) -> int:
+        """Torch threads for one ClientApp call.
+
+        Ray runs several clients at once, each in its own reserved CPUs; in process
+        the clients take turns, so each may use every core.
+        """
+        if self.backend == "in_process":
+            return self.num_cpus or os.cpu_count() or 1
+        return max(1, int(self.cpus_per_client))
 
     @property
     def strategy_name(self) -> str:
@@ -127,12 +146,18 @@ def _settings_from_plain(cfg: dict[str, Any]) -> RunSettings:
             batch_size=_int(train_cfg, "batch_size", minimum=1, prefix="train."),
             lr=float(train_cfg.get("lr", 0.05)),
             momentum=float(train_cfg.get("momentum", 0.9)),
+            max_steps=(
+                None
+                if train_cfg.get("max_steps") is None
+                else _int(train_cfg, "max_steps", minimum=1, prefix="train.")
+            ),
         ),
         strategy=dict(cfg.get("strategy") or {"name": "fedavg"}),
         attack=dict(cfg.get("attack") or {"name": "none"}),
         privacy=dict(cfg.get("privacy") or {"name": "none"}),
         cpus_per_client=float(simulation.get("cpus_per_client", 1)),
         num_cpus=simulation.get("num_cpus"),
+        backend=str(simulation.get("backend", "ray")),
         plot=bool(output.get("plot", True)),
         progress=bool(output.get("progress", True)),
         ledger_enabled=bool(ledger.get("enabled", True)),
@@ -178,6 +203,11 @@ def _check(s: RunSettings) -> None:
         raise ConfigError(f"train.momentum must lie in [0, 1), got {s.train.momentum}")
     if s.cpus_per_client <= 0:
         raise ConfigError("simulation.cpus_per_client must be > 0")
+    if s.backend not in SIMULATION_BACKENDS:
+        raise ConfigError(
+            f"simulation.backend must be one of {', '.join(SIMULATION_BACKENDS)}, "
+            f"got {s.backend!r}"
+        )
     fraction = float(s.attack.get("fraction", 0.0))
     if not 0.0 <= fraction < 1.0:
         raise ConfigError(f"attack.fraction must lie in [0, 1), got {fraction}")

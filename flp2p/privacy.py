@@ -89,13 +89,21 @@ class DPSGDSettings:
         )
 
 
-def steps_per_round(num_examples: int, batch_size: int, epochs: int) -> int:
+def steps_per_round(
+    num_examples: int, batch_size: int, epochs: int, max_steps: int | None = None
+) -> int:
     """Expected optimiser steps of one round (Poisson sampling, rate b / n)."""
-    return epochs * max(1, math.ceil(num_examples / batch_size))
+    steps = epochs * max(1, math.ceil(num_examples / batch_size))
+    return steps if max_steps is None else min(steps, max_steps)
 
 
 def planned_noise_multiplier(
-    dp: DPSGDSettings, num_examples: int, batch_size: int, epochs: int, rounds: int
+    dp: DPSGDSettings,
+    num_examples: int,
+    batch_size: int,
+    epochs: int,
+    rounds: int,
+    max_steps: int | None = None,
 ) -> float:
     """σ for this client: given, or solved so ``rounds`` rounds spend the target."""
     if dp.noise_multiplier is not None:
@@ -106,7 +114,7 @@ def planned_noise_multiplier(
             target_epsilon=dp.target_epsilon,
             target_delta=dp.delta,
             sample_rate=min(1.0, batch_size / num_examples),
-            steps=rounds * steps_per_round(num_examples, batch_size, epochs),
+            steps=rounds * steps_per_round(num_examples, batch_size, epochs, max_steps),
             accountant=dp.accountant,
         )
     )
@@ -154,6 +162,7 @@ def train_dpsgd(
     epsilon_budget: float | None,
     delta: float,
     secure_mode: bool = False,
+    max_steps: int | None = None,
 ) -> TrainResult:
     """DP-SGD for ``epochs`` local epochs; ``accountant`` accumulates the spend.
 
@@ -165,7 +174,7 @@ def train_dpsgd(
     if len(labels) == 0:
         raise ValueError("cannot train on an empty partition")
     sample_rate = min(1.0, batch_size / len(labels))
-    steps = steps_per_round(len(labels), batch_size, epochs)
+    steps = steps_per_round(len(labels), batch_size, epochs, max_steps)
     if epsilon_budget is not None:
         projected = epsilon_after(
             accountant, noise_multiplier, sample_rate, steps, delta
@@ -206,13 +215,19 @@ def train_dpsgd(
     criterion = nn.CrossEntropyLoss()
     private_model.train()
     taken = 0
-    for _ in range(epochs):
-        for x, y in private_loader:
-            private_optimizer.zero_grad()
-            if len(y) == 0:  # Poisson sampling can draw an empty batch
-                continue
-            criterion(private_model(x), y).backward()
-            private_optimizer.step()
-            taken += 1
+    with warnings.catch_warnings():
+        # Opacus' per-sample hooks fire on the first layer, whose input (the data)
+        # needs no gradient; torch warns about that on every step.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        for _ in range(epochs):
+            for x, y in private_loader:
+                if taken >= steps:
+                    break
+                private_optimizer.zero_grad()
+                if len(y) == 0:  # Poisson sampling can draw an empty batch
+                    continue
+                criterion(private_model(x), y).backward()
+                private_optimizer.step()
+                taken += 1
     loss_after = evaluate(model, images[probe], labels[probe])[0]
     return TrainResult(len(labels), loss_before, loss_after, taken)

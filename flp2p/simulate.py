@@ -24,10 +24,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from flp2p.app import REPLICA_DIR, make_client_app, make_server_app
+from flp2p.app import LEDGER_FILE, REPLICA_DIR, make_client_app, make_server_app
 from flp2p.config import CONF_DIR, ConfigError, RunSettings, build_strategy
 from flp2p.data import DatasetNotFoundError, load_dataset, partition_indices
-from flp2p.engine import run_federation
+from flp2p.engine import run_federation, run_federation_in_process
 from flp2p.reporting import SUMMARY_FILE
 
 USER_ERRORS = (ConfigError, DatasetNotFoundError)
@@ -68,6 +68,7 @@ def simulate(settings: RunSettings, output_dir: Path) -> dict[str, Any]:
             f"examples of {settings.dataset}"
         )
     build_strategy(settings)  # fail on a bad strategy before Ray starts
+    discard_unfinished_run(output_dir)
     partitions = tuple(
         partition_indices(
             data.train.labels,
@@ -77,19 +78,40 @@ def simulate(settings: RunSettings, output_dir: Path) -> dict[str, Any]:
             settings.seed,
         )
     )
-    run_federation(
-        make_server_app(settings, output_dir),
-        make_client_app(
-            settings,
-            partitions,
-            output_dir / REPLICA_DIR if settings.ledger_replicate else None,
-        ),
-        num_clients=settings.clients,
-        cpus_per_client=settings.cpus_per_client,
-        num_cpus=settings.num_cpus,
+    server_app = make_server_app(settings, output_dir)
+    client_app = make_client_app(
+        settings,
+        partitions,
+        output_dir / REPLICA_DIR if settings.ledger_replicate else None,
     )
+    if settings.backend == "in_process":
+        run_federation_in_process(
+            server_app, client_app, num_clients=settings.clients, seed=settings.seed
+        )
+    else:
+        run_federation(
+            server_app,
+            client_app,
+            num_clients=settings.clients,
+            cpus_per_client=settings.cpus_per_client,
+            num_cpus=settings.num_cpus,
+        )
     summary: dict[str, Any] = json.loads((output_dir / SUMMARY_FILE).read_text())
     return summary
+
+
+def discard_unfinished_run(output_dir: Path) -> None:
+    """Remove what an interrupted run left in its folder before running it again.
+
+    A rerun (``resume=true`` after a crash) must start from round 0: its run
+    ledger would otherwise carry the reputations and blocks of the lost attempt.
+    A folder holding a completed run is left alone.
+    """
+    if completed_summary(output_dir) is not None:
+        return
+    for name in (LEDGER_FILE, f"{LEDGER_FILE}-wal", f"{LEDGER_FILE}-shm"):
+        (output_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(output_dir / REPLICA_DIR, ignore_errors=True)
 
 
 def completed_summary(output_dir: Path) -> dict[str, Any] | None:

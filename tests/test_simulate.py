@@ -94,3 +94,18 @@ def test_sweep_writes_one_combined_table(tmp_path: Path) -> None:
         assert float(row["final_accuracy"]) == pytest.approx(
             float(metrics[-1]["accuracy"]), abs=1e-6
         )
+
+
+def test_a_rerun_starts_without_the_interrupted_attempts_ledger(tmp_path: Path) -> None:
+    from flp2p.simulate import discard_unfinished_run
+
+    for status, kept in (("failed", False), ("completed", True)):
+        run_dir = tmp_path / status
+        (run_dir / "replicas").mkdir(parents=True)
+        (run_dir / "replicas" / "client-0.db").write_bytes(b"replica")
+        (run_dir / "ledger.db").write_bytes(b"stale chain")
+        (run_dir / "summary.json").write_text(json.dumps({"status": status}))
+        discard_unfinished_run(run_dir)
+        assert (run_dir / "ledger.db").exists() is kept
+        assert (run_dir / "replicas").exists() is kept
+        assert (run_dir / "summary.json").exists()
