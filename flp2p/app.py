@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,7 +40,6 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from opacus.accountants import IAccountant
 
 from flp2p.attacks import Attack, AttackContext, build_attack, malicious_partitions
 from flp2p.config import RunSettings, TrainSettings, build_strategy, compose
@@ -64,6 +63,9 @@ from flp2p.privacy import (
     save_accountant,
     train_dpsgd,
 )
+
+if TYPE_CHECKING:
+    from opacus.accountants import IAccountant
 from flp2p.replication import LEDGER_BLOCKS_KEY, sync_replica, with_ledger_broadcast
 from flp2p.reporting import RunReporter
 from strategies.base import ScreenedFedAvg, flatten_arrays, unflatten_vector

@@ -17,20 +17,22 @@ import warnings
 from collections.abc import Mapping
 from copy import deepcopy
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from flwr.app import ConfigRecord
-from opacus import PrivacyEngine
-from opacus.accountants import IAccountant
-from opacus.accountants.registry import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from flp2p.models import LOSS_PROBE_SIZE, TrainResult, evaluate
+
+if TYPE_CHECKING:
+    from opacus.accountants import IAccountant
+
+# Opacus is imported where it is used: it pulls in torch.distributed and takes
+# seconds, which every ClientApp process (one per round on a SuperNode) would pay
+# even without DP.
 
 ACCOUNTANT_STATE_KEY = "flp2p-dpsgd-accountant"
 """ConfigRecord in the client's context state holding its accountant history."""
@@ -72,6 +74,8 @@ class DPSGDSettings:
             raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must lie in (0, 1), got {self.delta}")
+        from opacus.accountants.registry import create_accountant
+
         create_accountant(self.accountant)  # raises on an unknown mechanism
 
     @classmethod
@@ -109,6 +113,8 @@ def planned_noise_multiplier(
     if dp.noise_multiplier is not None:
         return dp.noise_multiplier
     assert dp.target_epsilon is not None
+    from opacus.accountants.utils import get_noise_multiplier
+
     return float(
         get_noise_multiplier(
             target_epsilon=dp.target_epsilon,
@@ -122,6 +128,8 @@ def planned_noise_multiplier(
 
 def load_accountant(state: ConfigRecord | None, mechanism: str) -> IAccountant:
     """The client's accountant, restored from its context state (empty if new)."""
+    from opacus.accountants.registry import create_accountant
+
     accountant = create_accountant(mechanism)
     if state is not None and "history" in state:
         accountant.history = [tuple(h) for h in json.loads(str(state["history"]))]
@@ -184,6 +192,9 @@ def train_dpsgd(
                 f"privacy budget exhausted: another round would bring ε to "
                 f"{projected:.2f} > budget {epsilon_budget:.2f} (δ={delta:g})"
             )
+    from opacus import PrivacyEngine
+    from opacus.validators import ModuleValidator
+
     if not ModuleValidator.is_valid(model):
         model = ModuleValidator.fix(model)
     torch.manual_seed(seed)

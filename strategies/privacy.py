@@ -38,8 +38,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from opacus.accountants.registry import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 
 from strategies.base import AggregationOutcome, ScreenedFedAvg, UpdateBatch
 
@@ -129,6 +127,10 @@ class CentralPrivacyAccountant:
     accountant: Any = field(init=False)
 
     def __post_init__(self) -> None:
+        # Opacus (and the torch.distributed it pulls in) costs seconds to import:
+        # only strategies that use DP pay for it.
+        from opacus.accountants.registry import create_accountant
+
         self.accountant = create_accountant(self.mechanism)
 
     def step(self) -> None:
@@ -149,6 +151,8 @@ def noise_multiplier_for(
     target_epsilon: float, delta: float, sample_rate: float, rounds: int
 ) -> float:
     """The z that spends ``target_epsilon`` over ``rounds`` rounds (RDP)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
     return float(
         get_noise_multiplier(
             target_epsilon=target_epsilon,
