@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import shutil
 import sqlite3
@@ -37,7 +36,6 @@ from pathlib import Path
 from typing import Any, Unpack
 
 import numpy as np
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from strategies.base import AggregationOutcome, ScreenedFedAvgOptions, UpdateBatch
 from strategies.detectors import DetectionContext, DetectorPanel, UpdateHistory
@@ -74,18 +72,13 @@ class DumpingTrustedFedAvg(TrustedFedAvg):
 
 def malicious_identities(clients: int, fraction: float, seed: int) -> set[str]:
     """Node ids of the partitions the attack controls in a simulated run."""
-    from flp2p.app import simulated_signing_key
+    from flp2p.app import simulated_identity
     from flp2p.attacks import malicious_partitions
 
-    identities = set()
-    for partition in malicious_partitions(clients, fraction, seed):
-        public = (
-            simulated_signing_key(seed, partition)
-            .public_key()
-            .public_bytes(Encoding.Raw, PublicFormat.Raw)
-        )
-        identities.add(hashlib.sha256(public).hexdigest())
-    return identities
+    return {
+        simulated_identity(seed, partition)
+        for partition in malicious_partitions(clients, fraction, seed)
+    }
 
 
 def run_folder(out: Path, strategy: str, attack: str, seed: int) -> Path:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import sqlite3
 import subprocess
 import sys
@@ -87,20 +86,13 @@ def tail_accuracy(metrics_csv: Path, rounds: int = TAIL_ROUNDS) -> float:
 
 def attacker_identities(seed: int, clients: int, fraction: float) -> set[str]:
     """Identities (SHA-256 of the public key) of the seed's malicious clients."""
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    from flp2p.app import simulated_signing_key
+    from flp2p.app import simulated_identity
     from flp2p.attacks import malicious_partitions
 
-    identities = set()
-    for partition in malicious_partitions(clients, fraction, seed):
-        public = (
-            simulated_signing_key(seed, partition)
-            .public_key()
-            .public_bytes(Encoding.Raw, PublicFormat.Raw)
-        )
-        identities.add(hashlib.sha256(public).hexdigest())
-    return identities
+    return {
+        simulated_identity(seed, partition)
+        for partition in malicious_partitions(clients, fraction, seed)
+    }
 
 
 def attacker_weight_share(ledger_db: Path, attackers: set[str]) -> float | None:

@@ -44,7 +44,7 @@ from flwr.serverapp import Grid, ServerApp
 from flp2p.attacks import Attack, AttackContext, build_attack, malicious_partitions
 from flp2p.config import RunSettings, TrainSettings, build_strategy, compose
 from flp2p.data import ArrayDataset, client_partition, load_dataset
-from flp2p.identity import Identity
+from flp2p.identity import Identity, node_id_of
 from flp2p.ledger import Ledger, LedgerError
 from flp2p.models import (
     TrainResult,
@@ -113,6 +113,12 @@ def simulated_signing_key(seed: int, partition_id: int) -> Ed25519PrivateKey:
     """
     secret = hashlib.sha256(f"flp2p/simulation/{seed}/{partition_id}".encode())
     return Ed25519PrivateKey.from_private_bytes(secret.digest())
+
+
+def simulated_identity(seed: int, partition_id: int) -> str:
+    """The node id under which a simulated partition signs (and earns reputation)."""
+    public = simulated_signing_key(seed, partition_id).public_key()
+    return node_id_of(public.public_bytes(Encoding.Raw, PublicFormat.Raw))
 
 
 def identity_record(

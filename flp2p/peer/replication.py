@@ -122,15 +122,7 @@ async def push_checkpoint(
     """
     body = encode_arrays(checkpoint.arrays)
     header = checkpoint_header(identity, federation, checkpoint, len(body))
-    host, _, port = address.rpartition(":")
-    try:
-        answer = await asyncio.wait_for(
-            _send(host, int(port), json.dumps(header).encode() + b"\n" + body),
-            timeout,
-        )
-    except (OSError, asyncio.TimeoutError) as error:
-        return f"{address}: {error or type(error).__name__}"
-    return None if answer == "ok" else f"{address}: {answer or 'no answer'}"
+    return await _push(address, header, body, timeout)
 
 
 LEDGER_KIND = "ledger"
@@ -165,6 +157,13 @@ async def push_blocks(
     """
     body = encode_blocks(blocks)
     header = {"kind": LEDGER_KIND, "federation": federation, "size": len(body)}
+    return await _push(address, header, body, timeout)
+
+
+async def _push(
+    address: str, header: dict[str, object], body: bytes, timeout: float
+) -> str | None:
+    """Send one header line and ``body``; ``None`` if the receiver answered ok."""
     host, _, port = address.rpartition(":")
     try:
         answer = await asyncio.wait_for(
