@@ -39,6 +39,17 @@ ATTACK_ORDER = (
     "free_rider", "sybil",
 )  # fmt: skip
 BASELINE = ("fedavg", "none")
+CEILING = ("honest_only", "none")
+"""FedAvg over the honest clients only (:mod:`benchmarks.oracle`): reported beside
+the matrix, not in it, since it is told who the attackers are."""
+
+
+def ceiling_accuracy(rows: list[dict[str, object]]) -> float | None:
+    """The honest-only run's mean accuracy in %, if the sweep has it."""
+    for r in rows:
+        if (r["strategy"], r["attack"]) == CEILING:
+            return 100 * float(r["accuracy_mean"])  # type: ignore[arg-type]
+    return None
 
 
 def run_sweep(out: Path, overrides: list[str]) -> None:
@@ -237,6 +248,7 @@ def matrix(
     rows: list[dict[str, object]],
 ) -> tuple[list[str], list[str], np.ndarray]:
     """Strategies (rows) × attacks (columns) of mean accuracy in %, NaN if missing."""
+    rows = [r for r in rows if r["strategy"] != CEILING[0]]
     strategies = ordered(sorted({str(r["strategy"]) for r in rows}))
     present = {str(r["attack"]) for r in rows}
     attacks = [a for a in ATTACK_ORDER if a in present] + sorted(
@@ -268,6 +280,13 @@ def write_markdown(rows: list[dict[str, object]], path: Path) -> None:
         f"Test accuracy (%) averaged over the last {TAIL_ROUNDS} rounds and over "
         "seeds; best per attack in bold."
     )
+    ceiling = ceiling_accuracy(rows)
+    if ceiling is not None:
+        lines += [
+            "",
+            f"Ceiling for any filter: FedAvg over the honest 70 % of the clients only "
+            f"(told who the attackers are, `strategy=honest_only`): {ceiling:.1f}.",
+        ]
     shares = {
         (str(r["strategy"]), str(r["attack"])): float(r["attacker_weight_share"])  # type: ignore[arg-type]
         for r in rows
@@ -336,6 +355,11 @@ def plot_heatmap(rows: list[dict[str, object]], path: Path) -> None:
     clean = grid[strategies.index("fedavg"), 0] if "fedavg" in strategies else None
     if clean is not None and attacks and attacks[0] == "none":
         bar.axvline(clean, label="clean FedAvg", **CLEAN_FEDAVG_STYLE)
+        ceiling = ceiling_accuracy(rows)
+        if ceiling is not None:
+            bar.axvline(
+                ceiling, color="#59a14f", linewidth=1.2, label="honest clients only"
+            )
         bar.legend(loc="lower right", fontsize=8)
     bar.set_xlim(0, 100)
     bar.set_xlabel("worst-case accuracy (%)")
