@@ -63,9 +63,6 @@ from flp2p.privacy import (
     save_accountant,
     train_dpsgd,
 )
-
-if TYPE_CHECKING:
-    from opacus.accountants import IAccountant
 from flp2p.replication import LEDGER_BLOCKS_KEY, sync_replica, with_ledger_broadcast
 from flp2p.reporting import RunReporter
 from strategies.base import ScreenedFedAvg, flatten_arrays, unflatten_vector
@@ -80,6 +77,9 @@ from strategies.records import (
     contribution_message,
     update_sha256,
 )
+
+if TYPE_CHECKING:
+    from opacus.accountants import IAccountant
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def identity_record(
     signature = key.sign(contribution_message(federation, server_round, digest))
     return ConfigRecord(
         {
-            IDENTITY_ID: hashlib.sha256(public).hexdigest(),
+            IDENTITY_ID: node_id_of(public),
             IDENTITY_PUBLIC_KEY: public,
             IDENTITY_SIGNATURE: signature,
         }
@@ -618,6 +618,28 @@ def run_server(grid: Grid, settings: RunSettings, output_dir: Path) -> dict[str,
             ledger.close()
 
 
+def train_config(
+    settings: RunSettings, federation: str, round_offset: int = 0
+) -> ConfigRecord:
+    """Instructions every client receives with the global model.
+
+    ``round-offset`` tells clients how many federation rounds preceded this run (the
+    peer runtime resumes a federation in a new Flower run), so they sign for the
+    federation's round rather than Flower's.
+    """
+    return ConfigRecord(
+        {
+            "epochs": settings.train.epochs,
+            "batch-size": settings.train.batch_size,
+            "lr": settings.train.lr,
+            "momentum": settings.train.momentum,
+            "max-steps": settings.train.max_steps or 0,  # 0: no cap
+            "federation": federation,
+            "round-offset": round_offset,
+        }
+    )
+
+
 def _run_strategy(
     grid: Grid,
     settings: RunSettings,
@@ -647,22 +669,12 @@ def _run_strategy(
             "seed": settings.seed,
         }
     )
-    train_config = ConfigRecord(
-        {
-            "epochs": settings.train.epochs,
-            "batch-size": settings.train.batch_size,
-            "lr": settings.train.lr,
-            "momentum": settings.train.momentum,
-            "max-steps": settings.train.max_steps or 0,  # 0: no cap
-            "federation": federation_name(settings),
-        }
-    )
     with reporter:
         strategy.start(
             grid=grid,
             initial_arrays=arrays_to_record(get_weights(model)),
             num_rounds=settings.rounds,
-            train_config=train_config,
+            train_config=train_config(settings, federation_name(settings)),
             evaluate_fn=central_evaluator(settings, reporter.round_done),
         )
         if ledger is not None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ArrayRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
@@ -50,6 +50,7 @@ from flp2p.app import (
     record_to_arrays,
     records_rounds,
     settings_from_run_config,
+    train_config,
 )
 from flp2p.config import RunSettings, build_strategy
 from flp2p.identity import ContributionAuthenticator, Identity
@@ -335,27 +336,6 @@ def checkpointing_evaluator(
         return evaluate(server_round, arrays)
 
     return evaluate_fn
-
-
-def train_config(
-    settings: RunSettings, federation: str, round_offset: int = 0
-) -> ConfigRecord:
-    """Instructions every client receives (same fields as :mod:`flp2p.app`'s).
-
-    ``round-offset`` tells clients how many federation rounds preceded this run, so
-    they sign for the federation's round rather than Flower's.
-    """
-    return ConfigRecord(
-        {
-            "epochs": settings.train.epochs,
-            "batch-size": settings.train.batch_size,
-            "lr": settings.train.lr,
-            "momentum": settings.train.momentum,
-            "max-steps": settings.train.max_steps or 0,  # 0: no cap
-            "federation": federation,
-            "round-offset": round_offset,
-        }
-    )
 
 
 def open_peer_ledger(peer: PeerRun, settings: RunSettings) -> Ledger | None:
