@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 from dataclasses import dataclass
 from typing import TextIO
 
 from .store import Ledger
+from .verify import signer_node_id
 
 _LEADERBOARD_SQL = """
 SELECT i.identity,
@@ -90,23 +90,17 @@ def ledger_status(ledger: Ledger) -> LedgerStatus:
     ).fetchone()
     blocks = ledger.db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0]
     peers = ledger.db.execute("SELECT COUNT(*) FROM identities").fetchone()[0]
+    # "?" for a tampered signer field; ``flp2p ledger verify`` says more.
+    signer_id = None if last is None else signer_node_id(str(last[2])) or "?"
     return LedgerStatus(
         federation=ledger.federation,
         blocks=int(blocks),
         last_height=None if last is None else int(last[0]),
         last_round=None if last is None else int(last[1]),
         aggregator=None if last is None else str(last[2]),
-        aggregator_node_id=None if last is None else _node_id(str(last[2])),
+        aggregator_node_id=signer_id,
         known_peers=int(peers),
     )
-
-
-def _node_id(public_key_hex: str) -> str:
-    """Node id of a hex public key, as :mod:`flp2p.identity` defines it."""
-    try:
-        return hashlib.sha256(bytes.fromhex(public_key_hex)).hexdigest()
-    except ValueError:
-        return "?"  # a tampered signer field; ``flp2p ledger verify`` says more
 
 
 def export_csv(ledger: Ledger, stream: TextIO) -> int:
