@@ -1,4 +1,4 @@
-"""Robustness matrix: final test accuracy of each strategy under each attack.
+"""Robustness matrix: test accuracy of each strategy under each attack.
 
 Runs the Hydra multirun ``conf/sweep/robustness.yaml`` (strategies × attacks × seeds,
 30 % malicious clients) into ``benchmarks/results/robustness/sweep`` — resumable: a
@@ -8,6 +8,10 @@ run that already completed is skipped — then writes
   and the gap to clean FedAvg in percentage points),
 * ``robustness.md`` — the matrix as a markdown table (README),
 * ``robustness.png`` — a heatmap.
+
+It also runs FedAvg over the honest clients only (``strategy=honest_only``, same
+seeds; ``--no-ceiling`` skips it): the ceiling for any filter, reported beside the
+matrix.
 
     .venv/bin/python -m benchmarks.robustness_matrix                 # full (hours)
     .venv/bin/python -m benchmarks.robustness_matrix rounds=8 seed=0     # smaller
@@ -284,7 +288,7 @@ def write_markdown(rows: list[dict[str, object]], path: Path) -> None:
     if ceiling is not None:
         lines += [
             "",
-            f"Ceiling for any filter: FedAvg over the honest 70 % of the clients only "
+            f"Ceiling for any filter: FedAvg over the honest clients only "
             f"(told who the attackers are, `strategy=honest_only`): {ceiling:.1f}.",
         ]
     shares = {
@@ -383,11 +387,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--analyse-only", action="store_true")
+    parser.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help="skip the honest-only runs (the ceiling reported beside the matrix)",
+    )
     args, overrides = parser.parse_known_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.analyse_only:
         run_sweep(args.out, overrides)
+        if not args.no_ceiling:
+            run_sweep(args.out, ceiling_overrides(overrides))
     analyse(args.out)
+
+
+def ceiling_overrides(overrides: list[str]) -> list[str]:
+    """The sweep's overrides for the honest-only runs: same seeds, data and length,
+    strategy ``honest_only`` without attack (it leaves out the same clients)."""
+    kept = [o for o in overrides if not o.startswith(("strategy=", "attack="))]
+    excluded = [
+        "strategy.excluded_fraction=" + o.split("=", 1)[1]
+        for o in overrides
+        if o.startswith("attack.fraction=")
+    ]
+    return [*kept, f"strategy={CEILING[0]}", f"attack={CEILING[1]}", *excluded]
 
 
 if __name__ == "__main__":

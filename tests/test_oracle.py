@@ -69,3 +69,15 @@ def test_config_builds_it_for_the_run() -> None:
         simulated_identity(SEED, p) for p in malicious_partitions(CLIENTS, 0.3, SEED)
     }
     assert strategy.excluded == expected
+
+
+def test_ceiling_runs_keep_the_sweeps_seeds_and_attack_fraction() -> None:
+    from benchmarks.robustness_matrix import ceiling_overrides
+
+    overrides = ceiling_overrides(
+        ["seed=0,1", "strategy=fedavg,trusted", "attack=alie", "attack.fraction=0.2"]
+    )
+    assert "seed=0,1" in overrides
+    assert "strategy=honest_only" in overrides and "attack=none" in overrides
+    assert not any(o.startswith(("strategy=fedavg", "attack=alie")) for o in overrides)
+    assert "strategy.excluded_fraction=0.2" in overrides
