@@ -44,7 +44,7 @@ ATTACK_ORDER = (
 )  # fmt: skip
 BASELINE = ("fedavg", "none")
 CEILING = ("honest_only", "none")
-"""FedAvg over the honest clients only (:mod:`benchmarks.oracle`): reported beside
+"""FedAvg over the honest clients only (:mod:`flp2p.baselines`): reported beside
 the matrix, not in it, since it is told who the attackers are."""
 
 

@@ -44,17 +44,7 @@ from flwr.serverapp import Grid, ServerApp
 from flp2p.attacks import Attack, AttackContext, build_attack, malicious_partitions
 from flp2p.config import RunSettings, TrainSettings, build_strategy, compose
 from flp2p.data import ArrayDataset, client_partition, load_dataset
-from flp2p.identity import Identity, node_id_of
-from flp2p.ledger import Ledger, LedgerError
-from flp2p.models import (
-    TrainResult,
-    build_model,
-    evaluate,
-    get_weights,
-    set_weights,
-    train,
-)
-from flp2p.privacy import (
+from flp2p.dpsgd import (
     ACCOUNTANT_STATE_KEY,
     DPSGDSettings,
     PrivacyBudgetExceeded,
@@ -63,7 +53,21 @@ from flp2p.privacy import (
     save_accountant,
     train_dpsgd,
 )
-from flp2p.replication import LEDGER_BLOCKS_KEY, sync_replica, with_ledger_broadcast
+from flp2p.identity import Identity, node_id_of
+from flp2p.ledger import Ledger, LedgerError
+from flp2p.ledger_broadcast import (
+    LEDGER_BLOCKS_KEY,
+    sync_replica,
+    with_ledger_broadcast,
+)
+from flp2p.models import (
+    TrainResult,
+    build_model,
+    evaluate,
+    get_weights,
+    set_weights,
+    train,
+)
 from flp2p.reporting import RunReporter
 from strategies.base import ScreenedFedAvg, flatten_arrays, unflatten_vector
 from strategies.records import (

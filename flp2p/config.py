@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flp2p.attacks import build_attack
 from flp2p.data import DATASETS, PARTITION_SCHEMES
-from flp2p.privacy import DPSGDSettings
+from flp2p.dpsgd import DPSGDSettings
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 """The Hydra config directory of a source checkout (``conf/`` beside the package)."""
@@ -320,7 +320,7 @@ def _central_dp_variant(
 ) -> tuple[type, dict[str, Any]]:
     """The user-level DP variant of the configured strategy and its arguments."""
     from strategies.base import ScreenedFedAvg
-    from strategies.privacy import noise_multiplier_for, with_central_dp
+    from strategies.central_dp import noise_multiplier_for, with_central_dp
 
     if not (isinstance(cls, type) and issubclass(cls, ScreenedFedAvg)):
         raise ConfigError(

@@ -13,10 +13,10 @@ from strategies import aggregators
 from strategies.base import AggregationOutcome, ScreenedFedAvg, UpdateBatch
 from strategies.bulyan import Bulyan
 from strategies.centered_clipping import CenteredClipping
+from strategies.central_dp import CentralDP, with_central_dp
 from strategies.geometric_median import GeometricMedian
 from strategies.krum import Krum, MultiKrum
 from strategies.median import Median
-from strategies.privacy import CentralDP, with_central_dp
 from strategies.records import (
     Contribution,
     InMemoryStore,

@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 import pytest
 from kademlia.network import Server
 
-from flp2p.client import PeerError, build_parser, main, options_from_args
 from flp2p.dht import AddressBook, Genesis, Lease, sign_record
 from flp2p.identity import Identity
+from flp2p.peer.participant import PeerError, build_parser, main, options_from_args
 from flp2p.peer.tls import INSECURE_FINGERPRINT, make_self_signed_certificate
 
 T = TypeVar("T")

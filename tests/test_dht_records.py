@@ -36,9 +36,9 @@ from flp2p.dht import (
     sign_record,
 )
 from flp2p.dht.codec import canonical_json
+from flp2p.dht.record_validation import UnknownFederation
 from flp2p.dht.routing import XorRoutingTable
 from flp2p.dht.storage import ValidatingStorage
-from flp2p.dht.validation import UnknownFederation
 from flp2p.identity import Identity
 
 # -- encoding -----------------------------------------------------------------------

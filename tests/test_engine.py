@@ -21,9 +21,9 @@ from flwr.serverapp.strategy import FedAvg
 
 from flp2p.config import ConfigError, RunSettings, compose
 from flp2p.data import load_digits
+from flp2p.dpsgd import load_accountant, train_dpsgd
 from flp2p.engine import InProcessGrid, run_federation_in_process
 from flp2p.models import build_model, train
-from flp2p.privacy import load_accountant, train_dpsgd
 from flp2p.simulate import simulate
 
 

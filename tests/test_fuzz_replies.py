@@ -47,11 +47,11 @@ from flp2p.app import arrays_to_record
 from strategies.base import ScreenedFedAvg
 from strategies.bulyan import Bulyan
 from strategies.centered_clipping import CenteredClipping
+from strategies.central_dp import CentralDP, with_central_dp
 from strategies.detectors import DetectorPanel
 from strategies.geometric_median import GeometricMedian
 from strategies.krum import Krum, MultiKrum
 from strategies.median import Median
-from strategies.privacy import CentralDP, with_central_dp
 from strategies.records import (
     ARRAYS_KEY,
     METRICS_KEY,

@@ -13,7 +13,6 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from helpers_ledger import make_report, make_reputations
 from helpers_messages import make_train_reply
 
-from flp2p.aggregator import blocks_up_to, peer_run_config
 from flp2p.app import (
     arrays_to_record,
     client_train,
@@ -25,8 +24,11 @@ from flp2p.cli import main as flp2p_cli
 from flp2p.config import RunSettings, compose
 from flp2p.identity import ContributionAuthenticator, Identity, sign_contribution
 from flp2p.ledger import BlockKind, ChainError, Ledger
+from flp2p.ledger_broadcast import LEDGER_BLOCKS_KEY, sync_replica
 from flp2p.models import get_weights
-from flp2p.peer.apps import (
+from flp2p.peer.aggregator import blocks_up_to, peer_run_config
+from flp2p.peer.checkpoints import CheckpointStore
+from flp2p.peer.federation_app import (
     AGGREGATORS_NODE_KEY,
     FEDERATION_NODE_KEY,
     IDENTITY_NODE_KEY,
@@ -39,9 +41,7 @@ from flp2p.peer.apps import (
     peer_strategy,
     train_config,
 )
-from flp2p.peer.checkpoints import CheckpointStore
-from flp2p.peer.replication import CheckpointReceiver, push_blocks
-from flp2p.replication import LEDGER_BLOCKS_KEY, sync_replica
+from flp2p.peer.standby_sync import CheckpointReceiver, push_blocks
 from strategies.records import (
     ARRAYS_KEY,
     IDENTITY_ID,

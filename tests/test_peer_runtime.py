@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flp2p.aggregator import Holding, peer_run_config
-from flp2p.client import Peer, PeerError, PeerOptions
 from flp2p.dht import AddressBook, Genesis, Lease, NodeRecord
 from flp2p.identity import Identity
-from flp2p.peer.apps import PeerRun, wait_for_start, write_start
+from flp2p.peer.aggregator import Holding, peer_run_config
 from flp2p.peer.checkpoints import Checkpoint
+from flp2p.peer.federation_app import PeerRun, wait_for_start, write_start
+from flp2p.peer.participant import Peer, PeerError, PeerOptions
 from flp2p.peer.processes import free_port
 
 ME = Identity.generate()
@@ -27,7 +27,7 @@ FOUNDER = Identity.generate()
 
 @dataclass
 class RecordingAggregator:
-    """Stands in for :class:`flp2p.aggregator.AggregatorRole`."""
+    """Stands in for :class:`flp2p.peer.aggregator.AggregatorRole`."""
 
     holding: Holding | None = None
     warm: object | None = None

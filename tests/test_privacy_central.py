@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from strategies.base import ScreenedFedAvg, UpdateBatch
-from strategies.privacy import (
+from strategies.central_dp import (
     AdaptiveClipNorm,
     CentralDP,
     CentralPrivacyAccountant,

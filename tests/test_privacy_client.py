@@ -14,8 +14,7 @@ from flp2p.app import (
 )
 from flp2p.config import ConfigError, RunSettings, compose
 from flp2p.data import load_digits
-from flp2p.models import build_model
-from flp2p.privacy import (
+from flp2p.dpsgd import (
     ACCOUNTANT_STATE_KEY,
     DPSGDSettings,
     PrivacyBudgetExceeded,
@@ -25,6 +24,7 @@ from flp2p.privacy import (
     steps_per_round,
     train_dpsgd,
 )
+from flp2p.models import build_model
 from strategies.records import METRICS_KEY
 
 

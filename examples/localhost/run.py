@@ -27,9 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flp2p.client import configure_logging
 from flp2p.dht import AddressBook, Lease
 from flp2p.identity import Identity
+from flp2p.peer.participant import configure_logging
 from flp2p.peer.processes import (
     descendants,
     flower_environment,

@@ -3,7 +3,8 @@
 ``kademlia`` provides routing and transport; this package adds what peers that do not
 trust each other need: every value is a signed record bound to its key
 (:mod:`~flp2p.dht.codec`), checked on STORE and again on read
-(:mod:`~flp2p.dht.validation`, :mod:`~flp2p.dht.storage`, :mod:`~flp2p.dht.crawling`),
+(:mod:`~flp2p.dht.record_validation`, :mod:`~flp2p.dht.storage`,
+:mod:`~flp2p.dht.crawling`),
 routed to the truly closest nodes (:mod:`~flp2p.dht.routing`), and published by an
 :class:`AddressBook` that renews its own records before they expire.
 """
@@ -19,8 +20,8 @@ from flp2p.dht.codec import (
     sign_record,
 )
 from flp2p.dht.kinds import Genesis, Lease, NodeRecord
+from flp2p.dht.record_validation import RecordRejected, RecordValidator
 from flp2p.dht.server import RecordServer
-from flp2p.dht.validation import RecordRejected, RecordValidator
 
 __all__ = [
     "MAX_RECORD_BYTES",

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable
 
 from flp2p.dht.codec import SignedRecord, sign_record
 from flp2p.dht.kinds import AnyRecord, Genesis, Lease, NodeRecord
+from flp2p.dht.record_validation import RecordRejected, RecordValidator
 from flp2p.dht.server import DEFAULT_RPC_TIMEOUT, RecordServer
-from flp2p.dht.validation import RecordRejected, RecordValidator
 from flp2p.identity import Identity
 
 log = logging.getLogger(__name__)

@@ -26,9 +26,9 @@ import umsgpack  # type: ignore[import-untyped]  # rpcudp's codec, untyped
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
+from flp2p.dht.record_validation import UnknownFederation
 from flp2p.dht.routing import XorRoutingTable
 from flp2p.dht.storage import ValidatingStorage
-from flp2p.dht.validation import UnknownFederation
 
 log = logging.getLogger(__name__)
 

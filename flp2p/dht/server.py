@@ -21,8 +21,12 @@ from flp2p.dht.codec import SignedRecord, record_key
 from flp2p.dht.crawling import DEFAULT_QUORUM, Lookup, LookupStats
 from flp2p.dht.kinds import Genesis
 from flp2p.dht.protocol import ValidatingProtocol
+from flp2p.dht.record_validation import (
+    RecordRejected,
+    RecordValidator,
+    UnknownFederation,
+)
 from flp2p.dht.storage import ValidatingStorage
-from flp2p.dht.validation import RecordRejected, RecordValidator, UnknownFederation
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from kademlia.storage import IStorage
 
 from flp2p.dht.codec import SignedRecord
-from flp2p.dht.validation import RecordRejected, RecordValidator
+from flp2p.dht.record_validation import RecordRejected, RecordValidator
 
 log = logging.getLogger(__name__)
 

@@ -5,11 +5,11 @@ One module per concern:
 * :mod:`~flp2p.peer.tls` — self-signed SuperLink certificates, fingerprint pinning;
 * :mod:`~flp2p.peer.checkpoints` — global models by round, the resume point;
 * :mod:`~flp2p.peer.election` — the deterministic successor election;
-* :mod:`~flp2p.peer.replication` — signed checkpoint pushes to standby aggregators;
+* :mod:`~flp2p.peer.standby_sync` — signed checkpoint pushes to standby aggregators;
 * :mod:`~flp2p.peer.leases` — lease lookups that say why a lease was refused;
 * :mod:`~flp2p.peer.processes` — SuperLink / SuperNode subprocesses;
 * :mod:`~flp2p.peer.supernode` — a SuperNode that follows the lease;
-* :mod:`~flp2p.peer.flower_app`, :mod:`~flp2p.peer.apps` — the Flower App the
+* :mod:`~flp2p.peer.app_folder`, :mod:`~flp2p.peer.federation_app` — the Flower App the
   aggregator submits (resumable ServerApp, peer ClientApp);
 * :mod:`~flp2p.peer.founder` — ``python -m flp2p.peer.founder``, the bootstrap peer
   that publishes a federation's genesis.

@@ -1,7 +1,7 @@
 """Global models by round, on disk, each named by its hash.
 
 The aggregator's ServerApp writes one checkpoint per finished round; standby
-aggregators receive copies (:mod:`flp2p.peer.replication`). A successor resumes from
+aggregators receive copies (:mod:`flp2p.peer.standby_sync`). A successor resumes from
 the newest round whose model hash equals the hash a lease advertised for that round
 (:func:`resume_round`), so a peer never continues from a model nobody vouched for.
 """

@@ -9,24 +9,24 @@ import pytest
 import tomli
 from flwr.app import ArrayRecord, MetricRecord
 
-from flp2p.aggregator import AggregatorError, peer_run_config, total_rounds
 from flp2p.app import arrays_to_record
 from flp2p.dht import Genesis
 from flp2p.dht.codec import JSONValue
-from flp2p.peer.apps import (
+from flp2p.peer.aggregator import AggregatorError, peer_run_config, total_rounds
+from flp2p.peer.app_folder import (
+    connection_toml,
+    flatten_parameters,
+    toml_value,
+    write_app,
+)
+from flp2p.peer.checkpoints import CheckpointStore
+from flp2p.peer.federation_app import (
     CHECKPOINT_DIR_KEY,
     FEDERATION_KEY,
     START_ROUND_KEY,
     PeerRun,
     checkpointing_evaluator,
     experiment_settings,
-)
-from flp2p.peer.checkpoints import CheckpointStore
-from flp2p.peer.flower_app import (
-    connection_toml,
-    flatten_parameters,
-    toml_value,
-    write_app,
 )
 from flp2p.peer.processes import descendants, superlink_command, supernode_command
 from strategies.records import update_sha256
@@ -68,8 +68,8 @@ def test_written_app_and_connection_parse_back(tmp_path: Path) -> None:
     app = tomli.loads((app_dir / "pyproject.toml").read_text())
     flwr = app["tool"]["flwr"]["app"]
     assert flwr["components"] == {
-        "serverapp": "flp2p.peer.apps:server_app",
-        "clientapp": "flp2p.peer.apps:client_app",
+        "serverapp": "flp2p.peer.federation_app:server_app",
+        "clientapp": "flp2p.peer.federation_app:client_app",
     }
     run_config = flwr["config"]
     assert run_config["rounds"] == 3 and run_config["partition"] == {"alpha": 0.1}

@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 from helpers_ledger import FEDERATION, KeySigner, make_report
 
 from flp2p.ledger import Ledger, LedgerError
-from flp2p.replication import (
+from flp2p.ledger_broadcast import (
     CATCH_UP_BLOCKS,
     LEDGER_BLOCKS_KEY,
     block_height,

@@ -55,8 +55,8 @@ from flp2p.app import (
 from flp2p.config import RunSettings, build_strategy
 from flp2p.identity import ContributionAuthenticator, Identity
 from flp2p.ledger import Ledger
+from flp2p.ledger_broadcast import with_ledger_broadcast
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
-from flp2p.replication import with_ledger_broadcast
 from strategies.records import ReputationState, RoundReport
 
 log = logging.getLogger(__name__)

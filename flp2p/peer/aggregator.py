@@ -10,12 +10,12 @@ after the holder's lease lapsed. It then
 2. publishes the lease — SuperLink address, certificate fingerprint, epoch (one more
    than the lapsed lease's), last finished round and the hash of the model it resumes
    from — which the address book renews every third of its lifetime;
-3. runs the peer Flower App (:mod:`flp2p.peer.apps`) resuming from that round's
-   checkpoint: the run was submitted with ``flwr run`` ahead of need and waits,
+3. runs the peer Flower App (:mod:`flp2p.peer.federation_app`) resuming from that
+   round's checkpoint: the run was submitted with ``flwr run`` ahead of need and waits,
    its ServerApp started, until released with the round to resume from;
 4. as each round finishes (a new checkpoint appears), pushes the model and the
    ledger blocks up to that round to the other eligible peers
-   (:mod:`flp2p.peer.replication`) and only then advertises the round in the lease
+   (:mod:`flp2p.peer.standby_sync`) and only then advertises the round in the lease
    — so a successor always holds the model the last lease names, and the chain up
    to it, which its own ServerApp extends under its own signature.
 """
@@ -33,7 +33,9 @@ from pathlib import Path
 from flp2p.dht import AddressBook, Genesis, Lease
 from flp2p.dht.codec import JSONValue
 from flp2p.ledger import Ledger, LedgerError
-from flp2p.peer.apps import (
+from flp2p.peer.app_folder import flatten_parameters, write_app
+from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
+from flp2p.peer.federation_app import (
     AGGREGATORS_KEY,
     CHECKPOINT_DIR_KEY,
     FEDERATION_KEY,
@@ -44,8 +46,6 @@ from flp2p.peer.apps import (
     join_ids,
     write_start,
 )
-from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
-from flp2p.peer.flower_app import flatten_parameters, write_app
 from flp2p.peer.processes import (
     ManagedProcess,
     flower_environment,
@@ -54,7 +54,7 @@ from flp2p.peer.processes import (
     superlink_command,
     wait_for_port,
 )
-from flp2p.peer.replication import push_blocks, push_checkpoint
+from flp2p.peer.standby_sync import push_blocks, push_checkpoint
 from flp2p.peer.tls import (
     INSECURE_FINGERPRINT,
     TlsFiles,
@@ -162,8 +162,8 @@ class RunningSuperLink:
     tls: TlsFiles | None
     directory: Path
     start_file: Path | None = None
-    """Release file of the run parked on it (:data:`flp2p.peer.apps.START_FILE_KEY`),
-    once one was submitted."""
+    """Release file of the run parked on it, once one was submitted
+    (:data:`flp2p.peer.federation_app.START_FILE_KEY`)."""
 
 
 @dataclass

@@ -3,7 +3,7 @@
 ``flwr run`` takes an app folder (its ``pyproject.toml`` names the components and
 declares the run config) and a named SuperLink connection from
 ``$FLWR_HOME/config.toml``. The aggregator writes both into its work folder: the
-components are those of :mod:`flp2p.peer.apps`, importable from the installed
+components are those of :mod:`flp2p.peer.federation_app`, importable from the installed
 ``flp2p`` package, and the run config is the genesis parameters plus the ``peer.``
 keys, so the run is fully described by files the aggregator controls.
 """
@@ -66,8 +66,8 @@ def app_pyproject(run_config: Mapping[str, JSONValue]) -> str:
         'publisher = "flp2p"',
         "",
         "[tool.flwr.app.components]",
-        'serverapp = "flp2p.peer.apps:server_app"',
-        'clientapp = "flp2p.peer.apps:client_app"',
+        'serverapp = "flp2p.peer.federation_app:server_app"',
+        'clientapp = "flp2p.peer.federation_app:client_app"',
         "",
         "[tool.flwr.app.config]",
     ]

@@ -30,6 +30,7 @@ from typing import Any
 
 from flp2p.identity import Identity, node_id_of, verify
 from flp2p.ledger import LedgerError
+from flp2p.ledger_broadcast import sync_replica
 from flp2p.peer.checkpoints import (
     Checkpoint,
     CheckpointError,
@@ -37,7 +38,6 @@ from flp2p.peer.checkpoints import (
     decode_arrays,
     encode_arrays,
 )
-from flp2p.replication import sync_replica
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from flp2p.peer.checkpoints import (
     CheckpointStore,
     encode_arrays,
 )
-from flp2p.peer.replication import (
+from flp2p.peer.standby_sync import (
     CheckpointReceiver,
     check_pushed,
     checkpoint_header,
