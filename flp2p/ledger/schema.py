@@ -10,7 +10,7 @@ command line.
 
 Writes use WAL mode and ``BEGIN IMMEDIATE``: measured here, deferred transactions
 with several writers failed with "database is locked" while immediate ones did not
-(``/work/shared/LIBRARY-NOTES.md``).
+(``docs/library-notes.md``).
 """
 
 from __future__ import annotations
