@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.run_all                 # everything (many hours)
     .venv/bin/python -m benchmarks.run_all --only speed ledger
     .venv/bin/python -m benchmarks.run_all --skip robustness --no-notebooks
+    .venv/bin/python -m benchmarks.run_all --notebooks-only    # re-render the figures
 
 Each step is one benchmark script writing under ``benchmarks/results/``; a step that
 fails is reported and the others still run. The notebooks are then executed in place
@@ -66,8 +67,15 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=sorted(STEPS), default=None)
     parser.add_argument("--skip", nargs="+", choices=sorted(STEPS), default=[])
     parser.add_argument("--no-notebooks", action="store_true")
+    parser.add_argument(
+        "--notebooks-only",
+        action="store_true",
+        help="run no benchmark; execute the notebooks on the published results",
+    )
     args = parser.parse_args()
     chosen = [s for s in (args.only or STEPS) if s not in args.skip]
+    if args.notebooks_only:
+        chosen = []
     outcomes = [run_step(name, STEPS[name]) for name in chosen]
     if not args.no_notebooks:
         outcomes += execute_notebooks()

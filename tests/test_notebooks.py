@@ -37,3 +37,15 @@ def test_notebook_runs_headless(path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_there_are_notebooks() -> None:
     assert len(NOTEBOOKS) >= 2, os.listdir(NOTEBOOKS[0].parent if NOTEBOOKS else ".")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_stored_executed(path: Path) -> None:
+    """A reader browsing the repository sees the figures without running anything
+    (``python -m benchmarks.run_all --notebooks-only`` stores them)."""
+    notebook = nbformat.read(path, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(cell.get("execution_count") for cell in code), "a cell never ran"
+    outputs = [o for cell in code for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "no figure stored"
