@@ -6,9 +6,7 @@ import asyncio
 import hashlib
 import json
 import random
-from collections.abc import Coroutine
 from dataclasses import replace
-from typing import Any
 
 import pytest
 import umsgpack
@@ -297,20 +295,20 @@ def test_storage_setitem_drops_invalid_silently(validator: RecordValidator) -> N
 
 
 class _QuietProtocol:
-    """Routing tables ping a full bucket's head; nobody answers here."""
+    """Stock kademlia's table pings a full bucket's head itself; nobody answers."""
 
     async def call_ping(self, node: Node) -> None:
         return None
-
-    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        return asyncio.ensure_future(coroutine)
 
 
 def _filled(
     table_type: type[RoutingTable], contacts: list[Node], me: Node
 ) -> RoutingTable:
     async def fill() -> RoutingTable:
-        table = table_type(_QuietProtocol(), 8, me)
+        if table_type is XorRoutingTable:
+            table = XorRoutingTable(8, me)
+        else:
+            table = table_type(_QuietProtocol(), 8, me)
         for contact in contacts:
             table.add_contact(contact)
         await asyncio.sleep(0)
@@ -335,6 +333,19 @@ def test_find_neighbors_returns_exactly_the_k_xor_closest() -> None:
         stock_differs += stock_ids != [n.id for n in brute]
     # The reason the subclass exists: the stock walk misses closer contacts.
     assert stock_differs > 0
+
+
+def test_table_names_whom_to_ping_and_sends_nothing() -> None:
+    me = Node(b"\x00" * 20)
+    table = XorRoutingTable(2, me)
+    # Far from me, sharing a 5-bit prefix: kademlia does not split that bucket.
+    far = [Node(bytes([b]) + b"\x01" * 19, "127.0.0.1", 4000 + b) for b in (0x80, 0x84)]
+    assert [table.add_contact(contact) for contact in far] == [None, None]
+    waiting = Node(b"\x81" + b"\x01" * 19, "127.0.0.1", 4081)
+    head = table.add_contact(waiting)
+    assert head is not None and head.id == far[0].id  # least recently seen
+    assert waiting.id in table.buckets[-1].replacement_nodes
+    assert not hasattr(table, "protocol")  # no way to send anything
 
 
 def test_find_neighbors_excludes_target_and_asker() -> None:
