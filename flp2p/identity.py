@@ -163,6 +163,10 @@ class Identity:
 class ContributionAuthenticator:
     """Ed25519 :class:`strategies.records.ReplyAuthenticator` for one federation.
 
+    Checks that the reply's public key hashes to the node id it claims and signed
+    :func:`flp2p.signatures.contribution_message` of this federation, the round and
+    the update's digest (what :func:`flp2p.app.identity_record` signs).
+
     Parameters
     ----------
     federation : str

@@ -36,6 +36,7 @@ rpcudp refuses requests above 8192 bytes after msgpack; a STORE request carries 
 (measured, see ``tests/test_dht_records.py``). The margin leaves room for framing.
 """
 
+# Hashed into DHT keys, never signed, hence not in flp2p.signatures.SIGNING_DOMAINS.
 _KEY_DOMAIN = "flp2p/dht-key/v1"
 _ENVELOPE_FIELDS = frozenset(
     {"kind", "subject", "payload", "public_key", "seq", "expires_at", "signature"}
