@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import hashlib
 import json
 import random
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import umsgpack
@@ -31,6 +33,7 @@ from flp2p.dht import (
     RecordValidator,
     SignedRecord,
     record_key,
+    routing,
     sign_record,
 )
 from flp2p.dht.record_validation import UnknownFederation
@@ -346,6 +349,18 @@ def test_table_names_whom_to_ping_and_sends_nothing() -> None:
     assert head is not None and head.id == far[0].id  # least recently seen
     assert waiting.id in table.buckets[-1].replacement_nodes
     assert not hasattr(table, "protocol")  # no way to send anything
+
+
+def test_routing_imports_no_flp2p_module() -> None:
+    """Routing answers questions; the protocol, which imports it, does the talking."""
+    tree = ast.parse(Path(str(routing.__file__)).read_text())
+    imported = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert imported and not any(str(m).startswith("flp2p") for m in imported)
 
 
 def test_find_neighbors_excludes_target_and_asker() -> None:
