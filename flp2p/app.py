@@ -69,6 +69,7 @@ from flp2p.models import (
     train,
 )
 from flp2p.reporting import RunReporter
+from flp2p.signatures import contribution_message
 from strategies.base import ScreenedFedAvg, flatten_arrays, unflatten_vector
 from strategies.records import (
     ARRAYS_KEY,
@@ -78,7 +79,6 @@ from strategies.records import (
     IDENTITY_SIGNATURE,
     METRICS_KEY,
     NUM_EXAMPLES_KEY,
-    contribution_message,
     update_sha256,
 )
 

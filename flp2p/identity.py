@@ -1,12 +1,12 @@
-"""Ed25519 identities: keys on disk, signatures, rotation and reply authentication.
+"""Ed25519 identities: keys on disk, node ids and reply authentication.
 
 A peer *is* its Ed25519 public key (RFC 8032). Everything that must survive a
 re-registration with Flower (reputation, rewards, bans, DHT records) is keyed by the
 node id, the hex SHA-256 of the raw 32-byte public key, so it is short, fixed-length
 and cannot be claimed without the matching private key.
 
-Signatures use the ``cryptography`` package; :func:`verify` never raises, so callers
-can feed it anything a peer sent.
+What is signed, under which domain, and how a signature is checked lives in
+:mod:`flp2p.signatures`; this module holds the private key that signs.
 """
 
 from __future__ import annotations
@@ -14,29 +14,17 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from strategies.records import contribution_message
+from flp2p.signatures import PUBLIC_KEY_BYTES, contribution_message, verify_ed25519
 
-PUBLIC_KEY_BYTES = 32
-"""Length of a raw Ed25519 public key (RFC 8032, section 5.1.5)."""
-SIGNATURE_BYTES = 64
-"""Length of an Ed25519 signature (RFC 8032, section 5.1.6)."""
 KEY_FILE_MODE = 0o600
 """Owner read/write only: a private key readable by others is a leaked key."""
 KEY_DIR_MODE = 0o700
 """Mode of a key directory this module creates."""
-
-_ROTATION_DOMAIN = b"flp2p/rotation/v1\n"
 
 
 def node_id_of(public_key: bytes) -> str:
@@ -53,83 +41,6 @@ def node_id_of(public_key: bytes) -> str:
             f"{type(public_key).__name__} of length {_length(public_key)}"
         )
     return hashlib.sha256(public_key).hexdigest()
-
-
-def verify(public_key: bytes, signature: bytes, data: bytes) -> bool:
-    """Return whether ``signature`` is a valid Ed25519 signature of ``data``.
-
-    Never raises: a malformed key, a signature of the wrong length or a value of the
-    wrong type simply yields ``False``, so untrusted input can be passed as is.
-    """
-    if not (
-        isinstance(public_key, bytes)
-        and isinstance(signature, bytes)
-        and isinstance(data, bytes)
-        and len(public_key) == PUBLIC_KEY_BYTES
-        and len(signature) == SIGNATURE_BYTES
-    ):
-        return False
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
-@dataclass(frozen=True)
-class RotationRecord:
-    """Statement that an identity moved from one key to another.
-
-    Signed by the old key (authority: only the current owner may hand over) and by the
-    new key (proof of possession: nobody can rotate *to* a key they do not hold, and
-    so claim another peer's history).
-
-    Attributes
-    ----------
-    old_public_key, new_public_key : bytes
-        Raw 32-byte Ed25519 public keys.
-    timestamp : float
-        Unix seconds when the rotation was made.
-    old_signature, new_signature : bytes
-        Signatures of :meth:`message` by the old and the new key.
-    """
-
-    old_public_key: bytes
-    new_public_key: bytes
-    timestamp: float
-    old_signature: bytes
-    new_signature: bytes
-
-    def message(self) -> bytes:
-        """The exact bytes both keys sign."""
-        return rotation_message(
-            self.old_public_key, self.new_public_key, self.timestamp
-        )
-
-
-def rotation_message(old_public_key: bytes, new_public_key: bytes, ts: float) -> bytes:
-    """Bytes signed for a key rotation (domain-separated from every other message)."""
-    return (
-        _ROTATION_DOMAIN
-        + old_public_key.hex().encode()
-        + b"\n"
-        + new_public_key.hex().encode()
-        + b"\n"
-        + repr(float(ts)).encode()
-    )
-
-
-def verify_rotation(record: RotationRecord) -> bool:
-    """Return whether both signatures of ``record`` are valid (never raises)."""
-    try:
-        message = record.message()
-    except (AttributeError, TypeError, ValueError):
-        return False
-    return (
-        record.old_public_key != record.new_public_key
-        and verify(record.old_public_key, record.old_signature, message)
-        and verify(record.new_public_key, record.new_signature, message)
-    )
 
 
 class Identity:
@@ -248,47 +159,13 @@ class Identity:
         """Return the 64-byte Ed25519 signature of ``data``."""
         return self._private_key.sign(data)
 
-    def rotate(self, timestamp: float | None = None) -> tuple[Identity, RotationRecord]:
-        """Make a new identity and the record that hands this one over to it.
-
-        Parameters
-        ----------
-        timestamp : float, optional
-            Unix seconds to put in the record (default: now).
-
-        Returns
-        -------
-        tuple[Identity, RotationRecord]
-            The new identity (not saved anywhere) and the doubly signed record.
-        """
-        successor = Identity.generate()
-        ts = time.time() if timestamp is None else float(timestamp)
-        message = rotation_message(self.public_key, successor.public_key, ts)
-        record = RotationRecord(
-            old_public_key=self.public_key,
-            new_public_key=successor.public_key,
-            timestamp=ts,
-            old_signature=self.sign(message),
-            new_signature=successor.sign(message),
-        )
-        return successor, record
-
-
-def sign_contribution(
-    identity: Identity, federation: str, server_round: int, update_digest: str
-) -> bytes:
-    """Client side of :class:`ContributionAuthenticator`: sign one round's update.
-
-    Signs :func:`strategies.records.contribution_message` so the aggregator can check
-    that the update with digest ``update_digest``
-    (:func:`strategies.records.update_sha256`) was sent by ``identity`` for
-    ``server_round`` of ``federation`` and no other.
-    """
-    return identity.sign(contribution_message(federation, server_round, update_digest))
-
 
 class ContributionAuthenticator:
     """Ed25519 :class:`strategies.records.ReplyAuthenticator` for one federation.
+
+    Checks that the reply's public key hashes to the node id it claims and signed
+    :func:`flp2p.signatures.contribution_message` of this federation, the round and
+    the update's digest (what :func:`flp2p.app.identity_record` signs).
 
     Parameters
     ----------
@@ -320,7 +197,7 @@ class ContributionAuthenticator:
         if claimed_by_key != identity:
             return "identity does not match public key"
         message = contribution_message(self.federation, server_round, update_digest)
-        if not verify(public_key, signature, message):
+        if not verify_ed25519(public_key, signature, message):
             return "bad signature"
         return None
 

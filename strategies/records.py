@@ -202,14 +202,6 @@ def update_sha256(arrays: Mapping[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def contribution_message(federation: str, server_round: int, digest: str) -> bytes:
-    """The exact bytes a client signs for one contribution.
-
-    ``b"flp2p/contribution/v1\\n" + federation + "\\n" + round + "\\n" + digest``.
-    """
-    return f"flp2p/contribution/v1\n{federation}\n{server_round}\n{digest}".encode()
-
-
 class ReplyAuthenticator(Protocol):
     """Checks that a reply really comes from the identity it names.
 

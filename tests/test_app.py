@@ -21,6 +21,7 @@ from flp2p.app import (
 )
 from flp2p.config import RunSettings, compose
 from flp2p.models import get_weights
+from flp2p.signatures import contribution_message
 from strategies.records import (
     ARRAYS_KEY,
     IDENTITY_ID,
@@ -29,7 +30,6 @@ from strategies.records import (
     IDENTITY_SIGNATURE,
     METRICS_KEY,
     NUM_EXAMPLES_KEY,
-    contribution_message,
     update_sha256,
 )
 

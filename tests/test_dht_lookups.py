@@ -364,13 +364,36 @@ def test_a_contact_waiting_as_replacement_is_not_new_again() -> None:
         for first in (0x80, 0x84, 0x81, 0x82, 0x83)
     ]
 
-    async def fill() -> None:
-        for contact in far:
-            table.add_contact(contact)
-        await protocol.close()  # the head pings of the full bucket
-
-    asyncio.run(fill())
+    for contact in far:
+        table.add_contact(contact)  # the table only names whom to ping
     waiting = [c for c in far if c.id in table.buckets[-1].replacement_nodes]
     assert waiting, "no contact ended up in a replacement list"
     assert not any(table.is_new_node(c) for c in waiting)
     assert table.is_new_node(Node(b"\x90" + b"\x00" * 19))
+
+
+def test_the_protocol_pings_the_head_the_table_names() -> None:
+    me = Node(b"\x00" * 20)
+    protocol = ValidatingProtocol(
+        me, ValidatingStorage(RecordValidator()), 2, rpc_timeout=1.0
+    )
+    pinged: list[bytes] = []
+
+    async def call_ping(node: Node) -> tuple[bool, object]:
+        pinged.append(node.id)
+        return (True, node.id)
+
+    protocol.call_ping = call_ping  # type: ignore[method-assign]
+    far = [
+        Node(bytes([first]) + b"\x01" * 19, "127.0.0.1", 4000 + first)
+        for first in (0x80, 0x84, 0x81)
+    ]
+
+    async def welcome() -> None:
+        for contact in far:
+            protocol.welcome_if_new(contact)
+        await asyncio.sleep(0)  # the ping runs as a task of the protocol
+        await protocol.close()
+
+    asyncio.run(welcome())
+    assert pinged == [far[0].id]  # the full bucket's least recently seen contact

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import hashlib
 import json
 import random
-from collections.abc import Coroutine
 from dataclasses import replace
-from typing import Any
+from pathlib import Path
 
 import pytest
 import umsgpack
@@ -33,30 +33,16 @@ from flp2p.dht import (
     RecordValidator,
     SignedRecord,
     record_key,
+    routing,
     sign_record,
 )
-from flp2p.dht.codec import canonical_json
 from flp2p.dht.record_validation import UnknownFederation
 from flp2p.dht.routing import XorRoutingTable
 from flp2p.dht.storage import ValidatingStorage
 from flp2p.identity import Identity
+from flp2p.signatures import canonical_dht_json
 
 # -- encoding -----------------------------------------------------------------------
-
-
-def test_canonical_json_sorts_keys_and_is_compact() -> None:
-    assert canonical_json({"b": 1, "a": [True, None, 0.5]}) == (
-        b'{"a":[true,null,0.5],"b":1}'
-    )
-    assert canonical_json({"x": "é"}) == b'{"x":"\\u00e9"}'
-
-
-@pytest.mark.parametrize(
-    "bad", [{"x": float("nan")}, {"x": float("inf")}, {"x": b"raw"}, {1: "int key"}]
-)
-def test_canonical_json_refuses_non_canonical_values(bad: object) -> None:
-    with pytest.raises(RecordError):
-        canonical_json(bad)
 
 
 def test_record_round_trips_through_bytes() -> None:
@@ -79,6 +65,10 @@ def test_record_round_trips_through_bytes() -> None:
         b'"expires_at":1,"signature":""}',
         b'{"kind":"node","subject":"s","payload":{},"public_key":"","seq":1,'
         b'"expires_at":1,"signature":"","extra":0}',
+        b'{"kind":"node","subject":"s","payload":{},"public_key":"","seq":1,'
+        b'"expires_at":NaN,"signature":""}',
+        b'{"kind":"node","subject":"s","payload":{"x":Infinity},"public_key":"",'
+        b'"seq":1,"expires_at":1,"signature":""}',
     ],
 )
 def test_decode_rejects_malformed_values(raw: object) -> None:
@@ -119,7 +109,7 @@ def test_kinds_round_trip_through_payloads() -> None:
     genesis = genesis_for(founder, aggregator)
     lease = lease_for(genesis, aggregator)
     for typed in (node, genesis, lease):
-        payload = json.loads(canonical_json(typed.to_payload()))
+        payload = json.loads(canonical_dht_json(typed.to_payload()))
         assert type(typed).from_payload(payload) == typed
 
 
@@ -212,6 +202,9 @@ def test_rejections_name_their_reason(validator: RecordValidator) -> None:
     expired = signed(alice, node_record(alice), expires_at=NOW)
     immortal = signed(alice, node_record(alice), expires_at=NOW + 7200)
     impostor = signed(mallory, node_record(alice))  # mallory writes alice's record
+    # json.loads accepts NaN; a record carrying one must be refused, not crash the
+    # signature check (which cannot encode it).
+    not_a_number = good.encode().replace(repr(good.expires_at).encode(), b"NaN")
     cases = {
         "bad signature": (good.dht_key, tampered.encode()),
         "unsigned record": (good.dht_key, unsigned.encode()),
@@ -221,6 +214,7 @@ def test_rejections_name_their_reason(validator: RecordValidator) -> None:
         "not signed by the node": (good.dht_key, impostor.encode()),
         "oversized": (good.dht_key, good.encode() + b" " * MAX_RECORD_BYTES),
         "not a signed record": (good.dht_key, ["list", "value"]),
+        "JSON does not allow": (good.dht_key, not_a_number),
     }
     for reason, (key, raw) in cases.items():
         with pytest.raises(RecordRejected, match=reason):
@@ -304,20 +298,20 @@ def test_storage_setitem_drops_invalid_silently(validator: RecordValidator) -> N
 
 
 class _QuietProtocol:
-    """Routing tables ping a full bucket's head; nobody answers here."""
+    """Stock kademlia's table pings a full bucket's head itself; nobody answers."""
 
     async def call_ping(self, node: Node) -> None:
         return None
-
-    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        return asyncio.ensure_future(coroutine)
 
 
 def _filled(
     table_type: type[RoutingTable], contacts: list[Node], me: Node
 ) -> RoutingTable:
     async def fill() -> RoutingTable:
-        table = table_type(_QuietProtocol(), 8, me)
+        if table_type is XorRoutingTable:
+            table = XorRoutingTable(8, me)
+        else:
+            table = table_type(_QuietProtocol(), 8, me)
         for contact in contacts:
             table.add_contact(contact)
         await asyncio.sleep(0)
@@ -342,6 +336,31 @@ def test_find_neighbors_returns_exactly_the_k_xor_closest() -> None:
         stock_differs += stock_ids != [n.id for n in brute]
     # The reason the subclass exists: the stock walk misses closer contacts.
     assert stock_differs > 0
+
+
+def test_table_names_whom_to_ping_and_sends_nothing() -> None:
+    me = Node(b"\x00" * 20)
+    table = XorRoutingTable(2, me)
+    # Far from me, sharing a 5-bit prefix: kademlia does not split that bucket.
+    far = [Node(bytes([b]) + b"\x01" * 19, "127.0.0.1", 4000 + b) for b in (0x80, 0x84)]
+    assert [table.add_contact(contact) for contact in far] == [None, None]
+    waiting = Node(b"\x81" + b"\x01" * 19, "127.0.0.1", 4081)
+    head = table.add_contact(waiting)
+    assert head is not None and head.id == far[0].id  # least recently seen
+    assert waiting.id in table.buckets[-1].replacement_nodes
+    assert not hasattr(table, "protocol")  # no way to send anything
+
+
+def test_routing_imports_no_flp2p_module() -> None:
+    """Routing answers questions; the protocol, which imports it, does the talking."""
+    tree = ast.parse(Path(str(routing.__file__)).read_text())
+    imported = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert imported and not any(str(m).startswith("flp2p") for m in imported)
 
 
 def test_find_neighbors_excludes_target_and_asker() -> None:

@@ -1,4 +1,4 @@
-"""Ed25519 identities: keys on disk, signatures, rotation, reply authentication."""
+"""Ed25519 identities: keys on disk, node ids, signing, reply authentication."""
 
 from __future__ import annotations
 
@@ -12,16 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from flp2p.identity import (
-    ContributionAuthenticator,
-    Identity,
-    RotationRecord,
-    node_id_of,
-    sign_contribution,
-    verify,
-    verify_rotation,
-)
-from strategies.records import contribution_message, update_sha256
+from flp2p.identity import ContributionAuthenticator, Identity, node_id_of
+from flp2p.signatures import contribution_message, verify_ed25519
+from strategies.records import update_sha256
 
 # RFC 8032, section 7.1, TEST 1 (empty message).
 RFC_SECRET = bytes.fromhex(
@@ -40,8 +33,8 @@ def test_rfc8032_vector_signs_and_verifies() -> None:
     identity = Identity.from_private_bytes(RFC_SECRET)
     assert identity.public_key == RFC_PUBLIC
     assert identity.sign(b"") == RFC_SIGNATURE
-    assert verify(RFC_PUBLIC, RFC_SIGNATURE, b"")
-    assert not verify(RFC_PUBLIC, RFC_SIGNATURE, b"\x00")
+    assert verify_ed25519(RFC_PUBLIC, RFC_SIGNATURE, b"")
+    assert not verify_ed25519(RFC_PUBLIC, RFC_SIGNATURE, b"\x00")
 
 
 def test_node_id_is_hex_sha256_of_raw_public_key() -> None:
@@ -60,29 +53,11 @@ def test_node_id_of_rejects_wrong_keys(bad: object) -> None:
 def test_signature_does_not_verify_under_other_key_or_data() -> None:
     alice, mallory = Identity.generate(), Identity.generate()
     signature = alice.sign(b"round 3")
-    assert verify(alice.public_key, signature, b"round 3")
-    assert not verify(mallory.public_key, signature, b"round 3")
-    assert not verify(alice.public_key, signature, b"round 4")
+    assert verify_ed25519(alice.public_key, signature, b"round 3")
+    assert not verify_ed25519(mallory.public_key, signature, b"round 3")
+    assert not verify_ed25519(alice.public_key, signature, b"round 4")
     flipped = bytes([signature[0] ^ 1]) + signature[1:]
-    assert not verify(alice.public_key, flipped, b"round 3")
-
-
-@pytest.mark.parametrize(
-    ("public_key", "signature", "data"),
-    [
-        (None, b"\x00" * 64, b"x"),
-        (b"\x00" * 32, None, b"x"),
-        (b"\x00" * 32, b"\x00" * 64, None),
-        (b"\x00" * 5, b"\x00" * 64, b"x"),
-        (b"\x00" * 32, b"\x00" * 63, b"x"),
-        ("00" * 32, b"\x00" * 64, b"x"),
-        (b"\xff" * 32, b"\xff" * 64, b"x"),  # not a curve point
-    ],
-)
-def test_verify_never_raises_on_garbage(
-    public_key: object, signature: object, data: object
-) -> None:
-    assert verify(public_key, signature, data) is False  # type: ignore[arg-type]
+    assert not verify_ed25519(alice.public_key, flipped, b"round 3")
 
 
 def test_load_or_create_writes_owner_only_key_and_reloads_it(tmp_path: Path) -> None:
@@ -92,7 +67,7 @@ def test_load_or_create_writes_owner_only_key_and_reloads_it(tmp_path: Path) -> 
     assert stat.S_IMODE(key_path.parent.stat().st_mode) == 0o700
     reloaded = Identity.load_or_create(key_path)
     assert reloaded.node_id == created.node_id
-    assert verify(created.public_key, reloaded.sign(b"m"), b"m")
+    assert verify_ed25519(created.public_key, reloaded.sign(b"m"), b"m")
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644])
@@ -126,63 +101,6 @@ def test_save_never_overwrites(tmp_path: Path) -> None:
     assert Identity.load_or_create(key_path).node_id == first.node_id
 
 
-def test_rotation_is_signed_by_both_keys() -> None:
-    old = Identity.generate()
-    new, record = old.rotate(timestamp=1_700_000_000.5)
-    assert record.old_public_key == old.public_key
-    assert record.new_public_key == new.public_key
-    assert new.node_id != old.node_id
-    assert verify_rotation(record)
-
-
-def test_tampered_rotations_are_rejected() -> None:
-    old = Identity.generate()
-    _, record = old.rotate(timestamp=100.0)
-    thief = Identity.generate()
-    later = RotationRecord(
-        record.old_public_key,
-        record.new_public_key,
-        101.0,
-        record.old_signature,
-        record.new_signature,
-    )
-    # The thief cannot redirect the rotation to its own key: the old key did not sign.
-    redirected = RotationRecord(
-        record.old_public_key,
-        thief.public_key,
-        100.0,
-        record.old_signature,
-        thief.sign(record.message()),
-    )
-    # Nor can the owner rotate to a key it does not hold: the new key must co-sign.
-    victim = Identity.generate()
-    claim_message = RotationRecord(
-        old.public_key, victim.public_key, 100.0, b"", b""
-    ).message()
-    unpossessed = RotationRecord(
-        old.public_key,
-        victim.public_key,
-        100.0,
-        old.sign(claim_message),
-        old.sign(claim_message),
-    )
-    assert not verify_rotation(later)
-    assert not verify_rotation(redirected)
-    assert not verify_rotation(unpossessed)
-
-
-def test_rotation_to_itself_is_rejected() -> None:
-    identity = Identity.generate()
-    message = RotationRecord(
-        identity.public_key, identity.public_key, 1.0, b"", b""
-    ).message()
-    signature = identity.sign(message)
-    self_rotation = RotationRecord(
-        identity.public_key, identity.public_key, 1.0, signature, signature
-    )
-    assert not verify_rotation(self_rotation)
-
-
 FEDERATION = "f" * 64
 
 
@@ -190,7 +108,7 @@ FEDERATION = "f" * 64
 def signed_reply() -> tuple[Identity, str, bytes]:
     identity = Identity.generate()
     digest = update_sha256({"w": np.arange(6, dtype=np.float32).reshape(2, 3)})
-    return identity, digest, sign_contribution(identity, FEDERATION, 3, digest)
+    return identity, digest, identity.sign(contribution_message(FEDERATION, 3, digest))
 
 
 def test_authentic_reply_is_accepted(signed_reply: tuple[Identity, str, bytes]) -> None:
@@ -202,7 +120,7 @@ def test_authentic_reply_is_accepted(signed_reply: tuple[Identity, str, bytes]) 
     )
     # The signature is over exactly the shared message definition.
     message = contribution_message(FEDERATION, 3, digest)
-    assert verify(identity.public_key, signature, message)
+    assert verify_ed25519(identity.public_key, signature, message)
 
 
 def test_rejection_reasons(signed_reply: tuple[Identity, str, bytes]) -> None:
@@ -223,7 +141,7 @@ def test_rejection_reasons(signed_reply: tuple[Identity, str, bytes]) -> None:
     elsewhere = ContributionAuthenticator("e" * 64)
     assert elsewhere(node_id, key, signature, 3, digest) == "bad signature"
     # Another key signing on the victim's behalf is caught by the key binding.
-    forged = sign_contribution(other, FEDERATION, 3, digest)
+    forged = other.sign(contribution_message(FEDERATION, 3, digest))
     assert check(node_id, key, forged, 3, digest) == "bad signature"
 
 

@@ -29,7 +29,7 @@ from flp2p.ledger import (
     LedgerNotFoundError,
     RewardPolicy,
 )
-from flp2p.ledger.canonical import canonical_json
+from flp2p.signatures import canonical_ledger_json
 from strategies.records import (
     Contribution,
     ReputationState,
@@ -338,7 +338,7 @@ def test_replica_refuses_forged_block(
     replica, blocks = replica_at_two
     decoded = json.loads(blocks[3])
     decoded["rewards"][0]["tokens"] = 1e6
-    _refused(replica, canonical_json(decoded), ChainError, "signature")
+    _refused(replica, canonical_ledger_json(decoded), ChainError, "signature")
     replica.close()
 
 

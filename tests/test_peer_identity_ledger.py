@@ -22,7 +22,7 @@ from flp2p.app import (
 )
 from flp2p.cli import main as flp2p_cli
 from flp2p.config import RunSettings, compose
-from flp2p.identity import ContributionAuthenticator, Identity, sign_contribution
+from flp2p.identity import ContributionAuthenticator, Identity
 from flp2p.ledger import BlockKind, ChainError, Ledger
 from flp2p.ledger_broadcast import LEDGER_BLOCKS_KEY, sync_replica
 from flp2p.models import get_weights
@@ -42,6 +42,7 @@ from flp2p.peer.federation_app import (
     train_config,
 )
 from flp2p.peer.standby_sync import CheckpointReceiver, push_blocks
+from flp2p.signatures import contribution_message
 from strategies.records import (
     ARRAYS_KEY,
     IDENTITY_ID,
@@ -212,7 +213,7 @@ def test_strategy_rejects_forged_and_unsigned_replies_by_signature(
                 who.node_id,
                 public_key=who.public_key,
                 # Federation round 2 = resumed after 1, Flower round 1.
-                signature=sign_contribution(who, FEDERATION, 2, digest),
+                signature=who.sign(contribution_message(FEDERATION, 2, digest)),
             )
         )
     forged = {"w": np.full(64, 0.05, dtype=np.float32)}
@@ -223,7 +224,9 @@ def test_strategy_rejects_forged_and_unsigned_replies_by_signature(
             10,
             victim.node_id,  # claims to be the victim, signs with its own key
             public_key=victim.public_key,
-            signature=sign_contribution(forger, FEDERATION, 2, update_sha256(forged)),
+            signature=forger.sign(
+                contribution_message(FEDERATION, 2, update_sha256(forged))
+            ),
         )
     )
     unsigned_peer = Identity.generate()

@@ -7,6 +7,10 @@ trust each other need: every value is a signed record bound to its key
 :mod:`~flp2p.dht.crawling`),
 routed to the truly closest nodes (:mod:`~flp2p.dht.routing`), and published by an
 :class:`AddressBook` that renews its own records before they expire.
+
+A peer that others cannot reach (behind NAT) joins with
+``AddressBook(identity, client_only=True)``: it looks up and publishes through the
+other peers and never becomes their contact (:mod:`~flp2p.dht.protocol`).
 """
 
 from __future__ import annotations

@@ -81,6 +81,12 @@ class AddressBook:
         Kademlia replication / lookup parallelism.
     clock : Callable[[], float]
         Unix time (tests and benchmarks may replace it).
+    client_only : bool
+        Join the DHT as a client, for a peer others cannot reach (behind NAT, no
+        open port): it looks up and publishes (its own records included) through
+        the peers it bootstraps from, needs outbound UDP only, and never appears
+        in anyone's routing table, so lookups never wait for it. It holds no
+        records and answers no requests, so others cannot bootstrap through it.
     """
 
     def __init__(
@@ -93,6 +99,7 @@ class AddressBook:
         ksize: int = 20,
         alpha: int = 3,
         clock: Callable[[], float] = time.time,
+        client_only: bool = False,
     ) -> None:
         if record_ttl <= 0:
             raise ValueError(f"record_ttl must be positive, got {record_ttl}")
@@ -108,6 +115,7 @@ class AddressBook:
             alpha=alpha,
             rpc_timeout=rpc_timeout,
             stall_timeout=stall_timeout,
+            client_only=client_only,
         )
         self._own: dict[tuple[str, str], AnyRecord] = {}
         self._last_seq: dict[tuple[str, str], int] = {}
@@ -130,6 +138,11 @@ class AddressBook:
     def address(self) -> tuple[str, int]:
         """The (host, port) this peer listens on."""
         return self.server.address()
+
+    @property
+    def client_only(self) -> bool:
+        """Whether this peer joined as a client (see the class parameters)."""
+        return self.server.client_only
 
     async def bootstrap(self, peers: Iterable[tuple[str, int]]) -> int:
         """Join the DHT through known peers (IP addresses, not host names).

@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any
 
-from flp2p.identity import Identity, verify
-
-JSONScalar: TypeAlias = str | int | float | bool | None
-JSONValue: TypeAlias = JSONScalar | list["JSONValue"] | dict[str, "JSONValue"]
+from flp2p.signatures import (
+    DHT_RECORD_DOMAIN,
+    JSONValue,
+    NotCanonicalJSON,
+    Signer,
+    canonical_dht_json,
+    verify_ed25519,
+)
 
 MAX_RECORD_BYTES = 8000
 """Largest encoded record accepted anywhere.
@@ -33,7 +36,7 @@ rpcudp refuses requests above 8192 bytes after msgpack; a STORE request carries 
 (measured, see ``tests/test_dht_records.py``). The margin leaves room for framing.
 """
 
-_SIGNING_DOMAIN = b"flp2p/dht-record/v1\n"
+# Hashed into DHT keys, never signed, hence not in flp2p.signatures.SIGNING_DOMAINS.
 _KEY_DOMAIN = "flp2p/dht-key/v1"
 _ENVELOPE_FIELDS = frozenset(
     {"kind", "subject", "payload", "public_key", "seq", "expires_at", "signature"}
@@ -44,42 +47,12 @@ class RecordError(ValueError):
     """A value is not a well-formed, correctly signed record."""
 
 
-def canonical_json(value: Any) -> bytes:
-    """Encode ``value`` as compact, sorted-key, ASCII JSON.
-
-    Raises
-    ------
-    RecordError
-        For NaN or infinite floats (no canonical JSON form) and for anything that
-        is not JSON data (bytes must be hex strings before they get here).
-    """
-    _check_json(value)
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode()
-
-
-def _check_json(value: Any) -> None:
-    if value is None or isinstance(value, (str, bool, int)):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise RecordError(f"non-finite float {value!r} has no canonical encoding")
-        return
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            _check_json(item)
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise RecordError(f"payload keys must be str, got {key!r}")
-            _check_json(item)
-        return
-    raise RecordError(
-        f"payload values must be str/int/float/bool/None or lists/dicts of them "
-        f"(bytes as hex), got {type(value).__name__}"
-    )
+def _canonical(value: Any) -> bytes:
+    """:func:`~flp2p.signatures.canonical_dht_json`, raising :class:`RecordError`."""
+    try:
+        return canonical_dht_json(value)
+    except NotCanonicalJSON as error:
+        raise RecordError(str(error)) from None
 
 
 def record_key(kind: str, subject: str) -> bytes:
@@ -139,15 +112,15 @@ class SignedRecord:
 
     def signing_bytes(self) -> bytes:
         """The exact bytes the signer signs (domain tag + canonical fields)."""
-        return _SIGNING_DOMAIN + canonical_json(self._fields())
+        return DHT_RECORD_DOMAIN + _canonical(self._fields())
 
     def signature_is_valid(self) -> bool:
         """Whether :attr:`signature` is the signer's signature of this record."""
-        return verify(self.public_key, self.signature, self.signing_bytes())
+        return verify_ed25519(self.public_key, self.signature, self.signing_bytes())
 
     def encode(self) -> bytes:
         """The value stored in kademlia."""
-        return canonical_json({**self._fields(), "signature": self.signature.hex()})
+        return _canonical({**self._fields(), "signature": self.signature.hex()})
 
     @classmethod
     def decode(cls, raw: object) -> SignedRecord:
@@ -161,7 +134,7 @@ class SignedRecord:
         if not isinstance(raw, bytes):
             raise RecordError(f"record must be bytes, got {type(raw).__name__}")
         try:
-            fields = json.loads(raw)
+            fields = json.loads(raw, parse_constant=_refuse_non_finite)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise RecordError(f"record is not JSON: {error}") from None
         if not isinstance(fields, dict) or set(fields) != _ENVELOPE_FIELDS:
@@ -183,6 +156,12 @@ class SignedRecord:
         return record
 
 
+def _refuse_non_finite(constant: str) -> float:
+    # json.loads accepts NaN and Infinity, which no canonical encoding (hence no
+    # signature check) can handle: such a record is malformed, not a crash later.
+    raise RecordError(f"record holds {constant}, which JSON does not allow")
+
+
 def _typed(fields: dict[str, Any], name: str, types: type | tuple[type, ...]) -> Any:
     value = fields[name]
     # bool is an int subclass; a boolean seq or expiry is a type confusion, not data.
@@ -192,7 +171,7 @@ def _typed(fields: dict[str, Any], name: str, types: type | tuple[type, ...]) ->
 
 
 def sign_record(
-    identity: Identity,
+    identity: Signer,
     kind: str,
     subject: str,
     payload: Mapping[str, JSONValue],

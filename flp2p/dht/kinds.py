@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from flp2p.dht.codec import JSONValue, RecordError, canonical_json
+from flp2p.dht.codec import RecordError
+from flp2p.signatures import JSONValue, canonical_dht_json
 
 _HEX_SHA256_CHARS = 64
 
@@ -110,7 +111,7 @@ class Genesis:
     @property
     def federation_id(self) -> str:
         """Hex SHA-256 of the canonical genesis: self-certifying, hence unforgeable."""
-        return hashlib.sha256(canonical_json(self.to_payload())).hexdigest()
+        return hashlib.sha256(canonical_dht_json(self.to_payload())).hexdigest()
 
     @property
     def subject(self) -> str:

@@ -10,6 +10,14 @@ set and started through :meth:`ValidatingProtocol.spawn`, so :meth:`close` can c
 and await them all; rpcudp starts its own with ``ensure_future`` and forgets them,
 which left tasks running after a node stopped and logged "Task exception was never
 retrieved" for every malformed datagram.
+
+A *client-only* protocol (``client_only=True``) is for a peer that others cannot
+reach, e.g. behind NAT: it sends requests and reads the answers, but names itself
+with :data:`CLIENT_ONLY_SENDER` instead of its id, so no receiver adds it to its
+routing table (it would hand the address out to lookups that then wait for it in
+vain), and it ignores requests. As hivemind's ``client_mode``: the node queries and
+publishes through others and holds no records. Every protocol, client or not,
+serves client-only askers without adding them.
 """
 
 from __future__ import annotations
@@ -48,6 +56,13 @@ STALL_FLOOR_S = 0.01
 """Lowest adaptive stall timeout (the RTO's clock-granularity term, RFC 6298)."""
 RPC_HEADER_BYTES = 21
 """rpcudp datagrams: one type byte, a 20-byte message id, then msgpack."""
+CLIENT_ONLY_SENDER = b""
+"""Sender id of a client-only node's requests: "do not add me as a contact".
+
+Real ids are 20 bytes, so it cannot be mistaken for one. Stock kademlia cannot
+build a contact from it and drops the request: a client-only node needs peers that
+run this protocol.
+"""
 T = TypeVar("T")
 GenesisFetcher = Callable[[str], Awaitable[object]]
 """Fetches (and thereby caches in the validator) the genesis of a federation id."""
@@ -67,6 +82,8 @@ class ValidatingProtocol(KademliaProtocol):
     rpc_timeout : float
         Seconds to wait for an answer. Stock rpcudp waits 5 s; a dead contact then
         stalls a lookup round for that long, and is only evicted after it timed out.
+    client_only : bool
+        Never become anyone's contact and serve nothing (see the module notes).
     """
 
     def __init__(
@@ -75,10 +92,13 @@ class ValidatingProtocol(KademliaProtocol):
         storage: ValidatingStorage,
         ksize: int,
         rpc_timeout: float,
+        *,
+        client_only: bool = False,
     ) -> None:
         super().__init__(source_node, storage, ksize)
         self._wait_timeout = rpc_timeout
-        self.router = XorRoutingTable(self, ksize, source_node)
+        self.client_only = client_only
+        self.router = XorRoutingTable(ksize, source_node)
         self.fetch_genesis: GenesisFetcher | None = None
         # asyncio keeps only weak references to tasks; hold them until done, and
         # until close() cancels them.
@@ -152,6 +172,9 @@ class ValidatingProtocol(KademliaProtocol):
             log.info("dropping runt datagram from %s:%s", *address)
             return
         msg_id = datagram[1:RPC_HEADER_BYTES]
+        if self.client_only and datagram[:1] == b"\x00":
+            log.debug("client-only node ignores a request from %s:%s", *address)
+            return
         try:
             data = umsgpack.unpackb(datagram[RPC_HEADER_BYTES:])
             if datagram[:1] == b"\x00":
@@ -222,13 +245,92 @@ class ValidatingProtocol(KademliaProtocol):
         """Whether ``node`` stalled a lookup and has been silent since."""
         return (node.ip, node.port) in self._suspects
 
+    # -- who this node says it is, and whom it welcomes ---------------------------
+
+    @property
+    def sender_id(self) -> bytes:
+        """The id this node puts in its requests (:data:`CLIENT_ONLY_SENDER` if so)."""
+        return CLIENT_ONLY_SENDER if self.client_only else self.source_node.id
+
+    async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> Any:
+        """As kademlia, naming this node by :attr:`sender_id`."""
+        address = (node_to_ask.ip, node_to_ask.port)
+        result = await self.find_node(address, self.sender_id, node_to_find.id)
+        return self.handle_call_response(result, node_to_ask)
+
+    async def call_find_value(self, node_to_ask: Node, node_to_find: Node) -> Any:
+        """As kademlia, naming this node by :attr:`sender_id`."""
+        address = (node_to_ask.ip, node_to_ask.port)
+        result = await self.find_value(address, self.sender_id, node_to_find.id)
+        return self.handle_call_response(result, node_to_ask)
+
+    async def call_ping(self, node_to_ask: Node) -> Any:
+        """As kademlia, naming this node by :attr:`sender_id`."""
+        address = (node_to_ask.ip, node_to_ask.port)
+        result = await self.ping(address, self.sender_id)
+        return self.handle_call_response(result, node_to_ask)
+
+    async def call_store(self, node_to_ask: Node, key: bytes, value: object) -> Any:
+        """As kademlia, naming this node by :attr:`sender_id`."""
+        address = (node_to_ask.ip, node_to_ask.port)
+        result = await self.store(address, self.sender_id, key, value)
+        return self.handle_call_response(result, node_to_ask)
+
+    def _welcome_asker(self, sender: tuple[str, int], nodeid: object) -> Node | None:
+        """The asker as a contact (welcomed if new); ``None`` for a client-only one.
+
+        Raises
+        ------
+        ValueError
+            If ``nodeid`` is neither a 160-bit id nor :data:`CLIENT_ONLY_SENDER`
+            (the datagram is then dropped unanswered, as before).
+        """
+        if nodeid == CLIENT_ONLY_SENDER:
+            return None
+        if not _is_kademlia_id(nodeid):
+            raise ValueError(f"malformed sender id {nodeid!r}")
+        asker = Node(nodeid, sender[0], sender[1])
+        self.welcome_if_new(asker)
+        return asker
+
+    def rpc_ping(self, sender: tuple[str, int], nodeid: bytes) -> bytes:
+        """Answer with this node's id (the asker learns whom it reached)."""
+        self._welcome_asker(sender, nodeid)
+        return bytes(self.source_node.id)
+
+    def rpc_find_node(
+        self, sender: tuple[str, int], nodeid: bytes, key: bytes
+    ) -> list[tuple[bytes, str, int]]:
+        """The k contacts closest to ``key`` (never the asker itself)."""
+        asker = self._welcome_asker(sender, nodeid)
+        return self._neighbors(key, asker)
+
+    def rpc_find_value(
+        self, sender: tuple[str, int], nodeid: bytes, key: bytes
+    ) -> dict[str, bytes] | list[tuple[bytes, str, int]]:
+        """The value stored at ``key``, else the k contacts closest to it."""
+        asker = self._welcome_asker(sender, nodeid)
+        value = self.storage.get(key, None)
+        if value is None:
+            return self._neighbors(key, asker)
+        return {"value": value}
+
+    def _neighbors(
+        self, key: bytes, asker: Node | None
+    ) -> list[tuple[bytes, str, int]]:
+        neighbors = self.router.find_neighbors(Node(key), exclude=asker)
+        return [tuple(contact) for contact in neighbors]
+
     async def rpc_store(
         self, sender: tuple[str, int], nodeid: bytes, key: bytes, value: object
     ) -> bool:
         """Store ``value`` if valid and newer; return whether it was stored."""
-        if not (_is_kademlia_id(nodeid) and _is_kademlia_id(key)):
+        if not (
+            (nodeid == CLIENT_ONLY_SENDER or _is_kademlia_id(nodeid))
+            and _is_kademlia_id(key)
+        ):
             return False
-        self.welcome_if_new(Node(nodeid, sender[0], sender[1]))
+        self._welcome_asker(sender, nodeid)
         reason = self.storage.offer(key, value)
         if isinstance(reason, UnknownFederation) and self.fetch_genesis is not None:
             # A lease can only be judged against its genesis: fetch it, then retry.
@@ -260,7 +362,10 @@ class ValidatingProtocol(KademliaProtocol):
         for key, value in self.storage:
             if self._should_hand_over(node.long_id, key, contacts):
                 self.spawn(self.call_store(node, key, value))
-        self.router.add_contact(node)
+        stale = self.router.add_contact(node)
+        if stale is not None:
+            # Paper §2.2: a full bucket keeps its head while the head answers.
+            self.spawn(self.call_ping(stale))
 
     def _should_hand_over(self, newcomer: int, key: bytes, contacts: list[int]) -> bool:
         target = int.from_bytes(key, "big")
@@ -308,7 +413,7 @@ class ValidatingProtocol(KademliaProtocol):
             async with slots:
                 for _ in range(attempts):
                     answered, _ = await self.ping(
-                        (contact.ip, contact.port), self.source_node.id
+                        (contact.ip, contact.port), self.sender_id
                     )
                     if answered:
                         return True

@@ -60,6 +60,9 @@ class RecordServer(Server):
     stall_timeout : float, optional
         Seconds after which a lookup stops waiting for a request and asks the next
         closest contact instead (default: ``STALL_FRACTION * rpc_timeout``).
+    client_only : bool
+        Join as a client: look up and publish through others, never become their
+        contact, serve and hold nothing (:class:`ValidatingProtocol`).
     """
 
     protocol_class = ValidatingProtocol
@@ -74,6 +77,7 @@ class RecordServer(Server):
         alpha: int = 3,
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
         stall_timeout: float | None = None,
+        client_only: bool = False,
     ) -> None:
         if stall_timeout is None:
             stall_timeout = STALL_FRACTION * rpc_timeout
@@ -89,6 +93,7 @@ class RecordServer(Server):
         self.validator = validator
         self.rpc_timeout = rpc_timeout
         self.stall_timeout = stall_timeout
+        self.client_only = client_only
         self.value_quorum = DEFAULT_QUORUM
         """Valid answers a get collects before it settles on the newest."""
         self.last_lookup: LookupStats | None = None
@@ -100,7 +105,11 @@ class RecordServer(Server):
 
     def _create_protocol(self) -> ValidatingProtocol:
         protocol = ValidatingProtocol(
-            self.node, self.storage, self.ksize, rpc_timeout=self.rpc_timeout
+            self.node,
+            self.storage,
+            self.ksize,
+            rpc_timeout=self.rpc_timeout,
+            client_only=self.client_only,
         )
         protocol.fetch_genesis = self._fetch_genesis
         return protocol
@@ -202,15 +211,22 @@ class RecordServer(Server):
         closest = await self.lookup(dht_key).find_nodes()
         accepted = 0
         # Unlike stock kademlia, also hold it while fewer than k peers exist: this
-        # node is then among the k closest whatever its distance.
+        # node is then among the k closest whatever its distance. A client holds
+        # nothing: nobody can ask it.
         farthest = max((n.distance_to(target) for n in closest), default=0)
-        if len(closest) < self.ksize or self.node.distance_to(target) < farthest:
+        is_close = self.node.distance_to(target) < farthest
+        if not self.client_only and (len(closest) < self.ksize or is_close):
             accepted += self.storage.offer(dht_key, raw) is None
         answers = await asyncio.gather(
             *(self.protocol.call_store(n, dht_key, raw) for n in closest)
         )
         accepted += sum(1 for ok, stored in answers if ok and stored is True)
         return accepted
+
+    async def bootstrap_node(self, addr: tuple[str, int]) -> Node | None:
+        """Ping ``addr``; the contact there, or ``None`` if it did not answer."""
+        answered, node_id = await self.protocol.ping(addr, self.protocol.sender_id)
+        return Node(node_id, addr[0], addr[1]) if answered else None
 
     async def bootstrap(self, addrs: list[tuple[str, int]]) -> list[Node]:
         """Ping ``addrs``, then look up this node's own id through those answering.

@@ -6,6 +6,8 @@ the block format and :mod:`flp2p.ledger.rewards` for the reward formula.
 
 from __future__ import annotations
 
+from flp2p.signatures import Signer
+
 from .blocks import Block, BlockKind
 from .errors import (
     BlockFormatError,
@@ -16,7 +18,6 @@ from .errors import (
     LedgerNotFoundError,
 )
 from .rewards import Reward, RewardPolicy, contribution_quality, round_rewards
-from .signing import Signer, verify_ed25519
 from .store import Ledger
 
 __all__ = [
@@ -34,5 +35,4 @@ __all__ = [
     "Signer",
     "contribution_quality",
     "round_rewards",
-    "verify_ed25519",
 ]

@@ -22,12 +22,19 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from functools import cached_property
 
+from flp2p.signatures import (
+    LEDGER_BLOCK_DOMAIN,
+    NON_FINITE_NAMES,
+    JSONValue,
+    Signer,
+    canonical_ledger_json,
+    json_float_map,
+    verify_ed25519,
+)
 from strategies.records import Contribution, ReputationState, Tier, Verdict
 
-from .canonical import NON_FINITE_NAMES, JSONValue, canonical_json, json_float_map
 from .errors import BlockFormatError
 from .rewards import Reward
-from .signing import BLOCK_SIGNATURE_DOMAIN, Signer, verify_ed25519
 
 BLOCK_VERSION = 1
 """Version of the block format; a block of another version is refused."""
@@ -222,15 +229,15 @@ class Block:
     @cached_property
     def canonical_body(self) -> bytes:
         """Canonical JSON of :meth:`body` (computed once: blocks are immutable)."""
-        return canonical_json(self.body())
+        return canonical_ledger_json(self.body())
 
     def signing_payload(self) -> bytes:
         """The exact bytes the signer signs: a domain prefix and the canonical body."""
-        return BLOCK_SIGNATURE_DOMAIN + self.canonical_body
+        return LEDGER_BLOCK_DOMAIN + self.canonical_body
 
     def to_bytes(self) -> bytes:
         """Canonical JSON of the whole block, signature included (wire format)."""
-        return canonical_json({**self.body(), "signature": self.signature})
+        return canonical_ledger_json({**self.body(), "signature": self.signature})
 
     @cached_property
     def block_hash(self) -> str:

@@ -18,6 +18,7 @@ from types import TracebackType
 
 import sqlite_utils
 
+from flp2p.signatures import Signer
 from strategies.records import ReputationState, RoundReport, Tier
 
 from .blocks import (
@@ -32,7 +33,6 @@ from .blocks import (
 from .errors import ChainError, FederationMismatchError, LedgerError
 from .rewards import RewardPolicy, round_rewards
 from .schema import connect, create_schema, enable_wal, read_meta
-from .signing import Signer
 from .tables import (
     contribution_sql_rows,
     header_sql_row,

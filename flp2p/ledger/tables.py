@@ -13,8 +13,9 @@ from typing import Any
 
 import sqlite_utils
 
+from flp2p.signatures import canonical_ledger_json
+
 from .blocks import Block, Row
-from .canonical import canonical_json
 from .errors import BlockFormatError, ChainError
 
 SqlRow = dict[str, Any]
@@ -38,7 +39,7 @@ def header_sql_row(block: Block) -> SqlRow:
         "aggregate_sha256": block.aggregate_sha256,
         "created_at": block.created_at,
         "signer": block.signer,
-        "allowed_signers": canonical_json(list(block.allowed_signers)).decode(),
+        "allowed_signers": canonical_ledger_json(list(block.allowed_signers)).decode(),
         "block_hash": block.block_hash,
         "signature": block.signature,
     }
@@ -52,8 +53,8 @@ def contribution_sql_rows(block: Block) -> list[SqlRow]:
             "position": position,
             **row,
             "node_id": str(row["node_id"]),
-            "scores": canonical_json(row["scores"]).decode(),
-            "metrics": canonical_json(row["metrics"]).decode(),
+            "scores": canonical_ledger_json(row["scores"]).decode(),
+            "metrics": canonical_ledger_json(row["metrics"]).decode(),
         }
         for position, row in enumerate(block.contributions)
     ]

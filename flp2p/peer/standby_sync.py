@@ -28,7 +28,7 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from flp2p.identity import Identity, node_id_of, verify
+from flp2p.identity import Identity, node_id_of
 from flp2p.ledger import LedgerError
 from flp2p.ledger_broadcast import sync_replica
 from flp2p.peer.checkpoints import (
@@ -38,6 +38,7 @@ from flp2p.peer.checkpoints import (
     decode_arrays,
     encode_arrays,
 )
+from flp2p.signatures import checkpoint_message, verify_ed25519
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,6 @@ MAX_CHECKPOINT_BYTES = 256 * 1024 * 1024
 MAX_HEADER_BYTES = 4096
 RECEIVE_TIMEOUT = 30.0
 """Seconds a sender may take to deliver one checkpoint (bounds a stalled peer)."""
-
-
-def checkpoint_message(federation: str, server_round: int, digest: str) -> bytes:
-    """The exact bytes the lease holder signs for one pushed checkpoint."""
-    return f"flp2p/checkpoint/v1\n{federation}\n{server_round}\n{digest}".encode()
 
 
 def checkpoint_header(
@@ -96,7 +92,7 @@ def check_pushed(
         raise CheckpointError("malformed signer key") from None
     if not may_sign(signer):
         raise CheckpointError(f"signer {signer[:12]}… may not push checkpoints")
-    if not verify(
+    if not verify_ed25519(
         public_key, signature, checkpoint_message(federation, server_round, digest)
     ):
         raise CheckpointError("bad signature")
