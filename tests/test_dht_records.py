@@ -90,7 +90,7 @@ def test_max_record_fits_one_kademlia_store_request() -> None:
         return len(umsgpack.packb(["store", (*ids, b"\x00" * size)])) <= 8192
 
     largest = max(n for n in range(8000, 8200) if fits(n))
-    assert largest == 8137  # the figure in LIBRARY-NOTES.md
+    assert largest == 8137  # the figure in docs/library-notes.md
     assert fits(MAX_RECORD_BYTES)
 
 

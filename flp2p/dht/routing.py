@@ -3,7 +3,7 @@
 kademlia 2.2.3's ``RoutingTable.find_neighbors`` walks buckets outward from the
 target's bucket and stops after k contacts, which are then sorted: the result is the
 first k found, not the k closest (3,582 of 4,000 checks differed; 2–6 % of gets missed
-at 200 nodes, see /work/shared/LIBRARY-NOTES.md). Maymounkov & Mazières (2002, §2.3)
+at 200 nodes, see docs/library-notes.md). Maymounkov & Mazières (2002, §2.3)
 define the lookup start set as the k closest known contacts; we compute exactly that.
 
 Two more changes. A contact waiting in a full bucket's replacement list counted as
