@@ -43,6 +43,18 @@ def test_every_contender_is_scored_under_every_attack(small: Results) -> None:
     assert table["Mean [flp2p]"][attack] == error
 
 
+def test_the_clean_cost_is_shown_but_not_part_of_the_worst_case() -> None:
+    config = BenchmarkConfig(
+        clients=8, byzantine=(2,), width=20, rounds=1, attacks=("none", "sign_flip")
+    )
+    results = run_benchmark(config)
+    table = results.errors[2]
+    assert table["Mean [flp2p]"]["none"] < 1e-12  # the mean of all n, exactly
+    assert table["Krum [flp2p]"]["none"] > 0.0  # one update is not the mean
+    for name in table:
+        assert results.worst(2, name) == ("sign_flip", table[name]["sign_flip"])
+
+
 def test_nnm_then_median_beats_the_mean_where_the_mean_breaks(small: Results) -> None:
     table = small.errors[3]
     # Both attacks leave every honest row's n − f nearest neighbours honest.
@@ -74,10 +86,15 @@ def test_a_sybil_wave_is_absent_before_it_joins_and_only_then_scored() -> None:
     assert [r.attacked for r in rounds] == [False, False, True, True]
     assert [len(r.identities) for r in rounds] == [7, 7, 10, 10]
     assert all(name.startswith("sybil-") for name in rounds[3].identities[:3])
-    # Honest rows and the honest mean do not depend on the attack.
+    # Honest rows and the honest mean do not depend on the attack ...
+    flipped = attacked_rounds(build_attack({"name": "sign_flip"}), config, 3)
+    for attacked, other in zip(rounds, flipped, strict=True):
+        np.testing.assert_array_equal(attacked.honest_mean, other.honest_mean)
+        np.testing.assert_array_equal(attacked.rows[-7:], other.rows[-7:])
+    # ... and with no attack the would-be attackers count as honest.
     clean = attacked_rounds(build_attack({"name": "none"}), config, 3)
-    for attacked, honest in zip(rounds, clean, strict=True):
-        np.testing.assert_array_equal(attacked.honest_mean, honest.honest_mean)
+    assert all(r.attacked for r in clean)
+    np.testing.assert_allclose(clean[0].honest_mean, clean[0].rows.mean(axis=0))
 
 
 def test_results_are_written_and_rendered(small: Results, tmp_path: Path) -> None:
