@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_attacks import delta_of, train_reply
 
 from flp2p.attacks import (
     ATTACKS,
@@ -21,6 +22,7 @@ from flp2p.attacks import (
     SybilWave,
     build_attack,
     gamma_search,
+    malicious_partitions,
     perturbation_direction,
 )
 from flp2p.config import RunSettings, compose
@@ -236,3 +238,20 @@ def test_new_attacks_are_registered_and_configurable(name: str) -> None:
     assert attack.name == name
     out = attack.poison_update(context_for(BENIGN[0], BENIGN, server_round=10))
     assert out.shape == BENIGN[0].shape and np.isfinite(out).all()
+
+
+def test_colluding_clients_agree_on_the_crafted_update_and_differ_by_their_noise() -> (
+    None
+):
+    # Through the ClientApp (digits, 5 clients, 2 attackers): same γ, own noise.
+    base = ["dataset=digits", "clients=5", "rounds=1", "attack.fraction=0.4"]
+    silent = RunSettings.from_config(compose([*base, "attack=minmax"]))
+    noisy = RunSettings.from_config(compose([*base, "attack=minmax", "attack.noise=1"]))
+    first, second = sorted(malicious_partitions(5, 0.4, silent.seed))
+    msg, a = train_reply(silent, first)
+    _, b = train_reply(silent, second)
+    np.testing.assert_array_equal(delta_of(msg, a), delta_of(msg, b))
+    _, c = train_reply(noisy, first)
+    _, d = train_reply(noisy, second)
+    assert np.isfinite(delta_of(msg, c)).all()
+    assert not np.allclose(delta_of(msg, c), delta_of(msg, d))
