@@ -307,7 +307,9 @@ class PreAggregated:
     Rows of weight zero are dropped first (they do not take part, so they must not
     be mixed into anyone's neighbourhood or bucket); the rest are pre-aggregated
     with their weights, and the result goes to the rule with the weights the
-    pre-aggregator returns when the rule supports weights, else uniformly (as
+    pre-aggregator returns (uniform ones without input weights, except for
+    :class:`Bucketing`'s partial last bucket) when the rule supports weights, else
+    uniformly (as
     :class:`strategies.trusted.TrustedFedAvg` hands accepted rows to an unweighted
     rule).
 
@@ -335,7 +337,8 @@ class PreAggregated:
             mixed, mixed_weights = self.preaggregator(matrix, alphas)
         else:
             mixed, mixed_weights = self.preaggregator(matrix)
-        if self.rule.supports_weights and weights is not None:
+        if self.rule.supports_weights:
+            # Even without input weights: a partial last bucket weighs less.
             return self.rule(mixed, mixed_weights)
         return self.rule(mixed)
 

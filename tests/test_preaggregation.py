@@ -219,6 +219,15 @@ def test_compose_runs_the_rule_on_the_preaggregated_batch() -> None:
     np.testing.assert_allclose(weighted(rows, weights), alphas @ clipped)
 
 
+def test_compose_hands_bucket_weights_to_weighted_rules() -> None:
+    rows = np.arange(10, dtype=np.float64).reshape(5, 2) ** 2
+    # Buckets of 2, 2 and 1: only their masses make the mean of means the mean.
+    composed = compose(Bucketing(size=2, seed=3), Mean())
+    np.testing.assert_allclose(composed(rows), rows.mean(axis=0))
+    means = Bucketing(size=2, seed=3)(rows)[0]
+    assert not np.allclose(means.mean(axis=0), rows.mean(axis=0))
+
+
 def test_compose_drops_zero_weight_rows_before_mixing() -> None:
     rows = np.array([[0.0], [1.0], [2.0], [3.0], [1e9]])
     composed = compose(NearestNeighbourMixing(1), CoordinateMedian())
