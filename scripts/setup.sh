@@ -33,4 +33,12 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 echo "setup: installing flp2p and its dependencies" >&2
 .venv/bin/python -m pip install -q -e ".[dev]"
+# ByzFL's aggregators (numpy/scipy/torch) are the benchmarks' reference rules. Its
+# package requires torchvision, whose wheel here is a CUDA build that cannot import
+# beside a CPU torch, so install ByzFL alone; benchmarks/robust_updates.py imports
+# only byzfl.aggregators.
+if ! .venv/bin/python -c "import importlib.util as u; exit(u.find_spec('byzfl') is None)"; then
+  echo "setup: installing byzfl (benchmark reference rules, without torchvision)" >&2
+  .venv/bin/python -m pip install -q --no-deps "byzfl==0.0.11"
+fi
 echo "setup: done (.venv ready)" >&2
