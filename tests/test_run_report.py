@@ -212,3 +212,17 @@ def test_the_default_run_is_flp2ps_and_says_what_it_judged(
     assert "accepted" in err and "rejected" in err and "ε" not in err
     assert f"flp2p leaderboard --db {tmp_path / 'ledger.db'}" in err
     assert "top 5 peers by tokens" in err
+
+
+def test_sweep_results_carry_epsilon(tmp_path: Path) -> None:
+    from flp2p.sweep import collect_sweep, write_results
+
+    for job, extra in (("0", {}), ("1", {"epsilon": 2.5, "epsilon_median": 1.5})):
+        (tmp_path / job).mkdir()
+        summary = {"status": "completed", "final_accuracy": 0.5, **extra}
+        (tmp_path / job / "summary.json").write_text(json.dumps(summary))
+    rows = read_rows(write_results(tmp_path, collect_sweep(tmp_path)))
+    assert [(r["epsilon"], r["epsilon_median"]) for r in rows] == [
+        ("", ""),
+        ("2.5", "1.5"),
+    ]
