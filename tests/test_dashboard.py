@@ -110,6 +110,40 @@ def test_snapshot_reports_a_broken_chain(tmp_path: Path) -> None:
     assert "1" in snapshot.chain.detail
 
 
+def test_figures_plot_epsilon_and_tiers_from_the_snapshot(tmp_path: Path) -> None:
+    from flp2p.dashboard.figures import epsilon_figure, tier_figure, verdicts_figure
+
+    db = tmp_path / "ledger.db"
+    _ledger(db, [1, 2])
+    (tmp_path / "metrics.csv").write_text(
+        "round,accuracy,loss,seconds,epsilon,epsilon_median,delta\n"
+        "0,0.1,2.3,0.0,,,\n1,0.5,1.2,1.0,0.8,0.6,1e-05\n2,0.7,0.9,2.0,1.1,0.9,1e-05\n"
+    )
+    snapshot = read_snapshot(db, tmp_path)
+    traces = {trace.name: trace for trace in epsilon_figure(snapshot).data}
+    assert list(traces["ε (max)"].y) == [0.8, 1.1]
+    assert list(traces["ε (median)"].x) == [1, 2]
+    rejected = next(t for t in verdicts_figure(snapshot).data if t.name == "rejected")
+    assert list(rejected.y) == [1, 1]
+    (heatmap,) = tier_figure(snapshot).data
+    row = list(heatmap.y).index("peer-003")
+    assert list(heatmap.z[row]) == [0, 0]  # bronze after both rounds
+    assert list(heatmap.z[0]) == [1, 1]  # peer-000: silver
+
+
+def test_peer_mode_shows_lease_epoch_and_live_peers(tmp_path: Path) -> None:
+    from flp2p.dashboard import PeerView
+    from flp2p.dashboard.page import peer_view_text
+
+    db = tmp_path / "ledger.db"
+    _ledger(db, [1])
+    assert peer_view_text(read_snapshot(db)) == ""  # not in peer mode: no section
+    view = PeerView("a" * 64, epoch=3, live_peers=("b" * 64, "c" * 64))
+    text = peer_view_text(read_snapshot(db, peer_view=lambda: view))
+    assert "lease      aaaaaaaaaaaa (epoch 3)" in text
+    assert "live peers bbbbbbbbbbbb, cccccccccccc" in text
+
+
 def test_cli_dashboard_refuses_a_foreign_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -196,6 +196,26 @@ def test_flowers_fedavg_under_dpsgd_reports_client_epsilon(tmp_path: Path) -> No
     assert "verdicts" not in summary  # Flower's FedAvg judges nothing
 
 
+def test_central_dp_epsilon_goes_to_metrics_csv_as_well(tmp_path: Path) -> None:
+    settings = RunSettings.from_config(
+        compose(
+            [
+                *FAST,
+                "strategy=screened_fedavg",
+                "privacy=central",
+                "output.progress=false",
+            ]
+        )
+    )
+    summary = simulate(settings, tmp_path)
+    rows = read_rows(tmp_path / "metrics.csv")
+    assert tuple(rows[0]) == (*METRICS_COLUMNS, *PRIVACY_COLUMNS["central"])
+    epsilon = [float(r["epsilon"]) for r in rows]
+    assert epsilon[0] == 0.0 < epsilon[1] < epsilon[2]  # one accountant step a round
+    assert summary["epsilon"] == pytest.approx(epsilon[-1], rel=1e-5)
+    assert "epsilon_median" not in summary  # one ε for the aggregate, not per client
+
+
 def test_the_default_run_is_flp2ps_and_says_what_it_judged(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

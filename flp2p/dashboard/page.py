@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -173,4 +174,6 @@ def create_app(
 
 def serve(app: Dash, host: str, port: int) -> None:
     """Serve ``app`` until interrupted (Flask's threaded server: one local viewer)."""
+    # Werkzeug logs every request, i.e. one line per refresh: keep only problems.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     app.run(host=host, port=port, debug=False)

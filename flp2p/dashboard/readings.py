@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import sqlite3
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import sqlite_utils
@@ -116,8 +116,6 @@ class DashboardSnapshot:
     board: tuple[LeaderboardEntry, ...] = ()
     metrics: tuple[MetricsPoint, ...] = ()
     peer: PeerView | None = None
-    identities: tuple[str, ...] = field(default=())
-    """Every identity in the leaderboard, ranked (for stable colours and tests)."""
 
 
 def open_read_only(path: Path) -> Ledger:
@@ -165,8 +163,8 @@ ORDER BY s.height, s.identity
 """
 
 
-def read_ledger(ledger: Ledger) -> dict[str, object]:
-    """The ledger's part of a snapshot, in one read transaction."""
+def read_ledger(ledger: Ledger, snapshot: DashboardSnapshot) -> DashboardSnapshot:
+    """``snapshot`` with the ledger's part filled in, read in one transaction."""
     db = ledger.db
     db.conn.execute("BEGIN")
     try:
@@ -193,16 +191,16 @@ def read_ledger(ledger: Ledger) -> dict[str, object]:
         chain = ChainCheck(True, f"{ledger.verify()} blocks verified")
     except LedgerError as error:
         chain = ChainCheck(False, " ".join(str(error).split()))
-    return {
-        "status": status,
-        "head_hash": None if head is None else str(head[0]),
-        "chain": chain,
-        "verdicts": verdicts,
-        "judgements": judgements,
-        "reputations": reputations,
-        "board": board,
-        "identities": tuple(entry.identity for entry in board),
-    }
+    return replace(
+        snapshot,
+        status=status,
+        head_hash=None if head is None else str(head[0]),
+        chain=chain,
+        verdicts=verdicts,
+        judgements=judgements,
+        reputations=reputations,
+        board=board,
+    )
 
 
 def read_metrics(run_dir: Path | None) -> tuple[MetricsPoint, ...]:
@@ -243,24 +241,18 @@ def read_snapshot(
     peer_view: PeerViewSource | None = None,
 ) -> DashboardSnapshot:
     """One refresh: ledger, run metrics and (in peer mode) the peer's view."""
-    metrics = read_metrics(run_dir)
-    peer = peer_view() if peer_view is not None else None
+    snapshot = DashboardSnapshot(
+        ledger_path,
+        metrics=read_metrics(run_dir),
+        peer=peer_view() if peer_view is not None else None,
+    )
     try:
         ledger = open_read_only(ledger_path)
     except (LedgerError, sqlite3.DatabaseError) as error:
-        problem = " ".join(str(error).split())
-        return DashboardSnapshot(ledger_path, problem, metrics=metrics, peer=peer)
+        return replace(snapshot, problem=" ".join(str(error).split()))
     try:
-        parts = read_ledger(ledger)
+        return read_ledger(ledger, snapshot)
     except sqlite3.DatabaseError as error:
-        problem = f"{ledger_path} could not be read ({error})"
-        return DashboardSnapshot(ledger_path, problem, metrics=metrics, peer=peer)
+        return replace(snapshot, problem=f"{ledger_path} could not be read ({error})")
     finally:
         ledger.close()
-    return DashboardSnapshot(
-        ledger_path,
-        None,
-        metrics=metrics,
-        peer=peer,
-        **parts,  # type: ignore[arg-type]
-    )
