@@ -196,6 +196,8 @@ class DevTools:
         self._socket = socket
         self._next_id = 0
         self.errors: list[str] = []
+        self.requested: list[str] = []
+        """Every URL the page asked for (to prove nothing comes from a CDN)."""
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
         self._next_id += 1
@@ -224,6 +226,8 @@ class DevTools:
             self.errors.append(json.dumps(params["exceptionDetails"])[:500])
         elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
             self.errors.append(params["entry"]["text"])
+        elif method == "Network.requestWillBeSent":
+            self.requested.append(params["request"]["url"])
 
     def text(self) -> str:
         result = self.call(
@@ -277,7 +281,7 @@ def test_page_in_headless_chromium_shows_peers_and_follows_the_ledger(
         _wait_http(page_url, timeout=20)
         with connect(page["webSocketDebuggerUrl"], max_size=None) as socket:
             tools = DevTools(socket)
-            for domain in ("Runtime", "Log", "Page"):
+            for domain in ("Runtime", "Log", "Page", "Network"):
                 tools.call(f"{domain}.enable")
             tools.call("Page.navigate", url=page_url)
             text = tools.wait_for_text(r"peer-003", timeout=15)
@@ -294,3 +298,6 @@ def test_page_in_headless_chromium_shows_peers_and_follows_the_ledger(
             assert "round 3" in text and "chain: ok, 4 blocks verified" in text
             tools.text()  # drain events that arrived meanwhile
             assert tools.errors == []
+            assert any(url.endswith(".js") or ".js?" in url for url in tools.requested)
+            remote = [u for u in tools.requested if "://" in u.split(",")[0]]
+            assert [u for u in remote if not u.startswith(page_url)] == []
