@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import plotly.graph_objects as go
@@ -39,6 +40,12 @@ def _figure(title: str, xaxis: str, yaxis: str) -> go.Figure:
     return figure
 
 
+def _whole_rounds(figure: go.Figure, rounds: list[int]) -> go.Figure:
+    """Round ticks at whole numbers (about ten of them), never 0.5 or 1.5."""
+    figure.update_xaxes(dtick=max(1, math.ceil(max(rounds, default=1) / 10)))
+    return figure
+
+
 def accuracy_figure(snapshot: DashboardSnapshot) -> go.Figure:
     """Central test accuracy per round (from the run's ``metrics.csv``)."""
     figure = _figure("test accuracy", "round", "accuracy (%)")
@@ -51,7 +58,7 @@ def accuracy_figure(snapshot: DashboardSnapshot) -> go.Figure:
             name="accuracy",
         )
     )
-    return figure
+    return _whole_rounds(figure, [p.server_round for p in points])
 
 
 def epsilon_figure(snapshot: DashboardSnapshot) -> go.Figure:
@@ -73,7 +80,7 @@ def epsilon_figure(snapshot: DashboardSnapshot) -> go.Figure:
                     name=name,
                 )
             )
-    return figure
+    return _whole_rounds(figure, [p.server_round for p in snapshot.metrics])
 
 
 def verdicts_figure(snapshot: DashboardSnapshot) -> go.Figure:
@@ -90,7 +97,7 @@ def verdicts_figure(snapshot: DashboardSnapshot) -> go.Figure:
                 marker_color=colour,
             )
         )
-    return figure
+    return _whole_rounds(figure, rounds)
 
 
 def reputation_figure(snapshot: DashboardSnapshot) -> go.Figure:
@@ -113,7 +120,7 @@ def reputation_figure(snapshot: DashboardSnapshot) -> go.Figure:
                 name=short_id(identity),
             )
         )
-    return figure
+    return _whole_rounds(figure, [p.server_round for p in snapshot.reputations])
 
 
 def tier_figure(snapshot: DashboardSnapshot) -> go.Figure:
@@ -148,7 +155,7 @@ def tier_figure(snapshot: DashboardSnapshot) -> go.Figure:
             customdata=[[level.get((i, r), "-") for r in rounds] for i in identities],
         )
     )
-    return figure
+    return _whole_rounds(figure, rounds)
 
 
 def leaderboard_rows(snapshot: DashboardSnapshot) -> list[dict[str, Any]]:
