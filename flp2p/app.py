@@ -68,7 +68,8 @@ from flp2p.models import (
     set_weights,
     train,
 )
-from flp2p.reporting import RunReporter
+from flp2p.reply_tap import ReplyTap
+from flp2p.reporting import PRIVACY_COLUMNS, RunReporter
 from flp2p.signatures import contribution_message
 from strategies.base import ScreenedFedAvg, flatten_arrays, unflatten_vector
 from strategies.records import (
@@ -662,6 +663,8 @@ def _run_strategy(
         show_progress=settings.progress,
         plot=settings.plot,
         live_values=privacy_spent(strategy),
+        privacy_columns=PRIVACY_COLUMNS.get(settings.privacy_name, ()),
+        ledger=ledger,
     )
     reporter.extra_summary.update(
         {
@@ -675,7 +678,9 @@ def _run_strategy(
     )
     with reporter:
         strategy.start(
-            grid=grid,
+            # The tap shows the reporter every reply's metrics (each client's ε),
+            # whatever the strategy makes of them.
+            grid=ReplyTap(grid, reporter.train_replies),
             initial_arrays=arrays_to_record(get_weights(model)),
             num_rounds=settings.rounds,
             train_config=train_config(settings, federation_name(settings)),
@@ -687,7 +692,10 @@ def _run_strategy(
 
 
 def privacy_spent(strategy: Any) -> Callable[[], dict[str, float]] | None:
-    """Reads ε and δ after each round from a strategy with central DP, if any."""
+    """Reads ε and δ after each round from a strategy with central DP, if any.
+
+    Client-side DP-SGD's ε comes from the replies instead (:mod:`flp2p.reply_tap`).
+    """
     if not hasattr(strategy, "epsilon"):
         return None
     return lambda: {"epsilon": strategy.epsilon, "delta": strategy.delta}

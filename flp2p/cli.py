@@ -1,4 +1,4 @@
-"""The ``flp2p`` command line: leaderboard, status and ledger tools.
+"""The ``flp2p`` command line: leaderboard, status, ledger tools and the dashboard.
 
 Every command reads a ledger file given by ``--db`` (default ``$FLP2P_LEDGER`` or
 ``flp2p-ledger.db``) and never creates or changes it. Bad input — a missing file, a
@@ -109,6 +109,27 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_dashboard(args: argparse.Namespace, console: Console) -> int:
+    """Serve the live, read-only web page over the ledger (and the run folder)."""
+    # Imported here: Dash and Plotly take a second to import, the other commands
+    # need neither.
+    from flp2p.dashboard import create_app, serve
+    from flp2p.dashboard.readings import open_read_only
+
+    db = Path(args.db)
+    if db.exists():
+        open_read_only(db).close()  # a foreign or corrupt file fails here, at once
+    else:
+        console.print(f"waiting for {escape(str(db))} to appear (is the run starting?)")
+    run_dir = Path(args.run) if args.run else None
+    if run_dir is not None and not run_dir.is_dir():
+        raise OSError(f"no run folder at {run_dir}")
+    app = create_app(db, run_dir, refresh_ms=int(args.refresh * 1000))
+    console.print(f"flp2p dashboard on http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    serve(app, args.host, args.port)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``flp2p``."""
     db_option = argparse.ArgumentParser(add_help=False)
@@ -152,6 +173,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="write CSV to PATH (stdout when omitted)",
     )
     export.set_defaults(handler=cmd_export)
+
+    dashboard = commands.add_parser(
+        "dashboard", parents=[db_option], help="live read-only web page over a ledger"
+    )
+    dashboard.add_argument(
+        "--run", metavar="RUN_DIR", help="run folder whose metrics.csv to plot"
+    )
+    dashboard.add_argument("--port", type=int, default=8050, help="(default: 8050)")
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)"
+    )
+    dashboard.add_argument(
+        "--refresh",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often the page re-reads the ledger (default: 2)",
+    )
+    dashboard.set_defaults(handler=cmd_dashboard)
     return parser
 
 

@@ -1,8 +1,15 @@
-"""What a run leaves behind: ``metrics.csv``, ``summary.json`` and ``accuracy.png``.
+"""What a run shows and leaves behind: one console line per round, a closing table,
+``metrics.csv``, ``summary.json`` and ``accuracy.png``.
 
 Rows are appended and flushed as each round finishes, so a crash loses at most the
 round in flight; ``summary.json`` is written atomically (temp file + rename) at the end,
 with ``status: failed`` and the error when the run dies.
+
+Each round's line carries the ledger's verdicts for that round (accepted,
+down-weighted, rejected and the commonest reason for a rejection) and, with a privacy
+mode on, ε: for ``privacy=dpsgd`` the maximum and median over the clients' replies
+(each reply reports its client's cumulative ``dp-epsilon``; see
+:mod:`flp2p.reply_tap`), for ``privacy=central`` the aggregate's.
 """
 
 from __future__ import annotations
@@ -10,14 +17,17 @@ from __future__ import annotations
 import csv
 import json
 import os
+import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,11 +36,24 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
+
+from flp2p.ledger import Ledger
+from flp2p.ledger.reports import leaderboard
 
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "accuracy.png"
 METRICS_COLUMNS = ("round", "accuracy", "loss", "seconds")
+PRIVACY_COLUMNS: Mapping[str, tuple[str, ...]] = {
+    "dpsgd": ("epsilon", "epsilon_median", "delta"),
+    "central": ("epsilon", "delta"),
+}
+"""Columns ``metrics.csv`` adds after :data:`METRICS_COLUMNS` per privacy mode."""
+CLIENT_EPSILON_KEY = "dp-epsilon"
+CLIENT_DELTA_KEY = "dp-delta"
+TOP_PEERS = 5
+"""Peers shown in the closing table."""
 
 
 def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
@@ -38,6 +61,82 @@ def write_json_atomic(path: Path, payload: Mapping[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class VerdictCounts:
+    """How many replies of a round (or a run) got each verdict."""
+
+    accepted: int = 0
+    downweighted: int = 0
+    rejected: int = 0
+    top_reason: str | None = None
+    """Commonest reason among the rejected replies (``None`` when none was)."""
+
+    @classmethod
+    def of(cls, judged: Iterable[tuple[str, str]]) -> VerdictCounts:
+        """Count ``(verdict, reason)`` pairs (verdict values of the ledger)."""
+        verdicts: Counter[str] = Counter()
+        reasons: Counter[str] = Counter()
+        for verdict, reason in judged:
+            verdicts[verdict] += 1
+            if verdict == "rejected":
+                reasons[reason or "no reason given"] += 1
+        return cls(
+            accepted=verdicts["accepted"],
+            downweighted=verdicts["downweighted"],
+            rejected=verdicts["rejected"],
+            top_reason=reasons.most_common(1)[0][0] if reasons else None,
+        )
+
+    def __add__(self, other: VerdictCounts) -> VerdictCounts:
+        """Totals (the top reason is per round only, so a sum has none)."""
+        return VerdictCounts(
+            self.accepted + other.accepted,
+            self.downweighted + other.downweighted,
+            self.rejected + other.rejected,
+        )
+
+    def text(self) -> str:
+        """``accepted 3  down-weighted 0  rejected 1 (norm outlier)``."""
+        line = (
+            f"accepted {self.accepted}  down-weighted {self.downweighted}  "
+            f"rejected {self.rejected}"
+        )
+        return line + (f" ({self.top_reason})" if self.top_reason else "")
+
+
+def round_verdicts(ledger: Ledger, server_round: int) -> VerdictCounts | None:
+    """Verdicts of ``server_round`` from the ledger's last block, if it records it.
+
+    The strategy records a round before the server evaluates its model, so when
+    :meth:`RunReporter.round_done` runs, the round's block is the last one.
+    """
+    block = ledger.latest_block()
+    if block is None or block.server_round != server_round:
+        return None
+    return VerdictCounts.of(
+        (str(row["verdict"]), str(row["reason"])) for row in block.contributions
+    )
+
+
+def client_privacy(metrics: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Maximum and median client ε, and δ, over replies reporting ``dp-epsilon``.
+
+    The maximum is the guarantee every client's data enjoys; the median is what a
+    typical client spent (clients with more local steps spend more).
+    """
+    epsilons = [m[CLIENT_EPSILON_KEY] for m in metrics if CLIENT_EPSILON_KEY in m]
+    if not epsilons:
+        return {}
+    deltas = {m[CLIENT_DELTA_KEY] for m in metrics if CLIENT_DELTA_KEY in m}
+    values = {
+        "epsilon": max(epsilons),
+        "epsilon_median": float(statistics.median(epsilons)),
+    }
+    if deltas:
+        values["delta"] = max(deltas)
+    return values
 
 
 @dataclass
@@ -68,7 +167,12 @@ class RunReporter:
     rows: list[RoundRow] = field(default_factory=list)
     extra_summary: dict[str, Any] = field(default_factory=dict)
     live_values: Callable[[], Mapping[str, float]] | None = None
-    """Read after each round, shown on its line and kept in the summary (e.g. ε)."""
+    """Read after each round, shown on its line and kept in the summary (central ε)."""
+    privacy_columns: tuple[str, ...] = ()
+    """Privacy values ``metrics.csv`` records per round (:data:`PRIVACY_COLUMNS`)."""
+    ledger: Ledger | None = None
+    """The run's ledger: each round's verdicts, and the closing leaderboard."""
+    verdict_totals: VerdictCounts = field(default_factory=VerdictCounts)
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -76,8 +180,9 @@ class RunReporter:
         self._start = time.perf_counter()
         self._progress: Progress | None = None
         self._task: Any = None
+        self._client_privacy: dict[int, dict[str, float]] = {}
         with (self.output_dir / METRICS_FILE).open("w", newline="") as stream:
-            csv.writer(stream).writerow(METRICS_COLUMNS)
+            csv.writer(stream).writerow((*METRICS_COLUMNS, *self.privacy_columns))
 
     def __enter__(self) -> RunReporter:
         self._start = time.perf_counter()
@@ -104,24 +209,42 @@ class RunReporter:
         """Seconds since the run started."""
         return time.perf_counter() - self._start
 
+    def train_replies(
+        self, server_round: int, metrics: Sequence[Mapping[str, float]]
+    ) -> None:
+        """Take in one round's training-reply metrics (a :class:`ReplyTap` observer)."""
+        values = client_privacy(metrics)
+        if values:
+            self._client_privacy[server_round] = values
+
     def round_done(self, server_round: int, accuracy: float, loss: float) -> None:
         """Append one round's central metrics to the CSV and the display."""
         row = RoundRow(server_round, accuracy, loss, round(self.elapsed, 3))
         self.rows.append(row)
+        values: dict[str, float] = {}
+        if self.live_values is not None:
+            values.update(self.live_values())
+        values.update(self._client_privacy.pop(server_round, {}))
+        self.extra_summary.update(values)
+        verdicts = None
+        if self.ledger is not None and server_round > 0:
+            verdicts = round_verdicts(self.ledger, server_round)
+        if verdicts is not None:
+            self.verdict_totals += verdicts
         with (self.output_dir / METRICS_FILE).open("a", newline="") as stream:
             csv.writer(stream).writerow(
                 [row.round, f"{row.accuracy:.6f}", f"{row.loss:.6f}", row.seconds]
+                + [_csv_value(values.get(column)) for column in self.privacy_columns]
             )
         line = (
             f"round {server_round:>3}/{self.rounds}  accuracy {accuracy:6.2%}  "
             f"loss {loss:.4f}  ({row.seconds:.1f} s)"
         )
-        if self.live_values is not None:
-            values = dict(self.live_values())
-            self.extra_summary.update(values)
-            line += "".join(f"  {name} {value:.4g}" for name, value in values.items())
+        if verdicts is not None:
+            line += f"  {escape(verdicts.text())}"
+        line += _epsilon_text(values)
         if self._progress is not None:
-            self._progress.console.print(line)
+            self._progress.console.print(line, soft_wrap=True)
             self._progress.update(
                 self._task,
                 completed=server_round,
@@ -142,6 +265,13 @@ class RunReporter:
             "seconds": round(self.elapsed, 3),
             **self.extra_summary,
         }
+        if self.ledger is not None:
+            totals = self.verdict_totals
+            payload["verdicts"] = {
+                "accepted": totals.accepted,
+                "downweighted": totals.downweighted,
+                "rejected": totals.rejected,
+            }
         if error is not None:
             payload["error"] = error
         return payload
@@ -154,11 +284,94 @@ class RunReporter:
     ) -> None:
         if self._progress is not None:
             self._progress.stop()
+            if exc is None:
+                self.console.print(self.closing_report())
+                commands = self.further_commands()
+                if commands:
+                    self.console.print("look further:")
+                for command in commands:
+                    # Unwrapped and unstyled, so it copies and pastes as one line.
+                    self.console.print(f"  {command}", soft_wrap=True, markup=False)
         status = "completed" if exc is None else "failed"
         error = None if exc is None else f"{type(exc).__name__}: {exc}"
         write_json_atomic(self.output_dir / SUMMARY_FILE, self.summary(status, error))
         if self.plot and self.rows:
             plot_accuracy(self.rows, self.output_dir / PLOT_FILE, self.title)
+
+    def closing_report(self) -> Group:
+        """The short table printed at the end, and where to look further."""
+        summary = self.summary("completed")
+        table = Table(title=escape(self.title), show_header=False)
+        table.add_column("", style="bold")
+        table.add_column("")
+        final, best = summary["final_accuracy"], summary["best_accuracy"]
+        table.add_row(
+            "final accuracy",
+            "-" if final is None else f"{final:.2%} (best {best:.2%})",
+        )
+        table.add_row("rounds", f"{summary['rounds_completed']}/{self.rounds}")
+        if "epsilon" in summary:
+            text = f"{summary['epsilon']:.3g}"
+            if "epsilon_median" in summary:
+                text += f" (clients' max; median {summary['epsilon_median']:.3g})"
+            if "delta" in summary:
+                text += f" at δ = {summary['delta']:.0e}"
+            table.add_row("ε", text)
+        parts: list[Any] = [table]
+        if self.ledger is not None:
+            table.add_row("verdicts", escape(self.verdict_totals.text()))
+            parts.append(self._top_peers())
+        return Group(*parts)
+
+    def further_commands(self) -> list[str]:
+        """The commands that show more of this run's ledger (none without one)."""
+        if self.ledger is None:
+            return []
+        db = self._shown_path(self.ledger.path)
+        run = self._shown_path(self.output_dir)
+        return [
+            f"flp2p leaderboard --db {db}",
+            f"flp2p dashboard --db {db} --run {run}",
+        ]
+
+    def _top_peers(self) -> Table:
+        assert self.ledger is not None
+        table = Table(title=f"top {TOP_PEERS} peers by tokens")
+        table.add_column("rank", justify="right")
+        table.add_column("peer")
+        table.add_column("tier")
+        for numeric in ("reputation", "tokens", "accepted/rejected"):
+            table.add_column(numeric, justify="right")
+        for entry in leaderboard(self.ledger)[:TOP_PEERS]:
+            table.add_row(
+                str(entry.rank),
+                escape(entry.identity[:12]),
+                entry.tier,
+                "-" if entry.reputation is None else f"{entry.reputation:.3f}",
+                f"{entry.tokens:.2f}",
+                f"{entry.accepted}/{entry.rejected}",
+            )
+        return table
+
+    def _shown_path(self, path: Path) -> str:
+        """``path`` relative to the working directory when it lies under it."""
+        try:
+            return str(path.resolve().relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)
+
+
+def _csv_value(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def _epsilon_text(values: Mapping[str, float]) -> str:
+    if "epsilon" not in values:
+        return ""
+    text = f"  ε {values['epsilon']:.3g}"
+    if "epsilon_median" in values:
+        text += f" (median {values['epsilon_median']:.3g})"
+    return text
 
 
 def plot_accuracy(rows: list[RoundRow], path: Path, title: str) -> None:

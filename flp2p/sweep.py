@@ -18,8 +18,10 @@ from flp2p.reporting import SUMMARY_FILE
 RESULTS_FILE = "results.csv"
 SUMMARY_COLUMNS = (
     "strategy", "attack", "privacy", "dataset", "clients", "seed", "status",
-    "rounds_completed", "final_accuracy", "best_accuracy", "seconds",
+    "rounds_completed", "final_accuracy", "best_accuracy", "epsilon",
+    "epsilon_median", "seconds",
 )  # fmt: skip
+"""Columns of ``results.csv`` after job and overrides (ε empty without privacy)."""
 
 
 def collect_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -62,16 +64,26 @@ class SweepTable(Callback):
         path = write_results(sweep_dir, rows)
         varying = varying_overrides([row["overrides"].split() for row in rows])
         table = Table(title=f"sweep results ({path})")
-        for column in ("job", *varying, "status", "final accuracy", "time"):
+        private = any(row["epsilon"] is not None for row in rows)
+        for column in ("job", *varying, "status", "final accuracy"):
             table.add_column(column)
+        if private:
+            table.add_column("ε")
+        table.add_column("time")
         for row in rows:
             chosen = dict(o.split("=", 1) for o in row["overrides"].split() if "=" in o)
             accuracy, seconds = row["final_accuracy"], row["seconds"]
+            epsilon = row["epsilon"]
             table.add_row(
                 row["job"],
                 *(chosen.get(key, "") for key in varying),
                 str(row["status"]),
                 "–" if accuracy is None else f"{accuracy:.2%}",
+                *(
+                    []
+                    if not private
+                    else ["–" if epsilon is None else f"{epsilon:.3g}"]
+                ),
                 "–" if seconds is None else f"{seconds:.0f} s",
             )
         Console(stderr=True).print(table)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up flp2p in ./.venv: the Fashion-MNIST data package, a CPU build of torch, and the
-# project with its dev extra. Safe to run again: it only installs what is missing.
+# Set up flp2p in ./.venv: the Fashion-MNIST data package, Debian's chromium (the
+# dashboard's browser test), a CPU build of torch, and the project with its dev extra.
+# Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,18 @@ if [ ! -d "$FMNIST_DIR" ] && [ -z "${FLP2P_FMNIST_DIR:-}" ]; then
   else
     echo "setup: Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist'" \
          "or set FLP2P_FMNIST_DIR to a folder with its IDX files" >&2
+  fi
+fi
+
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian's chromium (for the dashboard's browser test)" >&2
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: chromium missing: the dashboard's browser test will be skipped" \
+         "(run 'sudo apt-get install chromium')" >&2
   fi
 fi
 

@@ -40,7 +40,7 @@ def test_defaults_are_the_documented_federation() -> None:
     settings = RunSettings.from_config(compose([]))
     assert (settings.dataset, settings.clients) == ("fmnist", 20)
     assert (settings.partition_scheme, settings.alpha) == ("dirichlet", 0.5)
-    assert settings.strategy_name == "fedavg"
+    assert settings.strategy_name == "trusted"
 
 
 def test_robust_baselines_get_the_attack_count() -> None:
@@ -60,12 +60,13 @@ def test_robust_baselines_get_the_attack_count() -> None:
         ("partition.scheme=shards", "partition.scheme must be one of"),
         ("fraction_train=1.5", "fraction_train must lie in"),
         ("train.lr=-1", "train.lr must be > 0"),
-        ("+strategy.bogus=1", "takes no argument"),
+        ("strategy=fedavg +strategy.bogus=1", "FedAvg takes no argument.s. bogus"),
+        ("strategy=trusted +strategy.bogus=1", "unexpected keyword argument 'bogus'"),
     ],
 )
 def test_invalid_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        build_strategy(RunSettings.from_config(compose([override])))
+        build_strategy(RunSettings.from_config(compose(override.split())))
 
 
 def test_unknown_group_option_is_named_with_the_choices() -> None:

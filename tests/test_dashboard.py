@@ -1,0 +1,303 @@
+"""``flp2p dashboard``: what it reads (no browser) and the page in headless Chromium.
+
+The browser test drives Debian's ``chromium`` over the DevTools protocol: it loads
+the page once, checks that the peers of the finished rounds appear, appends a block
+to the ledger and waits for the same page (no reload) to show it, and fails on any
+console error, uncaught exception or failed resource load (a CDN the machine cannot
+reach would be one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers_ledger import (
+    FEDERATION,
+    KeySigner,
+    database_dump,
+    make_report,
+    make_reputations,
+    record_rounds,
+)
+from websockets.sync.client import ClientConnection, connect
+
+from flp2p import cli
+from flp2p.dashboard import read_snapshot
+from flp2p.dashboard.figures import leaderboard_rows
+from flp2p.ledger import Ledger
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium")
+
+
+def _ledger(path: Path, rounds: list[int], peers: int = 4) -> None:
+    with Ledger.open(
+        path, federation=FEDERATION, signer=KeySigner(1), create=True
+    ) as ledger:
+        record_rounds(ledger, rounds, peers)
+
+
+def test_snapshot_reads_verdicts_reputation_tokens_and_chain(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    _ledger(db, [1, 2])
+    (tmp_path / "metrics.csv").write_text(
+        "round,accuracy,loss,seconds,epsilon,epsilon_median\n"
+        "0,0.1,2.3,0.0,,\n1,0.5,1.2,1.0,0.8,0.6\n2,0.7,0.9,2.0,1.1,0.9\n3,0.8"
+    )
+    snapshot = read_snapshot(db, tmp_path)
+    assert snapshot.problem is None
+    assert snapshot.chain is not None and snapshot.chain.ok
+    assert snapshot.chain.detail == "3 blocks verified"
+    assert snapshot.status is not None and snapshot.status.last_round == 2
+    assert [(v.server_round, v.accepted, v.rejected) for v in snapshot.verdicts] == [
+        (1, 3, 1),
+        (2, 3, 1),
+    ]
+    assert {(j.server_round, j.identity, j.reason) for j in snapshot.judgements} == {
+        (1, "peer-003", "norm outlier"),
+        (2, "peer-003", "norm outlier"),
+    }
+    assert len(snapshot.reputations) == 8  # 4 peers x 2 rounds
+    assert {p.tier for p in snapshot.reputations if p.identity == "peer-003"} == {
+        "bronze"
+    }
+    rows = leaderboard_rows(snapshot)
+    assert rows[0]["rank"] == 1 and rows[-1]["peer"] == "peer-003"
+    assert float(rows[0]["tokens"]) > float(rows[-1]["tokens"])
+    # The torn last line (a row being written) is skipped, ε kept where present.
+    assert [(p.server_round, p.epsilon) for p in snapshot.metrics] == [
+        (0, None),
+        (1, 0.8),
+        (2, 1.1),
+    ]
+    assert snapshot.metrics[2].epsilon_median == 0.9
+
+
+def test_snapshot_never_writes_and_names_what_is_missing(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    assert "no ledger" in (read_snapshot(db).problem or "")
+    assert not db.exists()
+    _ledger(db, [1])
+    before = database_dump(db)
+    read_snapshot(db)
+    assert database_dump(db) == before
+    foreign = tmp_path / "foreign.db"
+    foreign.write_bytes(b"not a database at all" * 100)
+    assert "not" in (read_snapshot(foreign).problem or "")
+
+
+def test_snapshot_reports_a_broken_chain(tmp_path: Path) -> None:
+    from helpers_ledger import tamper
+
+    db = tmp_path / "ledger.db"
+    _ledger(db, [1, 2])
+    tamper(db, ("UPDATE contributions SET weight = 0.9 WHERE height = 1", ()))
+    snapshot = read_snapshot(db)
+    assert snapshot.chain is not None and not snapshot.chain.ok
+    assert "1" in snapshot.chain.detail
+
+
+def test_figures_plot_epsilon_and_tiers_from_the_snapshot(tmp_path: Path) -> None:
+    from flp2p.dashboard.figures import epsilon_figure, tier_figure, verdicts_figure
+
+    db = tmp_path / "ledger.db"
+    _ledger(db, [1, 2])
+    (tmp_path / "metrics.csv").write_text(
+        "round,accuracy,loss,seconds,epsilon,epsilon_median,delta\n"
+        "0,0.1,2.3,0.0,,,\n1,0.5,1.2,1.0,0.8,0.6,1e-05\n2,0.7,0.9,2.0,1.1,0.9,1e-05\n"
+    )
+    snapshot = read_snapshot(db, tmp_path)
+    traces = {trace.name: trace for trace in epsilon_figure(snapshot).data}
+    assert list(traces["ε (max)"].y) == [0.8, 1.1]
+    assert list(traces["ε (median)"].x) == [1, 2]
+    rejected = next(t for t in verdicts_figure(snapshot).data if t.name == "rejected")
+    assert list(rejected.y) == [1, 1]
+    (heatmap,) = tier_figure(snapshot).data
+    row = list(heatmap.y).index("peer-003")
+    assert list(heatmap.z[row]) == [0, 0]  # bronze after both rounds
+    assert list(heatmap.z[0]) == [1, 1]  # peer-000: silver
+
+
+def test_peer_mode_shows_lease_epoch_and_live_peers(tmp_path: Path) -> None:
+    from flp2p.dashboard import PeerView
+    from flp2p.dashboard.page import peer_view_text
+
+    db = tmp_path / "ledger.db"
+    _ledger(db, [1])
+    assert peer_view_text(read_snapshot(db)) == ""  # not in peer mode: no section
+    view = PeerView("a" * 64, epoch=3, live_peers=("b" * 64, "c" * 64))
+    text = peer_view_text(read_snapshot(db, peer_view=lambda: view))
+    assert "lease      aaaaaaaaaaaa (epoch 3)" in text
+    assert "live peers bbbbbbbbbbbb, cccccccccccc" in text
+
+
+def test_cli_dashboard_refuses_a_foreign_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    foreign = tmp_path / "foreign.db"
+    foreign.write_bytes(b"x" * 4096)
+    assert cli.main(["dashboard", "--db", str(foreign)]) == cli.EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert err.startswith("flp2p: error:") and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ real browser
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def _process(args: list[str], **kwargs: Any) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(args, text=True, **kwargs)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class DevTools:
+    """The few Chrome DevTools Protocol calls the test needs, over one websocket."""
+
+    def __init__(self, socket: ClientConnection) -> None:
+        self._socket = socket
+        self._next_id = 0
+        self.errors: list[str] = []
+        self.requested: list[str] = []
+        """Every URL the page asked for (to prove nothing comes from a CDN)."""
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self._next_id += 1
+        call_id = self._next_id
+        self._socket.send(
+            json.dumps({"id": call_id, "method": method, "params": params})
+        )
+        while True:
+            message = json.loads(self._socket.recv(timeout=10))
+            if message.get("id") == call_id:
+                assert "error" not in message, message
+                result: dict[str, Any] = message.get("result", {})
+                return result
+            self._note(message)
+
+    def _note(self, event: dict[str, Any]) -> None:
+        """Keep every console error, uncaught exception and failed load."""
+        method, params = event.get("method"), event.get("params", {})
+        if method == "Runtime.consoleAPICalled" and params["type"] == "error":
+            self.errors.append(
+                " ".join(
+                    str(a.get("value", a.get("description"))) for a in params["args"]
+                )
+            )
+        elif method == "Runtime.exceptionThrown":
+            self.errors.append(json.dumps(params["exceptionDetails"])[:500])
+        elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+            self.errors.append(params["entry"]["text"])
+        elif method == "Network.requestWillBeSent":
+            self.requested.append(params["request"]["url"])
+
+    def text(self) -> str:
+        result = self.call(
+            "Runtime.evaluate", expression="document.body.innerText", returnByValue=True
+        )
+        return str(result["result"].get("value", ""))
+
+    def wait_for_text(self, pattern: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.text()
+            if re.search(pattern, text):
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} never appeared; page:\n{text}")
+            time.sleep(0.2)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="needs Debian's chromium (scripts/setup.sh)"
+)
+def test_page_in_headless_chromium_shows_peers_and_follows_the_ledger(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "ledger.db"
+    _ledger(db, [1, 2])
+    (tmp_path / "metrics.csv").write_text(
+        "round,accuracy,loss,seconds\n0,0.1,2.3,0.0\n1,0.5,1.2,1.0\n2,0.7,0.9,2.0\n"
+    )
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    server_args = [sys.executable, "-m", "flp2p.cli", "dashboard", "--db", str(db)]
+    server_args += ["--run", str(tmp_path), "--port", str(port), "--refresh", "0.5"]
+    page_url = f"http://127.0.0.1:{port}/"
+    assert CHROMIUM is not None
+    devtools_port = _free_port()
+    browser_args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu"]
+    browser_args += ["--no-first-run", f"--remote-debugging-port={devtools_port}"]
+    browser_args += [f"--user-data-dir={tmp_path / 'chromium'}", "about:blank"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    with (
+        _process(server_args, env=env, **quiet),
+        _process(browser_args, **quiet),
+    ):
+        targets_url = f"http://127.0.0.1:{devtools_port}/json/list"
+        _wait_http(targets_url, timeout=20)
+        with urllib.request.urlopen(targets_url, timeout=5) as reply:
+            targets = json.load(reply)
+        page = next(t for t in targets if t["type"] == "page")
+        _wait_http(page_url, timeout=20)
+        with connect(page["webSocketDebuggerUrl"], max_size=None) as socket:
+            tools = DevTools(socket)
+            for domain in ("Runtime", "Log", "Page", "Network"):
+                tools.call(f"{domain}.enable")
+            tools.call("Page.navigate", url=page_url)
+            text = tools.wait_for_text(r"peer-003", timeout=15)
+            for peer in ("peer-000", "peer-001", "peer-002", "peer-003"):
+                assert peer in text
+            assert "round 2" in text and "chain: ok, 3 blocks verified" in text
+            assert "norm outlier" in text
+            assert "peer-004" not in text
+
+            with Ledger.open(db, signer=KeySigner(1)) as ledger:
+                report = make_report(3, peers=5)
+                ledger.record_round(report, make_reputations(report))
+            text = tools.wait_for_text(r"peer-004", timeout=10)
+            assert "round 3" in text and "chain: ok, 4 blocks verified" in text
+            tools.text()  # drain events that arrived meanwhile
+            assert tools.errors == []
+            assert any(url.endswith(".js") or ".js?" in url for url in tools.requested)
+            remote = [u for u in tools.requested if "://" in u.split(",")[0]]
+            assert [u for u in remote if not u.startswith(page_url)] == []
