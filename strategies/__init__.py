@@ -13,7 +13,7 @@ from strategies import aggregators
 from strategies.base import AggregationOutcome, ScreenedFedAvg, UpdateBatch
 from strategies.bulyan import Bulyan
 from strategies.centered_clipping import CenteredClipping
-from strategies.central_dp import CentralDP, with_central_dp
+from strategies.central_dp import CentralDP
 from strategies.geometric_median import GeometricMedian
 from strategies.krum import Krum, MultiKrum
 from strategies.median import Median
@@ -54,5 +54,4 @@ __all__ = [
     "UpdateBatch",
     "Verdict",
     "aggregators",
-    "with_central_dp",
 ]

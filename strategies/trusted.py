@@ -27,7 +27,6 @@ stays within 5 × a plain weighted mean.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
 from logging import INFO
 from typing import Unpack
 
@@ -37,7 +36,6 @@ from flwr.supercore import log
 from strategies import aggregators
 from strategies.base import (
     AggregationOutcome,
-    InsufficientReplies,
     ScreenedFedAvg,
     ScreenedFedAvgOptions,
     UpdateBatch,
@@ -50,14 +48,12 @@ from strategies.detectors import (
     UpdateHistory,
 )
 from strategies.records import (
-    Contribution,
     ReputationState,
     ReputationStore,
     RoundReport,
     Verdict,
 )
 from strategies.reputation import (
-    Judgement,
     ReputationBook,
     ReputationPolicy,
     is_banned,
@@ -95,19 +91,6 @@ def example_weights_with_factors(
     raw = np.asarray(num_examples, dtype=np.float64) * factors
     total = float(raw.sum())
     return raw / total if total > 0.0 else raw
-
-
-@dataclass(frozen=True)
-class _PendingRound:
-    """What :meth:`TrustedFedAvg.aggregate_updates` decided, for ``record_round``."""
-
-    server_round: int
-    keys: tuple[tuple[str, str], ...]
-    """(identity, update digest) per row."""
-    verdicts: tuple[Verdict, ...]
-    reasons: tuple[str, ...]
-    scores: tuple[Mapping[str, float], ...]
-    banned: tuple[bool, ...]
 
 
 # pylint: disable=too-many-instance-attributes
@@ -190,7 +173,6 @@ class TrustedFedAvg(ScreenedFedAvg):
         self.history = UpdateHistory(
             max_coordinates=sketch_coordinates, seed=sketch_seed
         )
-        self._pending: _PendingRound | None = None
 
     @property
     def policy(self) -> ReputationPolicy:
@@ -248,16 +230,12 @@ class TrustedFedAvg(ScreenedFedAvg):
             batch.deltas.shape[1],
             server_round,
         )
-        self._pending = _PendingRound(
-            server_round,
-            tuple(zip(batch.identities, batch.digests, strict=True)),
-            verdicts,
-            reasons,
-            screening.scores,
-            tuple(bool(flag) for flag in banned),
-        )
         if not np.any(weights > 0.0):
-            raise InsufficientReplies("every valid reply was rejected or banned")
+            # Every row rejected or banned: nothing to aggregate, every verdict kept.
+            delta = np.zeros(batch.deltas.shape[1])
+            return AggregationOutcome(
+                delta, weights, verdicts, reasons, screening.scores
+            )
         delta, weights = self._aggregate(batch.deltas, weights, context)
         return AggregationOutcome(delta, weights, verdicts, reasons, screening.scores)
 
@@ -285,29 +263,15 @@ class TrustedFedAvg(ScreenedFedAvg):
     # ---------------------------------------------------------------- the ledger
 
     def record_round(self, report: RoundReport) -> None:
-        """Update reputations from this round's verdicts, then hand both on."""
-        pending = self._pending
-        self._pending = None
-        if pending is not None and pending.server_round != report.server_round:
-            pending = None
-        if pending is not None and report.aggregate_sha256 is None:
-            report = _restore_verdicts(report, pending)
+        """Update reputations from the round's report, then hand both on."""
         if not self.use_reputation:
             if self.recorder is not None:
                 self.recorder.record_round(report, [])
             return
-        judgements = (
-            [
-                Judgement(identity, verdict, banned)
-                for (identity, _), verdict, banned in zip(
-                    pending.keys, pending.verdicts, pending.banned, strict=True
-                )
-            ]
-            if pending is not None
-            else []
-        )
         states = self.book.next_states(
-            report.server_round, judgements, report.aggregate_sha256 is not None
+            report.server_round,
+            self.book.judgements(report),
+            report.aggregate_sha256 is not None,
         )
         self.book.commit(report, states, self.recorder)
 
@@ -387,31 +351,3 @@ def _with_bans(
             verdicts[row] = Verdict.REJECTED
             reasons[row] = f"banned until round {state.banned_until}"
     return tuple(verdicts), tuple(reasons)
-
-
-def _restore_verdicts(report: RoundReport, pending: _PendingRound) -> RoundReport:
-    """Put the hook's verdicts back into a report of a round that was not aggregated.
-
-    ``ScreenedFedAvg`` reports every valid row of such a round as accepted with
-    weight 0; when the reason is that this strategy rejected them all, the recorder
-    must see those rejections.
-    """
-    rows = {key: row for row, key in enumerate(pending.keys)}
-    contributions: list[Contribution] = []
-    for contribution in report.contributions:
-        row = rows.get((contribution.identity, contribution.update_sha256))
-        if row is None or contribution.verdict is not Verdict.ACCEPTED:
-            contributions.append(contribution)
-            continue
-        verdict = pending.verdicts[row]
-        reason = pending.reasons[row] or contribution.reason
-        contributions.append(
-            replace(
-                contribution,
-                verdict=verdict,
-                reason=reason,
-                scores=dict(pending.scores[row]),
-                weight=0.0,
-            )
-        )
-    return replace(report, contributions=tuple(contributions))

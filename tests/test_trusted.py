@@ -16,7 +16,7 @@ import pytest
 from helpers_messages import make_train_reply
 
 from strategies import aggregators
-from strategies.base import AggregationOutcome, UpdateBatch
+from strategies.base import AggregationOutcome, UpdateBatch, batch_contributions
 from strategies.records import (
     InMemoryStore,
     ReputationState,
@@ -111,6 +111,16 @@ def batch_of(
     )
 
 
+def aggregated_report(
+    server_round: int, batch: UpdateBatch, outcome: AggregationOutcome
+) -> RoundReport:
+    """The report of a round driven through the hook by hand (one way: hook →
+    report → record_round, as ``aggregate_train`` does)."""
+    return RoundReport(
+        server_round, tuple(batch_contributions(batch, outcome)), "aggregated"
+    )
+
+
 def run_rounds(
     strategy: TrustedFedAvg, attack: str, rounds: int, seed: int
 ) -> list[tuple[AggregationOutcome, np.ndarray]]:
@@ -118,10 +128,9 @@ def run_rounds(
     results = []
     for server_round in range(1, rounds + 1):
         deltas, claims, honest_mean = federation.round(attack)
-        outcome = strategy.aggregate_updates(
-            server_round, batch_of(deltas, claims, server_round)
-        )
-        strategy.record_round(RoundReport(server_round, (), "aggregated"))
+        batch = batch_of(deltas, claims, server_round)
+        outcome = strategy.aggregate_updates(server_round, batch)
+        strategy.record_round(aggregated_report(server_round, batch, outcome))
         results.append((outcome, honest_mean))
     return results
 
@@ -417,10 +426,9 @@ def test_heterogeneous_sign_flippers_that_matter_are_rejected_then_banned() -> N
         agreement = np.array([cosine(row, honest_mean) for row in honest[:MALICIOUS]])
         deltas = honest.copy()
         deltas[:MALICIOUS] = -honest[:MALICIOUS]
-        outcome = strategy.aggregate_updates(
-            server_round, batch_of(deltas, claims, server_round)
-        )
-        strategy.record_round(RoundReport(server_round, (), "aggregated"))
+        batch = batch_of(deltas, claims, server_round)
+        outcome = strategy.aggregate_updates(server_round, batch)
+        strategy.record_round(aggregated_report(server_round, batch, outcome))
         harmful = agreement >= 0.6
         assert harmful.any()
         assert np.all(outcome.weights[:MALICIOUS][harmful] == 0.0), outcome.reasons
