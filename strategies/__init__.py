@@ -10,10 +10,17 @@ behind them (numpy in, numpy out) live in :mod:`strategies.aggregators`.
 """
 
 from strategies import aggregators
-from strategies.base import AggregationOutcome, ScreenedFedAvg, UpdateBatch
+from strategies.base import (
+    AggregationOutcome,
+    InsufficientReplies,
+    ScreenedFedAvg,
+    ScreenedFedAvgOptions,
+    UpdateBatch,
+)
 from strategies.bulyan import Bulyan
 from strategies.centered_clipping import CenteredClipping
 from strategies.central_dp import CentralDP
+from strategies.detectors import Detector, DetectorPanel
 from strategies.geometric_median import GeometricMedian
 from strategies.krum import Krum, MultiKrum
 from strategies.median import Median
@@ -27,26 +34,44 @@ from strategies.records import (
     Tier,
     Verdict,
 )
+from strategies.reputation import ReputationPolicy
+from strategies.robust_rule import (
+    AcceptEveryRow,
+    PreAggregator,
+    RobustRuleFedAvg,
+    RoundRule,
+)
 from strategies.trimmed_mean import TrimmedMean
 from strategies.trusted import DetectorsOnlyFedAvg, TrustedFedAvg, TrustedMedianFedAvg
+from strategies.wrapping import StrategyWrapper
 
 __all__ = [
+    "AcceptEveryRow",
     "AggregationOutcome",
     "Bulyan",
     "CenteredClipping",
     "CentralDP",
     "Contribution",
+    "Detector",
+    "DetectorPanel",
     "DetectorsOnlyFedAvg",
     "GeometricMedian",
     "InMemoryStore",
+    "InsufficientReplies",
     "Krum",
     "Median",
     "MultiKrum",
+    "PreAggregator",
+    "ReputationPolicy",
     "ReputationState",
     "ReputationStore",
+    "RobustRuleFedAvg",
     "RoundRecorder",
     "RoundReport",
+    "RoundRule",
     "ScreenedFedAvg",
+    "ScreenedFedAvgOptions",
+    "StrategyWrapper",
     "Tier",
     "TrimmedMean",
     "TrustedFedAvg",

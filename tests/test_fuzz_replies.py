@@ -43,6 +43,7 @@ from hypothesis import strategies as st
 
 import strategies
 from flp2p.app import arrays_to_record
+from strategies import aggregators
 from strategies.base import ScreenedFedAvg
 from strategies.bulyan import Bulyan
 from strategies.centered_clipping import CenteredClipping
@@ -58,6 +59,7 @@ from strategies.records import (
     RoundReport,
     Verdict,
 )
+from strategies.robust_rule import RobustRuleFedAvg
 from strategies.trimmed_mean import TrimmedMean
 from strategies.trusted import (
     DetectorsOnlyFedAvg,
@@ -437,6 +439,10 @@ class FuzzCase:
 FUZZED: dict[str, FuzzCase] = {
     "ScreenedFedAvg": FuzzCase(ScreenedFedAvg, fedavg_reference),
     "Median": FuzzCase(Median, median_reference),
+    "RobustRuleFedAvg(CoordinateMedian)": FuzzCase(
+        lambda: RobustRuleFedAvg(rule=aggregators.CoordinateMedian()),
+        median_reference,
+    ),
     "TrimmedMean": FuzzCase(lambda: TrimmedMean(beta=0.2), trimmed_mean_reference(0.2)),
     "Krum": FuzzCase(
         lambda: Krum(num_malicious_nodes=1), multikrum_reference(f=1, m=1)
