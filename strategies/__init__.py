@@ -20,7 +20,7 @@ from strategies.base import (
 from strategies.bulyan import Bulyan
 from strategies.centered_clipping import CenteredClipping
 from strategies.central_dp import CentralDP
-from strategies.detectors import Detector, DetectorPanel
+from strategies.detection import Detector, DetectorPanel
 from strategies.geometric_median import GeometricMedian
 from strategies.krum import Krum, MultiKrum
 from strategies.median import Median

@@ -4,7 +4,7 @@ Per round, on the replies that passed validation (:class:`~strategies.base.
 ScreenedFedAvg`):
 
 1. replies of banned identities are rejected ("banned until round N");
-2. the detectors of :mod:`strategies.detectors` score every delta and decide
+2. the detectors of :mod:`strategies.detection` score every delta and decide
    accepted / down-weighted / rejected, each reason naming detector and value;
 3. weights = claimed examples (capped) × tier multiplier × detector factor, with the
    identities on probation capped to a joint share (:mod:`strategies.reputation`);
@@ -19,7 +19,7 @@ ScreenedFedAvg`):
 
 Cost on 50 × 1M float64 parameters: one pass for the exact norms, a copy of 32
 blocks of 1 024 coordinates per row (Gram matrix and history, see
-:mod:`strategies.detectors`) and one weighted sum (the aggregate);
+:mod:`strategies.detection`) and one weighted sum (the aggregate);
 ``tests/test_trusted.py::test_default_pipeline_cost`` (marked slow) checks that it
 stays within 5 × a plain weighted mean.
 """
@@ -40,7 +40,7 @@ from strategies.base import (
     ScreenedFedAvgOptions,
     UpdateBatch,
 )
-from strategies.detectors import (
+from strategies.detection import (
     SKETCH_COORDINATES,
     DetectionContext,
     DetectorPanel,
@@ -99,7 +99,7 @@ class TrustedFedAvg(ScreenedFedAvg):
 
     Implementation based on FedAvg (McMahan et al., AISTATS 2017,
     https://arxiv.org/abs/1602.05629) with the screening of
-    :mod:`strategies.detectors`, the reputation of :mod:`strategies.reputation` and
+    :mod:`strategies.detection`, the reputation of :mod:`strategies.reputation` and
     norm bounding (Sun et al., 2019, https://arxiv.org/abs/1911.07963).
 
     Parameters
@@ -125,7 +125,7 @@ class TrustedFedAvg(ScreenedFedAvg):
         down to it; ``None`` disables the bound.
     sketch_coordinates : int (default: 32768)
         Coordinates of each delta sampled for pairwise geometry and history
-        (:mod:`strategies.detectors`); models up to this size are treated exactly.
+        (:mod:`strategies.detection`); models up to this size are treated exactly.
     exact_geometry : bool (default: False)
         Gram matrix over every coordinate: exact for any size, ``O(n² d)``.
     sketch_seed : int | None (default: None)

@@ -48,7 +48,7 @@ from strategies.base import ScreenedFedAvg
 from strategies.bulyan import Bulyan
 from strategies.centered_clipping import CenteredClipping
 from strategies.central_dp import CentralDP
-from strategies.detectors import DetectorPanel
+from strategies.detection import DetectorPanel
 from strategies.geometric_median import GeometricMedian
 from strategies.krum import Krum, MultiKrum
 from strategies.median import Median
@@ -856,7 +856,7 @@ def test_one_huge_reply_does_not_get_honest_replies_rejected() -> None:
 
     The detectors' geometric-median centre had the same flaw as the rule: it stopped
     several units towards the far row (honest norms: 0.3), every honest residual then
-    pointed away from it, and :class:`~strategies.detectors.Collusion` rejected all
+    pointed away from it, and :class:`~strategies.detection.Collusion` rejected all
     eight honest rows.
     """
     rng = np.random.default_rng(0)
