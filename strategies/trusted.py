@@ -43,6 +43,7 @@ from strategies.base import (
 from strategies.detection import (
     SKETCH_COORDINATES,
     DetectionContext,
+    Detector,
     DetectorPanel,
     Screening,
     UpdateHistory,
@@ -104,8 +105,13 @@ class TrustedFedAvg(ScreenedFedAvg):
 
     Parameters
     ----------
+    detectors : Sequence[Detector] | None (default: None)
+        The detectors to run, thresholds as their fields (e.g.
+        ``[NormOutlier(reject_at=8.0), FreeRider()]``); ``None`` for the default
+        panel (:func:`strategies.detection.default_detectors`).
     panel : DetectorPanel | None (default: None)
-        Detectors and thresholds; ``None`` for the default panel.
+        Detectors with a non-default ``downweight_factor``; give ``detectors`` or
+        ``panel``, not both.
     policy : ReputationPolicy | None (default: None)
         Reputation knobs; ``None`` for the defaults.
     store : ReputationStore | None (default: None)
@@ -138,6 +144,7 @@ class TrustedFedAvg(ScreenedFedAvg):
     # pylint: disable=too-many-arguments
     def __init__(
         self,
+        detectors: Sequence[Detector] | None = None,
         panel: DetectorPanel | None = None,
         policy: ReputationPolicy | None = None,
         store: ReputationStore | None = None,
@@ -159,7 +166,7 @@ class TrustedFedAvg(ScreenedFedAvg):
             raise ValueError(
                 f"sketch_coordinates must be ≥ 1, got {sketch_coordinates}"
             )
-        self.panel = panel if panel is not None else DetectorPanel()
+        self.panel = _panel(detectors, panel)
         self.use_detectors = use_detectors
         self.use_reputation = use_reputation
         self.rule = _resolve_rule(robust_rule)
@@ -285,12 +292,14 @@ class DetectorsOnlyFedAvg(TrustedFedAvg):
 
     def __init__(
         self,
+        detectors: Sequence[Detector] | None = None,
         panel: DetectorPanel | None = None,
         robust_rule: str | aggregators.AggregationRule = "mean",
         norm_bound_ratio: float | None = 2.0,
         **options: Unpack[ScreenedFedAvgOptions],
     ) -> None:
         super().__init__(
+            detectors=detectors,
             panel=panel,
             use_reputation=False,
             robust_rule=robust_rule,
@@ -304,17 +313,40 @@ class TrustedMedianFedAvg(TrustedFedAvg):
 
     def __init__(
         self,
+        detectors: Sequence[Detector] | None = None,
         panel: DetectorPanel | None = None,
         policy: ReputationPolicy | None = None,
         store: ReputationStore | None = None,
         **options: Unpack[ScreenedFedAvgOptions],
     ) -> None:
         super().__init__(
-            panel=panel, policy=policy, store=store, robust_rule="median", **options
+            detectors=detectors,
+            panel=panel,
+            policy=policy,
+            store=store,
+            robust_rule="median",
+            **options,
         )
 
 
 # ------------------------------------------------------------------------ helpers
+
+
+def _panel(
+    detectors: Sequence[Detector] | None, panel: DetectorPanel | None
+) -> DetectorPanel:
+    if detectors is not None and panel is not None:
+        raise ValueError("give detectors or panel, not both")
+    if panel is not None:
+        return panel
+    if detectors is None:
+        return DetectorPanel()
+    for detector in detectors:
+        if not isinstance(detector, Detector):
+            raise TypeError(
+                f"detectors must be Detector objects, got {type(detector).__name__}"
+            )
+    return DetectorPanel(tuple(detectors))
 
 
 def _resolve_rule(

@@ -17,6 +17,7 @@ from helpers_messages import make_train_reply
 
 from strategies import aggregators
 from strategies.base import AggregationOutcome, UpdateBatch, batch_contributions
+from strategies.detection import DetectorPanel, FreeRider, NormOutlier
 from strategies.records import (
     InMemoryStore,
     ReputationState,
@@ -443,3 +444,41 @@ def test_heterogeneous_sign_flippers_that_matter_are_rejected_then_banned() -> N
         if state.identity in {f"client-{row}" for row in np.flatnonzero(harmful)}
     ]
     assert banned and all(state.banned_until > 4 for state in banned)
+
+
+def test_detectors_are_chosen_from_conf_and_default_to_todays_panel() -> None:
+    """conf/strategy/trusted.yaml lists the panel with Hydra ``_target_`` entries;
+    built once by build_strategy, it is exactly the default panel."""
+    from flp2p.config import RunSettings, build_strategy, compose
+
+    settings = RunSettings.from_config(
+        compose(["strategy=trusted", "attack=none", "privacy=none"])
+    )
+    built = build_strategy(settings)
+    assert isinstance(built, TrustedFedAvg)
+    assert built.panel == DetectorPanel()
+    # A changed threshold and a shorter list, as a run would override them.
+    settings = RunSettings.from_config(
+        compose(
+            [
+                "strategy=trusted",
+                "attack=none",
+                "privacy=none",
+                "strategy.detectors=[{_target_: strategies.detection.NormOutlier,"
+                " reject_at: 8.0}]",
+            ]
+        )
+    )
+    assert build_strategy(settings).panel.detectors == (NormOutlier(reject_at=8.0),)
+
+
+def test_detectors_parameter_replaces_the_panel() -> None:
+    chosen = (NormOutlier(reject_at=8.0), FreeRider())
+    strategy = TrustedFedAvg(detectors=list(chosen))
+    assert strategy.panel == DetectorPanel(chosen)
+    assert DetectorsOnlyFedAvg(detectors=chosen).panel.detectors == chosen
+    assert TrustedMedianFedAvg(detectors=chosen).panel.detectors == chosen
+    with pytest.raises(ValueError, match="not both"):
+        TrustedFedAvg(detectors=chosen, panel=DetectorPanel())
+    with pytest.raises(TypeError, match="Detector objects"):
+        TrustedFedAvg(detectors=["norm"])  # type: ignore[list-item]
