@@ -14,8 +14,11 @@
    here it is the example-weighted mean of McMahan et al. (2017), robust rules and the
    reputation strategy override it;
 4. the new global model is reference + delta, cast back to each array's dtype;
-5. a :class:`~strategies.records.RoundReport` goes to
-   :meth:`ScreenedFedAvg.record_round`.
+   when the rule used nobody, raised, or the aggregate overflows, the previous model
+   stays and :func:`not_aggregated` completes the outcome (the rule's rejections
+   kept, every other row ``skipped``): nothing is overwritten after the hook;
+5. one :class:`~strategies.records.RoundReport` built from that outcome goes to
+   :meth:`ScreenedFedAvg.record_round`, the only way the round leaves the strategy.
 
 References
 ----------
@@ -523,18 +526,19 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
             return None, None
 
         batch = self._make_batch(valid, reference)
-        outcome, failure = _run_hook(hook, server_round, batch)
+        decided, failure = _run_hook(hook, server_round, batch)
         new_arrays: dict[str, np.ndarray] | None = None
-        if outcome is not None and not failure:
-            new_vector = flatten_arrays(reference) + outcome.delta
+        if decided is not None and not failure:
+            new_vector = flatten_arrays(reference) + decided.delta
             new_arrays = unflatten_vector(new_vector, reference)
             if not all(np.all(np.isfinite(a)) for a in new_arrays.values()):
                 failure = "the aggregate overflows the model's dtype"
                 new_arrays = None
-        if new_arrays is None:
+        if decided is None or new_arrays is None:
             log(WARNING, "aggregate_train: round not aggregated (%s)", failure)
-            outcome = not_aggregated(batch, outcome, failure)
-        assert outcome is not None  # not_aggregated always returns one
+            outcome = not_aggregated(batch, decided, failure)
+        else:
+            outcome = decided
 
         contributions = {
             id(reply): contribution
@@ -558,7 +562,10 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
 
         Receives only valid replies (``batch.size >= 1``) as float64 deltas and
         returns the aggregate delta with one weight, verdict, reason and score dict
-        per row. May raise :class:`InsufficientReplies` to skip the round. This
+        per row: the complete outcome, nothing is kept for later. All-zero weights
+        (e.g. every row rejected) are allowed: the round is then not aggregated and
+        the verdicts reach the report as they are. May raise
+        :class:`InsufficientReplies` to skip the round (every row ``skipped``). This
         default is FedAvg: every row accepted, weighted by its claimed example count.
 
         Parameters

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from strategies.base import ScreenedFedAvg, UpdateBatch
+from strategies.base import AggregationOutcome, ScreenedFedAvg, UpdateBatch
 from strategies.central_dp import (
     AdaptiveClipNorm,
     CentralDP,
@@ -14,6 +14,9 @@ from strategies.central_dp import (
     clip_rows,
     weighted_mean_sensitivity,
 )
+from strategies.records import InMemoryStore, Verdict
+from strategies.trusted import TrustedFedAvg
+from strategies.wrapping import StrategyWrapper
 
 
 def batch_of(deltas: np.ndarray, examples: list[int] | None = None) -> UpdateBatch:
@@ -145,3 +148,60 @@ def test_dp_variant_is_built_once_and_validates() -> None:
         CentralDP(private)  # type: ignore[arg-type]  # privatised once, not twice
     with pytest.raises(ValueError, match="max_share"):
         CentralDP(ScreenedFedAvg(), max_share=0.0)
+
+
+def test_a_round_the_rule_uses_nobody_in_spends_no_privacy() -> None:
+    class RejectsAll(ScreenedFedAvg):
+        def aggregate_updates(
+            self, server_round: int, batch: UpdateBatch
+        ) -> AggregationOutcome:
+            rows = batch.size
+            return AggregationOutcome(
+                np.zeros(batch.deltas.shape[1]),
+                np.zeros(rows),
+                (Verdict.REJECTED,) * rows,
+                ("no",) * rows,
+                ({},) * rows,
+            )
+
+    strategy = CentralDP(RejectsAll(), noise_multiplier=1.0, max_share=0.5, seed=1)
+    outcome = strategy.aggregate_updates(1, batch_of(np.ones((4, 3))))
+    assert outcome.verdicts == (Verdict.REJECTED,) * 4
+    assert not outcome.delta.any()  # no noise drawn
+    assert strategy.epsilon == 0.0 and strategy.last_sensitivity == 0.0
+
+
+def test_wrappers_nest_and_read_through_to_the_strategy() -> None:
+    store = InMemoryStore()
+    trusted = TrustedFedAvg(recorder=store, fraction_train=0.5)
+    private = CentralDP(trusted, noise_multiplier=1.0, max_share=0.5)
+    outer = StrategyWrapper(private)
+    assert outer.innermost() is trusted
+    assert outer.recorder is store and outer.fraction_train == 0.5
+    assert outer.reputations() == []
+    assert outer.epsilon == private.epsilon == 0.0 and outer.delta == 1e-5
+    assert private.privacy_accountant.sample_rate == 0.5
+    with pytest.raises(AttributeError):
+        _ = outer.no_such_setting
+
+
+def test_build_strategy_holds_the_configured_strategy_in_one_dp_wrapper() -> None:
+    from flp2p.config import RunSettings, build_strategy, compose
+
+    settings = RunSettings.from_config(
+        compose(["strategy=trusted", "privacy=central", "attack=none", "clients=8"])
+    )
+    built: list[object] = []
+
+    def wrap(strategy: object) -> StrategyWrapper:
+        built.append(strategy)
+        return StrategyWrapper(strategy)  # type: ignore[arg-type]
+
+    strategy = build_strategy(settings, wrap)
+    (private,) = built  # built once, wrapped once
+    assert isinstance(private, CentralDP)
+    assert type(private.strategy) is TrustedFedAvg  # no run-time class
+    assert private.max_share == pytest.approx(min(1.0, 2.0 / 8))
+    # flp2p.app.privacy_spent reads epsilon/delta off whatever was built.
+    assert hasattr(strategy, "epsilon") and strategy.epsilon == 0.0
+    assert strategy.delta == settings.privacy["delta"]

@@ -777,3 +777,36 @@ def test_named_rules_are_configurations_of_the_adapter() -> None:
     ):
         assert isinstance(strategy, RobustRuleFedAvg)
         assert isinstance(strategy.rule, RoundRule)
+
+
+def test_a_round_not_aggregated_keeps_the_rules_rejections() -> None:
+    """The hook's outcome is complete: when its aggregate cannot be applied, rows
+    it rejected stay rejected with their reason; the others are skipped."""
+    huge = {name: value.copy() for name, value in REFERENCE.items()}
+    huge["layer.weight"] = np.full((3, 4), 3.0e38, dtype=np.float32)
+    replies = [make_train_reply(huge, 1, 1, "a"), make_train_reply(huge, 1, 2, "b")]
+
+    class RejectsSecondOverflows(ScreenedFedAvg):
+        def aggregate_updates(
+            self, server_round: int, batch: UpdateBatch
+        ) -> AggregationOutcome:
+            return AggregationOutcome(
+                2.0 * batch.deltas[0],
+                np.array([1.0, 0.0]),
+                (Verdict.ACCEPTED, Verdict.REJECTED),
+                ("", "too far"),
+                ({"far": 0.0}, {"far": 9.0}),
+            )
+
+    store = InMemoryStore()
+    strategy = RejectsSecondOverflows(recorder=store)
+    configured(strategy)
+    assert strategy.aggregate_train(1, replies) == (None, None)
+    first, second = store.rounds[0].contributions
+    assert first.verdict is Verdict.SKIPPED and first.weight == 0.0
+    assert (
+        first.reason
+        == "round not aggregated: the aggregate overflows the model's dtype"
+    )
+    assert second.verdict is Verdict.REJECTED and second.reason == "too far"
+    assert second.scores == {"far": 9.0}
