@@ -7,6 +7,19 @@ behind them (numpy in, numpy out) live in :mod:`strategies.aggregators`.
 
 >>> from strategies import Median
 >>> strategy = Median(min_available_nodes=10)   # doctest: +SKIP
+
+The extension kit, for a strategy of one's own:
+
+* a robust rule: :class:`RobustRuleFedAvg` ``(rule=..., preaggregator=...)`` turns
+  any :class:`~strategies.aggregators.AggregationRule` (or a :class:`RoundRule` that
+  explains each row) into a strategy; raise :class:`InsufficientReplies` to skip a
+  round;
+* a detector: any :class:`Detector` in ``TrustedFedAvg(detectors=[...])`` (run by a
+  :class:`DetectorPanel`); reputation knobs in :class:`ReputationPolicy`;
+* a hook of one's own: subclass :class:`ScreenedFedAvg` and return an
+  :class:`AggregationOutcome` from ``aggregate_updates``, taking
+  :class:`ScreenedFedAvgOptions` as ``**options``;
+* a layer around any strategy: :class:`StrategyWrapper` (as :class:`CentralDP`).
 """
 
 from strategies import aggregators

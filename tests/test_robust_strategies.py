@@ -49,7 +49,7 @@ from strategies.records import (
     Verdict,
     update_sha256,
 )
-from strategies.robust_rule import RobustRuleFedAvg, RoundRule
+from strategies.robust_rule import AcceptEveryRow, RobustRuleFedAvg, RoundRule
 from strategies.trimmed_mean import TrimmedMean
 
 RNG_SEED = 20240607
@@ -810,3 +810,25 @@ def test_a_round_not_aggregated_keeps_the_rules_rejections() -> None:
     )
     assert second.verdict is Verdict.REJECTED and second.reason == "too far"
     assert second.scores == {"far": 9.0}
+
+
+def test_a_rule_is_registered_by_one_config_entry() -> None:
+    """``_target_: strategies.RobustRuleFedAvg`` with a nested rule ``_target_`` is
+    all a new rule needs in conf/strategy (build_strategy instantiates both)."""
+    from flp2p.config import RunSettings, build_strategy, compose
+
+    settings = RunSettings.from_config(
+        compose(
+            [
+                "strategy=median",
+                "attack=none",
+                "strategy._target_=strategies.RobustRuleFedAvg",
+                "+strategy.rule={_target_: strategies.aggregators.TrimmedMean,"
+                " beta: 0.1}",
+            ]
+        )
+    )
+    strategy = build_strategy(settings)
+    assert type(strategy) is RobustRuleFedAvg
+    assert strategy.rule.describe() == "TrimmedMean, every row accepted"
+    assert strategy.rule == AcceptEveryRow(aggregators.TrimmedMean(0.1))
