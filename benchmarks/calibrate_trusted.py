@@ -38,7 +38,7 @@ from typing import Any, Unpack
 import numpy as np
 
 from strategies.base import AggregationOutcome, ScreenedFedAvgOptions, UpdateBatch
-from strategies.detectors import DetectionContext, DetectorPanel, UpdateHistory
+from strategies.detection import DetectionContext, DetectorPanel, UpdateHistory
 from strategies.records import Verdict
 from strategies.trusted import TrustedFedAvg
 

@@ -57,8 +57,8 @@ from flp2p.identity import Identity, node_id_of
 from flp2p.ledger import Ledger, LedgerError
 from flp2p.ledger_broadcast import (
     LEDGER_BLOCKS_KEY,
+    LedgerBroadcast,
     sync_replica,
-    with_ledger_broadcast,
 )
 from flp2p.models import (
     TrainResult,
@@ -609,14 +609,14 @@ def run_server(grid: Grid, settings: RunSettings, output_dir: Path) -> dict[str,
     output_dir.mkdir(parents=True, exist_ok=True)
     ledger = open_run_ledger(settings, output_dir)
     try:
-        decorate = None
+        wrap = None
         if ledger is not None and settings.ledger_replicate:
 
-            def decorate(cls: type) -> type:
-                return with_ledger_broadcast(cls, ledger)
+            def wrap(strategy: Any) -> Any:
+                return LedgerBroadcast(strategy, ledger)
 
         extra = {} if ledger is None else {"recorder": ledger}
-        strategy = build_strategy(settings, decorate, **extra)
+        strategy = build_strategy(settings, wrap, **extra)
         return _run_strategy(grid, settings, output_dir, strategy, ledger)
     finally:
         if ledger is not None:

@@ -242,18 +242,21 @@ def compose(overrides: Sequence[str] = (), config_dir: Path = CONF_DIR) -> DictC
 
 def build_strategy(
     settings: RunSettings,
-    decorate: Callable[[type], type] | None = None,
+    wrap: Callable[[Any], Any] | None = None,
     **extra: Any,
 ) -> Any:
-    """Instantiate ``strategy._target_`` with the run's sampling arguments.
+    """Instantiate ``strategy._target_`` with the run's sampling arguments, once.
 
     Arguments the class accepts and the config leaves unset are filled from the run:
     ``fraction_train``, ``fraction_evaluate``, ``min_available_nodes`` (all clients,
     so that no round starts before every virtual client registered),
     ``num_malicious_nodes`` (the attack's count), and for Multi-Krum
     ``num_nodes_to_select`` (n − f). ``extra`` is passed to the constructor as is
-    (e.g. a recorder), when the class accepts it. ``decorate`` may derive a
-    subclass (a mixin) before instantiation.
+    (e.g. a recorder), when the class accepts it. Nested ``_target_`` entries of the
+    strategy config (e.g. its ``detectors`` list) are instantiated with Hydra first.
+    With ``privacy=central`` the strategy is held by a
+    :class:`strategies.central_dp.CentralDP`; ``wrap`` may then hold the result in
+    one more wrapper (e.g. ``lambda s: LedgerBroadcast(s, ledger)``).
     """
     from hydra.utils import get_class
 
@@ -298,29 +301,46 @@ def build_strategy(
             f"strategy {settings.strategy_name!r}: {cls.__name__} takes no "
             f"argument(s) {', '.join(unknown)}"
         )
+    central = settings.privacy_name == "central"
+    privacy = _central_dp_variant(settings, cls) if central else None
     # Flower warns when fraction_evaluate is 0; here that is the configured choice
     # (central evaluation runs every round), so keep the console for real problems.
     flwr_logger = logging.getLogger("flwr")
     previous_level = flwr_logger.level
     flwr_logger.setLevel(max(previous_level, logging.ERROR))
-    if settings.privacy_name == "central":
-        cls, params = _central_dp_variant(settings, cls, params)
-    if decorate is not None:
-        cls = decorate(cls)
     try:
-        return cls(**params)
+        params = {key: _instantiated(value) for key, value in params.items()}
+        strategy = cls(**params)
+        if privacy is not None:
+            from strategies.central_dp import CentralDP
+
+            strategy = CentralDP(strategy, **privacy)
     except (TypeError, ValueError) as err:
+        raise ConfigError(f"strategy {settings.strategy_name!r}: {err}") from None
+    except Exception as err:  # Hydra's InstantiationError wraps the cause
+        if type(err).__name__ != "InstantiationError":
+            raise
         raise ConfigError(f"strategy {settings.strategy_name!r}: {err}") from None
     finally:
         flwr_logger.setLevel(previous_level)
+    return strategy if wrap is None else wrap(strategy)
 
 
-def _central_dp_variant(
-    settings: RunSettings, cls: type, params: dict[str, Any]
-) -> tuple[type, dict[str, Any]]:
-    """The user-level DP variant of the configured strategy and its arguments."""
+def _instantiated(value: Any) -> Any:
+    """``value`` with every nested ``{_target_: ...}`` mapping built by Hydra."""
+    from hydra.utils import instantiate
+
+    if isinstance(value, Mapping) and "_target_" in value:
+        return instantiate(dict(value))
+    if isinstance(value, list | tuple):
+        return [_instantiated(item) for item in value]
+    return value
+
+
+def _central_dp_variant(settings: RunSettings, cls: type) -> dict[str, Any]:
+    """The arguments of the :class:`~strategies.central_dp.CentralDP` wrapper."""
     from strategies.base import ScreenedFedAvg
-    from strategies.central_dp import noise_multiplier_for, with_central_dp
+    from strategies.central_dp import noise_multiplier_for
 
     if not (isinstance(cls, type) and issubclass(cls, ScreenedFedAvg)):
         raise ConfigError(
@@ -342,4 +362,4 @@ def _central_dp_variant(
         expected = max(1, math.ceil(settings.fraction_train * settings.clients))
         spec["max_share"] = min(1.0, 2.0 / expected)
     spec.setdefault("seed", settings.seed)
-    return with_central_dp(cls), {**params, **spec}
+    return spec

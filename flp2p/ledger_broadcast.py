@@ -15,13 +15,14 @@ import json
 import logging
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
-from flwr.app import ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
 from flp2p.ledger import Block, ChainError, Ledger, LedgerError
 from flp2p.ledger.verify import signer_node_id
+from strategies.wrapping import StrategyWrapper
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +33,28 @@ CATCH_UP_BLOCKS = 8
 to catch up, small enough to keep instructions light (a 20-client block is ~8 KB)."""
 
 
-class LedgerBroadcast:
-    """Mixin for any Flower strategy: attach the newest ledger blocks to instructions.
+class LedgerBroadcast(StrategyWrapper):
+    """Holds any Flower strategy and attaches the newest ledger blocks to its
+    training instructions.
 
-    Combine ahead of the strategy (:func:`with_ledger_broadcast`); the ledger must
-    be the one the strategy records into.
+    ``LedgerBroadcast(strategy, ledger)``; the ledger must be the one the strategy
+    records into. Everything else is the held strategy's (:class:`strategies.
+    wrapping.StrategyWrapper`), ``epsilon`` of a central-DP strategy included.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        The strategy whose instructions carry the blocks.
+    ledger : Ledger
+        The aggregator's ledger.
     """
 
-    ledger: Ledger
+    def __init__(self, strategy: Strategy, ledger: Ledger) -> None:
+        super().__init__(strategy)
+        self.ledger = ledger
 
     def configure_train(
-        self, server_round: int, arrays: Any, config: ConfigRecord, grid: Grid
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Configure as the strategy does, with the newest blocks in the config."""
         height = self.ledger.height
@@ -53,18 +65,7 @@ class LedgerBroadcast:
         )
         with_blocks = ConfigRecord(dict(config.items()))
         with_blocks[LEDGER_BLOCKS_KEY] = blocks
-        return super().configure_train(  # type: ignore[misc]
-            server_round, arrays, with_blocks, grid
-        )
-
-
-def with_ledger_broadcast(strategy_cls: type, ledger: Ledger) -> type:
-    """A subclass of ``strategy_cls`` that broadcasts ``ledger``'s newest blocks."""
-    return type(
-        f"LedgerBroadcast{strategy_cls.__name__}",
-        (LedgerBroadcast, strategy_cls),
-        {"ledger": ledger},
-    )
+        return self.strategy.configure_train(server_round, arrays, with_blocks, grid)
 
 
 def block_height(block_bytes: bytes) -> int:

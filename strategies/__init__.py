@@ -7,13 +7,33 @@ behind them (numpy in, numpy out) live in :mod:`strategies.aggregators`.
 
 >>> from strategies import Median
 >>> strategy = Median(min_available_nodes=10)   # doctest: +SKIP
+
+The extension kit, for a strategy of one's own:
+
+* a robust rule: :class:`RobustRuleFedAvg` ``(rule=..., preaggregator=...)`` turns
+  any :class:`~strategies.aggregators.AggregationRule` (or a :class:`RoundRule` that
+  explains each row) into a strategy; raise :class:`InsufficientReplies` to skip a
+  round;
+* a detector: any :class:`Detector` in ``TrustedFedAvg(detectors=[...])`` (run by a
+  :class:`DetectorPanel`); reputation knobs in :class:`ReputationPolicy`;
+* a hook of one's own: subclass :class:`ScreenedFedAvg` and return an
+  :class:`AggregationOutcome` from ``aggregate_updates``, taking
+  :class:`ScreenedFedAvgOptions` as ``**options``;
+* a layer around any strategy: :class:`StrategyWrapper` (as :class:`CentralDP`).
 """
 
 from strategies import aggregators
-from strategies.base import AggregationOutcome, ScreenedFedAvg, UpdateBatch
+from strategies.base import (
+    AggregationOutcome,
+    InsufficientReplies,
+    ScreenedFedAvg,
+    ScreenedFedAvgOptions,
+    UpdateBatch,
+)
 from strategies.bulyan import Bulyan
 from strategies.centered_clipping import CenteredClipping
-from strategies.central_dp import CentralDP, with_central_dp
+from strategies.central_dp import CentralDP
+from strategies.detection import Detector, DetectorPanel
 from strategies.geometric_median import GeometricMedian
 from strategies.krum import Krum, MultiKrum
 from strategies.median import Median
@@ -27,26 +47,44 @@ from strategies.records import (
     Tier,
     Verdict,
 )
+from strategies.reputation import ReputationPolicy
+from strategies.robust_rule import (
+    AcceptEveryRow,
+    PreAggregator,
+    RobustRuleFedAvg,
+    RoundRule,
+)
 from strategies.trimmed_mean import TrimmedMean
 from strategies.trusted import DetectorsOnlyFedAvg, TrustedFedAvg, TrustedMedianFedAvg
+from strategies.wrapping import StrategyWrapper
 
 __all__ = [
+    "AcceptEveryRow",
     "AggregationOutcome",
     "Bulyan",
     "CenteredClipping",
     "CentralDP",
     "Contribution",
+    "Detector",
+    "DetectorPanel",
     "DetectorsOnlyFedAvg",
     "GeometricMedian",
     "InMemoryStore",
+    "InsufficientReplies",
     "Krum",
     "Median",
     "MultiKrum",
+    "PreAggregator",
+    "ReputationPolicy",
     "ReputationState",
     "ReputationStore",
+    "RobustRuleFedAvg",
     "RoundRecorder",
     "RoundReport",
+    "RoundRule",
     "ScreenedFedAvg",
+    "ScreenedFedAvgOptions",
+    "StrategyWrapper",
     "Tier",
     "TrimmedMean",
     "TrustedFedAvg",
@@ -54,5 +92,4 @@ __all__ = [
     "UpdateBatch",
     "Verdict",
     "aggregators",
-    "with_central_dp",
 ]

@@ -408,6 +408,77 @@ def weighted_coordinate_median(matrix: np.ndarray, weights: np.ndarray) -> np.nd
     return columnwise(matrix, lambda block: weighted_median(block, weights))
 
 
+class WeiszfeldSpace(Protocol):
+    """Where a Weiszfeld iteration runs: how to combine rows and measure distances.
+
+    The estimate is a numpy array whose meaning the space decides: a point of
+    ``R^d`` (:class:`RowSpace`, the rule) or the coefficients ``β`` of ``v = βᵀX``
+    (:class:`strategies.detection.geometry.GramSpace`, the detectors, which never
+    touch the ``d`` coordinates). :func:`weiszfeld_iterations` is the one solver.
+    """
+
+    def distances(self, estimate: np.ndarray) -> np.ndarray:
+        """``(n,)`` ``‖v − x_i‖``."""
+        ...
+
+    def combine(self, coefficients: np.ndarray) -> np.ndarray:
+        """The estimate ``Σ c_i x_i / Σ c_i``."""
+        ...
+
+    def gap(self, new: np.ndarray, old: np.ndarray) -> float:
+        """``‖new − old‖`` between two estimates."""
+        ...
+
+
+@dataclass(frozen=True)
+class RowSpace:
+    """:class:`WeiszfeldSpace` of the rows themselves: estimates are points of R^d."""
+
+    updates: np.ndarray
+
+    def distances(self, estimate: np.ndarray) -> np.ndarray:
+        return distances_to_point(self.updates, estimate)
+
+    def combine(self, coefficients: np.ndarray) -> np.ndarray:
+        return weighted_sum(self.updates, coefficients) / coefficients.sum()
+
+    def gap(self, new: np.ndarray, old: np.ndarray) -> float:
+        return float(np.linalg.norm(new - old))
+
+
+def weiszfeld_iterations(
+    space: WeiszfeldSpace,
+    start: np.ndarray,
+    weights: np.ndarray | None,
+    nu: float,
+    max_iterations: int,
+    tolerance: float,
+    spread: Callable[[np.ndarray], float],
+) -> tuple[np.ndarray, int]:
+    """Smoothed Weiszfeld steps from ``start`` until a step moves the estimate by at
+    most ``tolerance × max(ν, spread(distances))`` (see :func:`weiszfeld`).
+
+    ``weights`` ``α`` (``None``: all equal) enter each step as ``α_i / max(ν, d_i)``.
+
+    Returns
+    -------
+    tuple[np.ndarray, int]
+        The estimate and the number of iterations run.
+    """
+    estimate = start
+    distances = space.distances(estimate)
+    for iteration in range(1, max_iterations + 1):
+        bounded = np.maximum(nu, distances)
+        coefficients = 1.0 / bounded if weights is None else weights / bounded
+        step = space.combine(coefficients)
+        moved = space.gap(step, estimate)
+        estimate = step
+        distances = space.distances(estimate)
+        if moved <= tolerance * max(nu, spread(distances)):
+            return estimate, iteration
+    return estimate, max_iterations
+
+
 def weiszfeld(
     updates: np.ndarray,
     weights: np.ndarray,
@@ -443,17 +514,15 @@ def weiszfeld(
     tuple[np.ndarray, int]
         The median estimate and the number of iterations run.
     """
-    estimate = weighted_coordinate_median(updates, weights)
-    distances = distances_to_point(updates, estimate)
-    for iteration in range(1, max_iterations + 1):
-        coefficients = weights / np.maximum(nu, distances)
-        step = weighted_sum(updates, coefficients) / coefficients.sum()
-        moved = float(np.linalg.norm(step - estimate))
-        estimate = step
-        distances = distances_to_point(updates, estimate)
-        if moved <= tolerance * max(nu, float(weighted_median(distances, weights))):
-            return estimate, iteration
-    return estimate, max_iterations
+    return weiszfeld_iterations(
+        RowSpace(updates),
+        weighted_coordinate_median(updates, weights),
+        weights,
+        nu,
+        max_iterations,
+        tolerance,
+        lambda distances: float(weighted_median(distances, weights)),
+    )
 
 
 def clip_factors(norms: np.ndarray, tau: float) -> np.ndarray:

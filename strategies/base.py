@@ -14,8 +14,11 @@
    here it is the example-weighted mean of McMahan et al. (2017), robust rules and the
    reputation strategy override it;
 4. the new global model is reference + delta, cast back to each array's dtype;
-5. a :class:`~strategies.records.RoundReport` goes to
-   :meth:`ScreenedFedAvg.record_round`.
+   when the rule used nobody, raised, or the aggregate overflows, the previous model
+   stays and :func:`not_aggregated` completes the outcome (the rule's rejections
+   kept, every other row ``skipped``): nothing is overwritten after the hook;
+5. one :class:`~strategies.records.RoundReport` built from that outcome goes to
+   :meth:`ScreenedFedAvg.record_round`, the only way the round leaves the strategy.
 
 References
 ----------
@@ -168,7 +171,8 @@ class AggregationOutcome:
     weights : np.ndarray
         ``(n,)`` share of each row in the aggregate: non-negative, summing to 1 over
         the rows used (0 for rows left out). All zero means nothing was used; the
-        strategy then keeps the previous global model.
+        strategy then keeps the previous global model, and the recorder still sees
+        every row's verdict, reason and scores (see :func:`not_aggregated`).
     verdicts : tuple[Verdict, ...]
         Per row.
     reasons : tuple[str, ...]
@@ -241,6 +245,11 @@ class AggregationOutcome:
             reasons=tuple("" if kept else reason_unselected for kept in in_selection),
             scores=tuple(scores) if scores is not None else ({},) * rows,
         )
+
+
+AggregationHook = Callable[[int, UpdateBatch], AggregationOutcome]
+"""An aggregation rule over one round's batch: :meth:`ScreenedFedAvg.aggregate_updates`
+and what wrappers put in its place."""
 
 
 def example_weights(num_examples: np.ndarray | Sequence[int]) -> np.ndarray:
@@ -466,6 +475,20 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         Never raises because of a reply. Returns ``(None, None)`` (the previous
         global model stays) when no reply is valid or the rule cannot aggregate.
         """
+        return self.aggregate_train_with(server_round, replies, self.aggregate_updates)
+
+    def aggregate_train_with(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+        hook: AggregationHook,
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """:meth:`aggregate_train` with ``hook`` in place of :meth:`aggregate_updates`.
+
+        The seam for wrappers that hold a strategy (:class:`strategies.central_dp.
+        CentralDP` privatises this strategy's own hook): validation, reporting and
+        the new global model stay this strategy's.
+        """
         if self.reference is None:
             raise RuntimeError(
                 "aggregate_train needs the global model of this round: call "
@@ -503,22 +526,24 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
             return None, None
 
         batch = self._make_batch(valid, reference)
-        outcome, failure = self._run_hook(server_round, batch)
+        decided, failure = _run_hook(hook, server_round, batch)
         new_arrays: dict[str, np.ndarray] | None = None
-        if outcome is not None:
-            new_vector = flatten_arrays(reference) + outcome.delta
+        if decided is not None and not failure:
+            new_vector = flatten_arrays(reference) + decided.delta
             new_arrays = unflatten_vector(new_vector, reference)
             if not all(np.all(np.isfinite(a)) for a in new_arrays.values()):
                 failure = "the aggregate overflows the model's dtype"
                 new_arrays = None
-        if new_arrays is None or outcome is None:
+        if decided is None or new_arrays is None:
             log(WARNING, "aggregate_train: round not aggregated (%s)", failure)
-            outcome = _not_aggregated(batch, failure)
+            outcome = not_aggregated(batch, decided, failure)
+        else:
+            outcome = decided
 
         contributions = {
             id(reply): contribution
             for reply, contribution in zip(
-                valid, _accepted_contributions(batch, outcome), strict=True
+                valid, batch_contributions(batch, outcome), strict=True
             )
         }
         digest = None if new_arrays is None else update_sha256(new_arrays)
@@ -537,7 +562,10 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
 
         Receives only valid replies (``batch.size >= 1``) as float64 deltas and
         returns the aggregate delta with one weight, verdict, reason and score dict
-        per row. May raise :class:`InsufficientReplies` to skip the round. This
+        per row: the complete outcome, nothing is kept for later. All-zero weights
+        (e.g. every row rejected) are allowed: the round is then not aggregated and
+        the verdicts reach the report as they are. May raise
+        :class:`InsufficientReplies` to skip the round (every row ``skipped``). This
         default is FedAvg: every row accepted, weighted by its claimed example count.
 
         Parameters
@@ -636,26 +664,6 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
             reference=reference,
         )
 
-    def _run_hook(
-        self, server_round: int, batch: UpdateBatch
-    ) -> tuple[AggregationOutcome | None, str]:
-        """Call the hook; a failing rule skips the round instead of ending the run."""
-        try:
-            outcome = self.aggregate_updates(server_round, batch)
-        except InsufficientReplies as shortage:
-            return None, str(shortage)
-        except Exception as error:  # a bug in one rule must not end a long run
-            log(ERROR, "aggregate_updates failed", exc_info=True)
-            return None, f"aggregation failed ({type(error).__name__}: {error})"
-        if outcome.delta.shape != (batch.deltas.shape[1],) or len(outcome.weights) != (
-            batch.size
-        ):
-            log(ERROR, "aggregate_updates returned an outcome of the wrong size")
-            return None, "aggregation returned an outcome of the wrong size"
-        if not np.any(outcome.weights > 0.0):
-            return None, "the rule used no reply"
-        return outcome, ""
-
     def _finish_round(
         self,
         server_round: int,
@@ -742,7 +750,7 @@ def _rejected_contribution(reply: RejectedReply) -> Contribution:
     )
 
 
-def _accepted_contributions(
+def batch_contributions(
     batch: UpdateBatch, outcome: AggregationOutcome
 ) -> list[Contribution]:
     return [
@@ -761,17 +769,65 @@ def _accepted_contributions(
     ]
 
 
-def _not_aggregated(batch: UpdateBatch, failure: str) -> AggregationOutcome:
-    """Outcome of a skipped round: nobody's fault, nobody's weight.
+def _run_hook(
+    hook: AggregationHook, server_round: int, batch: UpdateBatch
+) -> tuple[AggregationOutcome | None, str]:
+    """Call the hook; a failing rule skips the round instead of ending the run.
 
-    Rows keep verdict ``ACCEPTED`` (they passed validation) with weight 0, so a
-    reputation policy does not punish clients for the server's failure to aggregate.
+    Returns the outcome (``None`` when the hook raised or returned a malformed one)
+    and why the round cannot be aggregated (empty when it can).
+    """
+    try:
+        outcome = hook(server_round, batch)
+    except InsufficientReplies as shortage:
+        return None, str(shortage)
+    except Exception as error:  # a bug in one rule must not end a long run
+        log(ERROR, "aggregate_updates failed", exc_info=True)
+        return None, f"aggregation failed ({type(error).__name__}: {error})"
+    if outcome.delta.shape != (batch.deltas.shape[1],) or len(outcome.weights) != (
+        batch.size
+    ):
+        log(ERROR, "aggregate_updates returned an outcome of the wrong size")
+        return None, "aggregation returned an outcome of the wrong size"
+    if not np.any(outcome.weights > 0.0):
+        if all(verdict is Verdict.REJECTED for verdict in outcome.verdicts):
+            return outcome, "every valid reply was rejected"
+        return outcome, "the rule used no reply"
+    return outcome, ""
+
+
+def not_aggregated(
+    batch: UpdateBatch, outcome: AggregationOutcome | None, failure: str
+) -> AggregationOutcome:
+    """The complete outcome of a round whose aggregate is not applied.
+
+    Nobody gets weight. Rows the rule rejected keep their verdict, reason and
+    scores (the recorder and the reputation must see those rejections); every other
+    row is :attr:`~strategies.records.Verdict.SKIPPED` with the ``failure`` as its
+    reason, so a reputation policy does not punish clients for the server's failure
+    to aggregate. Without an ``outcome`` (the rule raised) every row is skipped.
     """
     rows = batch.size
+    reason = f"round not aggregated: {failure}"
+    if outcome is None:
+        return AggregationOutcome(
+            delta=np.zeros(batch.deltas.shape[1]),
+            weights=np.zeros(rows),
+            verdicts=(Verdict.SKIPPED,) * rows,
+            reasons=(reason,) * rows,
+            scores=({},) * rows,
+        )
+    kept = [verdict is Verdict.REJECTED for verdict in outcome.verdicts]
     return AggregationOutcome(
         delta=np.zeros(batch.deltas.shape[1]),
         weights=np.zeros(rows),
-        verdicts=(Verdict.ACCEPTED,) * rows,
-        reasons=(f"round not aggregated: {failure}",) * rows,
-        scores=({},) * rows,
+        verdicts=tuple(
+            verdict if keep else Verdict.SKIPPED
+            for verdict, keep in zip(outcome.verdicts, kept, strict=True)
+        ),
+        reasons=tuple(
+            own if keep else reason
+            for own, keep in zip(outcome.reasons, kept, strict=True)
+        ),
+        scores=outcome.scores,
     )

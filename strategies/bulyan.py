@@ -5,22 +5,48 @@ Paper: https://proceedings.mlr.press/v80/mhamdi18a.html
 
 from __future__ import annotations
 
-from logging import INFO
+from dataclasses import dataclass
 from typing import Unpack
 
-from flwr.supercore import log
+import numpy as np
 
 from strategies import aggregators
 from strategies.base import (
     AggregationOutcome,
     InsufficientReplies,
-    ScreenedFedAvg,
     ScreenedFedAvgOptions,
-    UpdateBatch,
 )
+from strategies.robust_rule import RobustRuleFedAvg
 
 
-class Bulyan(ScreenedFedAvg):
+@dataclass(frozen=True)
+class BulyanSelection:
+    """Bulyan as a :class:`~strategies.robust_rule.RoundRule`: rows Krum did not
+    pick are rejected, the picked ones accepted with their nominal share ``1/θ``."""
+
+    rule: aggregators.Bulyan
+
+    def decide(
+        self, deltas: np.ndarray, weights: np.ndarray, previous: np.ndarray | None
+    ) -> AggregationOutcome:
+        rows = deltas.shape[0]
+        needed = 4 * self.rule.f + 3
+        if rows < needed:
+            raise InsufficientReplies(
+                f"Bulyan with f={self.rule.f} needs {needed} valid replies, got {rows}"
+            )
+        selected = self.rule.select(deltas)
+        keep = len(selected) - 2 * self.rule.f
+        delta = aggregators.closest_to_median_mean(deltas[selected], keep)
+        return AggregationOutcome.select(
+            delta, rows, selected, "not selected by Bulyan"
+        )
+
+    def describe(self) -> str:
+        return f"Bulyan, number of malicious nodes = {self.rule.f}"
+
+
+class Bulyan(RobustRuleFedAvg):
     """Bulyan over Krum on the screened deltas [El Mhamdi et al., 2018].
 
     Implementation based on https://arxiv.org/abs/1802.07927, Algorithm 1, computed
@@ -43,36 +69,10 @@ class Bulyan(ScreenedFedAvg):
     def __init__(
         self, num_malicious_nodes: int = 0, **options: Unpack[ScreenedFedAvgOptions]
     ) -> None:
-        super().__init__(**options)
-        self.rule = aggregators.Bulyan(f=num_malicious_nodes)
+        self.selection = BulyanSelection(aggregators.Bulyan(f=num_malicious_nodes))
+        super().__init__(rule=self.selection, **options)
 
     @property
     def num_malicious_nodes(self) -> int:
         """``f``, the number of Byzantine replies tolerated."""
-        return self.rule.f
-
-    def summary(self) -> None:
-        """Log summary configuration of the strategy."""
-        log(
-            INFO,
-            "\t├──> Bulyan: number of malicious nodes = %d",
-            self.num_malicious_nodes,
-        )
-        super().summary()
-
-    def aggregate_updates(
-        self, server_round: int, batch: UpdateBatch
-    ) -> AggregationOutcome:
-        """Bulyan aggregate; rows Krum did not pick are rejected."""
-        needed = 4 * self.num_malicious_nodes + 3
-        if batch.size < needed:
-            raise InsufficientReplies(
-                f"Bulyan with f={self.num_malicious_nodes} needs {needed} valid "
-                f"replies, got {batch.size}"
-            )
-        selected = self.rule.select(batch.deltas)
-        keep = len(selected) - 2 * self.num_malicious_nodes
-        delta = aggregators.closest_to_median_mean(batch.deltas[selected], keep)
-        return AggregationOutcome.select(
-            delta, batch.size, selected, "not selected by Bulyan"
-        )
+        return self.selection.rule.f

@@ -5,23 +5,41 @@ Paper: https://arxiv.org/abs/2012.10333
 
 from __future__ import annotations
 
-from logging import INFO
+from dataclasses import dataclass
 from typing import Unpack
 
 import numpy as np
-from flwr.supercore import log
 
 from strategies import aggregators
-from strategies.base import (
-    AggregationOutcome,
-    ScreenedFedAvg,
-    ScreenedFedAvgOptions,
-    UpdateBatch,
-    uniform_weights,
-)
+from strategies.base import AggregationOutcome, ScreenedFedAvgOptions
+from strategies.robust_rule import RobustRuleFedAvg
 
 
-class CenteredClipping(ScreenedFedAvg):
+@dataclass(frozen=True)
+class ClippingAroundHistory:
+    """Centered clipping as a :class:`~strategies.robust_rule.RoundRule`: the
+    centre is the previous round's aggregate (when ``use_history``), every row
+    accepted with its share."""
+
+    rule: aggregators.CenteredClipping
+    use_history: bool = True
+
+    def decide(
+        self, deltas: np.ndarray, weights: np.ndarray, previous: np.ndarray | None
+    ) -> AggregationOutcome:
+        center = previous if self.use_history else None
+        delta = self.rule.with_center(center)(deltas)
+        return AggregationOutcome.accept_all(delta, weights)
+
+    def describe(self) -> str:
+        return (
+            f"centered clipping, tau = {self.rule.tau:g}, "
+            f"{self.rule.iterations} iteration(s), "
+            f"history {'on' if self.use_history else 'off'}"
+        )
+
+
+class CenteredClipping(RobustRuleFedAvg):
     """Centered clipping of the screened deltas [Karimireddy et al., 2021].
 
     Implementation based on https://arxiv.org/abs/2012.10333 (Karimireddy, He &
@@ -51,33 +69,17 @@ class CenteredClipping(ScreenedFedAvg):
         use_history: bool = True,
         **options: Unpack[ScreenedFedAvgOptions],
     ) -> None:
-        super().__init__(**options)
-        self.rule = aggregators.CenteredClipping(tau=tau, iterations=iterations)
-        self.use_history = use_history
-        self.center: np.ndarray | None = None
-        """Last aggregate delta: the next round's starting point."""
-
-    def summary(self) -> None:
-        """Log summary configuration of the strategy."""
-        log(
-            INFO,
-            "\t├──> Centered clipping: tau = %g, %d iteration(s), history %s",
-            self.rule.tau,
-            self.rule.iterations,
-            "on" if self.use_history else "off",
+        self.clipping = ClippingAroundHistory(
+            aggregators.CenteredClipping(tau=tau, iterations=iterations), use_history
         )
-        super().summary()
+        super().__init__(rule=self.clipping, **options)
 
-    def aggregate_updates(
-        self, server_round: int, batch: UpdateBatch
-    ) -> AggregationOutcome:
-        """Clipped aggregate around the history; every row accepted."""
-        center = self.center
-        if not self.use_history or (
-            center is not None and center.shape != (batch.deltas.shape[1],)
-        ):
-            center = None
-        delta = self.rule.with_center(center)(batch.deltas)
-        if self.use_history:
-            self.center = delta
-        return AggregationOutcome.accept_all(delta, uniform_weights(batch.size))
+    @property
+    def use_history(self) -> bool:
+        """Whether each round starts from the previous round's aggregate."""
+        return self.clipping.use_history
+
+    @property
+    def center(self) -> np.ndarray | None:
+        """Last aggregate delta: the next round's starting point (with history)."""
+        return self.previous if self.use_history else None

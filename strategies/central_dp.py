@@ -34,12 +34,17 @@ privacy section of the README for what that does and does not cover.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from logging import INFO
 from typing import Any
 
 import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.supercore import log
 
 from strategies.base import AggregationOutcome, ScreenedFedAvg, UpdateBatch
+from strategies.wrapping import StrategyWrapper
 
 
 def clip_rows(deltas: np.ndarray, clip_norm: float) -> tuple[np.ndarray, np.ndarray]:
@@ -164,17 +169,21 @@ def noise_multiplier_for(
     )
 
 
-class CentralDP(ScreenedFedAvg):
-    """Mixin that makes any :class:`ScreenedFedAvg` strategy user-level private.
+class CentralDP(StrategyWrapper):
+    """Makes a :class:`ScreenedFedAvg` strategy user-level private by holding it.
 
-    Combine by inheritance, ahead of the strategy: ``class DPTrusted(CentralDP,
-    TrustedFedAvg)`` or :func:`with_central_dp`. The wrapped strategy still decides
-    verdicts and weights — on the *clipped* updates — and this mixin replaces its
-    combination by the capped-share weighted mean plus calibrated Gaussian noise
-    (see the module docstring for the sensitivity).
+    ``CentralDP(TrustedFedAvg(...), noise_multiplier=1.0)``, as Flower's
+    ``DifferentialPrivacyServerSideFixedClipping(strategy, ...)`` holds its strategy.
+    The held strategy still validates, decides verdicts and weights — on the
+    *clipped* updates — and reports the round; this wrapper replaces its combination
+    by the capped-share weighted mean plus calibrated Gaussian noise (see the module
+    docstring for the sensitivity). Everything else (sampling, evaluation, the
+    recorder, reputations) is the held strategy's, readable through this object.
 
     Parameters
     ----------
+    strategy : ScreenedFedAvg
+        The strategy made private (not already a :class:`CentralDP`).
     noise_multiplier : float
         ``z``: noise std divided by the sensitivity.
     clip_norm : float
@@ -189,13 +198,14 @@ class CentralDP(ScreenedFedAvg):
         Parameters of :class:`AdaptiveClipNorm`.
     seed : int | None
         Seed of the noise (``None``: fresh OS entropy, what a deployment wants).
-    **kwargs
-        Passed on to the wrapped strategy.
     """
 
+    strategy: ScreenedFedAvg
+
+    # pylint: disable=too-many-arguments
     def __init__(
         self,
-        *args: Any,
+        strategy: ScreenedFedAvg,
         noise_multiplier: float = 1.0,
         clip_norm: float = 1.0,
         max_share: float = 0.1,
@@ -205,9 +215,13 @@ class CentralDP(ScreenedFedAvg):
         clip_learning_rate: float = 0.2,
         clip_count_noise: float = 0.0,
         seed: int | None = None,
-        **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        if not isinstance(strategy, ScreenedFedAvg):
+            raise TypeError(
+                "CentralDP holds an flp2p strategy (a ScreenedFedAvg), not "
+                f"{type(strategy).__name__}"
+            )
+        super().__init__(strategy)
         if noise_multiplier < 0:
             raise ValueError(f"noise_multiplier must be ≥ 0, got {noise_multiplier}")
         if not 0 < max_share <= 1:
@@ -221,7 +235,7 @@ class CentralDP(ScreenedFedAvg):
             clip_count_noise,
         )
         self.privacy_accountant = CentralPrivacyAccountant(
-            noise_multiplier, min(1.0, self.fraction_train), delta
+            noise_multiplier, min(1.0, strategy.fraction_train), delta
         )
         self.rng = np.random.default_rng(seed)
         self.last_sensitivity = 0.0
@@ -236,14 +250,38 @@ class CentralDP(ScreenedFedAvg):
         """δ of :attr:`epsilon`."""
         return self.privacy_accountant.delta
 
+    def summary(self) -> None:
+        """Log the DP settings, then the held strategy's summary."""
+        log(INFO, "\t├──> Central DP (user level):")
+        log(INFO, "\t│\t├── Noise multiplier: %g", self.noise_multiplier)
+        log(INFO, "\t│\t├── Clip norm: %g", self.clipping.clip_norm)
+        log(INFO, "\t│\t└── Largest share: %g", self.max_share)
+        super().summary()
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The held strategy's round with :meth:`aggregate_updates` as its rule."""
+        return self.strategy.aggregate_train_with(
+            server_round, replies, self.aggregate_updates
+        )
+
     def aggregate_updates(
         self, server_round: int, batch: UpdateBatch
     ) -> AggregationOutcome:
-        """Clip, let the wrapped rule judge, combine with capped shares, add noise."""
+        """Clip, let the held rule judge, combine with capped shares, add noise.
+
+        A round in which the rule uses nobody releases nothing: no noise is drawn,
+        no privacy is spent, and the rule's verdicts are returned as they are.
+        """
         clip_norm = self.clipping.clip_norm
         clipped, norms = clip_rows(batch.deltas, clip_norm)
         clipped.setflags(write=False)
-        judged = super().aggregate_updates(server_round, replace(batch, deltas=clipped))
+        judged = self.strategy.aggregate_updates(
+            server_round, replace(batch, deltas=clipped)
+        )
+        if not np.any(judged.weights > 0.0):
+            return judged
         shares = cap_shares(judged.weights, self.max_share)
         sensitivity = weighted_mean_sensitivity(self.max_share, clip_norm)
         noise = self.rng.normal(
@@ -265,10 +303,3 @@ class CentralDP(ScreenedFedAvg):
                 for scores, norm in zip(judged.scores, norms, strict=True)
             ),
         )
-
-
-def with_central_dp(strategy_cls: type[ScreenedFedAvg]) -> type[ScreenedFedAvg]:
-    """The user-level DP variant of a :class:`ScreenedFedAvg` subclass."""
-    if issubclass(strategy_cls, CentralDP):
-        return strategy_cls
-    return type(f"CentralDP{strategy_cls.__name__}", (CentralDP, strategy_cls), {})

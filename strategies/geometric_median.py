@@ -5,6 +5,7 @@ Paper: https://arxiv.org/abs/1912.13445
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from logging import INFO
 from typing import Unpack
 
@@ -12,12 +13,8 @@ import numpy as np
 from flwr.supercore import log
 
 from strategies import aggregators
-from strategies.base import (
-    AggregationOutcome,
-    ScreenedFedAvg,
-    ScreenedFedAvgOptions,
-    UpdateBatch,
-)
+from strategies.base import AggregationOutcome, ScreenedFedAvgOptions
+from strategies.robust_rule import RobustRuleFedAvg
 
 DISTANCE_SCORE = "distance_to_geometric_median"
 """Score name: Euclidean distance of a delta to the aggregate."""
@@ -34,7 +31,34 @@ def weiszfeld_shares(distances: np.ndarray, nu: float) -> np.ndarray:
     return inverse / inverse.sum()
 
 
-class GeometricMedian(ScreenedFedAvg):
+@dataclass(frozen=True)
+class WeiszfeldShares:
+    """The geometric median as a :class:`~strategies.robust_rule.RoundRule`: each
+    row weighted by its Weiszfeld share, scored by its distance to the aggregate."""
+
+    rule: aggregators.GeometricMedian
+
+    def decide(
+        self, deltas: np.ndarray, weights: np.ndarray, previous: np.ndarray | None
+    ) -> AggregationOutcome:
+        delta, iterations = self.rule.solve(deltas)
+        distances = aggregators.distances_to_point(deltas, delta)
+        log(INFO, "geometric median: %d Weiszfeld iterations", iterations)
+        return AggregationOutcome.accept_all(
+            delta,
+            weiszfeld_shares(distances, self.rule.nu),
+            scores=[{DISTANCE_SCORE: float(distance)} for distance in distances],
+        )
+
+    def describe(self) -> str:
+        rule = self.rule
+        return (
+            f"geometric median, nu = {rule.nu:g}, at most {rule.max_iterations} "
+            f"iterations, tolerance = {rule.tolerance:g}"
+        )
+
+
+class GeometricMedian(RobustRuleFedAvg):
     """Geometric median of the screened deltas by smoothed Weiszfeld (RFA).
 
     Implementation based on https://arxiv.org/abs/1912.13445 (Pillutla, Kakade &
@@ -64,31 +88,7 @@ class GeometricMedian(ScreenedFedAvg):
         tolerance: float = 1e-6,
         **options: Unpack[ScreenedFedAvgOptions],
     ) -> None:
-        super().__init__(**options)
-        self.rule = aggregators.GeometricMedian(
+        rule = aggregators.GeometricMedian(
             nu=nu, max_iterations=max_iterations, tolerance=tolerance
         )
-
-    def summary(self) -> None:
-        """Log summary configuration of the strategy."""
-        log(
-            INFO,
-            "\t├──> Geometric median: nu = %g, at most %d iterations, tolerance = %g",
-            self.rule.nu,
-            self.rule.max_iterations,
-            self.rule.tolerance,
-        )
-        super().summary()
-
-    def aggregate_updates(
-        self, server_round: int, batch: UpdateBatch
-    ) -> AggregationOutcome:
-        """Weiszfeld estimate; rows weighted by their share in the last step."""
-        delta, iterations = self.rule.solve(batch.deltas)
-        distances = aggregators.distances_to_point(batch.deltas, delta)
-        log(INFO, "geometric median: %d Weiszfeld iterations", iterations)
-        return AggregationOutcome.accept_all(
-            delta,
-            weiszfeld_shares(distances, self.rule.nu),
-            scores=[{DISTANCE_SCORE: float(distance)} for distance in distances],
-        )
+        super().__init__(rule=WeiszfeldShares(rule), **options)

@@ -5,25 +5,61 @@ Paper: https://proceedings.neurips.cc/paper/2017/hash/f4b9ec30ad9f68f89b29639786
 
 from __future__ import annotations
 
-from logging import INFO
+from dataclasses import dataclass
 from typing import Unpack
 
-from flwr.supercore import log
+import numpy as np
 
 from strategies import aggregators
 from strategies.base import (
     AggregationOutcome,
     InsufficientReplies,
-    ScreenedFedAvg,
     ScreenedFedAvgOptions,
-    UpdateBatch,
 )
+from strategies.robust_rule import RobustRuleFedAvg
 
 KRUM_SCORE = "krum_score"
 """Score name: sum of squared distances to the ``n − f − 2`` nearest other deltas."""
 
 
-class MultiKrum(ScreenedFedAvg):
+@dataclass(frozen=True)
+class KrumSelection:
+    """Multi-Krum as a :class:`~strategies.robust_rule.RoundRule`: the ``m``
+    best-scored rows averaged, the others rejected, every row's score reported."""
+
+    rule: aggregators.MultiKrum
+    label: str = "Multi-Krum"
+
+    def decide(
+        self, deltas: np.ndarray, weights: np.ndarray, previous: np.ndarray | None
+    ) -> AggregationOutcome:
+        rows = deltas.shape[0]
+        needed = max(2 * self.rule.f + 3, self.rule.m)
+        if rows < needed:
+            raise InsufficientReplies(
+                f"{self.label} with f={self.rule.f}, m={self.rule.m} needs {needed} "
+                f"valid replies, got {rows}"
+            )
+        # The rule's public API (not its helpers), so selection and tie-breaking
+        # are exactly the rule's; the distances are cheap next to a training round.
+        scores = self.rule.scores(deltas)
+        selected = self.rule.select(deltas)
+        return AggregationOutcome.select(
+            deltas[selected].mean(axis=0),
+            rows,
+            selected,
+            f"not selected by {self.label}",
+            scores=[{KRUM_SCORE: float(score)} for score in scores],
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{self.label}, number of malicious nodes = {self.rule.f}, "
+            f"number of nodes to select = {self.rule.m}"
+        )
+
+
+class MultiKrum(RobustRuleFedAvg):
     """Multi-Krum over the screened deltas [Blanchard et al., 2017].
 
     Implementation based on https://arxiv.org/abs/1703.02757: each delta is scored
@@ -47,58 +83,26 @@ class MultiKrum(ScreenedFedAvg):
         Every argument of :class:`~strategies.base.ScreenedFedAvg`.
     """
 
-    rule_name = "Multi-Krum"
-
     def __init__(
         self,
         num_malicious_nodes: int = 0,
         num_nodes_to_select: int = 1,
         **options: Unpack[ScreenedFedAvgOptions],
     ) -> None:
-        super().__init__(**options)
-        self.rule: aggregators.MultiKrum = aggregators.MultiKrum(
-            f=num_malicious_nodes, m=num_nodes_to_select
+        self.selection = KrumSelection(
+            aggregators.MultiKrum(f=num_malicious_nodes, m=num_nodes_to_select)
         )
+        super().__init__(rule=self.selection, **options)
 
     @property
     def num_malicious_nodes(self) -> int:
         """``f``, the number of Byzantine replies tolerated."""
-        return self.rule.f
+        return self.selection.rule.f
 
     @property
     def num_nodes_to_select(self) -> int:
         """``m``, the number of deltas kept."""
-        return self.rule.m
-
-    def summary(self) -> None:
-        """Log summary configuration of the strategy."""
-        log(INFO, "\t├──> %s settings:", self.rule_name)
-        log(INFO, "\t│\t├── Number of malicious nodes: %d", self.num_malicious_nodes)
-        log(INFO, "\t│\t└── Number of nodes to select: %d", self.num_nodes_to_select)
-        super().summary()
-
-    def aggregate_updates(
-        self, server_round: int, batch: UpdateBatch
-    ) -> AggregationOutcome:
-        """Mean of the ``m`` best-scored deltas; the others rejected."""
-        needed = max(2 * self.num_malicious_nodes + 3, self.num_nodes_to_select)
-        if batch.size < needed:
-            raise InsufficientReplies(
-                f"{self.rule_name} with f={self.num_malicious_nodes}, "
-                f"m={self.num_nodes_to_select} needs {needed} valid replies, "
-                f"got {batch.size}"
-            )
-        # The rule's public API (not its helpers), so selection and tie-breaking
-        # are exactly the rule's; the distances are cheap next to a training round.
-        scores = self.rule.scores(batch.deltas)
-        selected = self.rule.select(batch.deltas)
-        return AggregationOutcome.select(
-            batch.deltas[selected].mean(axis=0),
-            batch.size,
-            selected,
-            f"not selected by {self.rule_name}",
-            scores=[{KRUM_SCORE: float(score)} for score in scores],
-        )
+        return self.selection.rule.m
 
 
 class Krum(MultiKrum):
@@ -116,12 +120,11 @@ class Krum(MultiKrum):
         Every argument of :class:`~strategies.base.ScreenedFedAvg`.
     """
 
-    rule_name = "Krum"
-
     def __init__(
         self,
         num_malicious_nodes: int = 0,
         **options: Unpack[ScreenedFedAvgOptions],
     ) -> None:
         super().__init__(num_malicious_nodes, num_nodes_to_select=1, **options)
-        self.rule = aggregators.Krum(f=num_malicious_nodes)
+        self.selection = KrumSelection(aggregators.Krum(f=num_malicious_nodes), "Krum")
+        self.rule = self.selection

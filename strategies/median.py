@@ -5,22 +5,14 @@ Paper: https://arxiv.org/abs/1803.01498
 
 from __future__ import annotations
 
-from logging import INFO
 from typing import Unpack
 
-from flwr.supercore import log
-
 from strategies import aggregators
-from strategies.base import (
-    AggregationOutcome,
-    ScreenedFedAvg,
-    ScreenedFedAvgOptions,
-    UpdateBatch,
-    uniform_weights,
-)
+from strategies.base import ScreenedFedAvgOptions
+from strategies.robust_rule import RobustRuleFedAvg
 
 
-class Median(ScreenedFedAvg):
+class Median(RobustRuleFedAvg):
     """Coordinate-wise median of the screened deltas [Yin et al., 2018].
 
     Implementation based on https://arxiv.org/abs/1803.01498, computed by
@@ -36,18 +28,4 @@ class Median(ScreenedFedAvg):
     """
 
     def __init__(self, **options: Unpack[ScreenedFedAvgOptions]) -> None:
-        super().__init__(**options)
-        self.rule = aggregators.CoordinateMedian()
-
-    def summary(self) -> None:
-        """Log summary configuration of the strategy."""
-        log(INFO, "\t├──> Median: coordinate-wise, unweighted")
-        super().summary()
-
-    def aggregate_updates(
-        self, server_round: int, batch: UpdateBatch
-    ) -> AggregationOutcome:
-        """Coordinate-wise median of the deltas; every row accepted."""
-        return AggregationOutcome.accept_all(
-            self.rule(batch.deltas), uniform_weights(batch.size)
-        )
+        super().__init__(rule=aggregators.CoordinateMedian(), **options)

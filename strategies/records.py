@@ -45,6 +45,8 @@ class Verdict(str, Enum):
     ACCEPTED = "accepted"
     DOWNWEIGHTED = "downweighted"
     REJECTED = "rejected"
+    SKIPPED = "skipped"
+    """Passed validation, but the round was not aggregated (nobody's fault)."""
 
 
 class Tier(str, Enum):
@@ -68,13 +70,15 @@ class Contribution:
     node_id : int
         Flower's per-registration node id (only for debugging: it is not stable).
     num_examples : int
-        Example count the client claimed (0 when the reply was malformed).
+        Example count the client claimed (0 when the reply did not pass validation:
+        validation rejects non-positive counts, so 0 marks exactly those replies).
     update_sha256 : str
         Hex SHA-256 of the update (:func:`update_sha256`), ``""`` when unreadable.
     scores : Mapping[str, float]
         Detector name → anomaly score (larger is more suspicious).
     verdict : Verdict
-        Accepted, down-weighted or rejected.
+        Accepted, down-weighted, rejected, or skipped (the round was not
+        aggregated).
     reason : str
         Why (empty for a plain acceptance).
     weight : float
@@ -92,6 +96,11 @@ class Contribution:
     reason: str
     weight: float
     metrics: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def passed_validation(self) -> bool:
+        """Whether the reply reached the aggregation rule (it was valid)."""
+        return self.num_examples > 0
 
 
 @dataclass(frozen=True)

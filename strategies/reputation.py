@@ -400,8 +400,9 @@ class ReputationBook:
     policy : ReputationPolicy
         The arithmetic.
     store : ReputationStore | None
-        Where states live (default: a new :class:`InMemoryStore`). May be the same
-        object as the round recorder (the SQLite ledger is both).
+        Where states live (default: a new :class:`InMemoryStore`). It may or may
+        not be the round recorder too (the SQLite ledger is both): nothing here
+        depends on which.
     """
 
     def __init__(
@@ -440,7 +441,7 @@ class ReputationBook:
         present = {judgement.identity for judgement in judgements}
         for judgement in judgements:
             state = self.store.get_reputation(judgement.identity)
-            if judgement.banned:
+            if judgement.banned or judgement.verdict is Verdict.SKIPPED:
                 continue
             if judgement.verdict is not Verdict.REJECTED and not count_accepted:
                 continue
@@ -462,19 +463,40 @@ class ReputationBook:
                 changed.append(decayed)
         return changed
 
+    def judgements(self, report: RoundReport) -> list[Judgement]:
+        """What ``report`` says about each reply that reached the rule.
+
+        Replies rejected by validation never reached it (they change nobody's
+        reputation: a malformed or replayed reply may not even come from its
+        identity); a banned identity's reply is marked so it changes nothing either.
+        The store is read before :meth:`commit`, so bans are those the rule saw.
+        """
+        return [
+            Judgement(
+                contribution.identity,
+                contribution.verdict,
+                is_banned(
+                    self.store.get_reputation(contribution.identity),
+                    report.server_round,
+                ),
+            )
+            for contribution in report.contributions
+            if contribution.passed_validation
+        ]
+
     def commit(
         self,
         report: RoundReport,
         states: Sequence[ReputationState],
         recorder: RoundRecorder | None,
     ) -> None:
-        """Persist ``states`` and hand ``report`` to ``recorder``.
+        """Persist ``states``, then hand ``report`` and them to ``recorder``.
 
-        When the recorder is the store itself it persists both in its
-        ``record_round``; otherwise the store is written first, so a recorder that
-        reads reputations sees the new ones.
+        The store is written first, so a recorder that reads reputations sees the
+        new ones. A recorder that persists them too (the SQLite ledger keeps them
+        in the round's block) writes the same states again, which changes nothing:
+        whether store and recorder are one object does not matter.
         """
-        if recorder is not self.store:
-            self.store.put_reputations(states)
+        self.store.put_reputations(states)
         if recorder is not None:
             recorder.record_round(report, states)

@@ -5,22 +5,14 @@ Paper: https://arxiv.org/abs/1803.01498
 
 from __future__ import annotations
 
-from logging import INFO
 from typing import Unpack
 
-from flwr.supercore import log
-
 from strategies import aggregators
-from strategies.base import (
-    AggregationOutcome,
-    ScreenedFedAvg,
-    ScreenedFedAvgOptions,
-    UpdateBatch,
-    uniform_weights,
-)
+from strategies.base import ScreenedFedAvgOptions
+from strategies.robust_rule import RobustRuleFedAvg
 
 
-class TrimmedMean(ScreenedFedAvg):
+class TrimmedMean(RobustRuleFedAvg):
     """Coordinate-wise β-trimmed mean of the screened deltas [Yin et al., 2018].
 
     Implementation based on https://arxiv.org/abs/1803.01498, computed by
@@ -41,23 +33,10 @@ class TrimmedMean(ScreenedFedAvg):
     def __init__(
         self, beta: float = 0.2, **options: Unpack[ScreenedFedAvgOptions]
     ) -> None:
-        super().__init__(**options)
-        self.rule = aggregators.TrimmedMean(beta)
+        self.trim = aggregators.TrimmedMean(beta)
+        super().__init__(rule=self.trim, **options)
 
     @property
     def beta(self) -> float:
         """Fraction trimmed from each side."""
-        return self.rule.beta
-
-    def summary(self) -> None:
-        """Log summary configuration of the strategy."""
-        log(INFO, "\t├──> Trimmed mean: beta = %.3f, unweighted", self.beta)
-        super().summary()
-
-    def aggregate_updates(
-        self, server_round: int, batch: UpdateBatch
-    ) -> AggregationOutcome:
-        """Coordinate-wise trimmed mean of the deltas; every row accepted."""
-        return AggregationOutcome.accept_all(
-            self.rule(batch.deltas), uniform_weights(batch.size)
-        )
+        return self.trim.beta

@@ -4,7 +4,7 @@ Per round, on the replies that passed validation (:class:`~strategies.base.
 ScreenedFedAvg`):
 
 1. replies of banned identities are rejected ("banned until round N");
-2. the detectors of :mod:`strategies.detectors` score every delta and decide
+2. the detectors of :mod:`strategies.detection` score every delta and decide
    accepted / down-weighted / rejected, each reason naming detector and value;
 3. weights = claimed examples (capped) × tier multiplier × detector factor, with the
    identities on probation capped to a joint share (:mod:`strategies.reputation`);
@@ -19,7 +19,7 @@ ScreenedFedAvg`):
 
 Cost on 50 × 1M float64 parameters: one pass for the exact norms, a copy of 32
 blocks of 1 024 coordinates per row (Gram matrix and history, see
-:mod:`strategies.detectors`) and one weighted sum (the aggregate);
+:mod:`strategies.detection`) and one weighted sum (the aggregate);
 ``tests/test_trusted.py::test_default_pipeline_cost`` (marked slow) checks that it
 stays within 5 × a plain weighted mean.
 """
@@ -27,7 +27,6 @@ stays within 5 × a plain weighted mean.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
 from logging import INFO
 from typing import Unpack
 
@@ -37,27 +36,25 @@ from flwr.supercore import log
 from strategies import aggregators
 from strategies.base import (
     AggregationOutcome,
-    InsufficientReplies,
     ScreenedFedAvg,
     ScreenedFedAvgOptions,
     UpdateBatch,
 )
-from strategies.detectors import (
+from strategies.detection import (
     SKETCH_COORDINATES,
     DetectionContext,
+    Detector,
     DetectorPanel,
     Screening,
     UpdateHistory,
 )
 from strategies.records import (
-    Contribution,
     ReputationState,
     ReputationStore,
     RoundReport,
     Verdict,
 )
 from strategies.reputation import (
-    Judgement,
     ReputationBook,
     ReputationPolicy,
     is_banned,
@@ -97,32 +94,24 @@ def example_weights_with_factors(
     return raw / total if total > 0.0 else raw
 
 
-@dataclass(frozen=True)
-class _PendingRound:
-    """What :meth:`TrustedFedAvg.aggregate_updates` decided, for ``record_round``."""
-
-    server_round: int
-    keys: tuple[tuple[str, str], ...]
-    """(identity, update digest) per row."""
-    verdicts: tuple[Verdict, ...]
-    reasons: tuple[str, ...]
-    scores: tuple[Mapping[str, float], ...]
-    banned: tuple[bool, ...]
-
-
 # pylint: disable=too-many-instance-attributes
 class TrustedFedAvg(ScreenedFedAvg):
     """Detectors + reputation + norm-bounded FedAvg (the flp2p strategy).
 
     Implementation based on FedAvg (McMahan et al., AISTATS 2017,
     https://arxiv.org/abs/1602.05629) with the screening of
-    :mod:`strategies.detectors`, the reputation of :mod:`strategies.reputation` and
+    :mod:`strategies.detection`, the reputation of :mod:`strategies.reputation` and
     norm bounding (Sun et al., 2019, https://arxiv.org/abs/1911.07963).
 
     Parameters
     ----------
+    detectors : Sequence[Detector] | None (default: None)
+        The detectors to run, thresholds as their fields (e.g.
+        ``[NormOutlier(reject_at=8.0), FreeRider()]``); ``None`` for the default
+        panel (:func:`strategies.detection.default_detectors`).
     panel : DetectorPanel | None (default: None)
-        Detectors and thresholds; ``None`` for the default panel.
+        Detectors with a non-default ``downweight_factor``; give ``detectors`` or
+        ``panel``, not both.
     policy : ReputationPolicy | None (default: None)
         Reputation knobs; ``None`` for the defaults.
     store : ReputationStore | None (default: None)
@@ -142,7 +131,7 @@ class TrustedFedAvg(ScreenedFedAvg):
         down to it; ``None`` disables the bound.
     sketch_coordinates : int (default: 32768)
         Coordinates of each delta sampled for pairwise geometry and history
-        (:mod:`strategies.detectors`); models up to this size are treated exactly.
+        (:mod:`strategies.detection`); models up to this size are treated exactly.
     exact_geometry : bool (default: False)
         Gram matrix over every coordinate: exact for any size, ``O(n² d)``.
     sketch_seed : int | None (default: None)
@@ -155,6 +144,7 @@ class TrustedFedAvg(ScreenedFedAvg):
     # pylint: disable=too-many-arguments
     def __init__(
         self,
+        detectors: Sequence[Detector] | None = None,
         panel: DetectorPanel | None = None,
         policy: ReputationPolicy | None = None,
         store: ReputationStore | None = None,
@@ -176,7 +166,7 @@ class TrustedFedAvg(ScreenedFedAvg):
             raise ValueError(
                 f"sketch_coordinates must be ≥ 1, got {sketch_coordinates}"
             )
-        self.panel = panel if panel is not None else DetectorPanel()
+        self.panel = _panel(detectors, panel)
         self.use_detectors = use_detectors
         self.use_reputation = use_reputation
         self.rule = _resolve_rule(robust_rule)
@@ -190,7 +180,6 @@ class TrustedFedAvg(ScreenedFedAvg):
         self.history = UpdateHistory(
             max_coordinates=sketch_coordinates, seed=sketch_seed
         )
-        self._pending: _PendingRound | None = None
 
     @property
     def policy(self) -> ReputationPolicy:
@@ -248,16 +237,12 @@ class TrustedFedAvg(ScreenedFedAvg):
             batch.deltas.shape[1],
             server_round,
         )
-        self._pending = _PendingRound(
-            server_round,
-            tuple(zip(batch.identities, batch.digests, strict=True)),
-            verdicts,
-            reasons,
-            screening.scores,
-            tuple(bool(flag) for flag in banned),
-        )
         if not np.any(weights > 0.0):
-            raise InsufficientReplies("every valid reply was rejected or banned")
+            # Every row rejected or banned: nothing to aggregate, every verdict kept.
+            delta = np.zeros(batch.deltas.shape[1])
+            return AggregationOutcome(
+                delta, weights, verdicts, reasons, screening.scores
+            )
         delta, weights = self._aggregate(batch.deltas, weights, context)
         return AggregationOutcome(delta, weights, verdicts, reasons, screening.scores)
 
@@ -285,29 +270,15 @@ class TrustedFedAvg(ScreenedFedAvg):
     # ---------------------------------------------------------------- the ledger
 
     def record_round(self, report: RoundReport) -> None:
-        """Update reputations from this round's verdicts, then hand both on."""
-        pending = self._pending
-        self._pending = None
-        if pending is not None and pending.server_round != report.server_round:
-            pending = None
-        if pending is not None and report.aggregate_sha256 is None:
-            report = _restore_verdicts(report, pending)
+        """Update reputations from the round's report, then hand both on."""
         if not self.use_reputation:
             if self.recorder is not None:
                 self.recorder.record_round(report, [])
             return
-        judgements = (
-            [
-                Judgement(identity, verdict, banned)
-                for (identity, _), verdict, banned in zip(
-                    pending.keys, pending.verdicts, pending.banned, strict=True
-                )
-            ]
-            if pending is not None
-            else []
-        )
         states = self.book.next_states(
-            report.server_round, judgements, report.aggregate_sha256 is not None
+            report.server_round,
+            self.book.judgements(report),
+            report.aggregate_sha256 is not None,
         )
         self.book.commit(report, states, self.recorder)
 
@@ -321,12 +292,14 @@ class DetectorsOnlyFedAvg(TrustedFedAvg):
 
     def __init__(
         self,
+        detectors: Sequence[Detector] | None = None,
         panel: DetectorPanel | None = None,
         robust_rule: str | aggregators.AggregationRule = "mean",
         norm_bound_ratio: float | None = 2.0,
         **options: Unpack[ScreenedFedAvgOptions],
     ) -> None:
         super().__init__(
+            detectors=detectors,
             panel=panel,
             use_reputation=False,
             robust_rule=robust_rule,
@@ -340,17 +313,40 @@ class TrustedMedianFedAvg(TrustedFedAvg):
 
     def __init__(
         self,
+        detectors: Sequence[Detector] | None = None,
         panel: DetectorPanel | None = None,
         policy: ReputationPolicy | None = None,
         store: ReputationStore | None = None,
         **options: Unpack[ScreenedFedAvgOptions],
     ) -> None:
         super().__init__(
-            panel=panel, policy=policy, store=store, robust_rule="median", **options
+            detectors=detectors,
+            panel=panel,
+            policy=policy,
+            store=store,
+            robust_rule="median",
+            **options,
         )
 
 
 # ------------------------------------------------------------------------ helpers
+
+
+def _panel(
+    detectors: Sequence[Detector] | None, panel: DetectorPanel | None
+) -> DetectorPanel:
+    if detectors is not None and panel is not None:
+        raise ValueError("give detectors or panel, not both")
+    if panel is not None:
+        return panel
+    if detectors is None:
+        return DetectorPanel()
+    for detector in detectors:
+        if not isinstance(detector, Detector):
+            raise TypeError(
+                f"detectors must be Detector objects, got {type(detector).__name__}"
+            )
+    return DetectorPanel(tuple(detectors))
 
 
 def _resolve_rule(
@@ -387,31 +383,3 @@ def _with_bans(
             verdicts[row] = Verdict.REJECTED
             reasons[row] = f"banned until round {state.banned_until}"
     return tuple(verdicts), tuple(reasons)
-
-
-def _restore_verdicts(report: RoundReport, pending: _PendingRound) -> RoundReport:
-    """Put the hook's verdicts back into a report of a round that was not aggregated.
-
-    ``ScreenedFedAvg`` reports every valid row of such a round as accepted with
-    weight 0; when the reason is that this strategy rejected them all, the recorder
-    must see those rejections.
-    """
-    rows = {key: row for row, key in enumerate(pending.keys)}
-    contributions: list[Contribution] = []
-    for contribution in report.contributions:
-        row = rows.get((contribution.identity, contribution.update_sha256))
-        if row is None or contribution.verdict is not Verdict.ACCEPTED:
-            contributions.append(contribution)
-            continue
-        verdict = pending.verdicts[row]
-        reason = pending.reasons[row] or contribution.reason
-        contributions.append(
-            replace(
-                contribution,
-                verdict=verdict,
-                reason=reason,
-                scores=dict(pending.scores[row]),
-                weight=0.0,
-            )
-        )
-    return replace(report, contributions=tuple(contributions))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from strategies import aggregators
-from strategies.detectors import (
+from strategies.detection import (
     MAD_TO_SIGMA,
     SCORE_CEILING,
     SKETCH_BLOCK,

@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
 
 import numpy as np
 import pytest
@@ -44,11 +43,12 @@ from hypothesis import strategies as st
 
 import strategies
 from flp2p.app import arrays_to_record
+from strategies import aggregators
 from strategies.base import ScreenedFedAvg
 from strategies.bulyan import Bulyan
 from strategies.centered_clipping import CenteredClipping
-from strategies.central_dp import CentralDP, with_central_dp
-from strategies.detectors import DetectorPanel
+from strategies.central_dp import CentralDP
+from strategies.detection import DetectorPanel
 from strategies.geometric_median import GeometricMedian
 from strategies.krum import Krum, MultiKrum
 from strategies.median import Median
@@ -59,6 +59,7 @@ from strategies.records import (
     RoundReport,
     Verdict,
 )
+from strategies.robust_rule import RobustRuleFedAvg
 from strategies.trimmed_mean import TrimmedMean
 from strategies.trusted import (
     DetectorsOnlyFedAvg,
@@ -417,7 +418,7 @@ class FuzzCase:
 
     Attributes
     ----------
-    make_strategy : Callable[[], ScreenedFedAvg]
+    make_strategy : Callable[[], ScreenedFedAvg | CentralDP]
         A fresh strategy (each round is a first round).
     reference : Reference | None
         Brute-force rule; ``None`` (noisy DP) checks only that the model is finite.
@@ -429,20 +430,19 @@ class FuzzCase:
         the good rows (robust z-score of the norms; Iglewicz & Hoaglin, 1993).
     """
 
-    make_strategy: Callable[[], ScreenedFedAvg]
+    make_strategy: Callable[[], ScreenedFedAvg | CentralDP]
     reference: Reference | None
     tolerance: float = 1e-6
     rejects_huge_minority: bool = False
 
 
-# with_central_dp is typed for any ScreenedFedAvg; its result takes CentralDP's
-# arguments too.
-CentralDPFedAvg = cast(type[CentralDP], with_central_dp(ScreenedFedAvg))
-CentralDPTrustedFedAvg = cast(type[CentralDP], with_central_dp(TrustedFedAvg))
-
 FUZZED: dict[str, FuzzCase] = {
     "ScreenedFedAvg": FuzzCase(ScreenedFedAvg, fedavg_reference),
     "Median": FuzzCase(Median, median_reference),
+    "RobustRuleFedAvg(CoordinateMedian)": FuzzCase(
+        lambda: RobustRuleFedAvg(rule=aggregators.CoordinateMedian()),
+        median_reference,
+    ),
     "TrimmedMean": FuzzCase(lambda: TrimmedMean(beta=0.2), trimmed_mean_reference(0.2)),
     "Krum": FuzzCase(
         lambda: Krum(num_malicious_nodes=1), multikrum_reference(f=1, m=1)
@@ -477,12 +477,18 @@ FUZZED: dict[str, FuzzCase] = {
         rejects_huge_minority=True,
     ),
     "CentralDP(ScreenedFedAvg), no noise": FuzzCase(
-        lambda: CentralDPFedAvg(noise_multiplier=0.0, clip_norm=0.3, max_share=0.4),
+        lambda: CentralDP(
+            ScreenedFedAvg(), noise_multiplier=0.0, clip_norm=0.3, max_share=0.4
+        ),
         central_dp_reference(clip_norm=0.3, max_share=0.4),
     ),
     "CentralDP(TrustedFedAvg), noisy": FuzzCase(
-        lambda: CentralDPTrustedFedAvg(
-            noise_multiplier=1.0, clip_norm=0.3, max_share=0.4, seed=7, sketch_seed=0
+        lambda: CentralDP(
+            TrustedFedAvg(sketch_seed=0),
+            noise_multiplier=1.0,
+            clip_norm=0.3,
+            max_share=0.4,
+            seed=7,
         ),
         None,
     ),
@@ -607,7 +613,9 @@ def run_round(
 ) -> tuple[dict[str, np.ndarray] | None, MetricRecord | None, RoundReport]:
     store = InMemoryStore()
     strategy = case.make_strategy()
-    strategy.recorder = store
+    # A wrapper reads through to the strategy it holds, but writes stay its own.
+    screened = strategy.strategy if isinstance(strategy, CentralDP) else strategy
+    screened.recorder = store
     strategy.set_reference(REFERENCE)
     arrays, metrics = strategy.aggregate_train(1, replies)
     (report,) = store.rounds
@@ -761,12 +769,13 @@ def test_malformed_replies_never_abort_and_good_ones_aggregate(
 
 
 def test_every_exported_strategy_is_fuzzed() -> None:
-    """Each strategy class in ``strategies.__all__`` (and the DP mixin) has a case."""
+    """Each strategy class in ``strategies.__all__`` (and the DP wrapper) has a case."""
     fuzzed = [case.make_strategy() for case in FUZZED.values()]
     exported = [
         value
         for value in (getattr(strategies, name) for name in strategies.__all__)
-        if isinstance(value, type) and issubclass(value, ScreenedFedAvg)
+        if isinstance(value, type)
+        and (issubclass(value, ScreenedFedAvg) or value is CentralDP)
     ]
     assert CentralDP in exported
     for cls in exported:
@@ -847,7 +856,7 @@ def test_one_huge_reply_does_not_get_honest_replies_rejected() -> None:
 
     The detectors' geometric-median centre had the same flaw as the rule: it stopped
     several units towards the far row (honest norms: 0.3), every honest residual then
-    pointed away from it, and :class:`~strategies.detectors.Collusion` rejected all
+    pointed away from it, and :class:`~strategies.detection.Collusion` rejected all
     eight honest rows.
     """
     rng = np.random.default_rng(0)

@@ -13,9 +13,9 @@ from flp2p.ledger import Ledger, LedgerError
 from flp2p.ledger_broadcast import (
     CATCH_UP_BLOCKS,
     LEDGER_BLOCKS_KEY,
+    LedgerBroadcast,
     block_height,
     sync_replica,
-    with_ledger_broadcast,
 )
 from strategies.base import ScreenedFedAvg
 from strategies.records import ReputationState, Tier
@@ -42,7 +42,7 @@ def aggregator_ledger(tmp_path: Path, rounds: int) -> Ledger:
 
 def test_instructions_carry_the_newest_blocks(tmp_path: Path) -> None:
     ledger = aggregator_ledger(tmp_path, rounds=CATCH_UP_BLOCKS + 4)
-    strategy = with_ledger_broadcast(ScreenedFedAvg, ledger)(min_available_nodes=3)
+    strategy = LedgerBroadcast(ScreenedFedAvg(min_available_nodes=3), ledger)
     arrays = ArrayRecord({"w": Array(np.zeros(2))})
     config = ConfigRecord({"lr": 0.1})
     messages = list(strategy.configure_train(5, arrays, config, FakeGrid()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from strategies.base import ScreenedFedAvg, UpdateBatch
+from strategies.base import AggregationOutcome, ScreenedFedAvg, UpdateBatch
 from strategies.central_dp import (
     AdaptiveClipNorm,
     CentralDP,
@@ -13,8 +13,10 @@ from strategies.central_dp import (
     cap_shares,
     clip_rows,
     weighted_mean_sensitivity,
-    with_central_dp,
 )
+from strategies.records import InMemoryStore, Verdict
+from strategies.trusted import TrustedFedAvg
+from strategies.wrapping import StrategyWrapper
 
 
 def batch_of(deltas: np.ndarray, examples: list[int] | None = None) -> UpdateBatch:
@@ -83,8 +85,8 @@ def test_removing_one_client_moves_the_aggregate_by_at_most_the_sensitivity() ->
 
 
 def test_noise_standard_deviation_matches_its_calibration() -> None:
-    strategy = with_central_dp(ScreenedFedAvg)(
-        noise_multiplier=1.5, clip_norm=2.0, max_share=0.25, seed=7
+    strategy = CentralDP(
+        ScreenedFedAvg(), noise_multiplier=1.5, clip_norm=2.0, max_share=0.25, seed=7
     )
     d = 100_000
     outcome = strategy.aggregate_updates(1, batch_of(np.zeros((8, d))))
@@ -95,8 +97,8 @@ def test_noise_standard_deviation_matches_its_calibration() -> None:
 
 
 def test_without_noise_the_aggregate_is_the_capped_mean_of_clipped_updates() -> None:
-    strategy = with_central_dp(ScreenedFedAvg)(
-        noise_multiplier=0.0, clip_norm=1.0, max_share=0.5
+    strategy = CentralDP(
+        ScreenedFedAvg(), noise_multiplier=0.0, clip_norm=1.0, max_share=0.5
     )
     deltas = np.array([[3.0, 4.0], [0.3, 0.4], [0.0, 0.1]])  # norms 5, 0.5, 0.1
     outcome = strategy.aggregate_updates(1, batch_of(deltas, [80, 10, 10]))
@@ -119,7 +121,7 @@ def test_epsilon_grows_with_rounds_and_falls_with_noise() -> None:
 
 
 def test_strategy_epsilon_advances_one_step_per_round() -> None:
-    strategy = with_central_dp(ScreenedFedAvg)(noise_multiplier=1.0, max_share=0.5)
+    strategy = CentralDP(ScreenedFedAvg(), noise_multiplier=1.0, max_share=0.5)
     batch = batch_of(np.ones((4, 3)))
     seen = []
     for r in (1, 2, 3):
@@ -138,7 +140,68 @@ def test_adaptive_clip_norm_tracks_the_quantile() -> None:
 
 
 def test_dp_variant_is_built_once_and_validates() -> None:
-    variant = with_central_dp(ScreenedFedAvg)
-    assert issubclass(variant, CentralDP) and with_central_dp(variant) is variant
+    private = CentralDP(ScreenedFedAvg())
+    assert isinstance(private, CentralDP) and isinstance(
+        private.strategy, ScreenedFedAvg
+    )
+    with pytest.raises(TypeError, match="ScreenedFedAvg"):
+        CentralDP(private)  # type: ignore[arg-type]  # privatised once, not twice
     with pytest.raises(ValueError, match="max_share"):
-        variant(max_share=0.0)
+        CentralDP(ScreenedFedAvg(), max_share=0.0)
+
+
+def test_a_round_the_rule_uses_nobody_in_spends_no_privacy() -> None:
+    class RejectsAll(ScreenedFedAvg):
+        def aggregate_updates(
+            self, server_round: int, batch: UpdateBatch
+        ) -> AggregationOutcome:
+            rows = batch.size
+            return AggregationOutcome(
+                np.zeros(batch.deltas.shape[1]),
+                np.zeros(rows),
+                (Verdict.REJECTED,) * rows,
+                ("no",) * rows,
+                ({},) * rows,
+            )
+
+    strategy = CentralDP(RejectsAll(), noise_multiplier=1.0, max_share=0.5, seed=1)
+    outcome = strategy.aggregate_updates(1, batch_of(np.ones((4, 3))))
+    assert outcome.verdicts == (Verdict.REJECTED,) * 4
+    assert not outcome.delta.any()  # no noise drawn
+    assert strategy.epsilon == 0.0 and strategy.last_sensitivity == 0.0
+
+
+def test_wrappers_nest_and_read_through_to_the_strategy() -> None:
+    store = InMemoryStore()
+    trusted = TrustedFedAvg(recorder=store, fraction_train=0.5)
+    private = CentralDP(trusted, noise_multiplier=1.0, max_share=0.5)
+    outer = StrategyWrapper(private)
+    assert outer.innermost() is trusted
+    assert outer.recorder is store and outer.fraction_train == 0.5
+    assert outer.reputations() == []
+    assert outer.epsilon == private.epsilon == 0.0 and outer.delta == 1e-5
+    assert private.privacy_accountant.sample_rate == 0.5
+    with pytest.raises(AttributeError):
+        _ = outer.no_such_setting
+
+
+def test_build_strategy_holds_the_configured_strategy_in_one_dp_wrapper() -> None:
+    from flp2p.config import RunSettings, build_strategy, compose
+
+    settings = RunSettings.from_config(
+        compose(["strategy=trusted", "privacy=central", "attack=none", "clients=8"])
+    )
+    built: list[object] = []
+
+    def wrap(strategy: object) -> StrategyWrapper:
+        built.append(strategy)
+        return StrategyWrapper(strategy)  # type: ignore[arg-type]
+
+    strategy = build_strategy(settings, wrap)
+    (private,) = built  # built once, wrapped once
+    assert isinstance(private, CentralDP)
+    assert type(private.strategy) is TrustedFedAvg  # no run-time class
+    assert private.max_share == pytest.approx(min(1.0, 2.0 / 8))
+    # flp2p.app.privacy_spent reads epsilon/delta off whatever was built.
+    assert hasattr(strategy, "epsilon") and strategy.epsilon == 0.0
+    assert strategy.delta == settings.privacy["delta"]

@@ -49,6 +49,7 @@ from strategies.records import (
     Verdict,
     update_sha256,
 )
+from strategies.robust_rule import AcceptEveryRow, RobustRuleFedAvg, RoundRule
 from strategies.trimmed_mean import TrimmedMean
 
 RNG_SEED = 20240607
@@ -323,7 +324,7 @@ def test_failing_rule_skips_the_round_without_blaming_clients(
 
     assert strategy.aggregate_train(1, good_replies(2)[0]) == (None, None)
     contributions = store.rounds[0].contributions
-    assert [c.verdict for c in contributions] == [Verdict.ACCEPTED] * 2
+    assert [c.verdict for c in contributions] == [Verdict.SKIPPED] * 2
     assert all(c.weight == 0.0 and c.reason.startswith(reason) for c in contributions)
     assert store.rounds[0].aggregate_sha256 is None
 
@@ -702,3 +703,132 @@ def test_example_serverapp_imports_and_builds() -> None:
     spec.loader.exec_module(module)
     assert isinstance(module.app, ServerApp)
     assert isinstance(module.Median(), ScreenedFedAvg)
+
+
+def test_any_rule_becomes_a_strategy_through_the_adapter() -> None:
+    """A pure rule with no strategy class of its own: every row accepted with 1/n."""
+    replies, deltas, identities = byzantine_round()
+    arrays, report = run_round(
+        RobustRuleFedAvg(rule=aggregators.TrimmedMean(0.1)), replies
+    )
+    expected = model_from_delta(aggregators.TrimmedMean(0.1)(deltas))
+    result = as_numpy(arrays)
+    for array_name, value in expected.items():
+        np.testing.assert_allclose(result[array_name], value, rtol=1e-6, atol=1e-7)
+    valid = report.contributions[: len(identities)]
+    assert [c.verdict for c in valid] == [Verdict.ACCEPTED] * len(identities)
+    assert [c.weight for c in valid] == pytest.approx([1 / len(identities)] * 11)
+
+
+def test_preaggregator_runs_before_the_rule() -> None:
+    """``rule ∘ pre-aggregator``: the rule sees what the pre-aggregator returns."""
+    seen: list[tuple[int, int]] = []
+
+    def halve_and_pair(
+        deltas: np.ndarray, weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        # Averages of consecutive pairs (bucketing with buckets of two).
+        pairs = deltas.shape[0] // 2
+        mixed = deltas[: 2 * pairs].reshape(pairs, 2, -1).mean(axis=1)
+        seen.append((deltas.shape[0], pairs))
+        return mixed, np.full(pairs, 1.0 / pairs)
+
+    replies, deltas, identities = byzantine_round(honest=9)  # 11 well-formed rows
+    strategy = RobustRuleFedAvg(
+        rule=aggregators.CoordinateMedian(), preaggregator=halve_and_pair
+    )
+    arrays, report = run_round(strategy, replies)
+    assert seen == [(11, 5)]
+    buckets = deltas[:10].reshape(5, 2, -1).mean(axis=1)
+    expected = model_from_delta(np.median(buckets, axis=0))
+    for array_name, value in expected.items():
+        np.testing.assert_allclose(
+            as_numpy(arrays)[array_name], value, rtol=1e-6, atol=1e-7
+        )
+    # Rows mixed beyond telling apart: each reported accepted with its share.
+    valid = report.contributions[: len(identities)]
+    assert all(c.verdict is Verdict.ACCEPTED for c in valid)
+    assert sum(c.weight for c in valid) == pytest.approx(1.0)
+
+
+def test_identity_preaggregator_keeps_the_rules_row_decisions() -> None:
+    replies = byzantine_round()[0]
+    plain = run_round(Krum(num_malicious_nodes=2), replies)[1]
+    piped = Krum(num_malicious_nodes=2)
+    piped.preaggregator = lambda deltas, weights: (deltas, weights)
+    report = run_round(piped, replies)[1]
+    assert [c.verdict for c in report.contributions] == [
+        c.verdict for c in plain.contributions
+    ]
+    assert [c.scores for c in report.contributions] == [
+        c.scores for c in plain.contributions
+    ]
+
+
+def test_named_rules_are_configurations_of_the_adapter() -> None:
+    for strategy in (
+        Median(),
+        TrimmedMean(),
+        Krum(),
+        MultiKrum(),
+        Bulyan(),
+        GeometricMedian(),
+        CenteredClipping(),
+    ):
+        assert isinstance(strategy, RobustRuleFedAvg)
+        assert isinstance(strategy.rule, RoundRule)
+
+
+def test_a_round_not_aggregated_keeps_the_rules_rejections() -> None:
+    """The hook's outcome is complete: when its aggregate cannot be applied, rows
+    it rejected stay rejected with their reason; the others are skipped."""
+    huge = {name: value.copy() for name, value in REFERENCE.items()}
+    huge["layer.weight"] = np.full((3, 4), 3.0e38, dtype=np.float32)
+    replies = [make_train_reply(huge, 1, 1, "a"), make_train_reply(huge, 1, 2, "b")]
+
+    class RejectsSecondOverflows(ScreenedFedAvg):
+        def aggregate_updates(
+            self, server_round: int, batch: UpdateBatch
+        ) -> AggregationOutcome:
+            return AggregationOutcome(
+                2.0 * batch.deltas[0],
+                np.array([1.0, 0.0]),
+                (Verdict.ACCEPTED, Verdict.REJECTED),
+                ("", "too far"),
+                ({"far": 0.0}, {"far": 9.0}),
+            )
+
+    store = InMemoryStore()
+    strategy = RejectsSecondOverflows(recorder=store)
+    configured(strategy)
+    assert strategy.aggregate_train(1, replies) == (None, None)
+    first, second = store.rounds[0].contributions
+    assert first.verdict is Verdict.SKIPPED and first.weight == 0.0
+    assert (
+        first.reason
+        == "round not aggregated: the aggregate overflows the model's dtype"
+    )
+    assert second.verdict is Verdict.REJECTED and second.reason == "too far"
+    assert second.scores == {"far": 9.0}
+
+
+def test_a_rule_is_registered_by_one_config_entry() -> None:
+    """``_target_: strategies.RobustRuleFedAvg`` with a nested rule ``_target_`` is
+    all a new rule needs in conf/strategy (build_strategy instantiates both)."""
+    from flp2p.config import RunSettings, build_strategy, compose
+
+    settings = RunSettings.from_config(
+        compose(
+            [
+                "strategy=median",
+                "attack=none",
+                "strategy._target_=strategies.RobustRuleFedAvg",
+                "+strategy.rule={_target_: strategies.aggregators.TrimmedMean,"
+                " beta: 0.1}",
+            ]
+        )
+    )
+    strategy = build_strategy(settings)
+    assert type(strategy) is RobustRuleFedAvg
+    assert strategy.rule.describe() == "TrimmedMean, every row accepted"
+    assert strategy.rule == AcceptEveryRow(aggregators.TrimmedMean(0.1))

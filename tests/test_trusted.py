@@ -16,7 +16,8 @@ import pytest
 from helpers_messages import make_train_reply
 
 from strategies import aggregators
-from strategies.base import AggregationOutcome, UpdateBatch
+from strategies.base import AggregationOutcome, UpdateBatch, batch_contributions
+from strategies.detection import DetectorPanel, FreeRider, NormOutlier
 from strategies.records import (
     InMemoryStore,
     ReputationState,
@@ -111,6 +112,16 @@ def batch_of(
     )
 
 
+def aggregated_report(
+    server_round: int, batch: UpdateBatch, outcome: AggregationOutcome
+) -> RoundReport:
+    """The report of a round driven through the hook by hand (one way: hook →
+    report → record_round, as ``aggregate_train`` does)."""
+    return RoundReport(
+        server_round, tuple(batch_contributions(batch, outcome)), "aggregated"
+    )
+
+
 def run_rounds(
     strategy: TrustedFedAvg, attack: str, rounds: int, seed: int
 ) -> list[tuple[AggregationOutcome, np.ndarray]]:
@@ -118,10 +129,9 @@ def run_rounds(
     results = []
     for server_round in range(1, rounds + 1):
         deltas, claims, honest_mean = federation.round(attack)
-        outcome = strategy.aggregate_updates(
-            server_round, batch_of(deltas, claims, server_round)
-        )
-        strategy.record_round(RoundReport(server_round, (), "aggregated"))
+        batch = batch_of(deltas, claims, server_round)
+        outcome = strategy.aggregate_updates(server_round, batch)
+        strategy.record_round(aggregated_report(server_round, batch, outcome))
         results.append((outcome, honest_mean))
     return results
 
@@ -417,10 +427,9 @@ def test_heterogeneous_sign_flippers_that_matter_are_rejected_then_banned() -> N
         agreement = np.array([cosine(row, honest_mean) for row in honest[:MALICIOUS]])
         deltas = honest.copy()
         deltas[:MALICIOUS] = -honest[:MALICIOUS]
-        outcome = strategy.aggregate_updates(
-            server_round, batch_of(deltas, claims, server_round)
-        )
-        strategy.record_round(RoundReport(server_round, (), "aggregated"))
+        batch = batch_of(deltas, claims, server_round)
+        outcome = strategy.aggregate_updates(server_round, batch)
+        strategy.record_round(aggregated_report(server_round, batch, outcome))
         harmful = agreement >= 0.6
         assert harmful.any()
         assert np.all(outcome.weights[:MALICIOUS][harmful] == 0.0), outcome.reasons
@@ -435,3 +444,41 @@ def test_heterogeneous_sign_flippers_that_matter_are_rejected_then_banned() -> N
         if state.identity in {f"client-{row}" for row in np.flatnonzero(harmful)}
     ]
     assert banned and all(state.banned_until > 4 for state in banned)
+
+
+def test_detectors_are_chosen_from_conf_and_default_to_todays_panel() -> None:
+    """conf/strategy/trusted.yaml lists the panel with Hydra ``_target_`` entries;
+    built once by build_strategy, it is exactly the default panel."""
+    from flp2p.config import RunSettings, build_strategy, compose
+
+    settings = RunSettings.from_config(
+        compose(["strategy=trusted", "attack=none", "privacy=none"])
+    )
+    built = build_strategy(settings)
+    assert isinstance(built, TrustedFedAvg)
+    assert built.panel == DetectorPanel()
+    # A changed threshold and a shorter list, as a run would override them.
+    settings = RunSettings.from_config(
+        compose(
+            [
+                "strategy=trusted",
+                "attack=none",
+                "privacy=none",
+                "strategy.detectors=[{_target_: strategies.detection.NormOutlier,"
+                " reject_at: 8.0}]",
+            ]
+        )
+    )
+    assert build_strategy(settings).panel.detectors == (NormOutlier(reject_at=8.0),)
+
+
+def test_detectors_parameter_replaces_the_panel() -> None:
+    chosen = (NormOutlier(reject_at=8.0), FreeRider())
+    strategy = TrustedFedAvg(detectors=list(chosen))
+    assert strategy.panel == DetectorPanel(chosen)
+    assert DetectorsOnlyFedAvg(detectors=chosen).panel.detectors == chosen
+    assert TrustedMedianFedAvg(detectors=chosen).panel.detectors == chosen
+    with pytest.raises(ValueError, match="not both"):
+        TrustedFedAvg(detectors=chosen, panel=DetectorPanel())
+    with pytest.raises(TypeError, match="Detector objects"):
+        TrustedFedAvg(detectors=["norm"])  # type: ignore[list-item]

@@ -55,7 +55,7 @@ from flp2p.app import (
 from flp2p.config import RunSettings, build_strategy
 from flp2p.identity import ContributionAuthenticator, Identity
 from flp2p.ledger import Ledger
-from flp2p.ledger_broadcast import with_ledger_broadcast
+from flp2p.ledger_broadcast import LedgerBroadcast
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
 from strategies.records import ReputationState, RoundReport
 
@@ -369,15 +369,15 @@ def peer_strategy(settings: RunSettings, peer: PeerRun, ledger: Ledger | None) -
             ContributionAuthenticator(peer.federation), peer.start_round
         )
     }
-    decorate = None
+    wrap = None
     if ledger is not None:
         extra["recorder"] = FederationRoundLedger(ledger, peer.start_round)
         if settings.ledger_replicate:
 
-            def decorate(cls: type) -> type:
-                return with_ledger_broadcast(cls, ledger)
+            def wrap(strategy: Any) -> Any:
+                return LedgerBroadcast(strategy, ledger)
 
-    strategy = build_strategy(settings, decorate, **extra)
+    strategy = build_strategy(settings, wrap, **extra)
     if getattr(strategy, "authenticator", None) is None:
         # Flower's built-in strategies take no authenticator.
         log.warning(

@@ -1,0 +1,143 @@
+"""Data flows one way, and so do imports (issue 11, docs/ARCHITECTURE.md).
+
+The module graph is read from the source with :mod:`ast`, not by importing it: every
+``import`` and ``from … import`` of a project module, at module level (those under
+``if TYPE_CHECKING:`` too: a circle of types is still a circle in the design) or
+inside a function, is an edge.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("strategies", "flp2p", "benchmarks")
+
+KNOWN_CYCLE_EDGES = {("flp2p.dht.routing", "flp2p.dht.protocol")}
+"""Edges of a known import circle outside the strategies: ``dht/routing.py`` imports
+``dht/protocol.py`` (for a type) while the protocol imports the routing table. Issue
+11, item 6, removes it; then delete this set and the expected failure below."""
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def project_modules() -> dict[str, Path]:
+    modules: dict[str, Path] = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            modules[module_name(path)] = path
+    return modules
+
+
+def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Project modules that module ``name`` (at ``path``) imports."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        else:
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            # ``from package import module`` imports the module; ``from module
+            # import name`` the module itself.
+            targets = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                for alias in node.names
+            ]
+        found.update(target for target in targets if target in modules)
+    found.discard(name)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {
+        name: imported_modules(name, path, modules) for name, path in modules.items()
+    }
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle as ``[a, b, …, a]``, or ``None`` (iterative DFS)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    for root in sorted(graph):
+        if root in state:
+            continue
+        path = [root]
+        state[root] = 1
+        pending = [iter(sorted(graph[root]))]
+        while pending:
+            child = next(pending[-1], None)
+            if child is None:
+                state[path.pop()] = 2
+                pending.pop()
+                continue
+            if state.get(child) == 1:
+                return [*path[path.index(child) :], child]
+            if child not in state:
+                state[child] = 1
+                path.append(child)
+                pending.append(iter(sorted(graph[child])))
+    return None
+
+
+def without(
+    graph: dict[str, set[str]], edges: set[tuple[str, str]]
+) -> dict[str, set[str]]:
+    return {
+        name: targets - {b for a, b in edges if a == name}
+        for name, targets in graph.items()
+    }
+
+
+def test_the_graph_sees_function_level_and_relative_imports() -> None:
+    graph = import_graph()
+    # flp2p.config imports strategies.base inside build_strategy only.
+    assert "strategies.base" in graph["flp2p.config"]
+    assert "strategies.aggregators" in graph["strategies.detection.geometry"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_strategies_import_nothing_of_flp2p() -> None:
+    offending = {
+        name: sorted(target for target in targets if target.startswith("flp2p"))
+        for name, targets in import_graph().items()
+        if name.startswith("strategies")
+    }
+    assert {name: found for name, found in offending.items() if found} == {}
+
+
+def test_the_ledger_does_not_import_the_peer_runtime() -> None:
+    offending = {
+        name: sorted(t for t in targets if t.startswith("flp2p.peer"))
+        for name, targets in import_graph().items()
+        if name.startswith("flp2p.ledger")
+    }
+    assert {name: found for name, found in offending.items() if found} == {}
+
+
+def test_no_import_cycle_between_project_modules() -> None:
+    cycle = find_cycle(without(import_graph(), KNOWN_CYCLE_EDGES))
+    assert cycle is None, " → ".join(cycle or [])
+
+
+# The known circle itself: expected to fail until dht/routing.py stops importing
+# dht/protocol.py; strict, so the day it passes this marker must go.
+@pytest.mark.xfail(strict=True, reason="flp2p.dht.routing ↔ protocol (issue 11 item 6)")
+def test_known_dht_circle_is_gone() -> None:
+    graph = import_graph()
+    assert not any(b in graph.get(a, set()) for a, b in KNOWN_CYCLE_EDGES)
