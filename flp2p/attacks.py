@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from strategies.detectors import DetectionContext, DetectorPanel
+from strategies.detection import DetectionContext, DetectorPanel
 
 BenignDeltas = Callable[[], np.ndarray]
 """Returns the colluders' benign deltas, shape (num_malicious, d)."""
@@ -445,7 +445,7 @@ class Mimic(Attack):
 
 
 class DetectorAware(Attack):
-    """An adaptive attack that knows flp2p's detectors (:mod:`strategies.detectors`).
+    """An adaptive attack that knows flp2p's detectors (:mod:`strategies.detection`).
 
     The recipe of adaptive attacks on detection-based defences (Shejwalkar &
     Houmansadr, NDSS 2021, Sec. V: optimise against the known defence): send
@@ -455,7 +455,7 @@ class DetectorAware(Attack):
     attackers' share ``f / n``), *every* detector of ``panel`` scores every crafted
     row below ``margin ×`` its ``downweight_at``: accepted at full weight. The noise
     (``noise · σ ⊙ ε``, each colluder its own) keeps the crafted rows from looking
-    like copies (:class:`~strategies.detectors.Collusion`); the simulation draws it
+    like copies (:class:`~strategies.detection.Collusion`); the simulation draws it
     from a seed all colluders share, so they agree on ``γ``.
 
     Parameters

@@ -26,7 +26,7 @@ from flp2p.attacks import (
     perturbation_direction,
 )
 from flp2p.config import RunSettings, compose
-from strategies.detectors import DetectionContext, DetectorPanel
+from strategies.detection import DetectionContext, DetectorPanel
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "attack"
 

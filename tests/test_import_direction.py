@@ -11,15 +11,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("strategies", "flp2p", "benchmarks")
-
-KNOWN_CYCLE_EDGES = {("flp2p.dht.routing", "flp2p.dht.protocol")}
-"""Edges of a known import circle outside the strategies: ``dht/routing.py`` imports
-``dht/protocol.py`` (for a type) while the protocol imports the routing table. Issue
-11, item 6, removes it; then delete this set and the expected failure below."""
 
 
 def module_name(path: Path) -> str:
@@ -94,15 +87,6 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def without(
-    graph: dict[str, set[str]], edges: set[tuple[str, str]]
-) -> dict[str, set[str]]:
-    return {
-        name: targets - {b for a, b in edges if a == name}
-        for name, targets in graph.items()
-    }
-
-
 def test_the_graph_sees_function_level_and_relative_imports() -> None:
     graph = import_graph()
     # flp2p.config imports strategies.base inside build_strategy only.
@@ -131,13 +115,10 @@ def test_the_ledger_does_not_import_the_peer_runtime() -> None:
 
 
 def test_no_import_cycle_between_project_modules() -> None:
-    cycle = find_cycle(without(import_graph(), KNOWN_CYCLE_EDGES))
+    cycle = find_cycle(import_graph())
     assert cycle is None, " → ".join(cycle or [])
 
 
-# The known circle itself: expected to fail until dht/routing.py stops importing
-# dht/protocol.py; strict, so the day it passes this marker must go.
-@pytest.mark.xfail(strict=True, reason="flp2p.dht.routing ↔ protocol (issue 11 item 6)")
-def test_known_dht_circle_is_gone() -> None:
-    graph = import_graph()
-    assert not any(b in graph.get(a, set()) for a, b in KNOWN_CYCLE_EDGES)
+def test_dht_routing_does_not_call_into_the_protocol() -> None:
+    """Routing says whom to ping; the protocol pings (hivemind's shape)."""
+    assert "flp2p.dht.protocol" not in import_graph()["flp2p.dht.routing"]
