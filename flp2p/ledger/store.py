@@ -15,9 +15,11 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import sqlite_utils
 
+from flp2p.audit.statements import AuditStatement, StatementError
 from flp2p.signatures import Signer
 from strategies.records import ReputationState, RoundReport, Tier
 
@@ -41,7 +43,7 @@ from .tables import (
     reputation_sql_rows,
     reward_sql_rows,
 )
-from .verify import ChainTip, check_successor, verify_chain
+from .verify import ChainTip, block_target, check_successor, verify_chain
 
 
 class Ledger:
@@ -353,6 +355,98 @@ class Ledger:
             tip = verify_chain(iter_blocks(self._db), self.federation)
         return 0 if tip is None else tip.last.height + 1
 
+    # -- co-signatures ------------------------------------------------------------
+
+    def add_cosignatures(
+        self, height: int, statements: Iterable[AuditStatement]
+    ) -> int:
+        """Store auditors' co-signatures of the block at ``height``; return how many
+        were new (one already held byte for byte is skipped).
+
+        Each must verify and name this block exactly (federation, round, model,
+        body and inputs hashes). Committee membership is not checked here: it is
+        judged, with the committee size, when finality is counted
+        (:func:`flp2p.ledger.reports.finality_report`).
+
+        Raises
+        ------
+        LedgerError
+            If there is no such block, a statement does not co-sign it, or its
+            auditor already co-signed it differently; nothing was written.
+        """
+        block = self.block(height)
+        target = block_target(block)
+        rows = []
+        for statement in statements:
+            if not statement.signature_is_valid():
+                raise LedgerError(
+                    f"co-signature by {statement.auditor[:12]} does not verify"
+                )
+            if (
+                statement.federation,
+                statement.server_round,
+                statement.model_sha256,
+                statement.body_sha256,
+            ) != (
+                target.federation,
+                target.server_round,
+                target.model_sha256,
+                target.body_sha256,
+            ) or target.inputs_sha256 not in (None, statement.inputs_sha256):
+                raise LedgerError(
+                    f"co-signature by {statement.auditor[:12]} is not of block {height}"
+                )
+            rows.append(_cosignature_row(height, statement))
+        added = 0
+        with self._write_transaction():
+            for row in rows:
+                held = self._db.execute(
+                    "SELECT signature, inputs_sha256 FROM cosignatures "
+                    "WHERE height = ? AND auditor_public_key = ?",
+                    [height, row["auditor_public_key"]],
+                ).fetchone()
+                if held is None:
+                    self._insert_rows("cosignatures", [row])
+                    added += 1
+                elif tuple(held) != (row["signature"], row["inputs_sha256"]):
+                    raise LedgerError(
+                        f"auditor {row['auditor_public_key'][:12]} already co-signed "
+                        f"block {height} differently"
+                    )
+        return added
+
+    def cosignatures(self, height: int) -> list[AuditStatement]:
+        """The co-signatures stored for the block at ``height``, by auditor key.
+
+        Raises
+        ------
+        LedgerError
+            If a stored row is not a well-formed statement (the file was altered).
+        """
+        rows = self._db.execute(
+            "SELECT server_round, inputs_sha256, model_sha256, body_sha256, "
+            "auditor_public_key, signature FROM cosignatures WHERE height = ? "
+            "ORDER BY auditor_public_key",
+            [height],
+        ).fetchall()
+        try:
+            return [
+                AuditStatement(
+                    federation=self.federation,
+                    server_round=server_round,
+                    inputs_sha256=inputs,
+                    model_sha256=model,
+                    body_sha256=body,
+                    auditor_public_key=bytes.fromhex(key),
+                    signature=bytes.fromhex(signature),
+                )
+                for server_round, inputs, model, body, key, signature in rows
+            ]
+        except (StatementError, ValueError, TypeError) as error:
+            raise LedgerError(
+                f"block {height}: a stored co-signature is malformed ({error})"
+            ) from None
+
     # -- writing ------------------------------------------------------------------
 
     def _load_tip(self) -> ChainTip | None:
@@ -455,6 +549,19 @@ class Ledger:
             """,
             [{**row, "updated_height": updated_height} for row in rows],
         )
+
+
+def _cosignature_row(height: int, statement: AuditStatement) -> dict[str, Any]:
+    """The ``cosignatures`` row of one statement (the federation is the ledger's)."""
+    return {
+        "height": height,
+        "auditor_public_key": statement.auditor_public_key.hex(),
+        "server_round": statement.server_round,
+        "inputs_sha256": statement.inputs_sha256,
+        "model_sha256": statement.model_sha256,
+        "body_sha256": statement.body_sha256,
+        "signature": statement.signature.hex(),
+    }
 
 
 def _as_int(value: object) -> int:
