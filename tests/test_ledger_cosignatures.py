@@ -252,3 +252,90 @@ def test_cli_verify_of_a_simulation_ledger_says_no_committee(
     assert code == 0
     assert out.count("no committee (the genesis allows any signer)") == 2
     assert out.splitlines()[-1] == "final: 0 of 0 audited round blocks"
+
+
+# -- audited rounds: propose, co-sign, append only when final ------------------------
+
+
+def _replica(tmp_path: Path, source: Path) -> Ledger:
+    """A participant's copy holding the source's genesis only."""
+    replica = Ledger.open(tmp_path / "replica.db", federation=FEDERATION, create=True)
+    with Ledger.open(source) as ledger:
+        replica.append_block(ledger.block(0).to_bytes())
+    return replica
+
+
+def test_a_proposed_block_is_appended_only_once_final(ledger_path: Path) -> None:
+    with Ledger.open(ledger_path, signer=AGGREGATOR) as ledger:
+        committee = ledger.next_committee(AGGREGATOR.node_id)
+        assert committee is not None
+        report = make_report(4)
+        block = ledger.propose_round(report, make_reputations(report))
+        assert ledger.height == 3  # proposing writes nothing
+        members = [BY_ID[m] for m in committee.members]
+        outsider = next(a for a in AUDITORS if a not in members)
+        weak = [cosign(members[0], block), cosign(outsider, block)]
+        with pytest.raises(LedgerError, match=r"not final: 1/2 .*not a member"):
+            ledger.append_final_block(block.to_bytes(), weak)
+        assert ledger.height == 3 and ledger.cosignatures(4) == []
+        wrong_then_right = [
+            cosign(members[1], block, body_sha256="e" * 64),
+            *weak,
+            cosign(members[1], block),
+        ]
+        appended = ledger.append_final_block(block.to_bytes(), wrong_then_right)
+        assert appended == block and ledger.height == 4
+        stored = {s.auditor for s in ledger.cosignatures(4)}
+        assert stored == {members[0].node_id, members[1].node_id}
+        assert all(s.signature_is_valid() for s in ledger.cosignatures(4))
+        (status,) = [s for s in finality_report(ledger) if s.height == 4]
+        assert status.is_final
+        assert status.committee == committee  # the report redraws the same one
+
+
+def test_next_committee_matches_the_reports_committee_for_every_block(
+    ledger_path: Path,
+) -> None:
+    with Ledger.open(ledger_path, signer=AGGREGATOR) as ledger:
+        drawn = []
+        for server_round in (4, 5):
+            drawn.append(ledger.next_committee(AGGREGATOR.node_id))
+            _record(ledger, server_round)
+        reported = [s.committee for s in finality_report(ledger)][-2:]
+    assert drawn == reported
+
+
+def test_a_simulation_block_has_no_committee_to_finalise_it(tmp_path: Path) -> None:
+    path = tmp_path / "simulation.db"
+    with Ledger.open(
+        path, federation=FEDERATION, signer=AGGREGATOR, create=True
+    ) as ledger:
+        report = make_report(1)
+        block = ledger.propose_round(report, make_reputations(report))
+        assert ledger.next_committee(AGGREGATOR.node_id) is None
+        with pytest.raises(LedgerError, match="no committee"):
+            ledger.append_final_block(block.to_bytes(), [])
+        assert ledger.append_block(block.to_bytes()) == block
+
+
+def test_a_replica_appends_a_final_block_with_its_cosignatures(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "source.db"
+    with Ledger.open(
+        source,
+        federation=FEDERATION,
+        signer=AGGREGATOR,
+        allowed_signers=ELIGIBLE,
+        create=True,
+    ) as ledger:
+        report = make_report(1)
+        block = ledger.propose_round(report, make_reputations(report))
+        committee = ledger.next_committee(AGGREGATOR.node_id)
+    assert committee is not None
+    statements = [cosign(BY_ID[m], block) for m in committee.members]
+    with _replica(tmp_path, source) as replica:
+        with pytest.raises(LedgerError, match="not final"):
+            replica.append_final_block(block.to_bytes(), statements[:1])
+        replica.append_final_block(block.to_bytes(), statements)
+        assert replica.height == 1 and len(replica.cosignatures(1)) == 3

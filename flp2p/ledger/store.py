@@ -19,6 +19,8 @@ from typing import Any
 
 import sqlite_utils
 
+from flp2p.audit.committee import DEFAULT_COMMITTEE_SIZE, Committee, draw_committee
+from flp2p.audit.finality import block_finality, statement_refusal
 from flp2p.audit.statements import AuditStatement, StatementError
 from flp2p.signatures import Signer
 from strategies.records import ReputationState, RoundReport, Tier
@@ -43,7 +45,13 @@ from .tables import (
     reputation_sql_rows,
     reward_sql_rows,
 )
-from .verify import ChainTip, block_target, check_successor, verify_chain
+from .verify import (
+    ChainTip,
+    block_target,
+    check_successor,
+    signer_node_id,
+    verify_chain,
+)
 
 
 class Ledger:
@@ -217,42 +225,77 @@ class Ledger:
         """Append ``report`` as one signed block (with its rewards and reputations).
 
         Writes the genesis first when the chain is empty. Reputation states are
-        stored as this round's snapshot and as the current standings.
+        stored as this round's snapshot and as the current standings. (An audited
+        federation uses :meth:`propose_round` and :meth:`append_final_block`
+        instead, so that no block is written before its committee co-signs it.)
 
         Raises
         ------
         LedgerError
             If this ledger has no signer, or its signer is not allowed by the genesis.
         """
+        with self._write_transaction():
+            tip = self._genesis_tip()
+            self._insert_block(self._round_block(report, reputations, tip), tip)
+
+    def propose_round(
+        self, report: RoundReport, reputations: Sequence[ReputationState]
+    ) -> Block:
+        """The signed block :meth:`record_round` would append, without appending it.
+
+        The aggregator sends it to the round's auditors; once enough of them
+        co-signed, :meth:`append_final_block` appends it. Writes the genesis first
+        when the chain is empty (a genesis needs no audit).
+
+        Raises
+        ------
+        LedgerError
+            As :meth:`record_round`.
+        """
+        with self._write_transaction():
+            tip = self._genesis_tip()
+            block = self._round_block(report, reputations, tip)
+            check_successor(block, tip, self.federation)
+        return block
+
+    def _genesis_tip(self) -> ChainTip:
+        """The tip, after writing a genesis if the chain is empty (caller's txn)."""
         if self.signer is None:
             raise LedgerError(
                 "this ledger has no signing identity; only an aggregator records rounds"
             )
+        tip = self._load_tip()
+        if tip is None:
+            self._insert_block(self._signed_genesis(), tip=None)
+            tip = self._load_tip()
+            assert tip is not None
+        return tip
+
+    def _round_block(
+        self,
+        report: RoundReport,
+        reputations: Sequence[ReputationState],
+        tip: ChainTip,
+    ) -> Block:
+        """The signed round block of ``report`` following ``tip``."""
+        assert self.signer is not None
         contributions = tuple(contribution_row(c) for c in report.contributions)
         latest = {state.identity: state for state in reputations}
         tiers = self._tiers_for(report, latest)
         rewards = round_rewards(report.contributions, tiers, self.policy)
-        with self._write_transaction():
-            tip = self._load_tip()
-            if tip is None:
-                genesis = self._signed_genesis()
-                self._insert_block(genesis, tip=None)
-                tip = self._load_tip()
-                assert tip is not None
-            block = Block(
-                federation=self.federation,
-                height=tip.next_height,
-                kind=BlockKind.ROUND,
-                previous_hash=tip.last.block_hash,
-                server_round=int(report.server_round),
-                aggregate_sha256=report.aggregate_sha256,
-                created_at=time.time(),
-                signer="",
-                contributions=contributions,
-                rewards=tuple(reward_row(r) for r in rewards),
-                reputations=tuple(reputation_row(latest[i]) for i in sorted(latest)),
-            ).signed_by(self.signer)
-            self._insert_block(block, tip)
+        return Block(
+            federation=self.federation,
+            height=tip.next_height,
+            kind=BlockKind.ROUND,
+            previous_hash=tip.last.block_hash,
+            server_round=int(report.server_round),
+            aggregate_sha256=report.aggregate_sha256,
+            created_at=time.time(),
+            signer="",
+            contributions=contributions,
+            rewards=tuple(reward_row(r) for r in rewards),
+            reputations=tuple(reputation_row(latest[i]) for i in sorted(latest)),
+        ).signed_by(self.signer)
 
     def _tiers_for(
         self, report: RoundReport, latest: dict[str, ReputationState]
@@ -446,6 +489,98 @@ class Ledger:
             raise LedgerError(
                 f"block {height}: a stored co-signature is malformed ({error})"
             ) from None
+
+    def next_committee(
+        self, aggregator: str, committee_size: int = DEFAULT_COMMITTEE_SIZE
+    ) -> Committee | None:
+        """The audit committee of the block that will follow the current tip.
+
+        Drawn as :func:`flp2p.ledger.reports.finality_report` redraws it: from the
+        genesis' allowed signers minus ``aggregator`` (a node id), seeded by the
+        tip's hash, weighted by the tiers the chain recorded up to the tip.
+        ``None`` when the chain is empty or its genesis allows any signer (a
+        simulation: no committee).
+        """
+        return self._committee_after(self._load_tip(), aggregator, committee_size)
+
+    def _committee_after(
+        self, tip: ChainTip | None, aggregator: str, committee_size: int
+    ) -> Committee | None:
+        if tip is None or not tip.genesis.allowed_signers:
+            return None
+        return draw_committee(
+            tip.genesis.allowed_signers,
+            aggregator,
+            tip.last.block_hash,
+            self._chain_tiers(tip.last.height),
+            committee_size,
+        )
+
+    def _chain_tiers(self, height: int) -> dict[str, Tier]:
+        """Each identity's tier in the last block up to ``height`` that lists it."""
+        rows = self._db.execute(
+            """
+            SELECT identity, tier FROM reputation_snapshots AS s
+            WHERE s.height = (SELECT MAX(t.height) FROM reputation_snapshots AS t
+                              WHERE t.identity = s.identity AND t.height <= ?)
+            """,
+            [height],
+        ).fetchall()
+        return {str(identity): Tier(tier) for identity, tier in rows}
+
+    def append_final_block(
+        self,
+        block_bytes: bytes,
+        statements: Iterable[AuditStatement],
+        committee_size: int = DEFAULT_COMMITTEE_SIZE,
+    ) -> Block:
+        """Append a round block only if its committee made it final, with the
+        co-signatures that count.
+
+        Checks the block as :meth:`append_block` does, then counts ``statements``
+        against the committee of this height (:meth:`next_committee` with the
+        block's signer as aggregator); block and co-signatures are written in one
+        transaction.
+
+        Raises
+        ------
+        BlockFormatError
+            The bytes are not a well-formed block.
+        ChainError
+            The block does not follow this chain.
+        LedgerError
+            The block has no committee (append it with :meth:`append_block`) or too
+            few valid co-signatures; nothing was written.
+        """
+        block = Block.from_bytes(bytes(block_bytes))
+        statements = list(statements)
+        with self._write_transaction():
+            tip = self._load_tip()
+            check_successor(block, tip, self.federation)
+            aggregator = signer_node_id(block.signer) or block.signer
+            committee = self._committee_after(tip, aggregator, committee_size)
+            if committee is None or not committee.members:
+                raise LedgerError(
+                    f"block {block.height} has no committee to finalise it"
+                )
+            target = block_target(block)
+            finality = block_finality(target, committee, statements)
+            if not finality.is_final:
+                raise LedgerError(
+                    f"block {block.height} is not final: {finality.valid}/"
+                    f"{finality.threshold} valid committee co-signatures"
+                    + (f" ({'; '.join(finality.refused)})" if finality.refused else "")
+                )
+            self._insert_block(block, tip)
+            counted: dict[str, AuditStatement] = {}
+            for statement in statements:
+                if statement_refusal(statement, target, committee) is None:
+                    counted.setdefault(statement.auditor, statement)
+            self._insert_rows(
+                "cosignatures",
+                [_cosignature_row(block.height, s) for s in counted.values()],
+            )
+        return block
 
     # -- writing ------------------------------------------------------------------
 
