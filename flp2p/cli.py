@@ -129,6 +129,17 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def _committee_size(text: str) -> int:
+    """``--committee-size``: a non-negative integer (argparse reports the rest)."""
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if size < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {size}")
+    return size
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``flp2p``."""
     db_option = argparse.ArgumentParser(add_help=False)
@@ -157,11 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     ledger = commands.add_parser("ledger", help="inspect the rewards ledger")
     ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True)
     verify = ledger_commands.add_parser(
-        "verify", parents=[db_option], help="check every block's hash and signature"
+        "verify",
+        parents=[db_option],
+        help="check every block's hash, signature and co-signatures",
     )
     verify.add_argument(
         "--committee-size",
-        type=int,
+        type=_committee_size,
         default=DEFAULT_COMMITTEE_SIZE,
         metavar="K",
         help="auditors per round the federation uses "

@@ -339,3 +339,12 @@ def test_a_replica_appends_a_final_block_with_its_cosignatures(
             replica.append_final_block(block.to_bytes(), statements[:1])
         replica.append_final_block(block.to_bytes(), statements)
         assert replica.height == 1 and len(replica.cosignatures(1)) == 3
+
+
+def test_cli_refuses_a_negative_committee_size(
+    ledger_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["ledger", "verify", "--committee-size", "-1", "--db", str(ledger_path)])
+    assert exit_.value.code == 2
+    assert "must be 0 or more" in capsys.readouterr().err
