@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
+import flp2p.audit
 from flp2p.audit import (
     COMMITTEE_TIER_WEIGHTS,
     Committee,
@@ -143,3 +146,19 @@ def test_bad_parameters_are_refused() -> None:
         )
     with pytest.raises(ValueError):
         finality_threshold(-1)
+
+
+def test_pure_audit_modules_import_neither_the_network_nor_the_runtime() -> None:
+    """The ledger imports these, and the ledger must not pull in the DHT or peers."""
+    package = Path(str(flp2p.audit.__file__)).parent
+    for name in ("__init__", "committee", "statements", "finality"):
+        tree = ast.parse((package / f"{name}.py").read_text())
+        imported = {
+            node.module if isinstance(node, ast.ImportFrom) else alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        }
+        flp2p_modules = {m for m in imported if m and m.startswith("flp2p")}
+        assert flp2p_modules <= {"flp2p.signatures"}, (name, flp2p_modules)
+        assert "revocation" not in imported  # it imports the DHT
