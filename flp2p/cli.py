@@ -51,6 +51,17 @@ def _open(args: argparse.Namespace) -> Ledger:
     return Ledger.open(Path(args.db))
 
 
+def _committee_size(text: str) -> int:
+    """``--committee-size``: a non-negative integer (argparse reports the rest)."""
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if size < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {size}")
+    return size
+
+
 def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
     """Print identities ranked by tokens earned."""
     with _open(args) as ledger:
@@ -127,17 +138,6 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
             count = export_csv(ledger, stream)
     console.print(f"wrote {count} contributions to {escape(args.csv)}")
     return EXIT_OK
-
-
-def _committee_size(text: str) -> int:
-    """``--committee-size``: a non-negative integer (argparse reports the rest)."""
-    try:
-        size = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if size < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {size}")
-    return size
 
 
 def build_parser() -> argparse.ArgumentParser:
