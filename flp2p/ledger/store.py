@@ -4,8 +4,12 @@
 :class:`strategies.records.RoundRecorder`, so a strategy keeps reputation across
 runs, restarts and aggregator changes by being handed one. On the aggregator each
 recorded round becomes a signed block; on a participant :meth:`Ledger.append_block`
-verifies and appends the blocks the aggregator sends. Every block is written in one
-``BEGIN IMMEDIATE`` transaction, so a crash leaves either the whole round or none.
+verifies and appends the blocks the aggregator sends. In an audited federation
+(issue 15) the aggregator proposes a block (:meth:`Ledger.propose_round`), the
+round's committee co-signs it, and everyone appends it only once final
+(:meth:`Ledger.append_final_block`), co-signatures included. Every block is written
+in one ``BEGIN IMMEDIATE`` transaction, so a crash leaves either the whole round or
+none.
 """
 
 from __future__ import annotations
