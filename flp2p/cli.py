@@ -19,8 +19,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from flp2p.audit.committee import DEFAULT_COMMITTEE_SIZE
 from flp2p.ledger import Ledger, LedgerError
-from flp2p.ledger.reports import export_csv, leaderboard, ledger_status
+from flp2p.ledger.reports import (
+    export_csv,
+    finality_report,
+    leaderboard,
+    ledger_status,
+)
 
 DEFAULT_LEDGER = "flp2p-ledger.db"
 LEDGER_ENV = "FLP2P_LEDGER"
@@ -43,6 +49,17 @@ def short_id(identity: str | None) -> str:
 def _open(args: argparse.Namespace) -> Ledger:
     """Open the ``--db`` ledger for reading (never creates a file)."""
     return Ledger.open(Path(args.db))
+
+
+def _committee_size(text: str) -> int:
+    """``--committee-size``: a non-negative integer (argparse reports the rest)."""
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if size < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {size}")
+    return size
 
 
 def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
@@ -87,12 +104,26 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, console: Console) -> int:
-    """Recompute every block's hash link and signature."""
+    """Recompute every block's hash link and signature, then count co-signatures.
+
+    A broken chain is an error; a block without enough co-signatures is not (the
+    last one may still be collecting them), so each block's line says where it
+    stands, and every co-signature that does not count is listed with the reason.
+    """
     with _open(args) as ledger:
         checked = ledger.verify()
+        statuses = finality_report(ledger, args.committee_size)
     console.print(
         f"ok: {checked} blocks verified for federation {escape(ledger.federation)}"
     )
+    for status in statuses:
+        console.print(escape(status.summary()))
+        refused = () if status.finality is None else status.finality.refused
+        for reason in refused:
+            console.print(f"  not counted: {escape(reason)}")
+    final = sum(status.is_final for status in statuses)
+    audited = sum(status.committee is not None for status in statuses)
+    console.print(f"final: {final} of {audited} audited round blocks")
     return EXIT_OK
 
 
@@ -158,7 +189,17 @@ def build_parser() -> argparse.ArgumentParser:
     ledger = commands.add_parser("ledger", help="inspect the rewards ledger")
     ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True)
     verify = ledger_commands.add_parser(
-        "verify", parents=[db_option], help="check every block's hash and signature"
+        "verify",
+        parents=[db_option],
+        help="check every block's hash, signature and co-signatures",
+    )
+    verify.add_argument(
+        "--committee-size",
+        type=_committee_size,
+        default=DEFAULT_COMMITTEE_SIZE,
+        metavar="K",
+        help="auditors per round the federation uses "
+        f"(default {DEFAULT_COMMITTEE_SIZE})",
     )
     verify.set_defaults(handler=cmd_verify)
     export = ledger_commands.add_parser(

@@ -46,12 +46,15 @@ LEDGER_BLOCK_DOMAIN = b"flp2p/ledger-block/v1\n"
 """A ledger block's canonical body."""
 DHT_RECORD_DOMAIN = b"flp2p/dht-record/v1\n"
 """A DHT record's canonical envelope, signature excluded."""
+AUDIT_STATEMENT_DOMAIN = b"flp2p/audit-statement/v1\n"
+"""An auditor's co-signature of a round it re-ran (:mod:`flp2p.audit.statements`)."""
 
 SIGNING_DOMAINS: Mapping[str, bytes] = {
     "contribution": CONTRIBUTION_DOMAIN,
     "checkpoint": CHECKPOINT_DOMAIN,
     "ledger-block": LEDGER_BLOCK_DOMAIN,
     "dht-record": DHT_RECORD_DOMAIN,
+    "audit-statement": AUDIT_STATEMENT_DOMAIN,
 }
 """Every domain tag a flp2p key signs under; a new kind of signed message adds one."""
 
@@ -73,6 +76,23 @@ def checkpoint_message(federation: str, server_round: int, digest: str) -> bytes
     :data:`CHECKPOINT_DOMAIN` ``+ federation + "\\n" + round + "\\n" + model hash``.
     """
     return CHECKPOINT_DOMAIN + f"{federation}\n{server_round}\n{digest}".encode()
+
+
+def audit_statement_message(
+    federation: str,
+    server_round: int,
+    inputs_sha256: str,
+    model_sha256: str,
+    body_sha256: str,
+) -> bytes:
+    """The exact bytes an auditor signs to co-sign one round's block.
+
+    :data:`AUDIT_STATEMENT_DOMAIN` ``+`` federation, round, hash of the sorted input
+    digests, hash of the new model and hash of the block body, one per line. The
+    auditor's key is not in the message: the signature itself binds it.
+    """
+    fields = (federation, str(server_round), inputs_sha256, model_sha256, body_sha256)
+    return AUDIT_STATEMENT_DOMAIN + "\n".join(fields).encode()
 
 
 # -- canonical JSON ------------------------------------------------------------------

@@ -17,6 +17,7 @@ from flp2p.ledger.blocks import ZERO_HASH, Block, BlockKind, contribution_row
 from flp2p.peer.checkpoints import Checkpoint
 from flp2p.peer.standby_sync import checkpoint_header
 from flp2p.signatures import (
+    AUDIT_STATEMENT_DOMAIN,
     CHECKPOINT_DOMAIN,
     CONTRIBUTION_DOMAIN,
     DHT_RECORD_DOMAIN,
@@ -24,6 +25,7 @@ from flp2p.signatures import (
     SIGNING_DOMAINS,
     NotCanonicalJSON,
     Signer,
+    audit_statement_message,
     canonical_dht_json,
     canonical_ledger_json,
     checkpoint_message,
@@ -68,6 +70,9 @@ def test_every_signed_message_starts_with_its_domain() -> None:
         CHECKPOINT_DOMAIN: checkpoint_message("f", 1, "ab"),
         LEDGER_BLOCK_DOMAIN: block.signing_payload(),
         DHT_RECORD_DOMAIN: record.signing_bytes(),
+        AUDIT_STATEMENT_DOMAIN: audit_statement_message(
+            "f", 1, "ab" * 32, "cd" * 32, "ef" * 32
+        ),
     }
     assert set(signed) == set(SIGNING_DOMAINS.values())
     for domain, message in signed.items():

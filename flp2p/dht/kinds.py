@@ -1,4 +1,4 @@
-"""The three kinds of records peers publish: node, genesis and lease.
+"""The kinds of records peers publish: node, genesis, lease, complaint, accusation.
 
 Each is a frozen dataclass with ``to_payload`` / ``from_payload`` (JSON data; bytes as
 hex) and a ``subject`` that, with its ``KIND``, fixes the DHT key. Parsing is strict:
@@ -224,12 +224,221 @@ class Lease:
         )
 
 
-AnyRecord = NodeRecord | Genesis | Lease
+def round_subject(federation_id: str, server_round: int, author: str) -> str:
+    """Subject of a per-round record: one slot per federation, round and author.
+
+    An author can only replace its own statement about a round (by a higher
+    ``seq``), never write in another's slot or another federation's.
+    """
+    return f"{federation_id}/{server_round}/{author}"
+
+
+@dataclass(frozen=True)
+class Complaint:
+    """A participant's signed claim that the round's block omits or alters its reply.
+
+    Attributes
+    ----------
+    federation_id : str
+        The federation.
+    server_round : int
+        The round whose block is wrong.
+    participant : str
+        Node id of the complainant; must be the signer.
+    update_sha256 : str
+        Digest of the update it sent (:func:`strategies.records.update_sha256`).
+    reply_signature : bytes or None
+        Evidence: its own Ed25519 signature of the reply
+        (:func:`flp2p.signatures.contribution_message` of federation, round and
+        digest), the same signature the aggregator received; validation checks it.
+    """
+
+    KIND: ClassVar[str] = "complaint"
+
+    federation_id: str
+    server_round: int
+    participant: str
+    update_sha256: str
+    reply_signature: bytes | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("federation_id", "participant", "update_sha256"):
+            _check_hex_sha256(name, getattr(self, name))
+        _check_round(self.server_round)
+        if self.reply_signature is not None and len(self.reply_signature) != 64:
+            raise RecordError("reply_signature must be 64 bytes")
+
+    @property
+    def subject(self) -> str:
+        """One complaint per participant and round (:func:`round_subject`)."""
+        return round_subject(self.federation_id, self.server_round, self.participant)
+
+    def to_payload(self) -> dict[str, JSONValue]:
+        """JSON form signed into the record."""
+        evidence = self.reply_signature
+        return {
+            "federation_id": self.federation_id,
+            "server_round": self.server_round,
+            "participant": self.participant,
+            "update_sha256": self.update_sha256,
+            "reply_signature": None if evidence is None else evidence.hex(),
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> Complaint:
+        """Parse :meth:`to_payload`'s output (raises :class:`RecordError`)."""
+        _expect_fields(
+            payload,
+            {
+                "federation_id",
+                "server_round",
+                "participant",
+                "update_sha256",
+                "reply_signature",
+            },
+        )
+        evidence = payload["reply_signature"]
+        if evidence is not None and not isinstance(evidence, str):
+            raise RecordError("reply_signature must be hex or null")
+        return _build(
+            cls,
+            federation_id=_str(payload, "federation_id"),
+            server_round=_int(payload, "server_round"),
+            participant=_str(payload, "participant"),
+            update_sha256=_str(payload, "update_sha256"),
+            reply_signature=None if evidence is None else _hex_bytes(evidence),
+        )
+
+
+ACCUSATION_REASONS = ("mismatch", "omission")
+"""Why an auditor accuses: its recomputation differs, or a reply was left out."""
+MAX_ACCUSATION_OMITTED = 64
+"""Most complainants one accusation may cite (keeps the record far below 8 kB)."""
+
+
+@dataclass(frozen=True)
+class Accusation:
+    """An auditor's signed claim that the round's aggregator lied.
+
+    Attributes
+    ----------
+    federation_id : str
+        The federation.
+    server_round : int
+        The round accused.
+    aggregator : str
+        Node id of the accused lease holder.
+    auditor : str
+        Node id of the accuser; must be the signer, aggregator-eligible, and not
+        the aggregator.
+    expected_sha256 : str
+        Model hash the auditor computed.
+    claimed_sha256 : str
+        Model hash the aggregator published for the round.
+    reason : str
+        One of :data:`ACCUSATION_REASONS`.
+    inputs_sha256 : str
+        Evidence: :func:`flp2p.audit.statements.inputs_sha256` of the replies the
+        auditor re-ran.
+    omitted : tuple[str, ...]
+        Evidence of an omission: node ids of participants whose valid complaint
+        records (with a signed reply) the auditor saw; sorted, no repeats.
+    """
+
+    KIND: ClassVar[str] = "accusation"
+
+    federation_id: str
+    server_round: int
+    aggregator: str
+    auditor: str
+    expected_sha256: str
+    claimed_sha256: str
+    reason: str
+    inputs_sha256: str
+    omitted: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in (
+            "federation_id",
+            "aggregator",
+            "auditor",
+            "expected_sha256",
+            "claimed_sha256",
+            "inputs_sha256",
+        ):
+            _check_hex_sha256(name, getattr(self, name))
+        _check_round(self.server_round)
+        if self.auditor == self.aggregator:
+            raise RecordError("an aggregator cannot accuse itself")
+        if self.reason not in ACCUSATION_REASONS:
+            raise RecordError(f"reason must be one of {ACCUSATION_REASONS}")
+        if self.reason == "mismatch" and self.expected_sha256 == self.claimed_sha256:
+            raise RecordError("a mismatch accusation needs two different hashes")
+        if self.reason == "omission" and not self.omitted:
+            raise RecordError("an omission accusation must name who was left out")
+        if len(self.omitted) > MAX_ACCUSATION_OMITTED:
+            raise RecordError(f"at most {MAX_ACCUSATION_OMITTED} omitted participants")
+        for node_id in self.omitted:
+            _check_hex_sha256("omitted node id", node_id)
+        if list(self.omitted) != sorted(set(self.omitted)):
+            raise RecordError("omitted must be sorted without repeats")
+
+    @property
+    def subject(self) -> str:
+        """One accusation per auditor and round (:func:`round_subject`)."""
+        return round_subject(self.federation_id, self.server_round, self.auditor)
+
+    def to_payload(self) -> dict[str, JSONValue]:
+        """JSON form signed into the record."""
+        return {
+            "federation_id": self.federation_id,
+            "server_round": self.server_round,
+            "aggregator": self.aggregator,
+            "auditor": self.auditor,
+            "expected_sha256": self.expected_sha256,
+            "claimed_sha256": self.claimed_sha256,
+            "reason": self.reason,
+            "inputs_sha256": self.inputs_sha256,
+            "omitted": list(self.omitted),
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> Accusation:
+        """Parse :meth:`to_payload`'s output (raises :class:`RecordError`)."""
+        names = {
+            "federation_id",
+            "server_round",
+            "aggregator",
+            "auditor",
+            "expected_sha256",
+            "claimed_sha256",
+            "reason",
+            "inputs_sha256",
+            "omitted",
+        }
+        _expect_fields(payload, names)
+        return _build(
+            cls,
+            federation_id=_str(payload, "federation_id"),
+            server_round=_int(payload, "server_round"),
+            aggregator=_str(payload, "aggregator"),
+            auditor=_str(payload, "auditor"),
+            expected_sha256=_str(payload, "expected_sha256"),
+            claimed_sha256=_str(payload, "claimed_sha256"),
+            reason=_str(payload, "reason"),
+            inputs_sha256=_str(payload, "inputs_sha256"),
+            omitted=tuple(_str_list(payload, "omitted")),
+        )
+
+
+AnyRecord = NodeRecord | Genesis | Lease | Complaint | Accusation
 """A typed record that :class:`flp2p.dht.AddressBook` can publish."""
-RECORD_TYPES: dict[str, type[NodeRecord] | type[Genesis] | type[Lease]] = {
+RECORD_TYPES: dict[str, type[AnyRecord]] = {
     NodeRecord.KIND: NodeRecord,
     Genesis.KIND: Genesis,
     Lease.KIND: Lease,
+    Complaint.KIND: Complaint,
+    Accusation.KIND: Accusation,
 }
 
 
@@ -290,6 +499,13 @@ def _check_hex_sha256(name: str, value: object) -> None:
         and all(c in "0123456789abcdef" for c in value)
     ):
         raise RecordError(f"{name} must be 64 lowercase hex characters, got {value!r}")
+
+
+def _check_round(server_round: object) -> None:
+    if isinstance(server_round, bool) or not isinstance(server_round, int):
+        raise RecordError("server_round must be an integer")
+    if server_round < 1:
+        raise RecordError("server_round must be at least 1")
 
 
 def _check_address(address: object) -> None:

@@ -10,7 +10,12 @@ hivemind's ``RecordValidatorBase``): a value is kept or believed only if
 * it sits at the key derived from its kind and subject;
 * the signer is entitled to the subject: a node record is about the signer itself, a
   genesis hashes to its federation id and is signed by its founder, a lease is held by
-  the signer, who must be aggregator-eligible in the federation's genesis.
+  the signer, who must be aggregator-eligible in the federation's genesis;
+* a complaint is signed by the participant it speaks for, of a known federation, and
+  the signed reply it carries as evidence, if any, verifies under the same key;
+* an accusation is signed by its auditor, who must be aggregator-eligible in the
+  federation's genesis (only such peers sit on committees), and accuses someone
+  else who is eligible too (only they hold leases).
 
 Which version wins (sequence numbers) is decided by the storage and the lookup, which
 see more than one value.
@@ -22,8 +27,16 @@ import time
 from collections.abc import Callable
 
 from flp2p.dht.codec import MAX_RECORD_BYTES, RecordError, SignedRecord
-from flp2p.dht.kinds import RECORD_TYPES, Genesis, Lease, NodeRecord
+from flp2p.dht.kinds import (
+    RECORD_TYPES,
+    Accusation,
+    Complaint,
+    Genesis,
+    Lease,
+    NodeRecord,
+)
 from flp2p.identity import node_id_of
+from flp2p.signatures import contribution_message, verify_ed25519
 
 DEFAULT_MAX_TTL = 30 * 24 * 3600.0
 """Longest lifetime a record may claim (s): bounds how long stolen-key records live."""
@@ -34,7 +47,7 @@ class RecordRejected(RecordError):
 
 
 class UnknownFederation(RecordRejected):
-    """A lease names a federation whose genesis this validator has not seen yet.
+    """A lease, complaint or accusation names a federation whose genesis is unseen.
 
     Attributes
     ----------
@@ -136,3 +149,35 @@ class RecordValidator:
                 raise UnknownFederation(typed.federation_id)
             if signer not in genesis.eligible:
                 raise RecordRejected("lease signer is not eligible in the genesis")
+        if isinstance(typed, Complaint):
+            self._check_complaint(typed, signer, record.public_key)
+        if isinstance(typed, Accusation):
+            self._check_accusation(typed, signer)
+
+    def _genesis_of(self, federation_id: str) -> Genesis:
+        genesis = self._geneses.get(federation_id)
+        if genesis is None:
+            raise UnknownFederation(federation_id)
+        return genesis
+
+    def _check_complaint(
+        self, complaint: Complaint, signer: str, public_key: bytes
+    ) -> None:
+        if signer != complaint.participant:
+            raise RecordRejected("complaint not signed by its participant")
+        self._genesis_of(complaint.federation_id)
+        evidence = complaint.reply_signature
+        reply = contribution_message(
+            complaint.federation_id, complaint.server_round, complaint.update_sha256
+        )
+        if evidence is not None and not verify_ed25519(public_key, evidence, reply):
+            raise RecordRejected("complaint evidence is not the participant's reply")
+
+    def _check_accusation(self, accusation: Accusation, signer: str) -> None:
+        if signer != accusation.auditor:
+            raise RecordRejected("accusation not signed by its auditor")
+        genesis = self._genesis_of(accusation.federation_id)
+        if signer not in genesis.eligible:
+            raise RecordRejected("accusing auditor is not eligible in the genesis")
+        if accusation.aggregator not in genesis.eligible:
+            raise RecordRejected("accused aggregator is not eligible in the genesis")

@@ -231,6 +231,15 @@ class Block:
         """Canonical JSON of :meth:`body` (computed once: blocks are immutable)."""
         return canonical_ledger_json(self.body())
 
+    @property
+    def body_sha256(self) -> str:
+        """Hex SHA-256 of :attr:`canonical_body`: what auditors co-sign.
+
+        Unlike :attr:`block_hash` it leaves out the aggregator's signature, so an
+        auditor can co-sign the body it recomputed before seeing that signature.
+        """
+        return hashlib.sha256(self.canonical_body).hexdigest()
+
     def signing_payload(self) -> bytes:
         """The exact bytes the signer signs: a domain prefix and the canonical body."""
         return LEDGER_BLOCK_DOMAIN + self.canonical_body

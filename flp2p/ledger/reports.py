@@ -1,4 +1,4 @@
-"""Read-only views of a ledger for people: leaderboard, status, CSV export."""
+"""Read-only views of a ledger for people: leaderboard, status, CSV export, finality."""
 
 from __future__ import annotations
 
@@ -6,8 +6,14 @@ import csv
 from dataclasses import dataclass
 from typing import TextIO
 
+from flp2p.audit.committee import DEFAULT_COMMITTEE_SIZE, Committee, draw_committee
+from flp2p.audit.finality import Finality, block_finality
+from strategies.records import Tier
+
+from .blocks import Block, BlockKind
+from .errors import LedgerError
 from .store import Ledger
-from .verify import signer_node_id
+from .verify import block_target, signer_node_id
 
 _LEADERBOARD_SQL = """
 SELECT i.identity,
@@ -116,3 +122,103 @@ def export_csv(ledger: Ledger, stream: TextIO) -> int:
         writer.writerow(row)
         count += 1
     return count
+
+
+@dataclass(frozen=True)
+class BlockFinalityStatus:
+    """How one round block stands with its audit committee.
+
+    ``committee`` and ``finality`` are ``None`` when the block has no committee (a
+    simulation's genesis allows any signer, or nobody but the aggregator is
+    eligible); ``note`` then says why. ``finality`` is also ``None`` when the
+    stored co-signatures cannot be read (``note`` says so).
+    """
+
+    height: int
+    server_round: int
+    committee: Committee | None
+    finality: Finality | None
+    note: str = ""
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the block has enough valid co-signatures."""
+        return self.finality is not None and self.finality.is_final
+
+    def summary(self) -> str:
+        """One line: co-signatures counted, threshold, final or not."""
+        where = f"block {self.height} (round {self.server_round})"
+        if self.committee is None:
+            return f"{where}: no committee ({self.note})"
+        if self.finality is None:
+            return f"{where}: {self.note}"
+        verdict = "final" if self.finality.is_final else "not final"
+        line = (
+            f"{where}: {self.finality.valid}/{self.finality.threshold} valid "
+            f"co-signatures from a committee of {len(self.committee.members)}: "
+            f"{verdict}"
+        )
+        return f"{line} ({self.note})" if self.note else line
+
+
+def finality_report(
+    ledger: Ledger, committee_size: int = DEFAULT_COMMITTEE_SIZE
+) -> list[BlockFinalityStatus]:
+    """Co-signatures and finality of every round block, in chain order.
+
+    Each block's committee is redrawn as the round drew it: seeded by the previous
+    block's hash, from the genesis' allowed signers (node ids, as a federation's
+    genesis names its aggregators) minus the block's signer, weighted by the tiers
+    the chain recorded up to the previous block. Check the chain itself first
+    (:meth:`Ledger.verify`): this trusts the blocks and judges only co-signatures.
+    """
+    statuses: list[BlockFinalityStatus] = []
+    tiers: dict[str, Tier] = {}
+    eligible: tuple[str, ...] = ()
+    previous_hash = ""
+    for block in ledger.blocks():
+        if block.kind is BlockKind.GENESIS:
+            eligible = block.allowed_signers
+        else:
+            statuses.append(
+                _block_status(
+                    ledger, block, eligible, previous_hash, tiers, committee_size
+                )
+            )
+        previous_hash = block.block_hash
+        for row in block.reputations:
+            tiers[str(row["identity"])] = Tier(row["tier"])
+    return statuses
+
+
+def _block_status(
+    ledger: Ledger,
+    block: Block,
+    eligible: tuple[str, ...],
+    seed: str,
+    tiers: dict[str, Tier],
+    committee_size: int,
+) -> BlockFinalityStatus:
+    if not eligible:
+        return BlockFinalityStatus(
+            block.height,
+            block.server_round,
+            None,
+            None,
+            "the genesis allows any signer",
+        )
+    aggregator = signer_node_id(block.signer) or block.signer
+    committee = draw_committee(eligible, aggregator, seed, tiers, committee_size)
+    if not committee.members:
+        note = committee.shortfall or "committee size 0"
+        return BlockFinalityStatus(block.height, block.server_round, None, None, note)
+    try:
+        statements = ledger.cosignatures(block.height)
+    except LedgerError as error:
+        return BlockFinalityStatus(
+            block.height, block.server_round, committee, None, str(error)
+        )
+    finality = block_finality(block_target(block), committee, statements)
+    return BlockFinalityStatus(
+        block.height, block.server_round, committee, finality, committee.shortfall
+    )

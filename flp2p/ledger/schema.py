@@ -1,10 +1,12 @@
 """Tables of the ledger database, and opening a file safely.
 
 Chain tables (``blocks``, ``contributions``, ``rewards``, ``reputation_snapshots``)
-hold exactly what the signed blocks hold; triggers make them append-only so a bug
-cannot rewrite history (an attacker with the file can drop triggers, which is what
-the hash chain is for). Derived tables (``reputations``, ``identities``, ``bans``) are
-updated in the same transaction as each block, for fast reads. Views ``rounds`` and
+hold exactly what the signed blocks hold, and ``cosignatures`` the auditors' signed
+statements about them (:mod:`flp2p.audit.statements`); triggers make them
+append-only so a bug cannot rewrite history (an attacker with the file can drop
+triggers, which is what the hash chain and the signatures are for). Derived tables
+(``reputations``, ``identities``, ``bans``) are updated in the same transaction as
+each block, for fast reads. Views ``rounds`` and
 ``contribution_ledger`` make the file pleasant to query with the ``sqlite-utils``
 command line.
 
@@ -25,13 +27,14 @@ from .errors import ForeignDatabaseError, LedgerNotFoundError
 
 SCHEMA_NAME = "flp2p-ledger"
 """``meta.schema``: marks a file as ours, so foreign databases are refused."""
-SCHEMA_VERSION = "1"
-"""``meta.schema_version``."""
+SCHEMA_VERSION = "2"
+"""``meta.schema_version`` (2 added ``cosignatures``)."""
 CHAIN_TABLES: dict[str, tuple[str, ...]] = {
     "blocks": ("height",),
     "contributions": ("height", "position"),
     "rewards": ("height", "position"),
     "reputation_snapshots": ("height", "identity"),
+    "cosignatures": ("height", "auditor_public_key"),
 }
 """Append-only tables and their primary keys."""
 DERIVED_TABLES = ("reputations", "identities", "bans")
@@ -123,6 +126,19 @@ def create_schema(db: sqlite_utils.Database, federation: str) -> None:
     )
     db.table("reputation_snapshots").create(
         {"height": int, **REPUTATION_FIELDS}, pk=("height", "identity")
+    )
+    db.table("cosignatures").create(
+        {
+            "height": int,
+            "auditor_public_key": str,
+            "server_round": int,
+            "inputs_sha256": str,
+            "model_sha256": str,
+            "body_sha256": str,
+            "signature": str,
+        },
+        pk=("height", "auditor_public_key"),
+        not_null={"server_round", "inputs_sha256", "body_sha256", "signature"},
     )
     db.table("reputations").create(
         {**REPUTATION_FIELDS, "updated_height": int}, pk="identity"

@@ -4,8 +4,12 @@
 :class:`strategies.records.RoundRecorder`, so a strategy keeps reputation across
 runs, restarts and aggregator changes by being handed one. On the aggregator each
 recorded round becomes a signed block; on a participant :meth:`Ledger.append_block`
-verifies and appends the blocks the aggregator sends. Every block is written in one
-``BEGIN IMMEDIATE`` transaction, so a crash leaves either the whole round or none.
+verifies and appends the blocks the aggregator sends. In an audited federation
+(issue 15) the aggregator proposes a block (:meth:`Ledger.propose_round`), the
+round's committee co-signs it, and everyone appends it only once final
+(:meth:`Ledger.append_final_block`), co-signatures included. Every block is written
+in one ``BEGIN IMMEDIATE`` transaction, so a crash leaves either the whole round or
+none.
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import sqlite_utils
 
+from flp2p.audit.committee import DEFAULT_COMMITTEE_SIZE, Committee, draw_committee
+from flp2p.audit.finality import block_finality, statement_refusal
+from flp2p.audit.statements import AuditStatement, StatementError
 from flp2p.signatures import Signer
 from strategies.records import ReputationState, RoundReport, Tier
 
@@ -41,7 +49,13 @@ from .tables import (
     reputation_sql_rows,
     reward_sql_rows,
 )
-from .verify import ChainTip, check_successor, verify_chain
+from .verify import (
+    ChainTip,
+    block_target,
+    check_successor,
+    signer_node_id,
+    verify_chain,
+)
 
 
 class Ledger:
@@ -215,42 +229,77 @@ class Ledger:
         """Append ``report`` as one signed block (with its rewards and reputations).
 
         Writes the genesis first when the chain is empty. Reputation states are
-        stored as this round's snapshot and as the current standings.
+        stored as this round's snapshot and as the current standings. (An audited
+        federation uses :meth:`propose_round` and :meth:`append_final_block`
+        instead, so that no block is written before its committee co-signs it.)
 
         Raises
         ------
         LedgerError
             If this ledger has no signer, or its signer is not allowed by the genesis.
         """
+        with self._write_transaction():
+            tip = self._genesis_tip()
+            self._insert_block(self._round_block(report, reputations, tip), tip)
+
+    def propose_round(
+        self, report: RoundReport, reputations: Sequence[ReputationState]
+    ) -> Block:
+        """The signed block :meth:`record_round` would append, without appending it.
+
+        The aggregator sends it to the round's auditors; once enough of them
+        co-signed, :meth:`append_final_block` appends it. Writes the genesis first
+        when the chain is empty (a genesis needs no audit).
+
+        Raises
+        ------
+        LedgerError
+            As :meth:`record_round`.
+        """
+        with self._write_transaction():
+            tip = self._genesis_tip()
+            block = self._round_block(report, reputations, tip)
+            check_successor(block, tip, self.federation)
+        return block
+
+    def _genesis_tip(self) -> ChainTip:
+        """The tip, after writing a genesis if the chain is empty (caller's txn)."""
         if self.signer is None:
             raise LedgerError(
                 "this ledger has no signing identity; only an aggregator records rounds"
             )
+        tip = self._load_tip()
+        if tip is None:
+            self._insert_block(self._signed_genesis(), tip=None)
+            tip = self._load_tip()
+            assert tip is not None
+        return tip
+
+    def _round_block(
+        self,
+        report: RoundReport,
+        reputations: Sequence[ReputationState],
+        tip: ChainTip,
+    ) -> Block:
+        """The signed round block of ``report`` following ``tip``."""
+        assert self.signer is not None
         contributions = tuple(contribution_row(c) for c in report.contributions)
         latest = {state.identity: state for state in reputations}
         tiers = self._tiers_for(report, latest)
         rewards = round_rewards(report.contributions, tiers, self.policy)
-        with self._write_transaction():
-            tip = self._load_tip()
-            if tip is None:
-                genesis = self._signed_genesis()
-                self._insert_block(genesis, tip=None)
-                tip = self._load_tip()
-                assert tip is not None
-            block = Block(
-                federation=self.federation,
-                height=tip.next_height,
-                kind=BlockKind.ROUND,
-                previous_hash=tip.last.block_hash,
-                server_round=int(report.server_round),
-                aggregate_sha256=report.aggregate_sha256,
-                created_at=time.time(),
-                signer="",
-                contributions=contributions,
-                rewards=tuple(reward_row(r) for r in rewards),
-                reputations=tuple(reputation_row(latest[i]) for i in sorted(latest)),
-            ).signed_by(self.signer)
-            self._insert_block(block, tip)
+        return Block(
+            federation=self.federation,
+            height=tip.next_height,
+            kind=BlockKind.ROUND,
+            previous_hash=tip.last.block_hash,
+            server_round=int(report.server_round),
+            aggregate_sha256=report.aggregate_sha256,
+            created_at=time.time(),
+            signer="",
+            contributions=contributions,
+            rewards=tuple(reward_row(r) for r in rewards),
+            reputations=tuple(reputation_row(latest[i]) for i in sorted(latest)),
+        ).signed_by(self.signer)
 
     def _tiers_for(
         self, report: RoundReport, latest: dict[str, ReputationState]
@@ -352,6 +401,190 @@ class Ledger:
         with self._read_snapshot():
             tip = verify_chain(iter_blocks(self._db), self.federation)
         return 0 if tip is None else tip.last.height + 1
+
+    # -- co-signatures ------------------------------------------------------------
+
+    def add_cosignatures(
+        self, height: int, statements: Iterable[AuditStatement]
+    ) -> int:
+        """Store auditors' co-signatures of the block at ``height``; return how many
+        were new (one already held byte for byte is skipped).
+
+        Each must verify and name this block exactly (federation, round, model,
+        body and inputs hashes). Committee membership is not checked here: it is
+        judged, with the committee size, when finality is counted
+        (:func:`flp2p.ledger.reports.finality_report`).
+
+        Raises
+        ------
+        LedgerError
+            If there is no such block, a statement does not co-sign it, or its
+            auditor already co-signed it differently; nothing was written.
+        """
+        block = self.block(height)
+        target = block_target(block)
+        rows = []
+        for statement in statements:
+            if not statement.signature_is_valid():
+                raise LedgerError(
+                    f"co-signature by {statement.auditor[:12]} does not verify"
+                )
+            if (
+                statement.federation,
+                statement.server_round,
+                statement.model_sha256,
+                statement.body_sha256,
+            ) != (
+                target.federation,
+                target.server_round,
+                target.model_sha256,
+                target.body_sha256,
+            ) or target.inputs_sha256 not in (None, statement.inputs_sha256):
+                raise LedgerError(
+                    f"co-signature by {statement.auditor[:12]} is not of block {height}"
+                )
+            rows.append(_cosignature_row(height, statement))
+        added = 0
+        with self._write_transaction():
+            for row in rows:
+                held = self._db.execute(
+                    "SELECT signature, inputs_sha256 FROM cosignatures "
+                    "WHERE height = ? AND auditor_public_key = ?",
+                    [height, row["auditor_public_key"]],
+                ).fetchone()
+                if held is None:
+                    self._insert_rows("cosignatures", [row])
+                    added += 1
+                elif tuple(held) != (row["signature"], row["inputs_sha256"]):
+                    raise LedgerError(
+                        f"auditor {row['auditor_public_key'][:12]} already co-signed "
+                        f"block {height} differently"
+                    )
+        return added
+
+    def cosignatures(self, height: int) -> list[AuditStatement]:
+        """The co-signatures stored for the block at ``height``, by auditor key.
+
+        Raises
+        ------
+        LedgerError
+            If a stored row is not a well-formed statement (the file was altered).
+        """
+        rows = self._db.execute(
+            "SELECT server_round, inputs_sha256, model_sha256, body_sha256, "
+            "auditor_public_key, signature FROM cosignatures WHERE height = ? "
+            "ORDER BY auditor_public_key",
+            [height],
+        ).fetchall()
+        try:
+            return [
+                AuditStatement(
+                    federation=self.federation,
+                    server_round=server_round,
+                    inputs_sha256=inputs,
+                    model_sha256=model,
+                    body_sha256=body,
+                    auditor_public_key=bytes.fromhex(key),
+                    signature=bytes.fromhex(signature),
+                )
+                for server_round, inputs, model, body, key, signature in rows
+            ]
+        except (StatementError, ValueError, TypeError) as error:
+            raise LedgerError(
+                f"block {height}: a stored co-signature is malformed ({error})"
+            ) from None
+
+    def next_committee(
+        self, aggregator: str, committee_size: int = DEFAULT_COMMITTEE_SIZE
+    ) -> Committee | None:
+        """The audit committee of the block that will follow the current tip.
+
+        Drawn as :func:`flp2p.ledger.reports.finality_report` redraws it: from the
+        genesis' allowed signers minus ``aggregator`` (a node id), seeded by the
+        tip's hash, weighted by the tiers the chain recorded up to the tip.
+        ``None`` when the chain is empty or its genesis allows any signer (a
+        simulation: no committee).
+        """
+        return self._committee_after(self._load_tip(), aggregator, committee_size)
+
+    def _committee_after(
+        self, tip: ChainTip | None, aggregator: str, committee_size: int
+    ) -> Committee | None:
+        if tip is None or not tip.genesis.allowed_signers:
+            return None
+        return draw_committee(
+            tip.genesis.allowed_signers,
+            aggregator,
+            tip.last.block_hash,
+            self._chain_tiers(tip.last.height),
+            committee_size,
+        )
+
+    def _chain_tiers(self, height: int) -> dict[str, Tier]:
+        """Each identity's tier in the last block up to ``height`` that lists it."""
+        rows = self._db.execute(
+            """
+            SELECT identity, tier FROM reputation_snapshots AS s
+            WHERE s.height = (SELECT MAX(t.height) FROM reputation_snapshots AS t
+                              WHERE t.identity = s.identity AND t.height <= ?)
+            """,
+            [height],
+        ).fetchall()
+        return {str(identity): Tier(tier) for identity, tier in rows}
+
+    def append_final_block(
+        self,
+        block_bytes: bytes,
+        statements: Iterable[AuditStatement],
+        committee_size: int = DEFAULT_COMMITTEE_SIZE,
+    ) -> Block:
+        """Append a round block only if its committee made it final, with the
+        co-signatures that count.
+
+        Checks the block as :meth:`append_block` does, then counts ``statements``
+        against the committee of this height (:meth:`next_committee` with the
+        block's signer as aggregator); block and co-signatures are written in one
+        transaction.
+
+        Raises
+        ------
+        BlockFormatError
+            The bytes are not a well-formed block.
+        ChainError
+            The block does not follow this chain.
+        LedgerError
+            The block has no committee (append it with :meth:`append_block`) or too
+            few valid co-signatures; nothing was written.
+        """
+        block = Block.from_bytes(bytes(block_bytes))
+        statements = list(statements)
+        with self._write_transaction():
+            tip = self._load_tip()
+            check_successor(block, tip, self.federation)
+            aggregator = signer_node_id(block.signer) or block.signer
+            committee = self._committee_after(tip, aggregator, committee_size)
+            if committee is None or not committee.members:
+                raise LedgerError(
+                    f"block {block.height} has no committee to finalise it"
+                )
+            target = block_target(block)
+            finality = block_finality(target, committee, statements)
+            if not finality.is_final:
+                raise LedgerError(
+                    f"block {block.height} is not final: {finality.valid}/"
+                    f"{finality.threshold} valid committee co-signatures"
+                    + (f" ({'; '.join(finality.refused)})" if finality.refused else "")
+                )
+            self._insert_block(block, tip)
+            counted: dict[str, AuditStatement] = {}
+            for statement in statements:
+                if statement_refusal(statement, target, committee) is None:
+                    counted.setdefault(statement.auditor, statement)
+            self._insert_rows(
+                "cosignatures",
+                [_cosignature_row(block.height, s) for s in counted.values()],
+            )
+        return block
 
     # -- writing ------------------------------------------------------------------
 
@@ -455,6 +688,19 @@ class Ledger:
             """,
             [{**row, "updated_height": updated_height} for row in rows],
         )
+
+
+def _cosignature_row(height: int, statement: AuditStatement) -> dict[str, Any]:
+    """The ``cosignatures`` row of one statement (the federation is the ledger's)."""
+    return {
+        "height": height,
+        "auditor_public_key": statement.auditor_public_key.hex(),
+        "server_round": statement.server_round,
+        "inputs_sha256": statement.inputs_sha256,
+        "model_sha256": statement.model_sha256,
+        "body_sha256": statement.body_sha256,
+        "signature": statement.signature.hex(),
+    }
 
 
 def _as_int(value: object) -> int:

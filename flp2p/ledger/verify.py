@@ -20,6 +20,9 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from flp2p.audit.finality import BlockTarget
+from flp2p.audit.statements import NO_MODEL_SHA256, StatementError, inputs_sha256
+
 from .blocks import ZERO_HASH, Block, BlockKind
 from .errors import ChainError
 
@@ -119,3 +122,25 @@ def verify_chain(blocks: Iterable[Block], federation: str) -> ChainTip | None:
         check_successor(block, tip, federation)
         tip = ChainTip(genesis=tip.genesis if tip else block, last=block)
     return tip
+
+
+def block_target(block: Block) -> BlockTarget:
+    """What an auditor's co-signature of ``block`` must name.
+
+    The inputs hash is recomputed from the block's contributions (every reply the
+    round judged); a block listing one identity twice has none (``None``).
+    """
+    try:
+        inputs: str | None = inputs_sha256(
+            (str(row["identity"]), str(row["update_sha256"]))
+            for row in block.contributions
+        )
+    except StatementError:
+        inputs = None
+    return BlockTarget(
+        federation=block.federation,
+        server_round=block.server_round,
+        model_sha256=block.aggregate_sha256 or NO_MODEL_SHA256,
+        body_sha256=block.body_sha256,
+        inputs_sha256=inputs,
+    )
