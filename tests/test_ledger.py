@@ -444,3 +444,27 @@ def test_foreign_schema_is_refused_and_untouched(tmp_path: Path) -> None:
 def test_other_federation_ledger_is_refused(five_rounds: Path) -> None:
     with pytest.raises(FederationMismatchError, match=FEDERATION):
         Ledger.open(five_rounds, federation="another", create=True)
+
+
+def test_a_version_1_ledger_is_upgraded_in_place_and_keeps_its_chain(
+    five_rounds: Path,
+) -> None:
+    # A ledger written before co-signatures existed: no cosignatures table,
+    # schema_version 1.
+    conn = sqlite3.connect(five_rounds)
+    for action in ("update", "delete", "replace"):
+        conn.execute(f"DROP TRIGGER cosignatures_no_{action}")
+    conn.execute("DROP TABLE cosignatures")
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    before = [row for row in database_dump(five_rounds) if "cosignatures" not in row]
+
+    with Ledger.open(five_rounds) as ledger:
+        assert ledger.verify() == 6  # genesis + 5 rounds
+        assert ledger.cosignatures(3) == []
+    after = database_dump(five_rounds)
+    assert any("CREATE TABLE" in row and "cosignatures" in row for row in after)
+    assert [row for row in after if "cosignatures" not in row] == [
+        row.replace("'schema_version','1'", "'schema_version','2'") for row in before
+    ]

@@ -75,6 +75,22 @@ BEGIN SELECT RAISE(ABORT, '{message}'); END;
 """
 
 
+def _create_cosignatures(db: sqlite_utils.Database) -> None:
+    db.table("cosignatures").create(
+        {
+            "height": int,
+            "auditor_public_key": str,
+            "server_round": int,
+            "inputs_sha256": str,
+            "model_sha256": str,
+            "body_sha256": str,
+            "signature": str,
+        },
+        pk=("height", "auditor_public_key"),
+        not_null={"server_round", "inputs_sha256", "body_sha256", "signature"},
+    )
+
+
 def create_schema(db: sqlite_utils.Database, federation: str) -> None:
     """Create every table, index, trigger and view, and stamp ``meta``."""
     db.table("meta").create({"key": str, "value": str}, pk="key")
@@ -127,19 +143,7 @@ def create_schema(db: sqlite_utils.Database, federation: str) -> None:
     db.table("reputation_snapshots").create(
         {"height": int, **REPUTATION_FIELDS}, pk=("height", "identity")
     )
-    db.table("cosignatures").create(
-        {
-            "height": int,
-            "auditor_public_key": str,
-            "server_round": int,
-            "inputs_sha256": str,
-            "model_sha256": str,
-            "body_sha256": str,
-            "signature": str,
-        },
-        pk=("height", "auditor_public_key"),
-        not_null={"server_round", "inputs_sha256", "body_sha256", "signature"},
-    )
+    _create_cosignatures(db)
     db.table("reputations").create(
         {**REPUTATION_FIELDS, "updated_height": int}, pk="identity"
     )
@@ -176,6 +180,41 @@ def create_schema(db: sqlite_utils.Database, federation: str) -> None:
             {"key": "federation", "value": federation},
         ]
     )
+
+
+def upgrade_schema(db: sqlite_utils.Database) -> bool:
+    """Bring a ledger of an older schema version to :data:`SCHEMA_VERSION`.
+
+    Version 1 lacks ``cosignatures``; adding the (empty) table and its triggers is
+    all version 2 needs, and every block stays as it was signed. Returns whether
+    anything changed. A file that is not an flp2p ledger is left untouched (and
+    refused afterwards by :func:`read_meta`).
+    """
+    try:
+        if "meta" not in set(db.table_names()):
+            return False
+        version = db.execute(
+            "SELECT value FROM meta WHERE key = 'schema_version'"
+        ).fetchone()
+    except sqlite3.DatabaseError:
+        return False
+    if version is None or version[0] != "1":
+        return False
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        if "cosignatures" not in set(db.table_names()):
+            _create_cosignatures(db)
+            db.executescript(
+                _append_only_triggers("cosignatures", CHAIN_TABLES["cosignatures"])
+            )
+        db.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", [SCHEMA_VERSION]
+        )
+    except BaseException:
+        db.conn.rollback()
+        raise
+    db.conn.commit()
+    return True
 
 
 def read_meta(db: sqlite_utils.Database, path: Path) -> dict[str, str]:

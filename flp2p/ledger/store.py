@@ -40,7 +40,7 @@ from .blocks import (
 )
 from .errors import ChainError, FederationMismatchError, LedgerError
 from .rewards import RewardPolicy, round_rewards
-from .schema import connect, create_schema, enable_wal, read_meta
+from .schema import connect, create_schema, enable_wal, read_meta, upgrade_schema
 from .tables import (
     contribution_sql_rows,
     header_sql_row,
@@ -142,6 +142,8 @@ class Ledger:
                 enable_wal(db)
                 with db.atomic():
                     create_schema(db, federation)
+            else:
+                upgrade_schema(db)
             meta = read_meta(db, path)
             if federation is not None and meta["federation"] != federation:
                 raise FederationMismatchError(
