@@ -1,4 +1,4 @@
-"""The ``flp2p`` command line: leaderboard, status and ledger tools.
+"""The ``flp2p`` command line: leaderboard, status and ledger tools, and a peer's id.
 
 Every command reads a ledger file given by ``--db`` (default ``$FLP2P_LEDGER`` or
 ``flp2p-ledger.db``) and never creates or changes it. Bad input — a missing file, a
@@ -109,6 +109,25 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_id(args: argparse.Namespace, console: Console) -> int:
+    """Print the node id of the peer whose key is ``--identity`` (the founder lists
+    these with ``--eligible``); a missing key file is created first, as
+    ``python -m flp2p.client`` would."""
+    from flp2p.identity import Identity
+
+    path = Path(args.identity)
+    existed = path.exists()
+    try:
+        identity = Identity.load_or_create(path)
+    except ValueError as error:
+        print(f"flp2p: error: {path}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not existed:
+        print(f"created a new identity key at {path}", file=sys.stderr)
+    print(identity.node_id)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``flp2p``."""
     db_option = argparse.ArgumentParser(add_help=False)
@@ -152,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="write CSV to PATH (stdout when omitted)",
     )
     export.set_defaults(handler=cmd_export)
+
+    node_id = commands.add_parser(
+        "id", help="print a peer's node id (creates its key file if missing)"
+    )
+    node_id.add_argument(
+        "--identity", required=True, metavar="PATH", help="the peer's key file"
+    )
+    node_id.set_defaults(handler=cmd_id)
     return parser
 
 

@@ -150,13 +150,15 @@ def test_total_rounds_comes_from_the_genesis() -> None:
 
 def test_superlink_command_tls_and_insecure(tmp_path: Path) -> None:
     crt, key = tmp_path / "c.crt", tmp_path / "c.key"
-    tls = superlink_command(9000, (crt, key))
+    tls = superlink_command("0.0.0.0", 9000, (crt, key))
+    assert tls[tls.index("--host") + 1] == "0.0.0.0"  # binds where it is told
     assert tls[tls.index("--port") + 1] == "9000"
     assert tls[tls.index("--ssl-certfile") + 1] == str(crt)
     assert tls[tls.index("--ssl-ca-certfile") + 1] == str(crt)  # self-signed
     assert tls[tls.index("--ssl-keyfile") + 1] == str(key)
     assert "--insecure" not in tls
-    plain = superlink_command(9000, None)
+    plain = superlink_command("10.77.0.2", 9000, None)
+    assert plain[plain.index("--host") + 1] == "10.77.0.2"
     assert "--insecure" in plain and "--ssl-certfile" not in plain
 
 
@@ -166,6 +168,8 @@ def test_supernode_command_quotes_strings_and_pins_the_root(tmp_path: Path) -> N
         "127.0.0.1:9000", pem, 9100, {"partition-id": 1, "data-dir": "/d"}
     )
     assert command[command.index("--superlink") + 1] == "127.0.0.1:9000"
+    # Its runtime API serves only the SuperExec it starts: never off this host.
+    assert command[command.index("--host") + 1] == "127.0.0.1"
     assert command[command.index("--root-certificates") + 1] == str(pem)
     assert command[command.index("--node-config") + 1] == 'partition-id=1 data-dir="/d"'
     assert "--insecure" in supernode_command("h:1", None, 9100, {})

@@ -23,9 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from flp2p.dht import AddressBook, Lease
 from flp2p.identity import Identity
@@ -38,6 +39,12 @@ from flp2p.peer.processes import (
 )
 
 PYTHON = sys.executable
+T = TypeVar("T")
+
+
+def on_this_host(name: str) -> tuple[Sequence[str], str]:
+    """Where process ``name`` runs: no launcher prefix, listening on loopback."""
+    return (), "127.0.0.1"
 
 
 @dataclass
@@ -53,6 +60,13 @@ class LocalFederation:
     round in the ledger (Flower's built-in strategies do neither)."""
     insecure: bool = False
     lease_timeout: float = 120.0
+    placement: Callable[[str], tuple[Sequence[str], str]] = on_this_host
+    """Process name → (command prefix that launches it, host it listens on): e.g.
+    ``ip netns exec NS`` and that namespace's address, one "machine" per peer."""
+    bootstrap_port: int = 0
+    """UDP port of the founder (0: one free on this host)."""
+    observe: Callable[[Coroutine[Any, Any, Any]], Any] = asyncio.run
+    """Runs the observer's DHT lookups (from where the bootstrap peer is reachable)."""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     federation_id: str = ""
     bootstrap: str = ""
@@ -61,8 +75,9 @@ class LocalFederation:
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = (self.work_dir / f"{name}.log").open("ab")
+        prefix, _ = self.placement(name)
         process = subprocess.Popen(
-            [PYTHON, *args],
+            [*prefix, PYTHON, *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -79,8 +94,8 @@ class LocalFederation:
         for name in ("eligible-a", "eligible-b"):
             key = self.work_dir / name / "identity.key"
             self.eligible[name] = Identity.load_or_create(key).node_id
-        port = free_port()
-        self.bootstrap = f"127.0.0.1:{port}"
+        _, host = self.placement("founder")
+        self.bootstrap = f"{host}:{self.bootstrap_port or free_port()}"
         founder = self._spawn(
             "founder",
             [
@@ -122,6 +137,7 @@ class LocalFederation:
             "--federation", self.federation_id,
             "--identity", str(self.work_dir / name / "identity.key"),
             "--work-dir", str(self.work_dir / name),
+            "--listen", f"{self.placement(name)[1]}:0",
             "--lease-timeout", str(self.lease_timeout), "--verbose",
         ]  # fmt: skip
         return [*args, "--insecure"] if self.insecure else args
@@ -183,7 +199,7 @@ async def watch_lease(
 ) -> Lease | None:
     """Read the lease as an observer until ``wanted`` holds for it."""
     book = AddressBook(Identity.generate(), rpc_timeout=2.0)
-    await book.start()
+    await book.start(federation.placement("observer")[1])
     try:
         host, port = federation.bootstrap.rsplit(":", 1)
         await book.bootstrap([(host, int(port))])
@@ -210,6 +226,9 @@ class Failover:
     resumed_from_round: int | None
     killed_at: float = 0.0
     """Unix time of the SIGKILL (to line it up with the processes' logs)."""
+    victim_superlink: str = ""
+    successor_superlink: str | None = None
+    """SuperLink addresses the two leases advertised."""
 
 
 def kill_holder_and_watch(
@@ -222,7 +241,7 @@ def kill_holder_and_watch(
     RuntimeError
         If no lease reaches that round within ``timeout``.
     """
-    lease = asyncio.run(
+    lease = federation.observe(
         watch_lease(federation, lambda x: x.last_round >= after_round, timeout)
     )
     victim = None if lease is None else federation.holder_name(lease)
@@ -230,11 +249,11 @@ def kill_holder_and_watch(
         raise RuntimeError(f"no lease advertised round {after_round} in {timeout} s")
     federation.kill(victim)
     killed_at, killed_at_unix = time.monotonic(), time.time()
-    successor = asyncio.run(
+    successor = federation.observe(
         watch_lease(federation, lambda x: x.epoch > lease.epoch, timeout)
     )
     new_lease_after = None if successor is None else time.monotonic() - killed_at
-    progressed = asyncio.run(
+    progressed = federation.observe(
         watch_lease(
             federation,
             lambda x: x.epoch > lease.epoch and x.last_round > lease.last_round,
@@ -249,6 +268,8 @@ def kill_holder_and_watch(
         successor_epoch=None if successor is None else successor.epoch,
         resumed_from_round=None if successor is None else successor.last_round,
         killed_at=killed_at_unix,
+        victim_superlink=lease.superlink_address,
+        successor_superlink=None if successor is None else successor.superlink_address,
     )
 
 

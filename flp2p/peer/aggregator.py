@@ -4,12 +4,14 @@ An aggregator-eligible peer takes this role when the deterministic election
 (:mod:`flp2p.peer.election`) names it — at the start, when nobody holds the lease, or
 after the holder's lease lapsed. It then
 
-1. starts a Flower SuperLink on 127.0.0.1 with a fresh self-signed certificate
-   (:mod:`flp2p.peer.tls`), unless told to run without TLS — or uses the one it
-   kept warm while it was next in line (:meth:`AggregatorRole.prepare`);
-2. publishes the lease — SuperLink address, certificate fingerprint, epoch (one more
-   than the lapsed lease's), last finished round and the hash of the model it resumes
-   from — which the address book renews every third of its lifetime;
+1. starts a Flower SuperLink bound to the peer's listen host, with a fresh
+   self-signed certificate naming the advertised host (:mod:`flp2p.peer.tls`),
+   unless told to run without TLS — or uses the one it kept warm while it was next
+   in line (:meth:`AggregatorRole.prepare`);
+2. publishes the lease — advertised SuperLink address, certificate fingerprint,
+   epoch (one more than the lapsed lease's), last finished round and the hash of
+   the model it resumes from — which the address book renews every third of its
+   lifetime;
 3. runs the peer Flower App (:mod:`flp2p.peer.federation_app`) resuming from that
    round's checkpoint: the run was submitted with ``flwr run`` ahead of need and waits,
    its ServerApp started, until released with the round to resume from;
@@ -33,6 +35,7 @@ from pathlib import Path
 from flp2p.dht import AddressBook, Genesis, Lease
 from flp2p.dht.codec import JSONValue
 from flp2p.ledger import Ledger, LedgerError
+from flp2p.peer.addresses import LOOPBACK_HOST, join_host_port, local_host
 from flp2p.peer.app_folder import flatten_parameters, write_app
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
 from flp2p.peer.federation_app import (
@@ -132,6 +135,14 @@ def peer_run_config(
     return config
 
 
+def certificate_hosts(advertise_host: str, local: str) -> tuple[str, ...]:
+    """Names the SuperLink certificate must carry: the advertised host (clients
+    on other hosts) and the local ones (this peer's ``flwr run`` and the
+    SuperLink's own SuperExec, which dials loopback when it binds a wildcard)."""
+    hosts = (advertise_host, local, LOOPBACK_HOST, "localhost")
+    return tuple(dict.fromkeys(hosts))
+
+
 def blocks_up_to(ledger_path: Path, federation: str, last_round: int) -> list[bytes]:
     """Wire bytes of the blocks of ``ledger_path`` up to federation round
     ``last_round`` (none while the file does not exist yet).
@@ -159,8 +170,11 @@ class RunningSuperLink:
 
     process: ManagedProcess
     address: str
+    """Advertised ``host:port``: what the lease names and other hosts dial."""
     tls: TlsFiles | None
     directory: Path
+    local_address: str = ""
+    """Where this peer itself reaches it (``flwr run``)."""
     start_file: Path | None = None
     """Release file of the run parked on it, once one was submitted
     (:data:`flp2p.peer.federation_app.START_FILE_KEY`)."""
@@ -192,6 +206,11 @@ class AggregatorRole:
     identity_key, ledger
         The peer's key file and its copy of the ledger; with both, the ServerApp
         signs and extends that chain, and its blocks are pushed to the standbys.
+    bind_host, advertise_host
+        Where the SuperLink binds (a wildcard is fine) and the host the lease names
+        (others dial it; the certificate carries it as a subject-alternative name).
+    superlink_port
+        TCP port of the SuperLink (0: any free one), for hosts behind a firewall.
     """
 
     def __init__(
@@ -203,8 +222,14 @@ class AggregatorRole:
         use_tls: bool = True,
         identity_key: Path | None = None,
         ledger: Path | None = None,
+        bind_host: str = LOOPBACK_HOST,
+        advertise_host: str = LOOPBACK_HOST,
+        superlink_port: int = 0,
     ) -> None:
         self.book = book
+        self.bind_host = bind_host
+        self.advertise_host = advertise_host
+        self.superlink_port = superlink_port
         self.genesis = genesis
         self.store = store
         self.work_dir = work_dir
@@ -255,22 +280,40 @@ class AggregatorRole:
             raise
 
     async def _start_superlink(self) -> RunningSuperLink:
-        port = free_port()
+        port = self.superlink_port or free_port(self.bind_host)
         directory = self.work_dir / f"superlink-{port}"
-        tls = make_self_signed_certificate(directory / "tls") if self.use_tls else None
-        address = f"127.0.0.1:{port}"
+        # The SuperLink's own SuperExec and this peer's `flwr run` dial it locally.
+        local = local_host(self.bind_host)
+        tls = (
+            make_self_signed_certificate(
+                directory / "tls", certificate_hosts(self.advertise_host, local)
+            )
+            if self.use_tls
+            else None
+        )
         process = ManagedProcess(
             superlink_command(
-                port, None if tls is None else (tls.certificate, tls.private_key)
+                self.bind_host,
+                port,
+                None if tls is None else (tls.certificate, tls.private_key),
             ),
             directory / "superlink.log",
             cwd=directory,
         )
-        up = await asyncio.to_thread(wait_for_port, address, SUPERLINK_START_TIMEOUT)
+        local_address = join_host_port(local, port)
+        up = await asyncio.to_thread(
+            wait_for_port, local_address, SUPERLINK_START_TIMEOUT
+        )
         if not up:
             process.stop()
-            raise AggregatorError(f"the SuperLink did not listen on {address}")
-        return RunningSuperLink(process, address, tls, directory)
+            raise AggregatorError(f"the SuperLink did not listen on {local_address}")
+        return RunningSuperLink(
+            process,
+            join_host_port(self.advertise_host, port),
+            tls,
+            directory,
+            local_address=local_address,
+        )
 
     async def take_over(self, resume: Checkpoint, epoch: int) -> Lease:
         """Publish lease ``epoch`` for a (warm or new) SuperLink and submit the run.
@@ -325,7 +368,10 @@ class AggregatorRole:
         tls = superlink.tls
         certificate = None if tls is None else tls.certificate
         app_dir, flwr_home = write_app(
-            superlink.directory, config, superlink.address, certificate
+            superlink.directory,
+            config,
+            superlink.local_address or superlink.address,
+            certificate,
         )
         done = await asyncio.to_thread(
             subprocess.run,

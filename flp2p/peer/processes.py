@@ -24,6 +24,10 @@ from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 """``prctl`` option: signal to deliver when the parent dies (linux/prctl.h)."""
+SUPERNODE_API_HOST = "127.0.0.1"
+"""Bind host of a SuperNode's runtime API: only the SuperExec it starts on the same
+host dials it, so it never listens beyond loopback (the SuperNode itself dials out to
+the SuperLink)."""
 STOP_GRACE_SECONDS = 5.0
 """How long a child may take to exit after SIGTERM before it is killed."""
 
@@ -89,7 +93,7 @@ def descendants(pid: int, children: dict[int, list[int]]) -> list[int]:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
+    """A TCP port on ``host`` that was free a moment ago (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
@@ -108,8 +112,9 @@ def wait_for_port(address: str, timeout: float) -> bool:
     return False
 
 
-def superlink_command(port: int, tls: tuple[Path, Path] | None) -> list[str]:
-    """``flower-superlink`` serving every API on ``127.0.0.1:port``.
+def superlink_command(host: str, port: int, tls: tuple[Path, Path] | None) -> list[str]:
+    """``flower-superlink`` serving every API on ``host:port`` (a wildcard binds
+    every interface).
 
     ``tls`` is (certificate, key) of a self-signed certificate, which is also its own
     CA; ``None`` runs without TLS.
@@ -117,7 +122,7 @@ def superlink_command(port: int, tls: tuple[Path, Path] | None) -> list[str]:
     command = [
         flower_executable("flower-superlink"),
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
         "--disable-runtime-dependency-installation",
@@ -157,6 +162,8 @@ def supernode_command(
         "--superlink",
         superlink_address,
         *trust,
+        "--host",
+        SUPERNODE_API_HOST,
         "--port",
         str(runtime_port),
         "--node-config",
