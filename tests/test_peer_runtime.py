@@ -233,6 +233,26 @@ def test_a_superlink_refusing_connections_marks_its_holder_dead(peer: Peer) -> N
     assert not asyncio.run(peer._superlink_refuses(_lease_at(peer, nobody)))
 
 
+def test_liveness_is_probed_at_the_advertised_address_not_on_loopback(
+    peer: Peer,
+) -> None:
+    async def probe_both() -> tuple[bool, bool]:
+        # The holder's SuperLink listens on its advertised address only; the same
+        # port on this peer's 127.0.0.1 refuses (as any other host's loopback would).
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.2", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            peer.last_lease = _lease_at(peer, f"127.0.0.2:{port}")
+            refuses = await peer._superlink_refuses(peer.last_lease)
+            gone = await peer._holder_gone(0.5)
+            return refuses, gone
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(probe_both()) == (False, False)
+
+
 def test_a_missed_lease_waits_a_ttl_while_the_holder_answers(peer: Peer) -> None:
     ttl = peer.options.record_ttl
 
