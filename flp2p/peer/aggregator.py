@@ -31,12 +31,13 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flp2p.dht import AddressBook, Genesis, Lease
 from flp2p.dht.codec import JSONValue
 from flp2p.ledger import Ledger, LedgerError
 from flp2p.peer.addresses import LOOPBACK_HOST, join_host_port, local_host
-from flp2p.peer.app_folder import flatten_parameters, write_app
+from flp2p.peer.app_folder import write_app
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
 from flp2p.peer.federation_app import (
     AGGREGATORS_KEY,
@@ -44,9 +45,11 @@ from flp2p.peer.federation_app import (
     FEDERATION_KEY,
     IDENTITY_KEY_KEY,
     LEDGER_KEY,
+    SETTINGS_KEY,
     START_FILE_KEY,
     START_ROUND_KEY,
     join_ids,
+    settings_json,
     write_start,
 )
 from flp2p.peer.processes import (
@@ -94,7 +97,7 @@ def total_rounds(genesis: Genesis) -> int:
 
 
 def peer_run_config(
-    parameters: Mapping[str, JSONValue],
+    settings: Mapping[str, Any],
     federation_id: str,
     start_round: int | None,
     checkpoint_dir: Path,
@@ -104,7 +107,9 @@ def peer_run_config(
     aggregators: tuple[str, ...] = (),
     start_file: Path | None = None,
 ) -> dict[str, JSONValue]:
-    """Run config of one submission: genesis parameters plus the ``peer.`` keys.
+    """Run config of one submission: the resolved ``settings``
+    (:func:`flp2p.peer.federation_app.resolve_genesis`) as one value, plus the
+    ``peer.`` keys.
 
     ``identity_key`` and ``ledger`` are paths on the aggregator's machine (where its
     ServerApp runs); the key itself never enters the run config. A parked run names
@@ -112,14 +117,12 @@ def peer_run_config(
     """
     if (start_round is None) == (start_file is None):
         raise ValueError("give exactly one of start_round and start_file")
-    config = flatten_parameters(parameters)
-    config.update(
-        {
-            CHECKPOINT_DIR_KEY: str(checkpoint_dir),
-            FEDERATION_KEY: federation_id,
-            "output-dir": str(output_dir),
-        }
-    )
+    config: dict[str, JSONValue] = {
+        SETTINGS_KEY: settings_json(settings),
+        CHECKPOINT_DIR_KEY: str(checkpoint_dir),
+        FEDERATION_KEY: federation_id,
+        "output-dir": str(output_dir),
+    }
     if start_file is None:
         config[START_ROUND_KEY] = start_round
     else:
@@ -197,6 +200,9 @@ class AggregatorRole:
         The peer's address book (publishes and renews the lease).
     genesis
         The federation's genesis (parameters, eligible peers).
+    settings
+        Its parameters resolved once into the experiment config
+        (:func:`flp2p.peer.federation_app.resolve_genesis`), handed to every run.
     store
         This peer's checkpoints; the ServerApp writes new rounds here.
     work_dir
@@ -217,6 +223,7 @@ class AggregatorRole:
         self,
         book: AddressBook,
         genesis: Genesis,
+        settings: Mapping[str, Any],
         store: CheckpointStore,
         work_dir: Path,
         use_tls: bool = True,
@@ -227,6 +234,7 @@ class AggregatorRole:
         superlink_port: int = 0,
     ) -> None:
         self.book = book
+        self.settings = settings
         self.bind_host = bind_host
         self.advertise_host = advertise_host
         self.superlink_port = superlink_port
@@ -355,7 +363,7 @@ class AggregatorRole:
         """Submit a parked run to ``superlink`` (released by :meth:`take_over`)."""
         start_file = superlink.directory / "start.json"
         config = peer_run_config(
-            self.genesis.parameters,
+            self.settings,
             self.federation_id,
             None,
             self.store.directory,

@@ -17,6 +17,7 @@ import logging
 import signal
 import time
 
+from flp2p.config import ConfigError, RunSettings
 from flp2p.dht import AddressBook, Genesis, Lease, NodeRecord
 from flp2p.identity import Identity
 from flp2p.peer.addresses import join_host_port
@@ -30,6 +31,7 @@ from flp2p.peer.federation_app import (
     IDENTITY_NODE_KEY,
     LEDGER_NODE_KEY,
     join_ids,
+    resolve_genesis,
 )
 from flp2p.peer.leases import LeaseWatch, probe_superlink
 from flp2p.peer.participant import PeerError, PeerOptions
@@ -74,14 +76,11 @@ async def join(book: AddressBook, options: PeerOptions) -> Genesis:
     )
 
 
-def initial_checkpoint(genesis: Genesis) -> Checkpoint:
+def initial_checkpoint(settings: RunSettings) -> Checkpoint:
     """Round 0: the seed's initial model, which every peer can compute itself."""
     from flp2p.app import initial_model
     from flp2p.models import get_weights
-    from flp2p.peer.app_folder import flatten_parameters
-    from flp2p.peer.federation_app import experiment_settings
 
-    settings = experiment_settings(flatten_parameters(genesis.parameters))
     return Checkpoint(0, get_weights(initial_model(settings)))
 
 
@@ -130,9 +129,14 @@ class Peer:
                     f"this peer ({self.me[:16]}…) is not aggregator-eligible in the "
                     "federation's genesis"
                 )
+            try:
+                resolved = resolve_genesis(self.genesis.parameters)
+            except ConfigError as error:
+                raise PeerError(f"the federation's genesis: {error}") from None
             self.aggregator = AggregatorRole(
                 self.book,
                 self.genesis,
+                resolved,
                 self.store,
                 self.options.work_dir / "aggregator",
                 use_tls=not self.options.insecure,
@@ -142,7 +146,7 @@ class Peer:
                 advertise_host=self.options.advertise,
                 superlink_port=self.options.superlink_port,
             )
-            start = initial_checkpoint(self.genesis)
+            start = initial_checkpoint(RunSettings.from_config(resolved))
             self.store.save(start)
             self.advertised[0] = start.sha256
             eligible = frozenset(self.genesis.eligible)
