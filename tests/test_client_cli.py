@@ -235,3 +235,18 @@ def test_flp2p_id_prints_the_node_id_the_peer_runs_as(
     key.chmod(0o600)
     assert flp2p_main(["id", "--identity", str(key)]) == 1
     assert capsys.readouterr().err.startswith(f"flp2p: error: {key}: ")
+
+
+def test_relative_folders_become_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The SuperLink and SuperNode run in folders of their own and read
+    # certificates and keys by path: a relative --work-dir must not reach them.
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(
+        ["--bootstrap", "127.0.0.1:1", "--federation", "ab", "--aggregator-eligible",
+         "--identity", "me.key", "--work-dir", "peer"]
+    )  # fmt: skip
+    options = options_from_args(args)
+    assert options.work_dir == tmp_path / "peer"
+    assert options.identity == tmp_path / "me.key"

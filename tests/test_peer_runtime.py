@@ -181,6 +181,17 @@ def test_holder_keeps_going_against_an_older_epoch(peer: Peer) -> None:
     assert aggregator.stopped == 0 and aggregator.progress_calls == 1
 
 
+def test_two_holders_of_one_epoch_agree_who_keeps_it(peer: Peer) -> None:
+    # Both elected before either lease was visible: the election order decides,
+    # the same way on both sides.
+    first = min(ME.node_id, OTHER.node_id)
+    aggregator = _holding(peer, epoch=1)
+    rival = _lease(peer.genesis, OTHER, epoch=1, last_round=0)
+    assert asyncio.run(peer._hold(rival)) is None
+    assert aggregator.stopped == (0 if first == ME.node_id else 1)
+    assert aggregator.progress_calls == (1 if first == ME.node_id else 0)
+
+
 def test_only_the_next_in_line_keeps_a_superlink_warm(peer: Peer) -> None:
     aggregator = peer.aggregator
     assert isinstance(aggregator, RecordingAggregator)

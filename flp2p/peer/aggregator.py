@@ -240,7 +240,9 @@ class AggregatorRole:
         self.superlink_port = superlink_port
         self.genesis = genesis
         self.store = store
-        self.work_dir = work_dir
+        # Absolute: the SuperLink runs in a folder below it and reads its
+        # certificate by path.
+        self.work_dir = work_dir.resolve()
         self.use_tls = use_tls
         self.identity_key = identity_key
         self.ledger = ledger

@@ -178,8 +178,9 @@ def options_from_args(args: argparse.Namespace) -> PeerOptions:
     return PeerOptions(
         bootstrap=tuple(args.bootstrap),
         federation=args.federation.lower(),
-        identity=args.identity,
-        work_dir=args.work_dir,
+        # Absolute: the SuperLink and SuperNode run in folders of their own.
+        identity=args.identity.resolve(),
+        work_dir=args.work_dir.resolve(),
         listen=args.listen,
         advertise=advertise,
         advertise_port=advertise_port,

@@ -285,12 +285,26 @@ class Peer:
             if record is not None and AGGREGATOR_ROLE in record.roles
         ]
 
-    async def _hold(self, lease: Lease | None) -> str | None:
+    def _yields_to(self, rival: Lease) -> bool:
+        """Whether this holder gives way to ``rival``, another holder's lease.
+
+        Two standbys that elect at the same time (one whose lease is not visible
+        yet when the other looks) both publish the same epoch; both must agree
+        which one keeps it, or clients alternate between their SuperLinks.
+        """
         assert self.aggregator is not None and self.aggregator.holding is not None
         held = self.aggregator.holding.lease
-        if lease is not None and lease.holder != self.me and lease.epoch > held.epoch:
-            # Someone elected while our lease looked lapsed to it: the newer epoch
-            # wins, and this peer goes back to standing by.
+        if rival.epoch != held.epoch:
+            return rival.epoch > held.epoch
+        both = (rival.holder, self.me)
+        return elect_successor(self.genesis.eligible, both) == rival.holder
+
+    async def _hold(self, lease: Lease | None) -> str | None:
+        assert self.aggregator is not None and self.aggregator.holding is not None
+        if lease is not None and lease.holder != self.me and self._yields_to(lease):
+            # Someone elected while our lease looked lapsed to it, or while ours
+            # was not yet visible: the newer epoch wins — for the same epoch, the
+            # election's order — and this peer goes back to standing by.
             log.warning(
                 "stepping down: %s… holds epoch %d", lease.holder[:12], lease.epoch
             )
