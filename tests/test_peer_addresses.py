@@ -23,6 +23,7 @@ from flp2p.peer.addresses import (
     parse_advertise,
     resolve_advertise,
     route_source,
+    split_host_port,
 )
 from flp2p.peer.aggregator import certificate_hosts
 from flp2p.peer.founder import main as founder_main
@@ -170,3 +171,8 @@ def test_superlink_certificate_names_the_advertised_host(tmp_path: Path) -> None
     ips = san.get_values_for_type(x509.IPAddress)
     assert ipaddress.ip_address("10.77.0.5") in ips
     assert ipaddress.ip_address("127.0.0.1") in ips
+
+
+def test_ipv6_addresses_round_trip() -> None:
+    assert split_host_port(join_host_port("fd00::5", 9402)) == ("fd00::5", 9402)
+    assert split_host_port("10.77.0.2:9402") == ("10.77.0.2", 9402)

@@ -49,6 +49,12 @@ def parse_advertise(text: str) -> tuple[str, int | None]:
     return parse_address(text)
 
 
+def split_host_port(address: str) -> tuple[str, int]:
+    """Inverse of :func:`join_host_port` (``[v6]:port`` loses its brackets)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def join_host_port(host: str, port: int) -> str:
     """``host:port``, with brackets around an IPv6 literal."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -22,6 +22,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from flp2p.peer.addresses import split_host_port
+
 PR_SET_PDEATHSIG = 1
 """``prctl`` option: signal to deliver when the parent dies (linux/prctl.h)."""
 SUPERNODE_API_HOST = "127.0.0.1"
@@ -101,11 +103,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def wait_for_port(address: str, timeout: float) -> bool:
     """Whether something accepts TCP connections at ``address`` within ``timeout``."""
-    host, _, port = address.rpartition(":")
+    host, port = split_host_port(address)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection((host, int(port)), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return True
         except OSError:
             time.sleep(0.2)
