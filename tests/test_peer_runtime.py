@@ -291,3 +291,26 @@ def test_a_parked_run_waits_for_its_release(tmp_path: Path) -> None:
         peer_run_config(
             {"rounds": 4}, "fe" * 32, 1, tmp_path, tmp_path, start_file=start
         )
+
+
+class UnreachableFollower:
+    """A SuperNode follower whose SuperLink never answers."""
+
+    async def follow(self, lease: Lease) -> bool:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+
+def test_a_superlink_out_of_reach_is_reported_once_within_seconds(
+    peer: Peer, caplog: pytest.LogCaptureFixture
+) -> None:
+    peer.follower = UnreachableFollower()  # type: ignore[assignment]
+    lease = _lease_at(peer, "10.77.0.9:9402")
+    asyncio.run(peer._follow(lease))  # just started: no report yet
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    peer.unreachable_since[lease.superlink_address] -= 9.0  # 9 s later
+    for _ in range(3):
+        asyncio.run(peer._follow(lease))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "SuperLink at 10.77.0.9:9402 (lease epoch 1)" in warnings[0]
+    assert "must accept TCP on that port" in warnings[0]

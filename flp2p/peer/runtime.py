@@ -47,6 +47,9 @@ as a participant or standby, and those it signs while it aggregates."""
 
 FINISH_GRACE_SECONDS = 5.0
 """How long a finished aggregator keeps its lease so every client sees the end."""
+UNREACHABLE_REPORT_SECONDS = 8.0
+"""How long a lease's SuperLink may stay out of reach before the participant says so
+(a starting SuperLink answers within a few seconds)."""
 REPROBE_SECONDS = 0.3
 """Pause between two probes of a SuperLink that refused a connection."""
 
@@ -100,6 +103,9 @@ class Peer:
         self.advertised: dict[int, str] = {}
         self.last_lease: Lease | None = None
         self.failed: set[str] = set()
+        self.unreachable_since: dict[str, float] = {}
+        """SuperLink address → when it first failed to answer (cleared on success)."""
+        self.reported: set[str] = set()
         self.receiver: CheckpointReceiver | None = None
         self.aggregator: AggregatorRole | None = None
         self.follower: SuperNodeFollower | None = None
@@ -367,6 +373,27 @@ class Peer:
         except OSError as error:  # the SuperLink is not up yet: next poll
             log.info(
                 "SuperLink at %s not reachable yet: %s", lease.superlink_address, error
+            )
+            self._report_unreachable(lease, str(error))
+        else:
+            self.unreachable_since.pop(lease.superlink_address, None)
+
+    def _report_unreachable(self, lease: Lease, error: str) -> None:
+        """Say once, without ``--verbose``, that the lease's SuperLink stays out of
+        reach: a holder that advertises an address or port others cannot reach
+        (a firewall, a wrong ``--advertise``) shows up here within seconds."""
+        address, now = lease.superlink_address, time.monotonic()
+        since = self.unreachable_since.setdefault(address, now)
+        if now - since >= UNREACHABLE_REPORT_SECONDS and address not in self.reported:
+            self.reported.add(address)
+            log.warning(
+                "the aggregator's SuperLink at %s (lease epoch %d) has not been "
+                "reachable from here for %.0f s: %s; its host must accept TCP on "
+                "that port",
+                address,
+                lease.epoch,
+                now - since,
+                error,
             )
 
     async def close(self) -> None:
