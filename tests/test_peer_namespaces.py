@@ -89,7 +89,8 @@ def test_three_participants_on_other_hosts_survive_the_aggregator(
     failover = example.kill_holder_and_watch(federation, KILL_AFTER_ROUND, TIMEOUT)
     codes = federation.wait_clients(TIMEOUT)
     took = time.monotonic() - started
-    print(f"namespaces run: {took:.0f} s; {failover}")
+    moved = example.supernodes_moved_after(federation, failover)
+    print(f"namespaces run: {took:.0f} s; SuperNodes moved after {moved} s; {failover}")
     assert codes == dict.fromkeys(federation.client_names(), 0), final_lines(federation)
     survivor = ({"eligible-a", "eligible-b"} - {failover.victim}).pop()
     # Both leases name the holder's address on the bridge (what the wildcard
@@ -103,6 +104,7 @@ def test_three_participants_on_other_hosts_survive_the_aggregator(
     assert failover.killed_after_round == KILL_AFTER_ROUND
     assert failover.successor_epoch == 2
     assert failover.resumed_from_round == KILL_AFTER_ROUND
+    assert moved is not None and 0 < moved < TIMEOUT  # every client followed
     final = CheckpointStore(federation.work_dir / survivor / "checkpoints").load(ROUNDS)
     lines = set(final_lines(federation).values())
     assert lines == {

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import os
 import signal
 import subprocess
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from flp2p.dht import AddressBook, Lease
 from flp2p.identity import Identity
@@ -39,7 +40,8 @@ from flp2p.peer.processes import (
 )
 
 PYTHON = sys.executable
-T = TypeVar("T")
+LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S,%f"
+"""Time stamp of the peers' ``--verbose`` lines (``logging``'s ``asctime``)."""
 
 
 def on_this_host(name: str) -> tuple[Sequence[str], str]:
@@ -273,6 +275,27 @@ def kill_holder_and_watch(
     )
 
 
+def supernodes_moved_after(
+    federation: LocalFederation, failover: Failover
+) -> float | None:
+    """Seconds from the kill until every client's SuperNode had been started
+    against the successor's SuperLink (from the clients' logs; ``None`` if one
+    never was)."""
+    wanted = f"SuperNode → {failover.successor_superlink} (epoch"
+    moved: list[float] = []
+    for name in federation.client_names():
+        text = (federation.work_dir / f"{name}.log").read_text(errors="replace")
+        times = [
+            datetime.datetime.strptime(line[:23], LOG_TIME_FORMAT).timestamp()
+            for line in text.splitlines()
+            if wanted in line
+        ]
+        if not times:
+            return None
+        moved.append(min(times))
+    return max(moved) - failover.killed_at
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the example; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -299,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                 federation, args.kill_aggregator_after, args.timeout
             )
             print(failover)
+            moved = supernodes_moved_after(federation, failover)
+            print(f"all SuperNodes on the new SuperLink after {moved} s")
         codes = federation.wait_clients(args.timeout)
     finally:
         federation.stop()
