@@ -1,4 +1,5 @@
-"""The ``flp2p`` command line: leaderboard, status, ledger tools and the dashboard.
+"""The ``flp2p`` command line: leaderboard, status, ledger tools, the dashboard and
+a peer's id.
 
 Every command reads a ledger file given by ``--db`` (default ``$FLP2P_LEDGER`` or
 ``flp2p-ledger.db``) and never creates or changes it. Bad input — a missing file, a
@@ -161,6 +162,25 @@ def cmd_dashboard(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_id(args: argparse.Namespace, console: Console) -> int:
+    """Print the node id of the peer whose key is ``--identity`` (the founder lists
+    these with ``--eligible``); a missing key file is created first, as
+    ``python -m flp2p.client`` would."""
+    from flp2p.identity import Identity
+
+    path = Path(args.identity)
+    existed = path.exists()
+    try:
+        identity = Identity.load_or_create(path)
+    except ValueError as error:
+        print(f"flp2p: error: {path}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not existed:
+        print(f"created a new identity key at {path}", file=sys.stderr)
+    print(identity.node_id)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``flp2p``."""
     db_option = argparse.ArgumentParser(add_help=False)
@@ -233,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often the page re-reads the ledger (default: 2)",
     )
     dashboard.set_defaults(handler=cmd_dashboard)
+
+    node_id = commands.add_parser(
+        "id", help="print a peer's node id (creates its key file if missing)"
+    )
+    node_id.add_argument(
+        "--identity", required=True, metavar="PATH", help="the peer's key file"
+    )
+    node_id.set_defaults(handler=cmd_id)
     return parser
 
 

@@ -215,3 +215,38 @@ def test_inconsistent_options(arguments: list[str], message: str) -> None:
     )
     with pytest.raises(PeerError, match=message):
         options_from_args(args)
+
+
+def test_flp2p_id_prints_the_node_id_the_peer_runs_as(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flp2p.cli import main as flp2p_main
+
+    key = tmp_path / "me.key"
+    assert flp2p_main(["id", "--identity", str(key)]) == 0
+    created = capsys.readouterr()
+    assert f"created a new identity key at {key}" in created.err
+    # The same id the peer signs with: the key file is the identity.
+    assert created.out.strip() == Identity.load(key).node_id
+    assert flp2p_main(["id", "--identity", str(key)]) == 0
+    again = capsys.readouterr()
+    assert again.out == created.out and again.err == ""
+    key.write_text("not a key")
+    key.chmod(0o600)
+    assert flp2p_main(["id", "--identity", str(key)]) == 1
+    assert capsys.readouterr().err.startswith(f"flp2p: error: {key}: ")
+
+
+def test_relative_folders_become_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The SuperLink and SuperNode run in folders of their own and read
+    # certificates and keys by path: a relative --work-dir must not reach them.
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(
+        ["--bootstrap", "127.0.0.1:1", "--federation", "ab", "--aggregator-eligible",
+         "--identity", "me.key", "--work-dir", "peer"]
+    )  # fmt: skip
+    options = options_from_args(args)
+    assert options.work_dir == tmp_path / "peer"
+    assert options.identity == tmp_path / "me.key"

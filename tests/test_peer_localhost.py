@@ -72,15 +72,15 @@ def federation(tmp_path: Path) -> Iterator[Any]:
         assert wait_until_none_left(tmp_path) == []
 
 
-def _final_lines(federation: Any) -> dict[str, str]:
+def final_lines(federation: Any) -> dict[str, str]:
     return {n: federation.log_tail(n, 1) for n in federation.client_names()}
 
 
-def _identity(federation: Any, name: str) -> Identity:
+def identity_of(federation: Any, name: str) -> Identity:
     return Identity.load(federation.work_dir / name / "identity.key")
 
 
-def _chain(federation: Any, name: str) -> list[tuple[int, str, frozenset[str]]]:
+def chain_of(federation: Any, name: str) -> list[tuple[int, str, frozenset[str]]]:
     """(round, signer key, contributor ids) of every block of ``name``'s ledger,
     after checking the whole chain."""
     with Ledger.open(federation.work_dir / name / "ledger.db") as ledger:
@@ -99,10 +99,8 @@ def _chain(federation: Any, name: str) -> list[tuple[int, str, frozenset[str]]]:
 def test_four_clients_train_two_rounds(federation: Any) -> None:
     federation.start()
     codes = federation.wait_clients(TIMEOUT)
-    assert codes == dict.fromkeys(federation.client_names(), 0), _final_lines(
-        federation
-    )
-    lines = set(_final_lines(federation).values())
+    assert codes == dict.fromkeys(federation.client_names(), 0), final_lines(federation)
+    lines = set(final_lines(federation).values())
     assert len(lines) == 1, lines  # every client saw the same final lease
     (line,) = lines
     assert "finished: round 2" in line and "lease epoch 1" in line
@@ -116,12 +114,12 @@ def test_four_clients_train_two_rounds(federation: Any) -> None:
     # Every round is in the holder's signed ledger, keyed by the clients' own keys,
     # and the standby holds the same chain (pushed with the checkpoints).
     clients = frozenset(
-        _identity(federation, n).node_id for n in federation.client_names()
+        identity_of(federation, n).node_id for n in federation.client_names()
     )
-    chain = _chain(federation, "eligible-a")
+    chain = chain_of(federation, "eligible-a")
     assert [r for r, _, _ in chain] == [0, 1, 2]
     assert all(ids == clients for _, _, ids in chain[1:])
-    assert _chain(federation, "eligible-b") == chain
+    assert chain_of(federation, "eligible-b") == chain
 
 
 @pytest.mark.slow
@@ -131,9 +129,7 @@ def test_training_completes_after_the_aggregator_is_killed(federation: Any) -> N
     federation.start()
     failover = example.kill_holder_and_watch(federation, 1, TIMEOUT)
     codes = federation.wait_clients(TIMEOUT)
-    assert codes == dict.fromkeys(federation.client_names(), 0), _final_lines(
-        federation
-    )
+    assert codes == dict.fromkeys(federation.client_names(), 0), final_lines(federation)
     assert failover.killed_after_round == 1
     # The successor resumed from round 1 (nothing finished was lost), as epoch 2,
     # and took over within the 30 s the issue asks for.
@@ -143,17 +139,17 @@ def test_training_completes_after_the_aggregator_is_killed(federation: Any) -> N
     ours = CheckpointStore(federation.work_dir / survivor / "checkpoints")
     theirs = CheckpointStore(federation.work_dir / failover.victim / "checkpoints")
     assert ours.load(1).sha256 == theirs.load(1).sha256  # resumed from *the* round 1
-    for line in _final_lines(federation).values():
+    for line in final_lines(federation).values():
         assert "finished: round 3" in line and "lease epoch 2" in line
         assert f"model {ours.load(3).sha256[:12]}" in line
     # One chain across the failover: round 1 signed by the victim, the rest by the
     # successor, every contribution keyed by a client's own identity ...
-    victim_key = _identity(federation, failover.victim).public_key.hex()
-    survivor_key = _identity(federation, survivor).public_key.hex()
+    victim_key = identity_of(federation, failover.victim).public_key.hex()
+    survivor_key = identity_of(federation, survivor).public_key.hex()
     clients = frozenset(
-        _identity(federation, n).node_id for n in federation.client_names()
+        identity_of(federation, n).node_id for n in federation.client_names()
     )
-    chain = _chain(federation, survivor)
+    chain = chain_of(federation, survivor)
     assert [(r, signer) for r, signer, _ in chain] == [
         (0, victim_key),
         (1, victim_key),
@@ -163,4 +159,4 @@ def test_training_completes_after_the_aggregator_is_killed(federation: Any) -> N
     assert all(ids == clients for _, _, ids in chain[1:])
     # ... which every client holds, the successor's round-2 block included.
     for name in federation.client_names():
-        assert _chain(federation, name) == chain[:3]
+        assert chain_of(federation, name) == chain[:3]

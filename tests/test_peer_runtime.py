@@ -17,8 +17,9 @@ from flp2p.identity import Identity
 from flp2p.peer.aggregator import Holding, peer_run_config
 from flp2p.peer.checkpoints import Checkpoint
 from flp2p.peer.federation_app import PeerRun, wait_for_start, write_start
-from flp2p.peer.participant import Peer, PeerError, PeerOptions
+from flp2p.peer.participant import PeerError, PeerOptions
 from flp2p.peer.processes import free_port
+from flp2p.peer.runtime import Peer
 
 ME = Identity.generate()
 OTHER = Identity.generate()
@@ -180,6 +181,17 @@ def test_holder_keeps_going_against_an_older_epoch(peer: Peer) -> None:
     assert aggregator.stopped == 0 and aggregator.progress_calls == 1
 
 
+def test_two_holders_of_one_epoch_agree_who_keeps_it(peer: Peer) -> None:
+    # Both elected before either lease was visible: the election order decides,
+    # the same way on both sides.
+    first = min(ME.node_id, OTHER.node_id)
+    aggregator = _holding(peer, epoch=1)
+    rival = _lease(peer.genesis, OTHER, epoch=1, last_round=0)
+    assert asyncio.run(peer._hold(rival)) is None
+    assert aggregator.stopped == (0 if first == ME.node_id else 1)
+    assert aggregator.progress_calls == (1 if first == ME.node_id else 0)
+
+
 def test_only_the_next_in_line_keeps_a_superlink_warm(peer: Peer) -> None:
     aggregator = peer.aggregator
     assert isinstance(aggregator, RecordingAggregator)
@@ -232,6 +244,26 @@ def test_a_superlink_refusing_connections_marks_its_holder_dead(peer: Peer) -> N
     assert not asyncio.run(peer._superlink_refuses(_lease_at(peer, nobody)))
 
 
+def test_liveness_is_probed_at_the_advertised_address_not_on_loopback(
+    peer: Peer,
+) -> None:
+    async def probe_both() -> tuple[bool, bool]:
+        # The holder's SuperLink listens on its advertised address only; the same
+        # port on this peer's 127.0.0.1 refuses (as any other host's loopback would).
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.2", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            peer.last_lease = _lease_at(peer, f"127.0.0.2:{port}")
+            refuses = await peer._superlink_refuses(peer.last_lease)
+            gone = await peer._holder_gone(0.5)
+            return refuses, gone
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(probe_both()) == (False, False)
+
+
 def test_a_missed_lease_waits_a_ttl_while_the_holder_answers(peer: Peer) -> None:
     ttl = peer.options.record_ttl
 
@@ -259,3 +291,26 @@ def test_a_parked_run_waits_for_its_release(tmp_path: Path) -> None:
         peer_run_config(
             {"rounds": 4}, "fe" * 32, 1, tmp_path, tmp_path, start_file=start
         )
+
+
+class UnreachableFollower:
+    """A SuperNode follower whose SuperLink never answers."""
+
+    async def follow(self, lease: Lease) -> bool:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+
+def test_a_superlink_out_of_reach_is_reported_once_within_seconds(
+    peer: Peer, caplog: pytest.LogCaptureFixture
+) -> None:
+    peer.follower = UnreachableFollower()  # type: ignore[assignment]
+    lease = _lease_at(peer, "10.77.0.9:9402")
+    asyncio.run(peer._follow(lease))  # just started: no report yet
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    peer.unreachable_since[lease.superlink_address] -= 9.0  # 9 s later
+    for _ in range(3):
+        asyncio.run(peer._follow(lease))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "SuperLink at 10.77.0.9:9402 (lease epoch 1)" in warnings[0]
+    assert "must accept TCP on that port" in warnings[0]

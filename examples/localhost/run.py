@@ -17,15 +17,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from flp2p.dht import AddressBook, Lease
 from flp2p.identity import Identity
@@ -38,6 +40,13 @@ from flp2p.peer.processes import (
 )
 
 PYTHON = sys.executable
+LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S,%f"
+"""Time stamp of the peers' ``--verbose`` lines (``logging``'s ``asctime``)."""
+
+
+def on_this_host(name: str) -> tuple[Sequence[str], str]:
+    """Where process ``name`` runs: no launcher prefix, listening on loopback."""
+    return (), "127.0.0.1"
 
 
 @dataclass
@@ -53,6 +62,13 @@ class LocalFederation:
     round in the ledger (Flower's built-in strategies do neither)."""
     insecure: bool = False
     lease_timeout: float = 120.0
+    placement: Callable[[str], tuple[Sequence[str], str]] = on_this_host
+    """Process name → (command prefix that launches it, host it listens on): e.g.
+    ``ip netns exec NS`` and that namespace's address, one "machine" per peer."""
+    bootstrap_port: int = 0
+    """UDP port of the founder (0: one free on this host)."""
+    observe: Callable[[Coroutine[Any, Any, Any]], Any] = asyncio.run
+    """Runs the observer's DHT lookups (from where the bootstrap peer is reachable)."""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     federation_id: str = ""
     bootstrap: str = ""
@@ -61,8 +77,9 @@ class LocalFederation:
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = (self.work_dir / f"{name}.log").open("ab")
+        prefix, _ = self.placement(name)
         process = subprocess.Popen(
-            [PYTHON, *args],
+            [*prefix, PYTHON, *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -79,8 +96,8 @@ class LocalFederation:
         for name in ("eligible-a", "eligible-b"):
             key = self.work_dir / name / "identity.key"
             self.eligible[name] = Identity.load_or_create(key).node_id
-        port = free_port()
-        self.bootstrap = f"127.0.0.1:{port}"
+        _, host = self.placement("founder")
+        self.bootstrap = f"{host}:{self.bootstrap_port or free_port()}"
         founder = self._spawn(
             "founder",
             [
@@ -122,6 +139,7 @@ class LocalFederation:
             "--federation", self.federation_id,
             "--identity", str(self.work_dir / name / "identity.key"),
             "--work-dir", str(self.work_dir / name),
+            "--listen", f"{self.placement(name)[1]}:0",
             "--lease-timeout", str(self.lease_timeout), "--verbose",
         ]  # fmt: skip
         return [*args, "--insecure"] if self.insecure else args
@@ -183,7 +201,7 @@ async def watch_lease(
 ) -> Lease | None:
     """Read the lease as an observer until ``wanted`` holds for it."""
     book = AddressBook(Identity.generate(), rpc_timeout=2.0)
-    await book.start()
+    await book.start(federation.placement("observer")[1])
     try:
         host, port = federation.bootstrap.rsplit(":", 1)
         await book.bootstrap([(host, int(port))])
@@ -210,6 +228,9 @@ class Failover:
     resumed_from_round: int | None
     killed_at: float = 0.0
     """Unix time of the SIGKILL (to line it up with the processes' logs)."""
+    victim_superlink: str = ""
+    successor_superlink: str | None = None
+    """SuperLink addresses the two leases advertised."""
 
 
 def kill_holder_and_watch(
@@ -222,7 +243,7 @@ def kill_holder_and_watch(
     RuntimeError
         If no lease reaches that round within ``timeout``.
     """
-    lease = asyncio.run(
+    lease = federation.observe(
         watch_lease(federation, lambda x: x.last_round >= after_round, timeout)
     )
     victim = None if lease is None else federation.holder_name(lease)
@@ -230,11 +251,11 @@ def kill_holder_and_watch(
         raise RuntimeError(f"no lease advertised round {after_round} in {timeout} s")
     federation.kill(victim)
     killed_at, killed_at_unix = time.monotonic(), time.time()
-    successor = asyncio.run(
+    successor = federation.observe(
         watch_lease(federation, lambda x: x.epoch > lease.epoch, timeout)
     )
     new_lease_after = None if successor is None else time.monotonic() - killed_at
-    progressed = asyncio.run(
+    progressed = federation.observe(
         watch_lease(
             federation,
             lambda x: x.epoch > lease.epoch and x.last_round > lease.last_round,
@@ -249,7 +270,30 @@ def kill_holder_and_watch(
         successor_epoch=None if successor is None else successor.epoch,
         resumed_from_round=None if successor is None else successor.last_round,
         killed_at=killed_at_unix,
+        victim_superlink=lease.superlink_address,
+        successor_superlink=None if successor is None else successor.superlink_address,
     )
+
+
+def supernodes_moved_after(
+    federation: LocalFederation, failover: Failover
+) -> float | None:
+    """Seconds from the kill until every client's SuperNode had been started
+    against the successor's SuperLink (from the clients' logs; ``None`` if one
+    never was)."""
+    wanted = f"SuperNode → {failover.successor_superlink} (epoch"
+    moved: list[float] = []
+    for name in federation.client_names():
+        text = (federation.work_dir / f"{name}.log").read_text(errors="replace")
+        times = [
+            datetime.datetime.strptime(line[:23], LOG_TIME_FORMAT).timestamp()
+            for line in text.splitlines()
+            if wanted in line
+        ]
+        if not times:
+            return None
+        moved.append(min(times))
+    return max(moved) - failover.killed_at
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                 federation, args.kill_aggregator_after, args.timeout
             )
             print(failover)
+            moved = supernodes_moved_after(federation, failover)
+            print(f"all SuperNodes on the new SuperLink after {moved} s")
         codes = federation.wait_clients(args.timeout)
     finally:
         federation.stop()

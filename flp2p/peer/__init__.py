@@ -2,6 +2,12 @@
 
 One module per concern:
 
+* :mod:`~flp2p.peer.participant` — the command line of ``python -m flp2p.client``
+  (standard library only: bad options fail before Flower or PyTorch load);
+* :mod:`~flp2p.peer.runtime` — the peer loop: join, follow, stand by, hold;
+* :mod:`~flp2p.peer.addresses` — ``--listen`` / ``--advertise``: bind here, tell
+  others that;
+* :mod:`~flp2p.peer.aggregator` — the aggregator role (SuperLink, run, lease);
 * :mod:`~flp2p.peer.tls` — self-signed SuperLink certificates, fingerprint pinning;
 * :mod:`~flp2p.peer.checkpoints` — global models by round, the resume point;
 * :mod:`~flp2p.peer.election` — the deterministic successor election;

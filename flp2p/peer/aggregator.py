@@ -4,12 +4,14 @@ An aggregator-eligible peer takes this role when the deterministic election
 (:mod:`flp2p.peer.election`) names it — at the start, when nobody holds the lease, or
 after the holder's lease lapsed. It then
 
-1. starts a Flower SuperLink on 127.0.0.1 with a fresh self-signed certificate
-   (:mod:`flp2p.peer.tls`), unless told to run without TLS — or uses the one it
-   kept warm while it was next in line (:meth:`AggregatorRole.prepare`);
-2. publishes the lease — SuperLink address, certificate fingerprint, epoch (one more
-   than the lapsed lease's), last finished round and the hash of the model it resumes
-   from — which the address book renews every third of its lifetime;
+1. starts a Flower SuperLink bound to the peer's listen host, with a fresh
+   self-signed certificate naming the advertised host (:mod:`flp2p.peer.tls`),
+   unless told to run without TLS — or uses the one it kept warm while it was next
+   in line (:meth:`AggregatorRole.prepare`);
+2. publishes the lease — advertised SuperLink address, certificate fingerprint,
+   epoch (one more than the lapsed lease's), last finished round and the hash of
+   the model it resumes from — which the address book renews every third of its
+   lifetime;
 3. runs the peer Flower App (:mod:`flp2p.peer.federation_app`) resuming from that
    round's checkpoint: the run was submitted with ``flwr run`` ahead of need and waits,
    its ServerApp started, until released with the round to resume from;
@@ -29,11 +31,13 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flp2p.dht import AddressBook, Genesis, Lease
 from flp2p.dht.codec import JSONValue
 from flp2p.ledger import Ledger, LedgerError
-from flp2p.peer.app_folder import flatten_parameters, write_app
+from flp2p.peer.addresses import LOOPBACK_HOST, join_host_port, local_host
+from flp2p.peer.app_folder import write_app
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
 from flp2p.peer.federation_app import (
     AGGREGATORS_KEY,
@@ -41,9 +45,11 @@ from flp2p.peer.federation_app import (
     FEDERATION_KEY,
     IDENTITY_KEY_KEY,
     LEDGER_KEY,
+    SETTINGS_KEY,
     START_FILE_KEY,
     START_ROUND_KEY,
     join_ids,
+    settings_json,
     write_start,
 )
 from flp2p.peer.processes import (
@@ -91,7 +97,7 @@ def total_rounds(genesis: Genesis) -> int:
 
 
 def peer_run_config(
-    parameters: Mapping[str, JSONValue],
+    settings: Mapping[str, Any],
     federation_id: str,
     start_round: int | None,
     checkpoint_dir: Path,
@@ -101,7 +107,9 @@ def peer_run_config(
     aggregators: tuple[str, ...] = (),
     start_file: Path | None = None,
 ) -> dict[str, JSONValue]:
-    """Run config of one submission: genesis parameters plus the ``peer.`` keys.
+    """Run config of one submission: the resolved ``settings``
+    (:func:`flp2p.peer.federation_app.resolve_genesis`) as one value, plus the
+    ``peer.`` keys.
 
     ``identity_key`` and ``ledger`` are paths on the aggregator's machine (where its
     ServerApp runs); the key itself never enters the run config. A parked run names
@@ -109,14 +117,12 @@ def peer_run_config(
     """
     if (start_round is None) == (start_file is None):
         raise ValueError("give exactly one of start_round and start_file")
-    config = flatten_parameters(parameters)
-    config.update(
-        {
-            CHECKPOINT_DIR_KEY: str(checkpoint_dir),
-            FEDERATION_KEY: federation_id,
-            "output-dir": str(output_dir),
-        }
-    )
+    config: dict[str, JSONValue] = {
+        SETTINGS_KEY: settings_json(settings),
+        CHECKPOINT_DIR_KEY: str(checkpoint_dir),
+        FEDERATION_KEY: federation_id,
+        "output-dir": str(output_dir),
+    }
     if start_file is None:
         config[START_ROUND_KEY] = start_round
     else:
@@ -130,6 +136,14 @@ def peer_run_config(
             }
         )
     return config
+
+
+def certificate_hosts(advertise_host: str, local: str) -> tuple[str, ...]:
+    """Names the SuperLink certificate must carry: the advertised host (clients
+    on other hosts) and the local ones (this peer's ``flwr run`` and the
+    SuperLink's own SuperExec, which dials loopback when it binds a wildcard)."""
+    hosts = (advertise_host, local, LOOPBACK_HOST, "localhost")
+    return tuple(dict.fromkeys(hosts))
 
 
 def blocks_up_to(ledger_path: Path, federation: str, last_round: int) -> list[bytes]:
@@ -159,8 +173,11 @@ class RunningSuperLink:
 
     process: ManagedProcess
     address: str
+    """Advertised ``host:port``: what the lease names and other hosts dial."""
     tls: TlsFiles | None
     directory: Path
+    local_address: str = ""
+    """Where this peer itself reaches it (``flwr run``)."""
     start_file: Path | None = None
     """Release file of the run parked on it, once one was submitted
     (:data:`flp2p.peer.federation_app.START_FILE_KEY`)."""
@@ -183,6 +200,9 @@ class AggregatorRole:
         The peer's address book (publishes and renews the lease).
     genesis
         The federation's genesis (parameters, eligible peers).
+    settings
+        Its parameters resolved once into the experiment config
+        (:func:`flp2p.peer.federation_app.resolve_genesis`), handed to every run.
     store
         This peer's checkpoints; the ServerApp writes new rounds here.
     work_dir
@@ -192,22 +212,37 @@ class AggregatorRole:
     identity_key, ledger
         The peer's key file and its copy of the ledger; with both, the ServerApp
         signs and extends that chain, and its blocks are pushed to the standbys.
+    bind_host, advertise_host
+        Where the SuperLink binds (a wildcard is fine) and the host the lease names
+        (others dial it; the certificate carries it as a subject-alternative name).
+    superlink_port
+        TCP port of the SuperLink (0: any free one), for hosts behind a firewall.
     """
 
     def __init__(
         self,
         book: AddressBook,
         genesis: Genesis,
+        settings: Mapping[str, Any],
         store: CheckpointStore,
         work_dir: Path,
         use_tls: bool = True,
         identity_key: Path | None = None,
         ledger: Path | None = None,
+        bind_host: str = LOOPBACK_HOST,
+        advertise_host: str = LOOPBACK_HOST,
+        superlink_port: int = 0,
     ) -> None:
         self.book = book
+        self.settings = settings
+        self.bind_host = bind_host
+        self.advertise_host = advertise_host
+        self.superlink_port = superlink_port
         self.genesis = genesis
         self.store = store
-        self.work_dir = work_dir
+        # Absolute: the SuperLink runs in a folder below it and reads its
+        # certificate by path.
+        self.work_dir = work_dir.resolve()
         self.use_tls = use_tls
         self.identity_key = identity_key
         self.ledger = ledger
@@ -255,22 +290,40 @@ class AggregatorRole:
             raise
 
     async def _start_superlink(self) -> RunningSuperLink:
-        port = free_port()
+        port = self.superlink_port or free_port(self.bind_host)
         directory = self.work_dir / f"superlink-{port}"
-        tls = make_self_signed_certificate(directory / "tls") if self.use_tls else None
-        address = f"127.0.0.1:{port}"
+        # The SuperLink's own SuperExec and this peer's `flwr run` dial it locally.
+        local = local_host(self.bind_host)
+        tls = (
+            make_self_signed_certificate(
+                directory / "tls", certificate_hosts(self.advertise_host, local)
+            )
+            if self.use_tls
+            else None
+        )
         process = ManagedProcess(
             superlink_command(
-                port, None if tls is None else (tls.certificate, tls.private_key)
+                self.bind_host,
+                port,
+                None if tls is None else (tls.certificate, tls.private_key),
             ),
             directory / "superlink.log",
             cwd=directory,
         )
-        up = await asyncio.to_thread(wait_for_port, address, SUPERLINK_START_TIMEOUT)
+        local_address = join_host_port(local, port)
+        up = await asyncio.to_thread(
+            wait_for_port, local_address, SUPERLINK_START_TIMEOUT
+        )
         if not up:
             process.stop()
-            raise AggregatorError(f"the SuperLink did not listen on {address}")
-        return RunningSuperLink(process, address, tls, directory)
+            raise AggregatorError(f"the SuperLink did not listen on {local_address}")
+        return RunningSuperLink(
+            process,
+            join_host_port(self.advertise_host, port),
+            tls,
+            directory,
+            local_address=local_address,
+        )
 
     async def take_over(self, resume: Checkpoint, epoch: int) -> Lease:
         """Publish lease ``epoch`` for a (warm or new) SuperLink and submit the run.
@@ -312,7 +365,7 @@ class AggregatorRole:
         """Submit a parked run to ``superlink`` (released by :meth:`take_over`)."""
         start_file = superlink.directory / "start.json"
         config = peer_run_config(
-            self.genesis.parameters,
+            self.settings,
             self.federation_id,
             None,
             self.store.directory,
@@ -325,7 +378,10 @@ class AggregatorRole:
         tls = superlink.tls
         certificate = None if tls is None else tls.certificate
         app_dir, flwr_home = write_app(
-            superlink.directory, config, superlink.address, certificate
+            superlink.directory,
+            config,
+            superlink.local_address or superlink.address,
+            certificate,
         )
         done = await asyncio.to_thread(
             subprocess.run,

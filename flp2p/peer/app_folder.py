@@ -4,8 +4,9 @@
 declares the run config) and a named SuperLink connection from
 ``$FLWR_HOME/config.toml``. The aggregator writes both into its work folder: the
 components are those of :mod:`flp2p.peer.federation_app`, importable from the installed
-``flp2p`` package, and the run config is the genesis parameters plus the ``peer.``
-keys, so the run is fully described by files the aggregator controls.
+``flp2p`` package, and the run config is the federation's resolved settings (one
+JSON value) plus the ``peer.`` keys, so the run is fully described by files the
+aggregator controls.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def toml_value(value: JSONValue) -> str:
 def flatten_parameters(
     parameters: Mapping[str, JSONValue], prefix: str = ""
 ) -> dict[str, JSONValue]:
-    """Nested genesis parameters as dotted run-config keys (``partition.alpha``)."""
+    """Nested genesis parameters as dotted keys (``partition.alpha``), the form of
+    Hydra overrides."""
     flat: dict[str, JSONValue] = {}
     for key, value in parameters.items():
         if isinstance(value, dict):

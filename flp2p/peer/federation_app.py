@@ -21,8 +21,11 @@ They wrap :mod:`flp2p.app` with what a real federation adds to a simulation:
   aggregator the federation's genesis names;
 * each SuperNode may name its own data folder in its node config (``data-dir``).
 
-Keys under ``peer.`` configure this wrapper and are removed before the rest of the
-run config becomes Hydra overrides (:func:`flp2p.app.settings_from_run_config`).
+The experiment itself travels in one run-config value, :data:`SETTINGS_KEY`: the
+genesis parameters composed once, by the aggregator, into the full resolved config
+(:func:`resolve_genesis`), which the ServerApp and every ClientApp turn into typed
+:class:`~flp2p.config.RunSettings` without composing anything again. The other keys
+under ``peer.`` configure this wrapper.
 """
 
 from __future__ import annotations
@@ -49,19 +52,21 @@ from flp2p.app import (
     client_train,
     record_to_arrays,
     records_rounds,
-    settings_from_run_config,
     train_config,
 )
-from flp2p.config import RunSettings, build_strategy
+from flp2p.config import ConfigError, RunSettings, build_strategy, compose
 from flp2p.identity import ContributionAuthenticator, Identity
 from flp2p.ledger import Ledger
 from flp2p.ledger_broadcast import LedgerBroadcast
+from flp2p.peer.app_folder import flatten_parameters
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
 from strategies.records import ReputationState, RoundReport
 
 log = logging.getLogger(__name__)
 
-PEER_PREFIX = "peer."
+SETTINGS_KEY = "peer.settings"
+"""Run-config key: the federation's settings as JSON, resolved once from the genesis
+(:func:`resolve_genesis`), read by :meth:`RunSettings.from_config`."""
 START_ROUND_KEY = "peer.start-round"
 """Run-config key: the finished round the run resumes from (0: a fresh start)."""
 CHECKPOINT_DIR_KEY = "peer.checkpoint-dir"
@@ -300,16 +305,66 @@ class FederationRoundLedger:
         )
 
 
+def _override(key: str, value: object) -> str:
+    """One Hydra override for a genesis parameter (JSON's literals as Hydra's)."""
+    if value is None:
+        return f"{key}=null"
+    if isinstance(value, bool):
+        return f"{key}={str(value).lower()}"
+    return f"{key}={value}"
+
+
+def resolve_genesis(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The genesis parameters as the full, resolved experiment config, validated.
+
+    Each parameter is a Hydra override of ``conf/config.yaml`` (``strategy=trusted``
+    selects ``conf/strategy/trusted.yaml``, ``partition.alpha=0.1`` sets a value);
+    this is the one place where they are composed. The result is plain JSON data
+    that :meth:`RunSettings.from_config` reads wherever the run goes.
+
+    Raises
+    ------
+    flp2p.config.ConfigError
+        If the composed config is not a valid run (naming the key).
+    """
+    from omegaconf import OmegaConf
+
+    overrides = [_override(k, v) for k, v in flatten_parameters(parameters).items()]
+    container = OmegaConf.to_container(compose(overrides), resolve=True)
+    assert isinstance(container, dict)
+    resolved = {str(key): value for key, value in container.items()}
+    RunSettings.from_config(resolved)  # refuse a bad genesis before any run
+    return resolved
+
+
+def settings_json(resolved: Mapping[str, Any]) -> str:
+    """:data:`SETTINGS_KEY`'s value for ``resolved`` (canonical: sorted keys)."""
+    return json.dumps(resolved, sort_keys=True, separators=(",", ":"))
+
+
 def experiment_settings(
     run_config: Mapping[str, Any], node_config: Mapping[str, Any] | None = None
 ) -> RunSettings:
-    """Settings from the run config without the ``peer.`` keys.
+    """Typed settings from the run config's :data:`SETTINGS_KEY`.
 
     A ``data-dir`` in the SuperNode's node config replaces the data folder: peers keep
     their data wherever they like.
+
+    Raises
+    ------
+    ValueError
+        If the run config carries no settings (not a peer-runtime run).
+    flp2p.config.ConfigError
+        If they do not validate.
     """
-    plain = {k: v for k, v in run_config.items() if not k.startswith(PEER_PREFIX)}
-    settings = settings_from_run_config(plain)
+    raw = run_config.get(SETTINGS_KEY)
+    if raw is None:
+        raise ValueError(f"run config lacks {SETTINGS_KEY!r}: not a peer-runtime run")
+    try:
+        resolved = json.loads(str(raw))
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{SETTINGS_KEY} is not JSON: {error}") from None
+    settings = RunSettings.from_config(resolved)
     data_dir = (node_config or {}).get(DATA_DIR_NODE_KEY)
     if data_dir:
         settings = dataclasses.replace(settings, data_dir=str(data_dir))

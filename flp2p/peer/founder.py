@@ -1,12 +1,18 @@
 """``python -m flp2p.peer.founder``: found a federation and serve as its bootstrap peer.
 
 Writes the signed genesis (parameters and aggregator-eligible node ids) into the DHT,
-prints the federation id (the genesis hash) on the first line of stdout, and keeps the
-DHT node running — heart-beating the genesis — until SIGTERM or Ctrl-C::
+prints the federation id (the genesis hash) on the first line of stdout — and into
+``--federation-file`` when given — and keeps the DHT node running, heart-beating the
+genesis, until SIGTERM or Ctrl-C::
 
-    python -m flp2p.peer.founder --listen 127.0.0.1:9400 --identity founder.key \\
+    python -m flp2p.peer.founder --listen 0.0.0.0:9400 --advertise 10.0.0.1 \\
+        --identity founder.key --federation-file federation.id \\
         --eligible <node id> --eligible <node id> \\
         --param rounds=2 --param dataset=digits --param clients=4
+
+Peers bootstrap from the advertised host and the listen port (UDP). A listen or
+advertise address this host does not have is refused with one line and exit code 2
+before the DHT (and Flower with it) is imported.
 """
 
 from __future__ import annotations
@@ -19,18 +25,23 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from flp2p.dht import AddressBook, Genesis
-from flp2p.dht.codec import JSONValue
-from flp2p.identity import Identity
+from flp2p.peer.addresses import (
+    AddressError,
+    check_advertise,
+    check_listen,
+    is_wildcard,
+    join_host_port,
+    parse_address,
+    parse_advertise,
+)
 
+if TYPE_CHECKING:
+    from flp2p.dht.codec import JSONValue
 
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` as a tuple (``argparse`` type)."""
-    host, sep, port = text.rpartition(":")
-    if not (sep and host and port.isdigit() and 0 <= int(port) < 65536):
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port)
+EXIT_USAGE = 2
 
 
 def parse_parameter(text: str) -> tuple[str, JSONValue]:
@@ -50,8 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m flp2p.peer.founder", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--listen", type=parse_address, default=("127.0.0.1", 9400))
+    parser.add_argument(
+        "--listen", type=parse_address, default=("127.0.0.1", 9400),
+        metavar="HOST:PORT", help="DHT bind address (UDP; 0.0.0.0: all interfaces)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--advertise", type=parse_advertise, metavar="HOST[:PORT]",
+        help="address peers bootstrap from (default: the listen host)",
+    )  # fmt: skip
     parser.add_argument("--identity", required=True, help="founder key file")
+    parser.add_argument(
+        "--federation-file", type=Path, metavar="PATH",
+        help="also write the federation id (one line) to this file",
+    )  # fmt: skip
     parser.add_argument(
         "--eligible",
         action="append",
@@ -68,8 +90,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def bootstrap_address(options: argparse.Namespace) -> str:
+    """``HOST:PORT`` peers pass as ``--bootstrap``, after checking that this host
+    can bind the listen address and owns the advertised one.
+
+    Raises
+    ------
+    AddressError
+        Naming the flag at fault.
+    """
+    host, port = options.listen
+    check_listen(host, port)
+    advertised_host, advertised_port = options.advertise or (None, None)
+    if advertised_host is None:
+        if is_wildcard(host):
+            raise AddressError(f"--listen {host}: give --advertise as well")
+        advertised_host = host
+    else:
+        check_advertise(advertised_host)
+    return join_host_port(advertised_host, advertised_port or port)
+
+
 async def found(options: argparse.Namespace) -> None:
     """Publish the genesis and serve the DHT until cancelled."""
+    from flp2p.dht import AddressBook, Genesis
+    from flp2p.identity import Identity
+
     founder = Identity.load_or_create(options.identity)
     genesis = Genesis(
         founder=founder.node_id,
@@ -82,6 +128,8 @@ async def found(options: argparse.Namespace) -> None:
     try:
         await book.publish(genesis)
         print(genesis.federation_id, flush=True)
+        if options.federation_file is not None:
+            options.federation_file.write_text(genesis.federation_id + "\n")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -94,6 +142,12 @@ async def found(options: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     options = build_parser().parse_args(argv)
+    try:
+        bootstrap = bootstrap_address(options)
+    except AddressError as error:
+        print(f"flp2p.peer.founder: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"bootstrap peer at {bootstrap} (UDP)", file=sys.stderr, flush=True)
     try:
         asyncio.run(found(options))
     except (OSError, ValueError) as error:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from flp2p.dht import AddressBook, Lease, RecordRejected, SignedRecord
 from flp2p.dht.codec import record_key
+from flp2p.peer.addresses import split_host_port
 
 Check = Callable[[bytes, object], Awaitable[SignedRecord | None]]
 
@@ -69,11 +70,9 @@ async def probe_superlink(address: str, timeout: float = 1.0) -> bool | None:
         listens: the process is gone), ``None`` if there is no answer in time (a
         host that died, or one too busy to answer: no conclusion).
     """
-    host, _, port = address.rpartition(":")
     try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, int(port)), timeout
-        )
+        host, port = split_host_port(address)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except ConnectionRefusedError:
         return False
     except (OSError, asyncio.TimeoutError, ValueError):

@@ -2,7 +2,8 @@
 
 ::
 
-    python -m flp2p.client --bootstrap 127.0.0.1:9400 --federation <id> \\
+    python -m flp2p.client --bootstrap 10.0.0.1:9400 --federation <id> \\
+        --listen 0.0.0.0:9401 [--advertise 10.0.0.5] \\
         --partition-id 0 --num-partitions 4 [--aggregator-eligible] [--insecure]
 
 The peer joins the DHT through the bootstrap peer, publishes its node record, finds
@@ -14,10 +15,17 @@ the new one. With ``--aggregator-eligible`` (and its node id in the genesis) the
 also keeps copies of the global model and takes the aggregator role
 (:mod:`flp2p.peer.aggregator`) when the deterministic election names it.
 
-Failures a participant can act on end with one line on stderr and exit code 1: no
-bootstrap peer reachable, unknown federation, no valid lease within the timeout, a
-refused lease (bad signature, signer not eligible), a certificate that does not match
-the lease.
+Every service binds the ``--listen`` host; node records and the lease carry the
+``--advertise`` host (:mod:`flp2p.peer.addresses`). An aggregator-eligible peer must
+be reachable there on ``--superlink-port`` and ``--sync-port`` (TCP) and the listen
+port (UDP); a plain participant only dials out (and answers the DHT on UDP).
+
+Bad options — inconsistent flags, an address this host cannot bind or advertise —
+end with one line on stderr and exit code 2, checked before the peer runtime (and
+with it Flower and PyTorch) is imported. Failures a participant can act on end with
+one line on stderr and exit code 1: no bootstrap peer reachable, unknown federation,
+no valid lease within the timeout, a refused lease (bad signature, signer not
+eligible), a certificate that does not match the lease.
 """
 
 from __future__ import annotations
@@ -26,46 +34,29 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from flp2p.dht import AddressBook, Genesis, Lease, NodeRecord
-from flp2p.identity import Identity
-from flp2p.peer.aggregator import AGGREGATOR_ROLE, AggregatorError, AggregatorRole
-from flp2p.peer.aggregator import total_rounds as genesis_rounds
-from flp2p.peer.checkpoints import Checkpoint, CheckpointStore, resume_round
-from flp2p.peer.election import elect_successor
-from flp2p.peer.federation_app import (
-    AGGREGATORS_NODE_KEY,
-    FEDERATION_NODE_KEY,
-    IDENTITY_NODE_KEY,
-    LEDGER_NODE_KEY,
-    join_ids,
+from flp2p.peer.addresses import (
+    AddressError,
+    check_listen,
+    parse_address,
+    parse_advertise,
+    resolve_advertise,
 )
-from flp2p.peer.founder import parse_address
-from flp2p.peer.leases import LeaseWatch, probe_superlink
-from flp2p.peer.standby_sync import CheckpointReceiver
-from flp2p.peer.supernode import InsecureLeaseRefused, SuperNodeFollower
-from flp2p.peer.tls import FingerprintMismatch
 
-log = logging.getLogger("flp2p.client")
-
-LEDGER_FILE = "ledger.db"
-"""This peer's copy of the federation's ledger, in ``--work-dir``: blocks it received
-as a participant or standby, and those it signs while it aggregates."""
-
-FINISH_GRACE_SECONDS = 5.0
-"""How long a finished aggregator keeps its lease so every client sees the end."""
-REPROBE_SECONDS = 0.3
-"""Pause between two probes of a SuperLink that refused a connection."""
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
 
 
 class PeerError(Exception):
     """A failure the participant can act on; the message is the one line shown."""
+
+
+class UsageError(PeerError):
+    """Options that cannot work together or on this host (exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +68,15 @@ class PeerOptions:
     identity: Path
     work_dir: Path
     listen: tuple[str, int] = ("127.0.0.1", 0)
+    """Bind host of every service, and the DHT's UDP port (0: any)."""
+    advertise: str = "127.0.0.1"
+    """Host that node records and the lease carry (others dial it)."""
+    advertise_port: int | None = None
+    """DHT port others reach this peer on, if not the bound one (a port mapping)."""
+    superlink_port: int = 0
+    """TCP port of this peer's SuperLink when it aggregates (0: any free one)."""
+    sync_port: int = 0
+    """TCP port receiving model and ledger pushes (eligible peers; 0: any)."""
     partition_id: int | None = None
     num_partitions: int | None = None
     data_dir: str | None = None
@@ -87,9 +87,15 @@ class PeerOptions:
     poll_interval: float = 1.0
     settle_seconds: float = 3.0
     refusals_to_fail: int = 2
-    """Consecutive probes, :data:`REPROBE_SECONDS` apart, in which the holder's
-    SuperLink must refuse connections before a standby treats the holder as dead
-    without waiting for its lease to lapse."""
+    """Consecutive probes, :data:`flp2p.peer.runtime.REPROBE_SECONDS` apart, in which
+    the holder's advertised SuperLink must refuse connections before a standby treats
+    the holder as dead without waiting for its lease to lapse."""
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) >= 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", type=Path, default=Path("flp2p-peer"))
     parser.add_argument(
         "--listen", type=parse_address, default=("127.0.0.1", 0),
-        metavar="HOST:PORT", help="DHT address of this peer (port 0: any)",
+        metavar="HOST:PORT",
+        help="bind host of every service (0.0.0.0: all) and DHT UDP port (0: any)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--advertise", type=parse_advertise, metavar="HOST[:PORT]",
+        help="address others reach this peer at (default: the listen host, or for "
+        "a wildcard the interface that routes to the bootstrap peer)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--superlink-port", type=_port, default=0, metavar="PORT",
+        help="TCP port of the SuperLink while aggregating (default: any free one)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sync-port", type=_port, default=0, metavar="PORT",
+        help="TCP port receiving model copies (eligible peers; default: any)",
     )  # fmt: skip
     parser.add_argument("--partition-id", type=int, help="train on this partition")
     parser.add_argument("--num-partitions", type=int, help="partitions in all")
@@ -127,27 +147,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> PeerOptions:
-    """Validate parsed arguments (raises :class:`PeerError`)."""
+    """Validate parsed arguments against each other and this host's addresses.
+
+    Raises
+    ------
+    UsageError
+        With one line naming the flag at fault.
+    """
     if (args.partition_id is None) != (args.num_partitions is None):
-        raise PeerError("--partition-id and --num-partitions go together")
+        raise UsageError("--partition-id and --num-partitions go together")
     if (
         args.partition_id is not None
         and not 0 <= args.partition_id < args.num_partitions
     ):
-        raise PeerError(
+        raise UsageError(
             f"--partition-id must lie in [0, {args.num_partitions}), "
             f"got {args.partition_id}"
         )
     if args.partition_id is None and not args.aggregator_eligible:
-        raise PeerError("nothing to do: give --partition-id or --aggregator-eligible")
+        raise UsageError("nothing to do: give --partition-id or --aggregator-eligible")
     if args.lease_timeout <= 0 or args.record_ttl <= 0:
-        raise PeerError("--lease-timeout and --record-ttl must be positive")
+        raise UsageError("--lease-timeout and --record-ttl must be positive")
+    listen_host, listen_port = args.listen
+    advertise_host, advertise_port = args.advertise or (None, None)
+    try:
+        check_listen(listen_host, listen_port)
+        advertise = resolve_advertise(listen_host, advertise_host, args.bootstrap)
+    except AddressError as error:
+        raise UsageError(str(error)) from None
     return PeerOptions(
         bootstrap=tuple(args.bootstrap),
         federation=args.federation.lower(),
-        identity=args.identity,
-        work_dir=args.work_dir,
+        # Absolute: the SuperLink and SuperNode run in folders of their own.
+        identity=args.identity.resolve(),
+        work_dir=args.work_dir.resolve(),
         listen=args.listen,
+        advertise=advertise,
+        advertise_port=advertise_port,
+        superlink_port=args.superlink_port,
+        sync_port=args.sync_port,
         partition_id=args.partition_id,
         num_partitions=args.num_partitions,
         data_dir=args.data_dir,
@@ -156,330 +194,6 @@ def options_from_args(args: argparse.Namespace) -> PeerOptions:
         lease_timeout=args.lease_timeout,
         record_ttl=args.record_ttl,
     )
-
-
-async def join(book: AddressBook, options: PeerOptions) -> Genesis:
-    """Start the DHT node, bootstrap, and fetch the federation's genesis.
-
-    Raises
-    ------
-    PeerError
-        If no bootstrap peer answers or no genesis has the federation id.
-    """
-    await book.start(*options.listen)
-    try:
-        await book.bootstrap(options.bootstrap)
-    except ConnectionError:
-        peers = ", ".join(f"{h}:{p}" for h, p in options.bootstrap)
-        raise PeerError(f"no bootstrap peer reachable at {peers}") from None
-    for _ in range(3):  # a fresh DHT may need a moment to route to the genesis
-        genesis = await book.get_genesis(options.federation)
-        if genesis is not None:
-            return genesis
-        await asyncio.sleep(options.poll_interval)
-    raise PeerError(
-        f"unknown federation {options.federation[:16]}…: "
-        "no genesis with that id in the DHT"
-    )
-
-
-def initial_checkpoint(genesis: Genesis) -> Checkpoint:
-    """Round 0: the seed's initial model, which every peer can compute itself."""
-    from flp2p.app import initial_model
-    from flp2p.models import get_weights
-    from flp2p.peer.app_folder import flatten_parameters
-    from flp2p.peer.federation_app import experiment_settings
-
-    settings = experiment_settings(flatten_parameters(genesis.parameters))
-    return Checkpoint(0, get_weights(initial_model(settings)))
-
-
-class Peer:
-    """One participant: SuperNode follower and/or standby and holder of the lease."""
-
-    def __init__(
-        self, options: PeerOptions, book: AddressBook, genesis: Genesis
-    ) -> None:
-        self.options = options
-        self.book = book
-        self.genesis = genesis
-        self.me = book.identity.node_id
-        self.rounds = genesis_rounds(genesis)
-        self.watch = LeaseWatch(book, genesis.federation_id)
-        self.store = CheckpointStore(options.work_dir / "checkpoints")
-        self.advertised: dict[int, str] = {}
-        self.last_lease: Lease | None = None
-        self.failed: set[str] = set()
-        self.receiver: CheckpointReceiver | None = None
-        self.aggregator: AggregatorRole | None = None
-        self.follower: SuperNodeFollower | None = None
-        self.ledger = (options.work_dir / LEDGER_FILE).resolve()
-        if options.partition_id is not None:
-            node_config: dict[str, int | str] = {
-                "partition-id": options.partition_id,
-                "num-partitions": int(options.num_partitions or 0),
-                # The ClientApp signs with this peer's key, read from the file: the
-                # key itself never passes through Flower.
-                IDENTITY_NODE_KEY: str(options.identity.resolve()),
-                FEDERATION_NODE_KEY: genesis.federation_id,
-                AGGREGATORS_NODE_KEY: join_ids(genesis.eligible),
-                LEDGER_NODE_KEY: str(self.ledger),
-            }
-            if options.data_dir:
-                node_config["data-dir"] = options.data_dir
-            self.follower = SuperNodeFollower(
-                options.work_dir, node_config, allow_insecure=options.insecure
-            )
-
-    async def announce(self) -> None:
-        """Publish this peer's node record (and open the checkpoint receiver)."""
-        if self.options.aggregator_eligible:
-            if self.me not in self.genesis.eligible:
-                raise PeerError(
-                    f"this peer ({self.me[:16]}…) is not aggregator-eligible in the "
-                    "federation's genesis"
-                )
-            self.aggregator = AggregatorRole(
-                self.book,
-                self.genesis,
-                self.store,
-                self.options.work_dir / "aggregator",
-                use_tls=not self.options.insecure,
-                identity_key=self.options.identity,
-                ledger=self.ledger,
-            )
-            start = initial_checkpoint(self.genesis)
-            self.store.save(start)
-            self.advertised[0] = start.sha256
-            eligible = frozenset(self.genesis.eligible)
-            self.receiver = CheckpointReceiver(
-                self.store,
-                self.genesis.federation_id,
-                eligible.__contains__,
-                ledger=self.ledger,
-                block_signers=eligible,
-            )
-            address = await self.receiver.start(self.options.listen[0])
-            roles: tuple[str, ...] = (AGGREGATOR_ROLE,)
-        else:
-            host, port = self.book.address
-            address, roles = f"{host}:{port}", ()
-        if self.follower is not None:
-            roles = (*roles, "client")
-        await self.book.publish(NodeRecord(self.me, address, roles))
-
-    async def run(self) -> str:
-        """Take part until the federation's last round; return a summary line."""
-        await self.announce()
-        started = time.monotonic()
-        lapsed_since: float | None = None
-        while True:
-            lease = await self.watch.current()
-            now = time.monotonic()
-            if (
-                lease is not None
-                and self.last_lease is not None
-                and lease.epoch < self.last_lease.epoch
-            ):
-                # A peer that missed the successor's lease can still serve the dead
-                # holder's for the rest of its TTL: never step back an epoch.
-                await asyncio.sleep(self.options.poll_interval)
-                continue
-            if lease is not None:
-                self.last_lease, lapsed_since = lease, None
-                self.advertised[lease.last_round] = lease.model_sha256
-                if lease.last_round >= self.rounds and not self._holding():
-                    return self._finished(lease)
-            elif self.last_lease is not None and lapsed_since is None:
-                lapsed_since = now
-                log.info("lease epoch %d lapsed", self.last_lease.epoch)
-            if self._holding():
-                done = await self._hold(lease)
-                if done is not None:
-                    return done
-            elif lease is None and now - started >= self.options.settle_seconds:
-                lapsed = now - (now if lapsed_since is None else lapsed_since)
-                if await self._holder_gone(lapsed):
-                    await self._maybe_take_over()
-            elif lease is not None and lease.holder != self.me:
-                if await self._superlink_refuses(lease):
-                    log.info(
-                        "lease epoch %d: its SuperLink refuses connections",
-                        lease.epoch,
-                    )
-                    await self._maybe_take_over()
-                else:
-                    await self._keep_warm_if_next(lease)
-            if (
-                lease is not None
-                and self.follower
-                and lease.holder != self.me
-                and not self._holding()
-            ):
-                await self._follow(lease)
-            if lease is None and not self._holding():
-                started_waiting = started if lapsed_since is None else lapsed_since
-                if now - started_waiting > self.options.lease_timeout:
-                    raise PeerError(self._no_lease_reason())
-            await asyncio.sleep(self.options.poll_interval)
-
-    async def _superlink_refuses(self, lease: Lease) -> bool:
-        """Whether ``lease``'s SuperLink refuses connections, so its holder is dead
-        (asked by eligible peers only: they take over).
-
-        A lease stays valid for up to its TTL after its holder died; a refused
-        connection to the SuperLink it names says so at once. The holder starts its
-        SuperLink before it publishes the lease and exits when the SuperLink does,
-        so nothing listening there means no holder.
-        """
-        if self.aggregator is None:
-            return False
-        for attempt in range(self.options.refusals_to_fail):
-            if attempt:
-                await asyncio.sleep(REPROBE_SECONDS)
-            if await probe_superlink(lease.superlink_address) is not False:
-                return False
-        return True
-
-    async def _holder_gone(self, lapsed: float) -> bool:
-        """Whether to elect now that no lease is found.
-
-        A lookup can miss a live lease (a slow peer, a lost datagram); while the
-        last holder's SuperLink still accepts connections, wait for the lapse to
-        last a whole record TTL before electing a successor.
-        """
-        if self.last_lease is None or lapsed >= self.options.record_ttl:
-            return True
-        return await probe_superlink(self.last_lease.superlink_address) is not True
-
-    def _holding(self) -> bool:
-        return self.aggregator is not None and self.aggregator.holding is not None
-
-    def _finished(self, lease: Lease) -> str:
-        return (
-            f"federation {self.genesis.federation_id[:12]} finished: round "
-            f"{lease.last_round}, model {lease.model_sha256[:12]}, lease epoch "
-            f"{lease.epoch}"
-        )
-
-    def _no_lease_reason(self) -> str:
-        timeout = self.options.lease_timeout
-        if self.watch.rejections:
-            return f"refused the aggregator lease: {self.watch.rejections[-1]}"
-        if self.last_lease is not None:
-            return (
-                f"the aggregator lease lapsed and nobody took over within {timeout:g} s"
-            )
-        return f"no valid aggregator lease within {timeout:g} s"
-
-    async def _standby_addresses(self) -> list[str]:
-        others = [n for n in self.genesis.eligible if n != self.me]
-        # Concurrent lookups: one that asks a dead contact waits an RPC timeout,
-        # and sequential ones would add those waits up.
-        records = await asyncio.gather(*(self.book.get_node(n) for n in others))
-        return [
-            record.address
-            for record in records
-            if record is not None and AGGREGATOR_ROLE in record.roles
-        ]
-
-    async def _hold(self, lease: Lease | None) -> str | None:
-        assert self.aggregator is not None and self.aggregator.holding is not None
-        held = self.aggregator.holding.lease
-        if lease is not None and lease.holder != self.me and lease.epoch > held.epoch:
-            # Someone elected while our lease looked lapsed to it: the newer epoch
-            # wins, and this peer goes back to standing by.
-            log.warning(
-                "stepping down: %s… holds epoch %d", lease.holder[:12], lease.epoch
-            )
-            self.aggregator.stop()
-            return None
-        await self.aggregator.advertise_progress(await self._standby_addresses())
-        if self.aggregator.finished:
-            await asyncio.sleep(FINISH_GRACE_SECONDS)
-            finished = self.aggregator.holding.lease
-            self.aggregator.stop()
-            return self._finished(finished)
-        if not self.aggregator.superlink_alive():
-            raise PeerError("this peer's SuperLink exited; see its log in --work-dir")
-        return None
-
-    async def _live_eligible(self) -> list[str]:
-        eligible = list(self.genesis.eligible)
-        records = await asyncio.gather(*(self.book.get_node(n) for n in eligible))
-        return [n for n, r in zip(eligible, records, strict=True) if r is not None]
-
-    async def _keep_warm_if_next(self, lease: Lease) -> None:
-        """Start a SuperLink now if this peer would succeed ``lease``'s holder."""
-        if self.aggregator is None or self.aggregator.warm is not None:
-            return
-        live = await self._live_eligible()
-        failed = self.failed | {lease.holder}
-        if elect_successor(self.genesis.eligible, live, failed) == self.me:
-            try:
-                await self.aggregator.prepare()
-            except AggregatorError as error:  # taking over will try again
-                log.warning("could not keep a SuperLink warm: %s", error)
-
-    async def _maybe_take_over(self) -> None:
-        if self.aggregator is None:
-            return
-        if self.last_lease is not None:
-            self.failed.add(self.last_lease.holder)
-        live = await self._live_eligible()
-        winner = elect_successor(self.genesis.eligible, live, self.failed)
-        if winner != self.me:
-            return
-        start = resume_round(self.store.hashes(), self.advertised)
-        if start is None:
-            raise PeerError("elected aggregator, but no held model matches any lease")
-        epoch = 1 if self.last_lease is None else self.last_lease.epoch + 1
-        if self.follower is not None:
-            self.follower.stop()  # the holder aggregates; it does not also train
-        log.info("elected: resuming from round %d as lease epoch %d", start, epoch)
-        try:
-            await self.aggregator.take_over(self.store.load(start), epoch)
-        except AggregatorError as error:
-            raise PeerError(str(error)) from None
-
-    async def _follow(self, lease: Lease) -> None:
-        assert self.follower is not None
-        try:
-            await self.follower.follow(lease)
-        except (FingerprintMismatch, InsecureLeaseRefused) as refused:
-            raise PeerError(str(refused)) from None
-        except OSError as error:  # the SuperLink is not up yet: next poll
-            log.info(
-                "SuperLink at %s not reachable yet: %s", lease.superlink_address, error
-            )
-
-    async def close(self) -> None:
-        """Stop every child process and server this peer started."""
-        if self.follower is not None:
-            self.follower.stop()
-        if self.aggregator is not None:
-            self.aggregator.stop()
-        if self.receiver is not None:
-            await self.receiver.stop()
-
-
-async def run_peer(options: PeerOptions) -> str:
-    """Join, take part until the end, clean up; return the summary line."""
-    identity = Identity.load_or_create(options.identity)
-    book = AddressBook(identity, record_ttl=options.record_ttl, rpc_timeout=2.0)
-    peer: Peer | None = None
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    if task is not None:
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    try:
-        genesis = await join(book, options)
-        peer = Peer(options, book, genesis)
-        return await peer.run()
-    finally:
-        if peer is not None:
-            await peer.close()
-        await book.stop()
 
 
 def configure_logging(verbose: bool) -> None:
@@ -498,13 +212,20 @@ def configure_logging(verbose: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m flp2p.client``; returns the exit code."""
     args = build_parser().parse_args(argv)
-    configure_logging(args.verbose)
     try:
         options = options_from_args(args)
+    except UsageError as error:
+        print(f"flp2p.client: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(args.verbose)
+    # Only now: the runtime imports Flower and PyTorch (seconds on a small machine).
+    from flp2p.peer.runtime import run_peer
+
+    try:
         print(asyncio.run(run_peer(options)), flush=True)
     except PeerError as error:
         print(f"flp2p.client: error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     except (KeyboardInterrupt, asyncio.CancelledError):
         return 130
     return 0

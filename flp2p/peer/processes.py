@@ -1,6 +1,6 @@
 """Flower SuperLink and SuperNode as managed subprocesses.
 
-Flower's deployment engine has no public Python API for either (LIBRARY-NOTES), so the
+Flower's deployment engine has no public Python API for either (docs/library-notes.md), so the
 peer runtime runs the installed CLIs. Children stay in the peer's process group, so
 killing a peer's group (``kill -9 -PGID``) takes its SuperLink or SuperNode with it,
 as a crashed machine would. Flower detaches SuperExec into a session of its own; it
@@ -22,8 +22,14 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from flp2p.peer.addresses import split_host_port
+
 PR_SET_PDEATHSIG = 1
 """``prctl`` option: signal to deliver when the parent dies (linux/prctl.h)."""
+SUPERNODE_API_HOST = "127.0.0.1"
+"""Bind host of a SuperNode's runtime API: only the SuperExec it starts on the same
+host dials it, so it never listens beyond loopback (the SuperNode itself dials out to
+the SuperLink)."""
 STOP_GRACE_SECONDS = 5.0
 """How long a child may take to exit after SIGTERM before it is killed."""
 
@@ -89,7 +95,7 @@ def descendants(pid: int, children: dict[int, list[int]]) -> list[int]:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
+    """A TCP port on ``host`` that was free a moment ago (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
@@ -97,19 +103,20 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def wait_for_port(address: str, timeout: float) -> bool:
     """Whether something accepts TCP connections at ``address`` within ``timeout``."""
-    host, _, port = address.rpartition(":")
+    host, port = split_host_port(address)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection((host, int(port)), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return True
         except OSError:
             time.sleep(0.2)
     return False
 
 
-def superlink_command(port: int, tls: tuple[Path, Path] | None) -> list[str]:
-    """``flower-superlink`` serving every API on ``127.0.0.1:port``.
+def superlink_command(host: str, port: int, tls: tuple[Path, Path] | None) -> list[str]:
+    """``flower-superlink`` serving every API on ``host:port`` (a wildcard binds
+    every interface).
 
     ``tls`` is (certificate, key) of a self-signed certificate, which is also its own
     CA; ``None`` runs without TLS.
@@ -117,7 +124,7 @@ def superlink_command(port: int, tls: tuple[Path, Path] | None) -> list[str]:
     command = [
         flower_executable("flower-superlink"),
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
         "--disable-runtime-dependency-installation",
@@ -157,6 +164,8 @@ def supernode_command(
         "--superlink",
         superlink_address,
         *trust,
+        "--host",
+        SUPERNODE_API_HOST,
         "--port",
         str(runtime_port),
         "--node-config",

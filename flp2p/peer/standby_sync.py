@@ -31,6 +31,7 @@ from typing import Any
 from flp2p.identity import Identity, node_id_of
 from flp2p.ledger import LedgerError
 from flp2p.ledger_broadcast import sync_replica
+from flp2p.peer.addresses import split_host_port
 from flp2p.peer.checkpoints import (
     Checkpoint,
     CheckpointError,
@@ -160,10 +161,10 @@ async def _push(
     address: str, header: dict[str, object], body: bytes, timeout: float
 ) -> str | None:
     """Send one header line and ``body``; ``None`` if the receiver answered ok."""
-    host, _, port = address.rpartition(":")
+    host, port = split_host_port(address)
     try:
         answer = await asyncio.wait_for(
-            _send(host, int(port), json.dumps(header).encode() + b"\n" + body),
+            _send(host, port, json.dumps(header).encode() + b"\n" + body),
             timeout,
         )
     except (OSError, asyncio.TimeoutError) as error:

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from flp2p.peer.addresses import split_host_port
+
 INSECURE_FINGERPRINT = "0" * 64
 """Fingerprint a lease carries when its SuperLink runs without TLS (``--insecure``)."""
 CERTIFICATE_LIFETIME = datetime.timedelta(days=7)
@@ -118,8 +120,8 @@ def fetch_pinned_certificate(
     OSError
         If nothing answers TLS at ``address`` within ``timeout``.
     """
-    host, _, port = address.rpartition(":")
-    pem = ssl.get_server_certificate((host, int(port)), timeout=timeout)
+    host, port = split_host_port(address)
+    pem = ssl.get_server_certificate((host, port), timeout=timeout)
     served = certificate_fingerprint(pem)
     if served != expected_fingerprint:
         raise FingerprintMismatch(
