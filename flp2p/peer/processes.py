@@ -1,13 +1,12 @@
 """Flower SuperLink and SuperNode as managed subprocesses.
 
-Flower's deployment engine has no public Python API for either (docs/library-notes.md), so the
-peer runtime runs the installed CLIs. Children stay in the peer's process group, so
-killing a peer's group (``kill -9 -PGID``) takes its SuperLink or SuperNode with it,
+Flower's deployment engine has no public Python API for either (docs/library-notes.md),
+so the peer runtime runs the installed CLIs. Children stay in the peer's process group,
+so killing a peer's group (``kill -9 -PGID``) takes its SuperLink or SuperNode with it,
 as a crashed machine would. Flower detaches SuperExec into a session of its own; it
-watches its parent's pid and exits with it, but an app process it started may
-outlive it, so :meth:`ManagedProcess.stop` signals the whole tree it finds under the
-child. Stopping is bounded in time: terminate, wait, then kill.
-"""
+watches its parent's pid and exits with it, but an app process it started may outlive
+it, so :meth:`ManagedProcess.stop` signals the whole tree it finds under the child.
+Stopping is bounded in time: terminate, wait, then kill."""
 
 from __future__ import annotations
 
