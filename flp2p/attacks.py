@@ -1,7 +1,12 @@
 """Malicious client behaviours, for evaluating robustness only.
 
-An attack is chosen in config (``attack=alie attack.fraction=0.3``). A seeded draw
-makes ``⌊fraction × clients⌋`` partitions malicious; every other client stays honest.
+An attack is chosen in config (``attack=alie attack.fraction=0.3``): each
+``conf/attack/<name>.yaml`` names its class with ``_target_`` and gives the class's
+arguments, and :meth:`AttackSettings.from_spec` builds it, so a new attack is its
+class (anywhere importable) plus that one file. A seeded draw makes
+``⌊fraction × clients⌋`` partitions malicious; every other client stays honest, and
+the ClientApp's attack mod (:func:`flp2p.client_mods.attack_mod`) runs the attack on
+the malicious ones.
 Each attack may poison the client's data before training (:meth:`Attack.poison_data`)
 and/or replace the trained update (:meth:`Attack.poison_update`). Updates are flat
 float64 deltas (client model − global model); the ClientApp adds the poisoned delta
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any, ClassVar
 
@@ -35,6 +40,74 @@ def malicious_partitions(
     count = math.floor(fraction * num_clients)
     order = np.random.default_rng([seed, 0xA77AC]).permutation(num_clients)
     return frozenset(int(p) for p in order[:count])
+
+
+def build_attack(spec: Mapping[str, Any]) -> Attack:
+    """The attack a config names: ``_target_`` is its class, the other keys but
+    ``name`` and ``fraction`` are the class's arguments.
+
+    Raises
+    ------
+    ValueError
+        The spec names no class, one that cannot be imported or is no
+        :class:`Attack`; ``TypeError`` from the class for a wrong argument.
+    """
+    from hydra.utils import get_class
+
+    name = str(spec.get("name", "none"))
+    params = {k: v for k, v in spec.items() if k not in {"name", "fraction"}}
+    target = params.pop("_target_", None)
+    if target is None:
+        raise ValueError(
+            f"attack {name!r} has no _target_: name its class in "
+            f"conf/attack/{name}.yaml"
+        )
+    try:
+        cls = get_class(str(target))
+    except Exception:  # Hydra wraps import errors in several types
+        raise ValueError(f"unknown attack {name!r}: cannot import {target!r}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Attack)):
+        raise ValueError(f"attack {name!r}: {target!r} is not an flp2p.attacks.Attack")
+    return cls(**params)
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """The configured attack (``conf/attack``): who is malicious and what they do.
+
+    Attributes
+    ----------
+    name : str
+        The config's name (reported in summaries).
+    fraction : float
+        Share of the clients the attack controls, in [0, 1).
+    attack : Attack
+        The behaviour of every malicious client (:class:`Attack`: honest).
+    """
+
+    name: str = "none"
+    fraction: float = 0.0
+    attack: Attack = field(default_factory=lambda: Attack())
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction < 1.0:
+            raise ValueError(f"attack.fraction must lie in [0, 1), got {self.fraction}")
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> AttackSettings:
+        """From the ``attack`` config group (:func:`build_attack` makes the attack;
+        a spec naming neither a class nor an attack means every client is honest)."""
+        name = str(spec.get("name", "none"))
+        honest = "_target_" not in spec and name == "none"
+        return cls(
+            name=name,
+            fraction=float(spec.get("fraction", 0.0)),
+            attack=Attack() if honest else build_attack(spec),
+        )
+
+    def malicious(self, num_clients: int, seed: int) -> frozenset[int]:
+        """The partitions this attack controls (:func:`malicious_partitions`)."""
+        return malicious_partitions(num_clients, self.fraction, seed)
 
 
 @dataclass(frozen=True)
@@ -224,26 +297,3 @@ class Sybil(Attack):
 def flip_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Map each label y to C − 1 − y (a permutation with no fixed point for even C)."""
     return (num_classes - 1 - labels).astype(labels.dtype)
-
-
-ATTACK_CLASSES: tuple[type[Attack], ...] = (
-    Attack,
-    SignFlip,
-    GaussianNoise,
-    Scaling,
-    ALIE,
-    IPM,
-    LabelFlip,
-    FreeRider,
-    Sybil,
-)
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in ATTACK_CLASSES}
-
-
-def build_attack(spec: Mapping[str, Any]) -> Attack:
-    """An attack from its config (``name``, ``fraction`` and the class's arguments)."""
-    name = str(spec.get("name", "none"))
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
-    params = {k: v for k, v in spec.items() if k not in {"name", "fraction"}}
-    return ATTACKS[name](**params)

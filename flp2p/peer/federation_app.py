@@ -39,23 +39,31 @@ from typing import Any
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 from flwr.serverapp import Grid, ServerApp
 
 from flp2p.app import (
-    Participant,
     arrays_to_record,
     central_evaluator,
-    client_evaluate,
-    client_train,
     record_to_arrays,
     records_rounds,
     settings_from_run_config,
     train_config,
 )
+from flp2p.client_mods import (
+    LedgerReplica,
+    ReplySigner,
+    SettingsOf,
+    attack_mod,
+    dpsgd_mod,
+    ledger_sync_mod,
+    signing_mod,
+)
 from flp2p.config import RunSettings, build_strategy
 from flp2p.identity import ContributionAuthenticator, Identity
 from flp2p.ledger import Ledger
 from flp2p.ledger_broadcast import with_ledger_broadcast
+from flp2p.local_training import client_evaluate, client_train
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
 from strategies.records import ReputationState, RoundReport
 
@@ -167,6 +175,44 @@ def wait_for_start(
             raise TimeoutError(f"nobody released the parked run ({path})")
         time.sleep(poll)
     return int(json.loads(path.read_text())["start-round"])
+
+
+@dataclass(frozen=True)
+class Participant:
+    """A real participant's side of the ClientApp (the peer runtime; not simulation).
+
+    Attributes
+    ----------
+    identity : Identity
+        The peer's persistent key: it signs every training reply, so reputation and
+        rewards follow the peer, not a partition number.
+    federation : str
+        The federation the peer joined; it signs for this one only, whatever an
+        instruction names.
+    ledger : Path or None
+        The peer's copy of the ledger, to which the blocks instructions carry are
+        appended once verified.
+    aggregators : frozenset[str]
+        Node ids the federation's genesis allows to aggregate: the only signers of
+        ledger blocks the peer accepts.
+    """
+
+    identity: Identity
+    federation: str
+    ledger: Path | None = None
+    aggregators: frozenset[str] = frozenset()
+
+    @property
+    def signer(self) -> ReplySigner:
+        """Replies signed with the peer's key, for the federation it joined."""
+        return ReplySigner(self.identity, self.federation)
+
+    @property
+    def replica(self) -> LedgerReplica | None:
+        """The peer's ledger copy, accepting blocks of the genesis' aggregators."""
+        if self.ledger is None:
+            return None
+        return LedgerReplica(self.ledger, self.federation, signer_ids=self.aggregators)
 
 
 def participant_from_node_config(node_config: Mapping[str, Any]) -> Participant:
@@ -420,21 +466,42 @@ def run_peer_server(grid: Grid, context: Context) -> None:
             ledger.close()
 
 
-def make_peer_client_app() -> ClientApp:
-    """The ClientApp of :mod:`flp2p.app`, with settings read the peer way and
-    replies signed by the participant's own identity."""
+def peer_train_mods(settings_of: SettingsOf) -> list[Mod]:
+    """The peer runtime's training mods: the participant's key and ledger copy."""
+
+    def participant_of(context: Context) -> Participant:
+        return participant_from_node_config(context.node_config)
+
+    return [
+        signing_mod(lambda context: participant_of(context).signer),
+        ledger_sync_mod(lambda context: participant_of(context).replica),
+        attack_mod(settings_of),
+        dpsgd_mod(settings_of),
+    ]
+
+
+def make_peer_client_app(settings: RunSettings | None = None) -> ClientApp:
+    """The training of :mod:`flp2p.local_training` with the peer runtime's mods.
+
+    Settings are read the peer way (:func:`experiment_settings`) unless given;
+    replies are signed by the participant's own identity and the ledger blocks
+    instructions carry go to its own copy.
+    """
+
+    def settings_of(context: Context) -> RunSettings:
+        if settings is not None:
+            return settings
+        return experiment_settings(context.run_config, context.node_config)
+
     app = ClientApp()
 
-    @app.train()
+    @app.train(mods=peer_train_mods(settings_of))
     def _train(msg: Message, context: Context) -> Message:
-        settings = experiment_settings(context.run_config, context.node_config)
-        participant = participant_from_node_config(context.node_config)
-        return client_train(msg, context, settings, participant=participant)
+        return client_train(msg, context, settings_of(context))
 
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
-        settings = experiment_settings(context.run_config, context.node_config)
-        return client_evaluate(msg, context, settings)
+        return client_evaluate(msg, context, settings_of(context))
 
     return app
 
