@@ -337,14 +337,16 @@ def attack_mod(
         if partition_id not in colluders:
             return call_next(msg, context)
         attack = settings.attack.attack
+        task = LocalTask.from_message(msg, settings)
         local = node_data(settings, context, partitions)
         num_classes = load_dataset(settings.dataset, settings.data_dir).num_classes
         images, labels = attack.poison_data(local.images, local.labels, num_classes)
-        poisoned = training_data_record(ArrayDataset(images, labels))
-        reply = call_next(_with_records(msg, **{TRAINING_DATA_KEY: poisoned}), context)
+        if images is not local.images or labels is not local.labels:
+            poisoned = training_data_record(ArrayDataset(images, labels))
+            msg = _with_records(msg, **{TRAINING_DATA_KEY: poisoned})
+        reply = call_next(msg, context)
         if reply.has_error():
             return reply
-        task = LocalTask.from_message(msg, settings)
         trained = record_to_arrays(reply.content.array_records[ARRAYS_KEY])
         global_vector = flatten_arrays(task.global_arrays)
         previous = context.state.array_records.get(PREVIOUS_DELTA_KEY)
