@@ -176,10 +176,10 @@ def signing_mod(signer_of: Callable[[Context], ReplySigner]) -> Mod:
     """
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        signer = signer_of(context)  # a node that cannot sign should not train
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
-        signer = signer_of(context)
         config = _instruction(msg)
         arrays = record_to_arrays(reply.content.array_records[ARRAYS_KEY])
         reply.content[IDENTITY_KEY] = identity_record(

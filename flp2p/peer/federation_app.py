@@ -28,6 +28,7 @@ run config becomes Hydra overrides (:func:`flp2p.app.settings_from_run_config`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -215,6 +216,18 @@ class Participant:
         return LedgerReplica(self.ledger, self.federation, signer_ids=self.aggregators)
 
 
+def replica_from_node_config(node_config: Mapping[str, Any]) -> LedgerReplica | None:
+    """The participant's ledger copy its node config names (its key is not read)."""
+    ledger = node_config.get(LEDGER_NODE_KEY)
+    if not ledger:
+        return None
+    return LedgerReplica(
+        Path(str(ledger)),
+        str(node_config[FEDERATION_NODE_KEY]),
+        signer_ids=frozenset(split_ids(node_config.get(AGGREGATORS_NODE_KEY))),
+    )
+
+
 def participant_from_node_config(node_config: Mapping[str, Any]) -> Participant:
     """The participant a peer's SuperNode runs for, from its node config.
 
@@ -232,11 +245,11 @@ def participant_from_node_config(node_config: Mapping[str, Any]) -> Participant:
             f"node config lacks {missing}: start peer SuperNodes with "
             "`python -m flp2p.client`"
         )
-    ledger = node_config.get(LEDGER_NODE_KEY)
+    replica = replica_from_node_config(node_config)
     return Participant(
         identity=Identity.load(str(node_config[IDENTITY_NODE_KEY])),
         federation=str(node_config[FEDERATION_NODE_KEY]),
-        ledger=Path(str(ledger)) if ledger else None,
+        ledger=None if replica is None else replica.path,
         aggregators=frozenset(split_ids(node_config.get(AGGREGATORS_NODE_KEY))),
     )
 
@@ -468,13 +481,11 @@ def run_peer_server(grid: Grid, context: Context) -> None:
 
 def peer_train_mods(settings_of: SettingsOf) -> list[Mod]:
     """The peer runtime's training mods: the participant's key and ledger copy."""
-
-    def participant_of(context: Context) -> Participant:
-        return participant_from_node_config(context.node_config)
-
     return [
-        signing_mod(lambda context: participant_of(context).signer),
-        ledger_sync_mod(lambda context: participant_of(context).replica),
+        signing_mod(
+            lambda context: participant_from_node_config(context.node_config).signer
+        ),
+        ledger_sync_mod(lambda context: replica_from_node_config(context.node_config)),
         attack_mod(settings_of),
         dpsgd_mod(settings_of),
     ]
@@ -483,15 +494,26 @@ def peer_train_mods(settings_of: SettingsOf) -> list[Mod]:
 def make_peer_client_app(settings: RunSettings | None = None) -> ClientApp:
     """The training of :mod:`flp2p.local_training` with the peer runtime's mods.
 
-    Settings are read the peer way (:func:`experiment_settings`) unless given;
-    replies are signed by the participant's own identity and the ledger blocks
-    instructions carry go to its own copy.
+    Settings are read the peer way (:func:`experiment_settings`, once per run and
+    node config) unless given; replies are signed by the participant's own identity
+    and the ledger blocks instructions carry go to its own copy.
     """
+
+    @functools.lru_cache(maxsize=4)
+    def composed(
+        run_config: tuple[tuple[str, Any], ...], data_dir: str | None
+    ) -> RunSettings:
+        node = {} if data_dir is None else {DATA_DIR_NODE_KEY: data_dir}
+        return experiment_settings(dict(run_config), node)
 
     def settings_of(context: Context) -> RunSettings:
         if settings is not None:
             return settings
-        return experiment_settings(context.run_config, context.node_config)
+        data_dir = context.node_config.get(DATA_DIR_NODE_KEY)
+        return composed(
+            tuple(sorted(context.run_config.items())),
+            str(data_dir) if data_dir else None,
+        )
 
     app = ClientApp()
 
