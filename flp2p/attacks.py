@@ -1,7 +1,12 @@
 """Malicious client behaviours, for evaluating robustness only.
 
-An attack is chosen in config (``attack=alie attack.fraction=0.3``). A seeded draw
-makes ``⌊fraction × clients⌋`` partitions malicious; every other client stays honest.
+An attack is chosen in config (``attack=alie attack.fraction=0.3``): each
+``conf/attack/<name>.yaml`` names its class with ``_target_`` and gives the class's
+arguments, and :meth:`AttackSettings.from_spec` builds it, so a new attack is its
+class (anywhere importable) plus that one file. A seeded draw makes
+``⌊fraction × clients⌋`` partitions malicious; every other client stays honest, and
+the ClientApp's attack mod (:func:`flp2p.client_mods.attack_mod`) runs the attack on
+the malicious ones.
 Each attack may poison the client's data before training (:meth:`Attack.poison_data`)
 and/or replace the trained update (:meth:`Attack.poison_update`). Updates are flat
 float64 deltas (client model − global model); the ClientApp adds the poisoned delta
@@ -19,7 +24,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any, ClassVar
 
@@ -38,6 +43,74 @@ def malicious_partitions(
     count = math.floor(fraction * num_clients)
     order = np.random.default_rng([seed, 0xA77AC]).permutation(num_clients)
     return frozenset(int(p) for p in order[:count])
+
+
+def build_attack(spec: Mapping[str, Any]) -> Attack:
+    """The attack a config names: ``_target_`` is its class, the other keys but
+    ``name`` and ``fraction`` are the class's arguments.
+
+    Raises
+    ------
+    ValueError
+        The spec names no class, one that cannot be imported or is no
+        :class:`Attack`; ``TypeError`` from the class for a wrong argument.
+    """
+    from hydra.utils import get_class
+
+    name = str(spec.get("name", "none"))
+    params = {k: v for k, v in spec.items() if k not in {"name", "fraction"}}
+    target = params.pop("_target_", None)
+    if target is None:
+        raise ValueError(
+            f"attack {name!r} has no _target_: name its class in "
+            f"conf/attack/{name}.yaml"
+        )
+    try:
+        cls = get_class(str(target))
+    except Exception:  # Hydra wraps import errors in several types
+        raise ValueError(f"unknown attack {name!r}: cannot import {target!r}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Attack)):
+        raise ValueError(f"attack {name!r}: {target!r} is not an flp2p.attacks.Attack")
+    return cls(**params)
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """The configured attack (``conf/attack``): who is malicious and what they do.
+
+    Attributes
+    ----------
+    name : str
+        The config's name (reported in summaries).
+    fraction : float
+        Share of the clients the attack controls, in [0, 1).
+    attack : Attack
+        The behaviour of every malicious client (:class:`Attack`: honest).
+    """
+
+    name: str = "none"
+    fraction: float = 0.0
+    attack: Attack = field(default_factory=lambda: Attack())
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction < 1.0:
+            raise ValueError(f"attack.fraction must lie in [0, 1), got {self.fraction}")
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> AttackSettings:
+        """From the ``attack`` config group (:func:`build_attack` makes the attack;
+        a spec naming neither a class nor an attack means every client is honest)."""
+        name = str(spec.get("name", "none"))
+        honest = "_target_" not in spec and name == "none"
+        return cls(
+            name=name,
+            fraction=float(spec.get("fraction", 0.0)),
+            attack=Attack() if honest else build_attack(spec),
+        )
+
+    def malicious(self, num_clients: int, seed: int) -> frozenset[int]:
+        """The partitions this attack controls (:func:`malicious_partitions`)."""
+        return malicious_partitions(num_clients, self.fraction, seed)
 
 
 @dataclass(frozen=True)
@@ -230,29 +303,6 @@ class Sybil(Attack):
 def flip_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Map each label y to C − 1 − y (a permutation with no fixed point for even C)."""
     return (num_classes - 1 - labels).astype(labels.dtype)
-
-
-ATTACK_CLASSES: tuple[type[Attack], ...] = (
-    Attack,
-    SignFlip,
-    GaussianNoise,
-    Scaling,
-    ALIE,
-    IPM,
-    LabelFlip,
-    FreeRider,
-    Sybil,
-)
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in ATTACK_CLASSES}
-
-
-def build_attack(spec: Mapping[str, Any]) -> Attack:
-    """An attack from its config (``name``, ``fraction`` and the class's arguments)."""
-    name = str(spec.get("name", "none"))
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
-    params = {k: v for k, v in spec.items() if k not in {"name", "fraction"}}
-    return ATTACKS[name](**params)
 
 
 # --------------------------------------------------------------------------------------
@@ -559,16 +609,17 @@ class DetectorAware(Attack):
         )
 
 
-AttackSpec = Attack | Mapping[str, Any] | str
-"""An attack, its config (``name`` and arguments) or just its name."""
+AttackSpec = Attack | Mapping[str, Any] | None
+"""An attack, or its config (``_target_`` and arguments, as in ``conf/attack/``);
+``None`` is the detector-aware attack with its defaults."""
 
 
 def resolve_attack(spec: AttackSpec) -> Attack:
-    """The attack ``spec`` names (instances pass through, e.g. from Hydra)."""
+    """The attack ``spec`` describes (instances pass through, e.g. from Hydra)."""
+    if spec is None:
+        return DetectorAware()
     if isinstance(spec, Attack):
         return spec
-    if isinstance(spec, str):
-        return build_attack({"name": spec})
     return build_attack(spec)
 
 
@@ -584,7 +635,7 @@ class Sleeper(Attack):
 
     name = "sleeper"
 
-    def __init__(self, wake_round: int = 5, then: AttackSpec = "adaptive") -> None:
+    def __init__(self, wake_round: int = 5, then: AttackSpec = None) -> None:
         if wake_round < 1:
             raise ValueError(f"wake_round must be ≥ 1, got {wake_round}")
         self.wake_round = wake_round
@@ -616,21 +667,9 @@ class SybilWave(Sleeper):
 
     name = "sybil_wave"
 
-    def __init__(self, join_round: int = 5, then: AttackSpec = "adaptive") -> None:
+    def __init__(self, join_round: int = 5, then: AttackSpec = None) -> None:
         super().__init__(wake_round=join_round, then=then)
 
     def joined(self, server_round: int) -> bool:
         """Whether the Sybil identities exist in ``server_round``."""
         return self.awake(server_round)
-
-
-STRONG_ATTACK_CLASSES: tuple[type[Attack], ...] = (
-    MinMax,
-    MinSum,
-    Mimic,
-    DetectorAware,
-    Sleeper,
-    SybilWave,
-)
-ATTACK_CLASSES = (*ATTACK_CLASSES, *STRONG_ATTACK_CLASSES)
-ATTACKS.update({cls.name: cls for cls in STRONG_ATTACK_CLASSES})

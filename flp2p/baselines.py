@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from flp2p.app import simulated_identity
 from flp2p.attacks import malicious_partitions
+from flp2p.client_mods import simulated_identity
 from strategies.base import (
     AggregationOutcome,
     InsufficientReplies,

@@ -19,9 +19,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from flp2p.attacks import build_attack
+from flp2p.attacks import AttackSettings
 from flp2p.data import DATASETS, PARTITION_SCHEMES
-from flp2p.dpsgd import DPSGDSettings
+from flp2p.privacy_settings import PrivacySettings, build_privacy
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 """The Hydra config directory of a source checkout (``conf/`` beside the package)."""
@@ -49,7 +49,14 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Everything a federation run needs, validated."""
+    """Everything a federation run needs, validated.
+
+    ``attack`` and ``privacy`` are typed (:class:`~flp2p.attacks.AttackSettings`;
+    one of :class:`~flp2p.privacy_settings.NoPrivacy`,
+    :class:`~flp2p.dpsgd.DPSGDSettings`,
+    :class:`~flp2p.privacy_settings.CentralPrivacy`), built once from the config
+    groups' ``_target_``.
+    """
 
     rounds: int
     clients: int
@@ -62,8 +69,8 @@ class RunSettings:
     fraction_evaluate: float
     train: TrainSettings
     strategy: Mapping[str, Any]
-    attack: Mapping[str, Any]
-    privacy: Mapping[str, Any]
+    attack: AttackSettings
+    privacy: PrivacySettings
     cpus_per_client: float = 1.0
     num_cpus: int | None = None
     backend: str = "ray"
@@ -92,19 +99,19 @@ class RunSettings:
     @property
     def attack_name(self) -> str:
         """Name of the attack config (``attack.name``)."""
-        return str(self.attack.get("name", "none"))
+        return self.attack.name
 
     @property
     def privacy_name(self) -> str:
-        """Name of the privacy config (``privacy.name``)."""
-        return str(self.privacy.get("name", "none"))
+        """Name of the privacy choice (``none``, ``dpsgd`` or ``central``)."""
+        return self.privacy.name
 
     @property
     def num_malicious(self) -> int:
         """How many clients the attack controls (``round(fraction × clients)``)."""
         if self.attack_name == "none":
             return 0
-        return math.floor(float(self.attack.get("fraction", 0.0)) * self.clients)
+        return math.floor(self.attack.fraction * self.clients)
 
     @classmethod
     def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> RunSettings:
@@ -153,8 +160,8 @@ def _settings_from_plain(cfg: dict[str, Any]) -> RunSettings:
             ),
         ),
         strategy=dict(cfg.get("strategy") or {"name": "fedavg"}),
-        attack=dict(cfg.get("attack") or {"name": "none"}),
-        privacy=dict(cfg.get("privacy") or {"name": "none"}),
+        attack=_attack(dict(cfg.get("attack") or {"name": "none"})),
+        privacy=_privacy(dict(cfg.get("privacy") or {"name": "none"})),
         cpus_per_client=float(simulation.get("cpus_per_client", 1)),
         num_cpus=simulation.get("num_cpus"),
         backend=str(simulation.get("backend", "ray")),
@@ -175,6 +182,23 @@ def _int(cfg: Mapping[str, Any], key: str, minimum: int, prefix: str = "") -> in
     if value < minimum:
         raise ConfigError(f"{prefix}{key} must be ≥ {minimum}, got {value}")
     return value
+
+
+def _attack(spec: Mapping[str, Any]) -> AttackSettings:
+    fraction = float(spec.get("fraction", 0.0))
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"attack.fraction must lie in [0, 1), got {fraction}")
+    try:
+        return AttackSettings.from_spec(spec)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"attack {spec.get('name', 'none')!r}: {err}") from None
+
+
+def _privacy(spec: Mapping[str, Any]) -> PrivacySettings:
+    try:
+        return build_privacy(spec)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"privacy {spec.get('name', 'none')!r}: {err}") from None
 
 
 def _check(s: RunSettings) -> None:
@@ -208,18 +232,6 @@ def _check(s: RunSettings) -> None:
             f"simulation.backend must be one of {', '.join(SIMULATION_BACKENDS)}, "
             f"got {s.backend!r}"
         )
-    fraction = float(s.attack.get("fraction", 0.0))
-    if not 0.0 <= fraction < 1.0:
-        raise ConfigError(f"attack.fraction must lie in [0, 1), got {fraction}")
-    try:
-        build_attack(s.attack)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"attack {s.attack_name!r}: {err}") from None
-    if s.privacy_name == "dpsgd":
-        try:
-            DPSGDSettings.from_spec(s.privacy)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"privacy 'dpsgd': {err}") from None
     if "_target_" not in s.strategy:
         raise ConfigError(
             f"strategy {s.strategy_name!r} has no _target_: name the strategy class "

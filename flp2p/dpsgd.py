@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Mapping
 from copy import deepcopy
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from flp2p.models import LOSS_PROBE_SIZE, TrainResult, evaluate
+from flp2p.privacy_settings import PrivacySettings
 
 if TYPE_CHECKING:
     from opacus.accountants import IAccountant
@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 ACCOUNTANT_STATE_KEY = "flp2p-dpsgd-accountant"
 """ConfigRecord in the client's context state holding its accountant history."""
+DPSGD_KEY = "flp2p-dpsgd"
+"""ConfigRecord the DP-SGD client mod adds to the instruction it forwards (the
+settings and the accountant so far: :meth:`PrivateTraining.to_record`), and the
+local trainer adds to its reply (the accountant's new history)."""
 
 
 class PrivacyBudgetExceeded(RuntimeError):
@@ -43,7 +47,7 @@ class PrivacyBudgetExceeded(RuntimeError):
 
 
 @dataclass(frozen=True)
-class DPSGDSettings:
+class DPSGDSettings(PrivacySettings):
     """DP-SGD parameters (``conf/privacy/dpsgd.yaml``).
 
     Give either ``noise_multiplier`` or ``target_epsilon``; with ``target_epsilon``
@@ -51,6 +55,7 @@ class DPSGDSettings:
     Opacus' ``make_private_with_epsilon`` assumes nothing was spent before.
     """
 
+    name: ClassVar[str] = "dpsgd"
     noise_multiplier: float | None = 1.0
     target_epsilon: float | None = None
     max_grad_norm: float = 1.0
@@ -78,11 +83,6 @@ class DPSGDSettings:
 
         create_accountant(self.accountant)  # raises on an unknown mechanism
 
-    @classmethod
-    def from_spec(cls, spec: Mapping[str, Any]) -> DPSGDSettings:
-        """From the ``privacy`` config group (ignores ``name``)."""
-        return cls(**{k: v for k, v in spec.items() if k != "name"})
-
     @property
     def budget(self) -> float | None:
         """The ε a client may not exceed, if any."""
@@ -91,6 +91,31 @@ class DPSGDSettings:
             if self.epsilon_budget is not None
             else (self.target_epsilon)
         )
+
+
+@dataclass(frozen=True)
+class PrivateTraining:
+    """A DP-SGD client's settings and its cross-round accountant."""
+
+    settings: DPSGDSettings
+    accountant: IAccountant
+
+    @property
+    def epsilon(self) -> float:
+        """ε spent so far at the configured δ."""
+        return float(self.accountant.get_epsilon(delta=self.settings.delta))
+
+    def to_record(self) -> ConfigRecord:
+        """Settings and accountant history as one ConfigRecord (:data:`DPSGD_KEY`)."""
+        record = save_accountant(self.accountant)
+        record["settings"] = json.dumps(asdict(self.settings))
+        return record
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> PrivateTraining:
+        """Inverse of :meth:`to_record`."""
+        dp = DPSGDSettings(**json.loads(str(record["settings"])))
+        return cls(dp, load_accountant(record, dp.accountant))
 
 
 def steps_per_round(

@@ -9,17 +9,17 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
-from flp2p.app import (
+from flp2p.app import central_evaluator, make_client_app
+from flp2p.client_mods import simulated_signing_key
+from flp2p.config import RunSettings, compose
+from flp2p.local_training import (
     arrays_to_record,
-    central_evaluator,
     client_evaluate,
     client_train,
     federation_name,
     initial_model,
     record_to_arrays,
-    simulated_signing_key,
 )
-from flp2p.config import RunSettings, compose
 from flp2p.models import get_weights
 from flp2p.signatures import contribution_message
 from strategies.records import (
@@ -69,9 +69,17 @@ def test_training_step_lowers_the_local_loss(settings: RunSettings) -> None:
     assert metrics[NUM_EXAMPLES_KEY] > 0
 
 
+def test_plain_training_reply_is_unsigned(settings: RunSettings) -> None:
+    reply = client_train(
+        instruction(settings, MessageType.TRAIN, 1), node_context(0), settings
+    )
+    assert IDENTITY_KEY not in reply.content
+
+
 def test_training_reply_is_signed_by_a_stable_identity(settings: RunSettings) -> None:
+    app = make_client_app(settings)
     msg = instruction(settings, MessageType.TRAIN, 3)
-    reply = client_train(msg, node_context(1), settings)
+    reply = app(msg, node_context(1))
     identity = reply.content[IDENTITY_KEY]
     public = identity[IDENTITY_PUBLIC_KEY]
     assert isinstance(public, bytes)
@@ -82,10 +90,8 @@ def test_training_reply_is_signed_by_a_stable_identity(settings: RunSettings) ->
         identity[IDENTITY_SIGNATURE], signed
     )
     # The same partition keeps its identity; another partition has another one.
-    again = client_train(
-        instruction(settings, MessageType.TRAIN, 4), node_context(1), settings
-    )
-    other = client_train(msg, node_context(0), settings)
+    again = app(instruction(settings, MessageType.TRAIN, 4), node_context(1))
+    other = app(msg, node_context(0))
     assert again.content[IDENTITY_KEY][IDENTITY_ID] == identity[IDENTITY_ID]
     assert other.content[IDENTITY_KEY][IDENTITY_ID] != identity[IDENTITY_ID]
 

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
-from flp2p.app import (
-    arrays_to_record,
-    client_train,
-    federation_name,
-    initial_model,
-    record_to_arrays,
-)
+from flp2p.app import make_client_app
 from flp2p.attacks import (
     ALIE,
-    ATTACKS,
     IPM,
+    Attack,
     AttackContext,
+    AttackSettings,
     FreeRider,
     GaussianNoise,
     LabelFlip,
@@ -27,10 +23,25 @@ from flp2p.attacks import (
     flip_labels,
     malicious_partitions,
 )
-from flp2p.config import ConfigError, RunSettings, compose
+from flp2p.config import CONF_DIR, ConfigError, RunSettings, compose
+from flp2p.local_training import (
+    TRAINING_DATA_KEY,
+    arrays_to_record,
+    federation_name,
+    initial_model,
+    record_to_arrays,
+)
 from flp2p.models import get_weights
 from strategies.base import flatten_arrays
-from strategies.records import METRICS_KEY, NUM_EXAMPLES_KEY
+from strategies.records import (
+    IDENTITY_KEY,
+    IDENTITY_PUBLIC_KEY,
+    IDENTITY_SIGNATURE,
+    METRICS_KEY,
+    NUM_EXAMPLES_KEY,
+    contribution_message,
+    update_sha256,
+)
 
 
 def context_for(honest: np.ndarray, benign: np.ndarray, **kw: object) -> AttackContext:
@@ -113,11 +124,30 @@ def test_sybils_send_one_update_and_inflate_examples() -> None:
     assert sybil.claimed_examples(100) == 300
 
 
-def test_every_attack_config_builds() -> None:
-    for name in ATTACKS:
-        assert build_attack({"name": name, "fraction": 0.3}).name == name
+ATTACK_OPTIONS = sorted(path.stem for path in (CONF_DIR / "attack").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", ATTACK_OPTIONS)
+def test_every_attack_config_builds(name: str) -> None:
+    settings = RunSettings.from_config(compose([f"attack={name}"]))
+    assert isinstance(settings.attack, AttackSettings)
+    assert settings.attack.name == name
+    assert settings.attack.attack.name == name
+
+
+def test_an_attack_is_named_by_its_class() -> None:
+    spec = {"name": "sign_flip", "fraction": 0.3, "scale": 2.0}
+    attack = build_attack({**spec, "_target_": "flp2p.attacks.SignFlip"})
+    assert isinstance(attack, SignFlip) and attack.scale == 2.0
     with pytest.raises(ValueError, match="unknown attack"):
-        build_attack({"name": "teleport"})
+        build_attack({"name": "teleport", "_target_": "flp2p.attacks.Teleport"})
+    with pytest.raises(ValueError, match="no _target_"):
+        build_attack(spec)
+    with pytest.raises(ValueError, match=r"is not an flp2p\.attacks\.Attack"):
+        build_attack({"name": "fake", "_target_": "flp2p.attacks.AttackContext"})
+    assert type(AttackSettings().attack) is Attack
+    with pytest.raises(ValueError, match=r"attack\.fraction"):
+        AttackSettings(fraction=1.0)
 
 
 def test_bad_attack_argument_is_a_config_error() -> None:
@@ -143,7 +173,7 @@ def train_reply(settings: RunSettings, partition_id: int) -> tuple[Message, Mess
         state=RecordDict(),
         run_config={},
     )
-    return msg, client_train(msg, context, settings)
+    return msg, make_client_app(settings)(msg, context)
 
 
 def delta_of(msg: Message, reply: Message) -> np.ndarray:
@@ -172,6 +202,25 @@ def test_malicious_client_sends_the_attack_and_honest_ones_do_not() -> None:
     _, reference = train_reply(honest_settings, good)
     _, untouched = train_reply(attacked, good)
     np.testing.assert_array_equal(delta_of(msg, untouched), delta_of(msg, reference))
+
+
+def test_the_signature_covers_the_attacked_update() -> None:
+    settings = RunSettings.from_config(
+        compose(
+            ["dataset=digits", "clients=5", "attack=sign_flip", "attack.fraction=0.4"]
+        )
+    )
+    evil = min(malicious_partitions(5, 0.4, settings.seed))
+    msg, reply = train_reply(settings, evil)
+    assert TRAINING_DATA_KEY not in msg.content  # the mod forwarded a copy
+    identity = reply.content[IDENTITY_KEY]
+    public = identity[IDENTITY_PUBLIC_KEY]
+    assert isinstance(public, bytes)
+    digest = update_sha256(record_to_arrays(reply.content.array_records["arrays"]))
+    Ed25519PublicKey.from_public_bytes(public).verify(
+        identity[IDENTITY_SIGNATURE],
+        contribution_message(federation_name(settings), 1, digest),
+    )
 
 
 def test_sybil_clients_reply_with_identical_updates() -> None:

@@ -213,9 +213,11 @@ def test_sleeper_is_honest_until_it_wakes() -> None:
         sleeper.poison_update(context_for(honest, BENIGN, server_round=None))
 
 
-def test_sleeper_builds_its_attack_from_a_name_or_a_config() -> None:
-    assert isinstance(Sleeper(then="sign_flip").then, SignFlip)
-    built = Sleeper(then={"name": "minmax", "perturbation": "unit"}).then
+def test_sleeper_builds_its_attack_from_a_config() -> None:
+    sign_flip = {"_target_": "flp2p.attacks.SignFlip"}
+    assert isinstance(Sleeper(then=sign_flip).then, SignFlip)
+    minmax = {"_target_": "flp2p.attacks.MinMax", "perturbation": "unit"}
+    built = Sleeper(then=minmax).then
     assert isinstance(built, MinMax) and built.perturbation == "unit"
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flp2p.app import simulated_identity
 from flp2p.attacks import malicious_partitions
 from flp2p.baselines import EXCLUDED_REASON, HonestOnlyFedAvg
+from flp2p.client_mods import simulated_identity
 from flp2p.config import RunSettings, build_strategy, compose
 from strategies.base import InsufficientReplies, UpdateBatch
 from strategies.records import Verdict

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from flp2p.config import CONF_DIR, ConfigError, RunSettings, build_strategy, compose
+from flp2p.dpsgd import DPSGDSettings
+from flp2p.privacy_settings import CentralPrivacy, NoPrivacy
 from flp2p.simulate import CONFIG_GROUPS, check_group_choices
 
 GROUP_OPTIONS = [
@@ -100,3 +102,58 @@ def test_cli_bad_input_is_one_line_and_leaves_nothing(
     assert message in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "kind"),
+    [("none", NoPrivacy), ("dpsgd", DPSGDSettings), ("central", CentralPrivacy)],
+)
+def test_privacy_is_one_typed_choice(option: str, kind: type) -> None:
+    settings = RunSettings.from_config(compose([f"privacy={option}"]))
+    assert type(settings.privacy) is kind
+    assert settings.privacy_name == option
+
+
+def test_central_privacy_gives_the_dp_wrappers_arguments() -> None:
+    settings = RunSettings.from_config(
+        compose(
+            [
+                "privacy=central",
+                "strategy=screened_fedavg",
+                "clients=10",
+                "fraction_train=0.5",
+                "rounds=4",
+            ]
+        )
+    )
+    privacy = settings.privacy
+    assert isinstance(privacy, CentralPrivacy)
+    assert "target_epsilon" in privacy.spec() and "seed" not in privacy.spec()
+    kwargs = privacy.strategy_kwargs(
+        settings.fraction_train, settings.clients, settings.rounds, settings.seed
+    )
+    assert "target_epsilon" not in kwargs
+    assert kwargs["max_share"] == pytest.approx(2 / 5) and kwargs["seed"] == 0
+    strategy = build_strategy(settings)
+    assert strategy.noise_multiplier == pytest.approx(kwargs["noise_multiplier"])
+    assert strategy.max_share == pytest.approx(kwargs["max_share"])
+    assert strategy.delta == kwargs["delta"]
+    assert strategy.clipping.clip_norm == kwargs["clip_norm"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["privacy=central", "privacy.noise_multiplier=1.0"], "exactly one"),
+        (["privacy=dpsgd", "+privacy.sigma=2"], "privacy 'dpsgd'"),
+        (["privacy=none", "privacy._target_=flp2p.nothing.Here"], "cannot import"),
+        (["attack=alie", "attack.fraction=1.5"], "attack.fraction must lie in"),
+        (["attack=alie", "~attack._target_"], "no _target_"),
+    ],
+)
+def test_bad_privacy_or_attack_is_one_config_error(
+    overrides: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as raised:
+        RunSettings.from_config(compose(overrides))
+    assert "\n" not in str(raised.value)

@@ -13,18 +13,13 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from helpers_ledger import make_report, make_reputations
 from helpers_messages import make_train_reply
 
-from flp2p.app import (
-    arrays_to_record,
-    client_train,
-    initial_model,
-    record_to_arrays,
-    simulated_signing_key,
-)
 from flp2p.cli import main as flp2p_cli
+from flp2p.client_mods import simulated_signing_key
 from flp2p.config import RunSettings, compose
 from flp2p.identity import ContributionAuthenticator, Identity
 from flp2p.ledger import BlockKind, ChainError, Ledger
 from flp2p.ledger_broadcast import LEDGER_BLOCKS_KEY, sync_replica
+from flp2p.local_training import arrays_to_record, initial_model, record_to_arrays
 from flp2p.models import get_weights
 from flp2p.peer.aggregator import blocks_up_to, peer_run_config
 from flp2p.peer.checkpoints import CheckpointStore
@@ -37,6 +32,7 @@ from flp2p.peer.federation_app import (
     FederationRoundLedger,
     PeerRun,
     join_ids,
+    make_peer_client_app,
     participant_from_node_config,
     peer_strategy,
     train_config,
@@ -148,13 +144,9 @@ def test_peer_reply_is_signed_by_the_peers_own_key(
     settings: RunSettings, tmp_path: Path
 ) -> None:
     peer, key = _key_file(tmp_path)
-    participant = participant_from_node_config(_node_config(key))
     # Flower round 2 of a run that resumed after 3 federation rounds.
-    reply = client_train(
-        _instruction(settings, 2, 3, []),
-        _context(_node_config(key)),
-        settings,
-        participant=participant,
+    reply = make_peer_client_app(settings)(
+        _instruction(settings, 2, 3, []), _context(_node_config(key))
     )
     record = reply.content[IDENTITY_KEY]
     assert record[IDENTITY_ID] == peer.node_id
@@ -330,18 +322,14 @@ def test_participant_appends_blocks_from_instructions(
     _, key = _key_file(tmp_path)
     replica = tmp_path / "peer-ledger.db"
     config = _node_config(key, replica)
-    reply = client_train(
-        _instruction(settings, 3, 0, chain.blocks_bytes_after(-1)),
-        _context(config),
-        settings,
-        participant=participant_from_node_config(config),
+    app = make_peer_client_app(settings)
+    reply = app(
+        _instruction(settings, 3, 0, chain.blocks_bytes_after(-1)), _context(config)
     )
     assert reply.content["metrics"]["ledger-height"] == 2
-    refused = client_train(
+    refused = app(
         _instruction(settings, 3, 0, [_next_block_by(chain, OUTSIDER)]),
         _context(config),
-        settings,
-        participant=participant_from_node_config(config),
     )
     assert refused.content["metrics"]["ledger-refused"] == 1
     with Ledger.open(replica) as held:

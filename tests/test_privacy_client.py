@@ -6,16 +6,13 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
-from flp2p.app import (
-    arrays_to_record,
-    client_train,
-    federation_name,
-    initial_model,
-)
+from flp2p.app import make_client_app
+from flp2p.client_mods import BUDGET_EXHAUSTED
 from flp2p.config import ConfigError, RunSettings, compose
 from flp2p.data import load_digits
 from flp2p.dpsgd import (
     ACCOUNTANT_STATE_KEY,
+    DPSGD_KEY,
     DPSGDSettings,
     PrivacyBudgetExceeded,
     load_accountant,
@@ -24,6 +21,7 @@ from flp2p.dpsgd import (
     steps_per_round,
     train_dpsgd,
 )
+from flp2p.local_training import arrays_to_record, federation_name, initial_model
 from flp2p.models import build_model
 from strategies.records import METRICS_KEY
 
@@ -46,7 +44,7 @@ def train_round(settings: RunSettings, context: Context, server_round: int) -> M
         dst_node_id=2,
         message_type=MessageType.TRAIN,
     )
-    return client_train(msg, context, settings)
+    return make_client_app(settings)(msg, context)
 
 
 def fresh_context() -> Context:
@@ -90,6 +88,7 @@ def test_client_over_budget_stops_with_a_reason() -> None:
     settings = dp_settings("privacy.epsilon_budget=0.5", "privacy.noise_multiplier=0.7")
     reply = train_round(settings, fresh_context(), 1)
     assert reply.has_error()
+    assert reply.error.code == BUDGET_EXHAUSTED
     assert "privacy budget exhausted" in reply.error.reason
 
 
@@ -160,3 +159,11 @@ def test_dpsgd_config_is_validated() -> None:
         dp_settings("privacy.target_epsilon=3")
     with pytest.raises(ConfigError, match="max_grad_norm"):
         dp_settings("privacy.max_grad_norm=0")
+
+
+def test_the_accountant_stays_on_the_client() -> None:
+    context = fresh_context()
+    reply = train_round(dp_settings(), context, 1)
+    assert DPSGD_KEY not in reply.content
+    assert reply.content[METRICS_KEY]["dp-delta"] == pytest.approx(1e-5)
+    assert ACCOUNTANT_STATE_KEY in context.state.config_records

@@ -31,6 +31,7 @@ under ``peer.`` configure this wrapper.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -42,22 +43,30 @@ from typing import Any
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 from flwr.serverapp import Grid, ServerApp
 
 from flp2p.app import (
-    Participant,
     arrays_to_record,
     central_evaluator,
-    client_evaluate,
-    client_train,
     record_to_arrays,
     records_rounds,
     train_config,
+)
+from flp2p.client_mods import (
+    LedgerReplica,
+    ReplySigner,
+    SettingsOf,
+    attack_mod,
+    dpsgd_mod,
+    ledger_sync_mod,
+    signing_mod,
 )
 from flp2p.config import ConfigError, RunSettings, build_strategy, compose
 from flp2p.identity import ContributionAuthenticator, Identity
 from flp2p.ledger import Ledger
 from flp2p.ledger_broadcast import LedgerBroadcast
+from flp2p.local_training import client_evaluate, client_train
 from flp2p.peer.app_folder import flatten_parameters
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
 from strategies.records import ReputationState, RoundReport
@@ -174,6 +183,56 @@ def wait_for_start(
     return int(json.loads(path.read_text())["start-round"])
 
 
+@dataclass(frozen=True)
+class Participant:
+    """A real participant's side of the ClientApp (the peer runtime; not simulation).
+
+    Attributes
+    ----------
+    identity : Identity
+        The peer's persistent key: it signs every training reply, so reputation and
+        rewards follow the peer, not a partition number.
+    federation : str
+        The federation the peer joined; it signs for this one only, whatever an
+        instruction names.
+    ledger : Path or None
+        The peer's copy of the ledger, to which the blocks instructions carry are
+        appended once verified.
+    aggregators : frozenset[str]
+        Node ids the federation's genesis allows to aggregate: the only signers of
+        ledger blocks the peer accepts.
+    """
+
+    identity: Identity
+    federation: str
+    ledger: Path | None = None
+    aggregators: frozenset[str] = frozenset()
+
+    @property
+    def signer(self) -> ReplySigner:
+        """Replies signed with the peer's key, for the federation it joined."""
+        return ReplySigner(self.identity, self.federation)
+
+    @property
+    def replica(self) -> LedgerReplica | None:
+        """The peer's ledger copy, accepting blocks of the genesis' aggregators."""
+        if self.ledger is None:
+            return None
+        return LedgerReplica(self.ledger, self.federation, signer_ids=self.aggregators)
+
+
+def replica_from_node_config(node_config: Mapping[str, Any]) -> LedgerReplica | None:
+    """The participant's ledger copy its node config names (its key is not read)."""
+    ledger = node_config.get(LEDGER_NODE_KEY)
+    if not ledger:
+        return None
+    return LedgerReplica(
+        Path(str(ledger)),
+        str(node_config[FEDERATION_NODE_KEY]),
+        signer_ids=frozenset(split_ids(node_config.get(AGGREGATORS_NODE_KEY))),
+    )
+
+
 def participant_from_node_config(node_config: Mapping[str, Any]) -> Participant:
     """The participant a peer's SuperNode runs for, from its node config.
 
@@ -191,11 +250,11 @@ def participant_from_node_config(node_config: Mapping[str, Any]) -> Participant:
             f"node config lacks {missing}: start peer SuperNodes with "
             "`python -m flp2p.client`"
         )
-    ledger = node_config.get(LEDGER_NODE_KEY)
+    replica = replica_from_node_config(node_config)
     return Participant(
         identity=Identity.load(str(node_config[IDENTITY_NODE_KEY])),
         federation=str(node_config[FEDERATION_NODE_KEY]),
-        ledger=Path(str(ledger)) if ledger else None,
+        ledger=None if replica is None else replica.path,
         aggregators=frozenset(split_ids(node_config.get(AGGREGATORS_NODE_KEY))),
     )
 
@@ -475,21 +534,51 @@ def run_peer_server(grid: Grid, context: Context) -> None:
             ledger.close()
 
 
-def make_peer_client_app() -> ClientApp:
-    """The ClientApp of :mod:`flp2p.app`, with settings read the peer way and
-    replies signed by the participant's own identity."""
+def peer_train_mods(settings_of: SettingsOf) -> list[Mod]:
+    """The peer runtime's training mods: the participant's key and ledger copy."""
+    return [
+        signing_mod(
+            lambda context: participant_from_node_config(context.node_config).signer
+        ),
+        ledger_sync_mod(lambda context: replica_from_node_config(context.node_config)),
+        attack_mod(settings_of),
+        dpsgd_mod(settings_of),
+    ]
+
+
+def make_peer_client_app(settings: RunSettings | None = None) -> ClientApp:
+    """The training of :mod:`flp2p.local_training` with the peer runtime's mods.
+
+    Settings are read the peer way (:func:`experiment_settings`, once per run and
+    node config) unless given; replies are signed by the participant's own identity
+    and the ledger blocks instructions carry go to its own copy.
+    """
+
+    @functools.lru_cache(maxsize=4)
+    def composed(
+        run_config: tuple[tuple[str, Any], ...], data_dir: str | None
+    ) -> RunSettings:
+        node = {} if data_dir is None else {DATA_DIR_NODE_KEY: data_dir}
+        return experiment_settings(dict(run_config), node)
+
+    def settings_of(context: Context) -> RunSettings:
+        if settings is not None:
+            return settings
+        data_dir = context.node_config.get(DATA_DIR_NODE_KEY)
+        return composed(
+            tuple(sorted(context.run_config.items())),
+            str(data_dir) if data_dir else None,
+        )
+
     app = ClientApp()
 
-    @app.train()
+    @app.train(mods=peer_train_mods(settings_of))
     def _train(msg: Message, context: Context) -> Message:
-        settings = experiment_settings(context.run_config, context.node_config)
-        participant = participant_from_node_config(context.node_config)
-        return client_train(msg, context, settings, participant=participant)
+        return client_train(msg, context, settings_of(context))
 
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
-        settings = experiment_settings(context.run_config, context.node_config)
-        return client_evaluate(msg, context, settings)
+        return client_evaluate(msg, context, settings_of(context))
 
     return app
 

@@ -1,0 +1,431 @@
+"""Flower client mods around plain local training, one concern each.
+
+A mod has Flower's signature ``(Message, Context, call_next) -> Message`` (see
+``flwr.clientapp.mod.fixedclipping_mod``): it may change the instruction before
+``call_next`` and the reply after it. The training ClientApp of flp2p is::
+
+    @app.train(mods=[signing_mod(...), ledger_sync_mod(...), attack_mod(...),
+                     dpsgd_mod(...)])
+    def train(msg, context): return client_train(msg, context, settings)
+
+Order matters and is this one: the first mod is the outermost, so the signature
+covers the final update, attacks included, and the DP-SGD accountant is charged for
+the data the client actually trained on. Every mod passes an error reply through
+untouched (a client out of privacy budget neither syncs, attacks nor signs).
+
+The simulation (:func:`flp2p.app.make_client_app`) and the peer runtime
+(:func:`flp2p.peer.federation_app.make_peer_client_app`) use the same four mods and
+differ only in what they give them: a simulated partition key or the participant's
+own identity, a replica per partition or the participant's ledger, the instruction's
+federation or the one the participant joined.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app.message import make_message
+from flwr.clientapp.typing import ClientAppCallable, Mod
+
+from flp2p.attacks import AttackContext, SybilWave
+from flp2p.config import RunSettings
+from flp2p.data import ArrayDataset, load_dataset
+from flp2p.dpsgd import (
+    ACCOUNTANT_STATE_KEY,
+    DPSGD_KEY,
+    DPSGDSettings,
+    PrivacyBudgetExceeded,
+    PrivateTraining,
+    load_accountant,
+)
+from flp2p.identity import Identity, node_id_of
+from flp2p.ledger import LedgerError
+from flp2p.ledger_broadcast import LEDGER_BLOCKS_KEY, sync_replica
+from flp2p.local_training import (
+    CONFIG_KEY,
+    TRAINING_DATA_KEY,
+    LocalTask,
+    PartitionTable,
+    arrays_to_record,
+    federation_name,
+    instruction_number,
+    node_data,
+    partition_data,
+    partition_id_of,
+    record_to_arrays,
+    train_locally,
+    training_data_record,
+)
+from flp2p.signatures import contribution_message
+from strategies.base import flatten_arrays, unflatten_vector
+from strategies.records import (
+    ARRAYS_KEY,
+    IDENTITY_ID,
+    IDENTITY_KEY,
+    IDENTITY_PUBLIC_KEY,
+    IDENTITY_SIGNATURE,
+    METRICS_KEY,
+    NUM_EXAMPLES_KEY,
+    update_sha256,
+)
+
+log = logging.getLogger(__name__)
+
+BUDGET_EXHAUSTED = 4_001
+"""Error code of a reply from a client whose privacy budget is spent."""
+SYBIL_NOT_JOINED = 4_002
+"""Error code of an evaluation Sybil asked before its identity joined."""
+PREVIOUS_DELTA_KEY = "flp2p-attack-previous"
+"""ArrayRecord in an attacker's context state: the delta it sent last time."""
+
+SettingsOf = Callable[[Context], RunSettings]
+"""How a mod finds the run's settings for the node it serves."""
+
+
+def _with_records(msg: Message, **records: ArrayRecord | ConfigRecord) -> Message:
+    """``msg`` with extra records, as a new message (the received one is left as is:
+    a caller may deliver the same instruction to several clients)."""
+    content = RecordDict(dict(msg.content.items()))
+    for key, record in records.items():
+        content[key] = record
+    return make_message(msg.metadata, content)
+
+
+def _instruction(msg: Message) -> ConfigRecord:
+    return msg.content.config_records[CONFIG_KEY]
+
+
+def _federation_round(config: ConfigRecord) -> int:
+    offset = instruction_number(config, "round-offset", 0)
+    return int(offset + instruction_number(config, "server-round", 0))
+
+
+# ------------------------------------------------------------------------ signing
+
+
+def simulated_signing_key(seed: int, partition_id: int) -> Ed25519PrivateKey:
+    """A deterministic Ed25519 key per (seed, partition): stable simulated identity.
+
+    Flower's node ids change with every registration; flp2p keys reputation by the
+    public key, so the same partition must keep the same key across rounds and runs.
+    """
+    secret = hashlib.sha256(f"flp2p/simulation/{seed}/{partition_id}".encode())
+    return Ed25519PrivateKey.from_private_bytes(secret.digest())
+
+
+def simulated_identity(seed: int, partition_id: int) -> str:
+    """The node id under which a simulated partition signs (and earns reputation)."""
+    public = simulated_signing_key(seed, partition_id).public_key()
+    return node_id_of(public.public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+def identity_record(
+    key: Ed25519PrivateKey | Identity, federation: str, server_round: int, digest: str
+) -> ConfigRecord:
+    """The reply's ``identity`` record: node id, public key, contribution signature."""
+    public = (
+        key.public_key
+        if isinstance(key, Identity)
+        else key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    )
+    signature = key.sign(contribution_message(federation, server_round, digest))
+    return ConfigRecord(
+        {
+            IDENTITY_ID: node_id_of(public),
+            IDENTITY_PUBLIC_KEY: public,
+            IDENTITY_SIGNATURE: signature,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class ReplySigner:
+    """Who signs a node's training replies, and for which federation.
+
+    ``federation`` is the one signed for; with ``trust_instruction`` the federation
+    the instruction names wins (a simulation plays every federation in one process,
+    so it signs for whichever it is asked), and ``federation`` is the fallback. A
+    real participant signs for the federation it joined, whatever an instruction
+    says.
+    """
+
+    key: Ed25519PrivateKey | Identity
+    federation: str
+    trust_instruction: bool = False
+
+    def federation_for(self, instruction: ConfigRecord) -> str:
+        """The federation a reply to ``instruction`` is signed for."""
+        if self.trust_instruction:
+            return str(instruction.get("federation", self.federation))
+        return self.federation
+
+
+def signing_mod(signer_of: Callable[[Context], ReplySigner]) -> Mod:
+    """Sign the reply's update for (federation, federation round, SHA-256).
+
+    The ``identity`` record it adds lets aggregation attribute, weigh and reward the
+    contribution (:mod:`strategies.records`). The round is the federation's count
+    (``round-offset`` + Flower's round), so a reply cannot be replayed into a later
+    run whose Flower round has the same number.
+    """
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        signer = signer_of(context)  # a node that cannot sign should not train
+        reply = call_next(msg, context)
+        if reply.has_error():
+            return reply
+        config = _instruction(msg)
+        arrays = record_to_arrays(reply.content.array_records[ARRAYS_KEY])
+        reply.content[IDENTITY_KEY] = identity_record(
+            signer.key,
+            signer.federation_for(config),
+            _federation_round(config),
+            update_sha256(arrays),
+        )
+        return reply
+
+    return mod
+
+
+def simulated_signer(settings_of: SettingsOf) -> Callable[[Context], ReplySigner]:
+    """A simulated node signs with its partition's key for the instructed federation."""
+
+    def signer_of(context: Context) -> ReplySigner:
+        settings = settings_of(context)
+        key = simulated_signing_key(settings.seed, partition_id_of(context))
+        return ReplySigner(key, federation_name(settings), trust_instruction=True)
+
+    return signer_of
+
+
+# ----------------------------------------------------------------- ledger replica
+
+
+@dataclass(frozen=True)
+class LedgerReplica:
+    """A node's verified copy of the aggregator's ledger.
+
+    ``federation`` and ``trust_instruction`` as for :class:`ReplySigner`;
+    ``signer_ids`` are the only block signers accepted (``None``: whoever the
+    chain's genesis block allows, as in simulation).
+    """
+
+    path: Path
+    federation: str
+    trust_instruction: bool = False
+    signer_ids: frozenset[str] | None = None
+
+    def federation_for(self, instruction: ConfigRecord) -> str:
+        """The federation the replica belongs to, for blocks in ``instruction``."""
+        if self.trust_instruction:
+            return str(instruction.get("federation", self.federation))
+        return self.federation
+
+
+def ledger_sync_mod(replica_of: Callable[[Context], LedgerReplica | None]) -> Mod:
+    """Append the ledger blocks the instruction carries to this node's replica.
+
+    Adds ``ledger-height`` (the replica's height afterwards) or ``ledger-refused``
+    (a block failed verification; nothing after it was written) to the reply's
+    metrics. A node without a replica, or an instruction without blocks, is left as
+    is.
+    """
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        reply = call_next(msg, context)
+        replica = replica_of(context)
+        if reply.has_error() or replica is None:
+            return reply
+        config = _instruction(msg)
+        blocks = config.get(LEDGER_BLOCKS_KEY)
+        if not isinstance(blocks, list) or not blocks:
+            return reply
+        metrics = reply.content.metric_records[METRICS_KEY]
+        try:
+            height = sync_replica(
+                replica.path,
+                replica.federation_for(config),
+                [b for b in blocks if isinstance(b, bytes)],
+                replica.signer_ids,
+            )
+        except LedgerError as refused:
+            log.warning(
+                "client %d refused a ledger block: %s",
+                partition_id_of(context),
+                refused,
+            )
+            metrics["ledger-refused"] = 1
+            return reply
+        if height is not None:
+            metrics["ledger-height"] = height
+        return reply
+
+    return mod
+
+
+def simulated_replicas(
+    settings_of: SettingsOf, replica_dir: Path | None
+) -> Callable[[Context], LedgerReplica | None]:
+    """One replica per simulated partition, ``<replica_dir>/client-<partition>.db``."""
+
+    def replica_of(context: Context) -> LedgerReplica | None:
+        if replica_dir is None:
+            return None
+        return LedgerReplica(
+            replica_dir / f"client-{partition_id_of(context)}.db",
+            federation_name(settings_of(context)),
+            trust_instruction=True,
+        )
+
+    return replica_of
+
+
+# ------------------------------------------------------------------------ attacks
+
+_BENIGN_CACHE: dict[tuple[int, str, int], np.ndarray] = {}
+
+
+def colluders_benign_deltas(
+    settings: RunSettings,
+    task: LocalTask,
+    colluders: frozenset[int],
+    partitions: PartitionTable | None,
+) -> np.ndarray:
+    """Benign updates of every malicious partition (the attackers' shared knowledge).
+
+    Each is plain training of the round's global model (no data poisoning, no DP),
+    cached per worker process and round, so that the attackers one Ray worker hosts
+    train each colluding partition once rather than once per attacker.
+    """
+    honest = task.honest()
+    round_key = update_sha256(honest.global_arrays)
+    for stale in [k for k in _BENIGN_CACHE if k[1] != round_key]:
+        del _BENIGN_CACHE[stale]
+    global_vector = flatten_arrays(honest.global_arrays)
+    rows = []
+    for pid in sorted(colluders):
+        key = (honest.server_round, round_key, pid)
+        if key not in _BENIGN_CACHE:
+            local = partition_data(settings, pid, settings.clients, partitions)
+            arrays, _ = train_locally(settings, honest, local, pid)
+            _BENIGN_CACHE[key] = flatten_arrays(arrays) - global_vector
+        rows.append(_BENIGN_CACHE[key])
+    return np.stack(rows)
+
+
+def attack_mod(
+    settings_of: SettingsOf, partitions: PartitionTable | None = None
+) -> Mod:
+    """For evaluation only: make the partitions the configured attack controls
+    malicious (:mod:`flp2p.attacks`); every other client passes through untouched.
+
+    A malicious client trains on its poisoned data (it forwards the instruction with
+    :data:`~flp2p.local_training.TRAINING_DATA_KEY`), then replaces the trained
+    update by the attack's and reports the example count the attack claims.
+    """
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        settings = settings_of(context)
+        partition_id = partition_id_of(context)
+        colluders = settings.attack.malicious(settings.clients, settings.seed)
+        if partition_id not in colluders:
+            return call_next(msg, context)
+        attack = settings.attack.attack
+        task = LocalTask.from_message(msg, settings)
+        if isinstance(attack, SybilWave) and not attack.joined(task.federation_round):
+            # The identity does not exist yet: it takes no part in the round.
+            return Message(
+                Error(code=SYBIL_NOT_JOINED, reason="sybil identity not joined yet"),
+                reply_to=msg,
+            )
+        local = node_data(settings, context, partitions)
+        num_classes = load_dataset(settings.dataset, settings.data_dir).num_classes
+        images, labels = attack.poison_data(local.images, local.labels, num_classes)
+        if images is not local.images or labels is not local.labels:
+            poisoned = training_data_record(ArrayDataset(images, labels))
+            msg = _with_records(msg, **{TRAINING_DATA_KEY: poisoned})
+        reply = call_next(msg, context)
+        if reply.has_error():
+            return reply
+        trained = record_to_arrays(reply.content.array_records[ARRAYS_KEY])
+        global_vector = flatten_arrays(task.global_arrays)
+        previous = context.state.array_records.get(PREVIOUS_DELTA_KEY)
+        delta = attack.poison_update(
+            AttackContext(
+                honest_delta=flatten_arrays(trained) - global_vector,
+                benign_deltas=lambda: colluders_benign_deltas(
+                    settings, task, colluders, partitions
+                ),
+                num_malicious=len(colluders),
+                num_clients=settings.clients,
+                rng=np.random.default_rng(
+                    [settings.seed, task.server_round, len(trained)]
+                ),
+                previous_delta=None
+                if previous is None
+                else flatten_arrays(record_to_arrays(previous)),
+                server_round=task.federation_round,
+            )
+        )
+        context.state[PREVIOUS_DELTA_KEY] = arrays_to_record({"delta": delta})
+        poisoned_arrays = unflatten_vector(global_vector + delta, task.global_arrays)
+        reply.content[ARRAYS_KEY] = arrays_to_record(poisoned_arrays)
+        metrics = reply.content.metric_records[METRICS_KEY]
+        true_examples = metrics[NUM_EXAMPLES_KEY]
+        assert isinstance(true_examples, int)
+        metrics[NUM_EXAMPLES_KEY] = attack.claimed_examples(true_examples)
+        return reply
+
+    return mod
+
+
+# ------------------------------------------------------------------------ DP-SGD
+
+
+def dpsgd_mod(settings_of: SettingsOf) -> Mod:
+    """Client-side DP-SGD (``privacy=dpsgd``) with one accountant across rounds.
+
+    The accountant lives in the node's context state; the mod hands it to local
+    training with the instruction (:data:`~flp2p.dpsgd.DPSGD_KEY`), keeps the
+    history the reply brings back and reports the cumulative ``dp-epsilon`` and
+    ``dp-delta``. A client whose next round would exceed its budget replies with
+    error :data:`BUDGET_EXHAUSTED` and the reason instead of training.
+    """
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        dp = settings_of(context).privacy
+        if not isinstance(dp, DPSGDSettings):
+            return call_next(msg, context)
+        state = context.state.config_records.get(ACCOUNTANT_STATE_KEY)
+        private = PrivateTraining(dp, load_accountant(state, dp.accountant))
+        try:
+            reply = call_next(
+                _with_records(msg, **{DPSGD_KEY: private.to_record()}), context
+            )
+        except PrivacyBudgetExceeded as exhausted:
+            log.warning(
+                "client %d stops participating: %s", partition_id_of(context), exhausted
+            )
+            return Message(
+                Error(code=BUDGET_EXHAUSTED, reason=str(exhausted)), reply_to=msg
+            )
+        if reply.has_error():
+            return reply
+        history = reply.content.config_records[DPSGD_KEY]
+        del reply.content[DPSGD_KEY]
+        context.state[ACCOUNTANT_STATE_KEY] = history
+        spent = PrivateTraining(dp, load_accountant(history, dp.accountant))
+        metrics = reply.content.metric_records[METRICS_KEY]
+        metrics["dp-epsilon"] = spent.epsilon
+        metrics["dp-delta"] = dp.delta
+        return reply
+
+    return mod

@@ -1,0 +1,285 @@
+"""Plain local training and evaluation: the core every flp2p ClientApp wraps.
+
+:func:`client_train` trains the received global model on this client's partition and
+replies with the new model and its training metrics; :func:`client_evaluate` scores
+the received model on the partition. Nothing here signs, attacks, syncs a ledger or
+keeps privacy accounts: those are client mods (:mod:`flp2p.client_mods`) around these
+functions, and the simulation and the peer runtime differ only in which mods, keys and
+replicas they give them.
+
+Two fields a mod may add to the instruction it forwards change *what* is trained, and
+only that: :data:`~flp2p.dpsgd.DPSGD_KEY` (train with DP-SGD under the accountant the
+record carries; the reply carries the accountant back) and :data:`TRAINING_DATA_KEY`
+(train on these examples instead of the partition).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+
+from flp2p.config import RunSettings, TrainSettings
+from flp2p.data import ArrayDataset, client_partition, load_dataset
+from flp2p.dpsgd import (
+    DPSGD_KEY,
+    PrivateTraining,
+    planned_noise_multiplier,
+    save_accountant,
+    train_dpsgd,
+)
+from flp2p.models import (
+    TrainResult,
+    build_model,
+    evaluate,
+    get_weights,
+    set_weights,
+    train,
+)
+from strategies.records import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
+
+CONFIG_KEY = "config"
+"""Key of the ConfigRecord in instructions (Flower's default)."""
+TRAINING_DATA_KEY = "flp2p-training-data"
+"""ArrayRecord (``images``, ``labels``) a mod may put in an instruction: the examples
+to train on instead of the client's partition (a data-poisoning attack's)."""
+PartitionTable = tuple[np.ndarray, ...]
+"""One index array per client into the training split, computed once by a driver."""
+
+
+def arrays_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """Named numpy arrays as a Flower ArrayRecord (order preserved)."""
+    return ArrayRecord({name: Array(np.asarray(a)) for name, a in arrays.items()})
+
+
+def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """A Flower ArrayRecord as named numpy arrays (order preserved)."""
+    return {name: record[name].numpy() for name in record}
+
+
+def federation_name(settings: RunSettings) -> str:
+    """The federation id a simulated run signs its contributions for."""
+    return f"simulation/{settings.dataset}/{settings.seed}"
+
+
+def initial_model(settings: RunSettings) -> torch.nn.Module:
+    """The global model of round 0, identical for a given seed."""
+    data = load_dataset(settings.dataset, settings.data_dir)
+    torch.manual_seed(settings.seed)
+    return build_model(data.image_shape, data.num_classes)
+
+
+def partition_data(
+    settings: RunSettings,
+    partition_id: int,
+    num_partitions: int,
+    partitions: PartitionTable | None = None,
+) -> ArrayDataset:
+    """The training examples of one partition (from ``partitions`` when given)."""
+    if partitions is not None:
+        data = load_dataset(settings.dataset, settings.data_dir)
+        return data.train.subset(partitions[partition_id])
+    return client_partition(
+        settings.dataset,
+        partition_id,
+        num_partitions,
+        settings.partition_scheme,
+        settings.alpha,
+        settings.seed,
+        settings.data_dir,
+    )
+
+
+def partition_id_of(context: Context) -> int:
+    """The partition this node trains on (``partition-id`` of its node config)."""
+    return int(context.node_config["partition-id"])
+
+
+def node_data(
+    settings: RunSettings, context: Context, partitions: PartitionTable | None = None
+) -> ArrayDataset:
+    """This node's partition of the training split."""
+    num_partitions = int(context.node_config.get("num-partitions", settings.clients))
+    partition_id = partition_id_of(context)
+    return partition_data(settings, partition_id, num_partitions, partitions)
+
+
+def instruction_number(config: ConfigRecord, key: str, default: float) -> float:
+    """A numeric field of an instruction (``ValueError`` naming it otherwise)."""
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"instruction field {key!r} must be a number, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class LocalTask:
+    """One round's instruction to a client, as received.
+
+    ``round_offset`` is the number of federation rounds finished before the run
+    that sent the instruction started (the peer runtime resumes a federation in a
+    new Flower run after a failover, and Flower counts that run's rounds from 1).
+    ``private`` and ``training_data`` are what the client's own mods asked for
+    (:data:`~flp2p.dpsgd.DPSGD_KEY`, :data:`TRAINING_DATA_KEY`).
+    """
+
+    server_round: int
+    global_arrays: dict[str, np.ndarray]
+    train: TrainSettings
+    federation: str
+    round_offset: int = 0
+    private: PrivateTraining | None = None
+    training_data: ArrayDataset | None = None
+
+    @property
+    def federation_round(self) -> int:
+        """The round in the federation's count, which contributions are signed for."""
+        return self.round_offset + self.server_round
+
+    @classmethod
+    def from_message(cls, msg: Message, settings: RunSettings) -> LocalTask:
+        config = msg.content.config_records[CONFIG_KEY]
+        defaults = settings.train
+        number = functools.partial(instruction_number, config)
+        private = msg.content.config_records.get(DPSGD_KEY)
+        data = msg.content.array_records.get(TRAINING_DATA_KEY)
+        return cls(
+            server_round=int(number("server-round", 0)),
+            global_arrays=record_to_arrays(msg.content.array_records[ARRAYS_KEY]),
+            train=TrainSettings(
+                epochs=int(number("epochs", defaults.epochs)),
+                batch_size=int(number("batch-size", defaults.batch_size)),
+                lr=number("lr", defaults.lr),
+                momentum=number("momentum", defaults.momentum),
+                max_steps=int(number("max-steps", 0)) or None,
+            ),
+            federation=str(config.get("federation", federation_name(settings))),
+            round_offset=int(number("round-offset", 0)),
+            private=None if private is None else PrivateTraining.from_record(private),
+            training_data=None
+            if data is None
+            else ArrayDataset(data["images"].numpy(), data["labels"].numpy()),
+        )
+
+    def honest(self) -> LocalTask:
+        """The same round as the server sent it, before any of the client's mods."""
+        return dataclasses.replace(self, private=None, training_data=None)
+
+
+def training_data_record(data: ArrayDataset) -> ArrayRecord:
+    """``data`` as the :data:`TRAINING_DATA_KEY` record of an instruction."""
+    return arrays_to_record({"images": data.images, "labels": data.labels})
+
+
+def train_locally(
+    settings: RunSettings, task: LocalTask, local: ArrayDataset, partition_id: int
+) -> tuple[dict[str, np.ndarray], TrainResult]:
+    """Train the task's global model on ``local``; return new weights and stats.
+
+    With ``task.private`` the client trains with DP-SGD and that accountant
+    accumulates the spend (raising :class:`~flp2p.dpsgd.PrivacyBudgetExceeded`
+    before a round over budget).
+    """
+    data = load_dataset(settings.dataset, settings.data_dir)
+    model = build_model(data.image_shape, data.num_classes)
+    set_weights(model, task.global_arrays)
+    hyper = task.train
+    schedule: dict[str, Any] = {
+        "epochs": hyper.epochs,
+        "batch_size": hyper.batch_size,
+        "lr": hyper.lr,
+        "momentum": hyper.momentum,
+        "max_steps": hyper.max_steps,
+        "seed": settings.seed * 1_000_003 + task.server_round * 1_009 + partition_id,
+    }
+    private = task.private
+    if private is None:
+        result = train(model, local.images, local.labels, **schedule)
+    else:
+        dp = private.settings
+        result = train_dpsgd(
+            model,
+            local.images,
+            local.labels,
+            **schedule,
+            noise_multiplier=planned_noise_multiplier(
+                dp,
+                len(local),
+                hyper.batch_size,
+                hyper.epochs,
+                settings.rounds,
+                hyper.max_steps,
+            ),
+            max_grad_norm=dp.max_grad_norm,
+            accountant=private.accountant,
+            epsilon_budget=dp.budget,
+            delta=dp.delta,
+            secure_mode=dp.secure_mode,
+        )
+    return get_weights(model), result
+
+
+def client_train(
+    msg: Message,
+    context: Context,
+    settings: RunSettings,
+    partitions: PartitionTable | None = None,
+) -> Message:
+    """Train the received global model on this client's partition; reply with it.
+
+    The reply holds the new model (``arrays``) and ``metrics`` with the loss before
+    and after training and ``num-examples``; under DP-SGD also the accountant's new
+    history (:data:`~flp2p.dpsgd.DPSGD_KEY`), for the mod that asked for it.
+    """
+    torch.set_num_threads(settings.client_threads)
+    task = LocalTask.from_message(msg, settings)
+    local = (
+        node_data(settings, context, partitions)
+        if task.training_data is None
+        else task.training_data
+    )
+    arrays, result = train_locally(settings, task, local, partition_id_of(context))
+    metrics = MetricRecord(
+        {
+            "train-loss-before": result.loss_before,
+            "train-loss": result.loss_after,
+            NUM_EXAMPLES_KEY: result.num_examples,
+        }
+    )
+    content = RecordDict({ARRAYS_KEY: arrays_to_record(arrays), METRICS_KEY: metrics})
+    if task.private is not None:
+        content[DPSGD_KEY] = save_accountant(task.private.accountant)
+    return Message(content=content, reply_to=msg)
+
+
+def client_evaluate(
+    msg: Message,
+    context: Context,
+    settings: RunSettings,
+    partitions: PartitionTable | None = None,
+) -> Message:
+    """Evaluate the received global model on this client's partition."""
+    torch.set_num_threads(settings.client_threads)
+    local = node_data(settings, context, partitions)
+    data = load_dataset(settings.dataset, settings.data_dir)
+    model = build_model(data.image_shape, data.num_classes)
+    set_weights(model, record_to_arrays(msg.content.array_records[ARRAYS_KEY]))
+    loss, accuracy = evaluate(model, local.images, local.labels)
+    metrics = MetricRecord(
+        {NUM_EXAMPLES_KEY: len(local), "eval-loss": loss, "eval-accuracy": accuracy}
+    )
+    return Message(content=RecordDict({METRICS_KEY: metrics}), reply_to=msg)
