@@ -122,3 +122,38 @@ def test_no_import_cycle_between_project_modules() -> None:
 def test_dht_routing_does_not_call_into_the_protocol() -> None:
     """Routing says whom to ping; the protocol pings (hivemind's shape)."""
     assert "flp2p.dht.protocol" not in import_graph()["flp2p.dht.routing"]
+
+
+def importers_of(prefix: str) -> set[str]:
+    """Modules outside ``prefix`` that import a module inside it."""
+    inside = (prefix, f"{prefix}.")
+    return {
+        name
+        for name, targets in import_graph().items()
+        if not name.startswith(inside)
+        and any(
+            target == prefix or target.startswith(f"{prefix}.") for target in targets
+        )
+    }
+
+
+def test_the_peer_runtime_is_the_top_of_the_library() -> None:
+    # benchmarks may drive anything; in the library only the entry point does.
+    library = {m for m in importers_of("flp2p.peer") if not m.startswith("benchmarks")}
+    assert library == {"flp2p.client"}
+
+
+def test_signatures_stand_on_nothing_of_the_project() -> None:
+    assert import_graph()["flp2p.signatures"] == set()
+
+
+def test_the_dashboard_is_reached_only_from_the_command_line() -> None:
+    assert importers_of("flp2p.dashboard") <= {"flp2p.cli"}
+
+
+def test_no_two_modules_share_a_name() -> None:
+    names: dict[str, list[str]] = {}
+    for name, path in project_modules().items():
+        if path.name != "__init__.py":
+            names.setdefault(path.stem, []).append(name)
+    assert {leaf: found for leaf, found in names.items() if len(found) > 1} == {}
