@@ -32,6 +32,7 @@ from flp2p.local_training import (
     record_to_arrays,
 )
 from flp2p.models import get_weights
+from flp2p.signatures import contribution_message
 from strategies.base import flatten_arrays
 from strategies.records import (
     IDENTITY_KEY,
@@ -39,7 +40,6 @@ from strategies.records import (
     IDENTITY_SIGNATURE,
     METRICS_KEY,
     NUM_EXAMPLES_KEY,
-    contribution_message,
     update_sha256,
 )
 

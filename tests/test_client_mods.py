@@ -30,12 +30,12 @@ from flp2p.ledger import Ledger
 from flp2p.ledger_broadcast import LEDGER_BLOCKS_KEY
 from flp2p.local_training import arrays_to_record, initial_model
 from flp2p.models import get_weights
+from flp2p.signatures import contribution_message
 from strategies.records import (
     ARRAYS_KEY,
     IDENTITY_KEY,
     IDENTITY_SIGNATURE,
     METRICS_KEY,
-    contribution_message,
     update_sha256,
 )
 
