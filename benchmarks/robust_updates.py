@@ -127,10 +127,23 @@ def attack_spec(name: str, config: BenchmarkConfig) -> Mapping[str, Any]:
         "minmax": {"perturbation": "std", "noise": config.noise},
         "minsum": {"perturbation": "std", "noise": config.noise},
         "mimic": {"noise": config.noise},
-        "sleeper": {"wake_round": config.turn_round, "then": {"name": "adaptive"}},
-        "sybil_wave": {"join_round": config.turn_round, "then": {"name": "adaptive"}},
+        "sleeper": {"wake_round": config.turn_round, "then": attack_class("adaptive")},
+        "sybil_wave": {
+            "join_round": config.turn_round,
+            "then": attack_class("adaptive"),
+        },
     }
-    return {"name": name, **specs.get(name, {})}
+    return {"name": name, **attack_class(name), **specs.get(name, {})}
+
+
+def attack_class(name: str) -> dict[str, Any]:
+    """``{"_target_": …}`` of attack ``name``, as its ``conf/attack`` file names it."""
+    import yaml
+
+    from flp2p.config import CONF_DIR
+
+    spec = yaml.safe_load((CONF_DIR / "attack" / f"{name}.yaml").read_text())
+    return {"_target_": spec["_target_"]}
 
 
 # --------------------------------------------------------------------------------------

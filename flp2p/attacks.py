@@ -136,6 +136,18 @@ class Attack:
 
     name: ClassVar[str] = "none"
 
+    # Attacks are values: two built from the same config are the same attack, so
+    # settings composed twice from one config compare equal.
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in sorted(vars(self).items()))
+        return f"{type(self).__name__}({fields})"
+
     def poison_data(
         self, images: np.ndarray, labels: np.ndarray, num_classes: int
     ) -> tuple[np.ndarray, np.ndarray]:

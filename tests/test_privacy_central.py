@@ -204,4 +204,4 @@ def test_build_strategy_holds_the_configured_strategy_in_one_dp_wrapper() -> Non
     assert private.max_share == pytest.approx(min(1.0, 2.0 / 8))
     # flp2p.app.privacy_spent reads epsilon/delta off whatever was built.
     assert hasattr(strategy, "epsilon") and strategy.epsilon == 0.0
-    assert strategy.delta == settings.privacy["delta"]
+    assert strategy.delta == settings.privacy.delta

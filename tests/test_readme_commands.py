@@ -96,10 +96,17 @@ CHECKS: dict[str, Check] = {
     "substr(signer,1,12) as signer, substr(block_hash,1,12) as hash from rounds "
     'order by height desc limit 5" --table': Check(cwd="run"),
 }
-PEER_COMMANDS = (".venv/bin/python -m flp2p.peer.", ".venv/bin/python -m flp2p.client ")
+PEER_COMMANDS = (
+    ".venv/bin/python -m flp2p.peer.",
+    ".venv/bin/python -m flp2p.client ",
+    "python -m flp2p.peer.",
+    "python -m flp2p.client ",
+    "flp2p id ",
+)
 PEER_SKIP = Check(
-    skip="peer mode needs keys, node ids and several processes; "
-    "tests/test_peer_localhost.py runs these commands through examples/localhost"
+    skip="peer mode needs keys, node ids and several processes (hosts): "
+    "tests/test_peer_localhost.py runs them through examples/localhost and "
+    "tests/test_peer_readme.py runs the 'Three machines' block as written"
 )
 
 

@@ -81,18 +81,20 @@ def test_byzfl_runs_beside_our_rules_and_agrees_where_rules_coincide(
 
 def test_a_sybil_wave_is_absent_before_it_joins_and_only_then_scored() -> None:
     config = BenchmarkConfig(clients=10, width=20, rounds=4)
-    attack = build_attack({"name": "sybil_wave", "join_round": 3, "then": "sign_flip"})
+    sign_flip = {"_target_": "flp2p.attacks.SignFlip"}
+    wave = {"_target_": "flp2p.attacks.SybilWave", "join_round": 3, "then": sign_flip}
+    attack = build_attack(wave)
     rounds = attacked_rounds(attack, config, 3)
     assert [r.attacked for r in rounds] == [False, False, True, True]
     assert [len(r.identities) for r in rounds] == [7, 7, 10, 10]
     assert all(name.startswith("sybil-") for name in rounds[3].identities[:3])
     # Honest rows and the honest mean do not depend on the attack ...
-    flipped = attacked_rounds(build_attack({"name": "sign_flip"}), config, 3)
+    flipped = attacked_rounds(build_attack(sign_flip), config, 3)
     for attacked, other in zip(rounds, flipped, strict=True):
         np.testing.assert_array_equal(attacked.honest_mean, other.honest_mean)
         np.testing.assert_array_equal(attacked.rows[-7:], other.rows[-7:])
     # ... and with no attack the would-be attackers count as honest.
-    clean = attacked_rounds(build_attack({"name": "none"}), config, 3)
+    clean = attacked_rounds(build_attack({"_target_": "flp2p.attacks.Attack"}), config, 3)
     assert all(r.attacked for r in clean)
     np.testing.assert_allclose(clean[0].honest_mean, clean[0].rows.mean(axis=0))
 

@@ -192,7 +192,7 @@ def test_flowers_fedavg_under_dpsgd_reports_client_epsilon(tmp_path: Path) -> No
     assert all(m <= e for m, e in zip(median, epsilon, strict=True))
     assert summary["epsilon"] == pytest.approx(epsilon[-1], rel=1e-5)
     assert summary["epsilon_median"] == pytest.approx(median[-1], rel=1e-5)
-    assert summary["delta"] == settings.privacy["delta"]
+    assert summary["delta"] == settings.privacy.delta
     assert "verdicts" not in summary  # Flower's FedAvg judges nothing
 
 
