@@ -94,7 +94,8 @@ def test_a_sybil_wave_is_absent_before_it_joins_and_only_then_scored() -> None:
         np.testing.assert_array_equal(attacked.honest_mean, other.honest_mean)
         np.testing.assert_array_equal(attacked.rows[-7:], other.rows[-7:])
     # ... and with no attack the would-be attackers count as honest.
-    clean = attacked_rounds(build_attack({"_target_": "flp2p.attacks.Attack"}), config, 3)
+    honest = build_attack({"_target_": "flp2p.attacks.Attack"})
+    clean = attacked_rounds(honest, config, 3)
     assert all(r.attacked for r in clean)
     np.testing.assert_allclose(clean[0].honest_mean, clean[0].rows.mean(axis=0))
 
