@@ -22,16 +22,17 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from flp2p.app import LEDGER_FILE, REPLICA_DIR, make_client_app, make_server_app
 from flp2p.config import CONF_DIR, ConfigError, RunSettings, build_strategy
 from flp2p.data import DatasetNotFoundError, load_dataset, partition_indices
 from flp2p.engine import run_federation, run_federation_in_process
 from flp2p.reporting import SUMMARY_FILE
+from flp2p.tracking import TrackingSettings, record_run
 
 USER_ERRORS = (ConfigError, DatasetNotFoundError)
-CONFIG_GROUPS = ("strategy", "attack", "privacy", "dataset")
+CONFIG_GROUPS = ("strategy", "attack", "privacy", "dataset", "logger")
 
 
 def check_group_choices(argv: list[str], config_dir: Path = CONF_DIR) -> None:
@@ -136,13 +137,23 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         settings = RunSettings.from_config(cfg)
+        tracking = TrackingSettings.from_spec(cfg.get("logger"))
+        tracking.check_available()
         if cfg.get("resume") and (done := completed_summary(output_dir)) is not None:
             print(
                 f"flp2p.simulate: {output_dir} already completed; skipped",
                 file=sys.stderr,
             )
             return done
-        return simulate(settings, output_dir)
+        try:
+            return simulate(settings, output_dir)
+        finally:
+            if tracking.enabled and (output_dir / SUMMARY_FILE).is_file():
+                container = OmegaConf.to_container(cfg, resolve=True)
+                assert isinstance(container, dict)
+                record_run(
+                    tracking, {str(k): v for k, v in container.items()}, output_dir
+                )
     except USER_ERRORS as err:
         _discard_if_empty(output_dir)
         print(f"flp2p.simulate: error: {err}", file=sys.stderr)
