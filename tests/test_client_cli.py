@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -19,7 +22,7 @@ from typing import Any, TypeVar
 import pytest
 from kademlia.network import Server
 
-from flp2p.dht import AddressBook, Genesis, Lease, sign_record
+from flp2p.dht import AddressBook, Genesis, Lease, NodeRecord, sign_record
 from flp2p.identity import Identity
 from flp2p.peer.participant import PeerError, build_parser, main, options_from_args
 from flp2p.peer.tls import INSECURE_FINGERPRINT, make_self_signed_certificate
@@ -126,7 +129,12 @@ def run_client(tmp_path: Path, bootstrap: str, federation: str, *extra: str) -> 
 
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
+    # Besides the error, only the address a joined peer always prints.
+    lines = [
+        line
+        for line in err.splitlines()
+        if line.strip() and not line.startswith("DHT node at ")
+    ]
     assert "Traceback" not in err
     assert len(lines) == 1, err
     assert lines[0].startswith("flp2p.client: error: ")
@@ -250,3 +258,168 @@ def test_relative_folders_become_absolute(
     options = options_from_args(args)
     assert options.work_dir == tmp_path / "peer"
     assert options.identity == tmp_path / "me.key"
+
+
+ARGUMENT_CHECK_SECONDS = 5.0
+"""Bound on a refused command line, imports included (measured ≈ 0.3 s quiet; the
+heavy imports alone take 6 s, so a check after them fails this)."""
+
+
+def run_command(module: str, *arguments: str) -> tuple[int, str, float]:
+    """Run ``python -m module arguments``; exit code, stderr and seconds taken."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", module, *arguments],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    return done.returncode, done.stderr, time.monotonic() - started
+
+
+def the_error_line(stderr: str, program: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in lines if line.startswith(f"{program}: error: ")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+def client_arguments(key: Path, *extra: str) -> list[str]:
+    return [
+        "--bootstrap", "127.0.0.1:9", "--federation", "ab", "--identity", str(key),
+        "--partition-id", "0", "--num-partitions", "2", *extra,
+    ]  # fmt: skip
+
+
+def _key(tmp_path: Path, kind: str) -> Path:
+    key = tmp_path / "peer.key"
+    if kind == "folder":
+        key.mkdir()
+        return key
+    if kind == "exposed":
+        Identity.generate().save(key)
+        key.chmod(0o644)
+        return key
+    key.write_bytes({"empty": b"", "corrupt": b"not a key\n"}[kind])
+    key.chmod(0o600)
+    return key
+
+
+@pytest.mark.parametrize("module", ["flp2p.client", "flp2p.peer.founder"])
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("empty", "is not an flp2p identity file"),
+        ("corrupt", "is not an flp2p identity file"),
+        ("exposed", "run `chmod 600 {key}`"),
+        ("folder", "is a folder, not an flp2p identity file"),
+    ],
+)
+def test_unusable_key_file_is_one_line_before_the_heavy_imports(
+    tmp_path: Path, module: str, kind: str, message: str
+) -> None:
+    key = _key(tmp_path, kind)
+    if module == "flp2p.client":
+        arguments = client_arguments(key)
+    else:
+        arguments = ["--listen", "127.0.0.1:0", "--identity", str(key),
+                     "--eligible", "ab"]  # fmt: skip
+    code, stderr, seconds = run_command(module, *arguments)
+    assert code == 2
+    assert message.format(key=key) in the_error_line(stderr, module)
+    assert seconds < ARGUMENT_CHECK_SECONDS
+
+
+def test_dht_port_in_use(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        code, stderr, seconds = run_command(
+            "flp2p.client",
+            *client_arguments(tmp_path / "k", "--listen", f"127.0.0.1:{port}"),
+        )
+    assert code == 2
+    line = the_error_line(stderr, "flp2p.client")
+    assert f"--listen 127.0.0.1:{port}: cannot bind here (Address already in use)" in (
+        line
+    )
+    assert seconds < ARGUMENT_CHECK_SECONDS
+
+
+def test_superlink_port_in_use(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, stderr, _ = run_command(
+            "flp2p.client",
+            *client_arguments(
+                tmp_path / "k", "--aggregator-eligible", "--superlink-port", str(port)
+            ),
+        )
+    assert code == 2
+    assert f"--superlink-port 127.0.0.1:{port}: cannot bind here" in the_error_line(
+        stderr, "flp2p.client"
+    )
+
+
+def test_address_not_on_this_host(tmp_path: Path) -> None:
+    # 192.0.2.0/24 is TEST-NET-1 (RFC 5737): never an address of this host.
+    code, stderr, seconds = run_command(
+        "flp2p.client", *client_arguments(tmp_path / "k", "--listen", "192.0.2.7:0")
+    )
+    assert code == 2
+    line = the_error_line(stderr, "flp2p.client")
+    assert "--listen 192.0.2.7:0: cannot bind here (Cannot assign requested" in line
+    assert seconds < ARGUMENT_CHECK_SECONDS
+
+
+def _publish_identity_at(dht: LoopbackDht, identity: Identity, address: str) -> None:
+    book = dht.call(dht._book(identity))
+    dht.call(book.publish(NodeRecord(identity.node_id, address, ("client",))))
+
+
+def test_second_live_process_with_the_same_identity_is_refused(
+    dht: LoopbackDht, tmp_path: Path
+) -> None:
+    twin = Identity.generate()
+    key = tmp_path / "twin.key"
+    twin.save(key)
+    # The first process: a DHT node that answers at the address its record names.
+    first = dht.call(dht._book(twin))
+    address = "{}:{}".format(*first.address)
+    dht.call(first.publish(NodeRecord(twin.node_id, address, ("client",))))
+    code, stderr, _ = run_command(
+        "flp2p.client",
+        "--bootstrap", dht.address, "--federation", dht.genesis.federation_id,
+        "--identity", str(key), "--work-dir", str(tmp_path / "w"),
+        "--partition-id", "0", "--num-partitions", "2", "--lease-timeout", "2",
+    )  # fmt: skip
+    assert code == 1
+    line = the_error_line(stderr, "flp2p.client")
+    assert f"identity {twin.node_id[:16]}… already takes part" in line
+    assert f"from {address}" in line
+
+
+def test_record_left_by_a_dead_process_does_not_block_a_restart(
+    dht: LoopbackDht, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    restarted = Identity.generate()
+    restarted.save(tmp_path / "id.key")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # where the crashed run was: nobody answers
+        _publish_identity_at(dht, restarted, f"127.0.0.1:{silent.getsockname()[1]}")
+        # It gets as far as waiting for a lease (none is published here).
+        assert run_client(tmp_path, dht.address, dht.genesis.federation_id) == 1
+    assert "no valid aggregator lease within 2 s" in one_error_line(capsys)
+
+
+def test_every_peer_prints_its_dht_address(
+    dht: LoopbackDht, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_client(tmp_path, dht.address, dht.genesis.federation_id) == 1
+    err = capsys.readouterr().err
+    printed = [line for line in err.splitlines() if line.startswith("DHT node at ")]
+    assert len(printed) == 1 and "--bootstrap 127.0.0.1:" in printed[0], err

@@ -11,8 +11,9 @@ genesis, until SIGTERM or Ctrl-C::
         --param rounds=2 --param dataset=digits --param clients=4
 
 Peers bootstrap from the advertised host and the listen port (UDP). A listen or
-advertise address this host does not have is refused with one line and exit code 2
-before the DHT (and Flower with it) is imported.
+advertise address this host does not have, and an ``--identity`` that is no usable
+key file, are refused with one line and exit code 2 before the DHT (and Flower with
+it) is imported.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from flp2p.peer.addresses import (
     parse_address,
     parse_advertise,
 )
+from flp2p.peer.participant import UsageError, check_identity_file
 
 if TYPE_CHECKING:
     from flp2p.dht.codec import JSONValue
@@ -144,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = build_parser().parse_args(argv)
     try:
         bootstrap = bootstrap_address(options)
-    except AddressError as error:
+        check_identity_file(Path(options.identity))
+    except (AddressError, UsageError) as error:
         print(f"flp2p.peer.founder: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     print(f"bootstrap peer at {bootstrap} (UDP)", file=sys.stderr, flush=True)

@@ -20,12 +20,18 @@ Every service binds the ``--listen`` host; node records and the lease carry the
 be reachable there on ``--superlink-port`` and ``--sync-port`` (TCP) and the listen
 port (UDP); a plain participant only dials out (and answers the DHT on UDP).
 
-Bad options — inconsistent flags, an address this host cannot bind or advertise —
-end with one line on stderr and exit code 2, checked before the peer runtime (and
-with it Flower and PyTorch) is imported. Failures a participant can act on end with
-one line on stderr and exit code 1: no bootstrap peer reachable, unknown federation,
-no valid lease within the timeout, a refused lease (bad signature, signer not
-eligible), a certificate that does not match the lease.
+Bad options — inconsistent flags, an address or port this host cannot bind or
+advertise, an ``--identity`` that is no usable key file (a folder, a key others can
+read, a file that is no flp2p identity) — end with one line on stderr and exit code
+2, checked before the peer runtime (and with it Flower and PyTorch) is imported.
+Failures a participant can act on end with one line on stderr and exit code 1: no
+bootstrap peer reachable, unknown federation, this identity already live at another
+address, no valid lease within the timeout, a refused lease (bad signature, signer
+not eligible), a certificate that does not match the lease.
+
+Every peer prints its own DHT address on stderr when it starts: once the founder is
+gone, any live peer's address serves as ``--bootstrap`` (repeat the flag to give
+several; the DHT asks them all and needs one to answer).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -172,9 +179,17 @@ def options_from_args(args: argparse.Namespace) -> PeerOptions:
     advertise_host, advertise_port = args.advertise or (None, None)
     try:
         check_listen(listen_host, listen_port)
+        if args.aggregator_eligible:
+            for flag, port in (
+                ("--superlink-port", args.superlink_port),
+                ("--sync-port", args.sync_port),
+            ):
+                if port:
+                    check_listen(listen_host, port, flag, socket.SOCK_STREAM)
         advertise = resolve_advertise(listen_host, advertise_host, args.bootstrap)
     except AddressError as error:
         raise UsageError(str(error)) from None
+    check_identity_file(args.identity)
     return PeerOptions(
         bootstrap=tuple(args.bootstrap),
         federation=args.federation.lower(),
@@ -194,6 +209,28 @@ def options_from_args(args: argparse.Namespace) -> PeerOptions:
         lease_timeout=args.lease_timeout,
         record_ttl=args.record_ttl,
     )
+
+
+def check_identity_file(path: Path) -> None:
+    """Load the ``--identity`` key now if there is one, so that a folder, an exposed
+    key or a file that is no key is named before the heavy imports.
+
+    Raises
+    ------
+    UsageError
+        With the problem and its fix (:class:`flp2p.identity.IdentityFileError`).
+    """
+    # cryptography only (a tenth of a second), not Flower or PyTorch.
+    from flp2p.identity import Identity, IdentityFileError, check_key_file
+
+    try:
+        check_key_file(path)
+        if path.exists():
+            Identity.load(path)
+    except IdentityFileError as error:
+        raise UsageError(f"--identity: {error}") from None
+    except OSError as error:
+        raise UsageError(f"--identity {path}: {error.strerror or error}") from None
 
 
 def configure_logging(verbose: bool) -> None:
