@@ -423,3 +423,91 @@ def test_every_peer_prints_its_dht_address(
     err = capsys.readouterr().err
     printed = [line for line in err.splitlines() if line.startswith("DHT node at ")]
     assert len(printed) == 1 and "--bootstrap 127.0.0.1:" in printed[0], err
+
+
+def test_after_the_founder_stops_a_new_peer_joins_through_any_live_one(
+    dht: LoopbackDht, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dht.publish_lease("127.0.0.1:9", INSECURE_FINGERPRINT)  # by a second peer
+    founder, live = dht.books[0], dht.books[1]
+    dht.call(founder.stop())
+    dht.books.remove(founder)
+    code = main(
+        [
+            "--bootstrap", dht.address, "--bootstrap", "{}:{}".format(*live.address),
+            "--federation", dht.genesis.federation_id,
+            "--identity", str(tmp_path / "id.key"), "--work-dir", str(tmp_path / "w"),
+            "--partition-id", "0", "--num-partitions", "2", "--lease-timeout", "2",
+        ]
+    )  # fmt: skip
+    # It found the genesis and the lease through the live peer alone: what stops
+    # it now is only the lease's missing TLS.
+    assert code == 1
+    assert "runs without TLS; pass --insecure" in one_error_line(capsys)
+
+
+def test_flp2p_status_dht_lists_live_peers_and_the_lease(
+    dht: LoopbackDht, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flp2p.cli import main as flp2p_main
+
+    dht.publish_lease("127.0.0.1:9", INSECURE_FINGERPRINT)
+    live = "{}:{}".format(*dht.books[1].address)
+    federation = dht.genesis.federation_id
+    assert flp2p_main(["status", "--dht", live, "--federation", federation]) == 0
+    out = capsys.readouterr().out
+    holder = dht.eligible.node_id[:12]
+    assert f"lease        holder {holder}  epoch 1  round 0/2" in out
+    # The lease's holder published no node record here: the DHT still shows it.
+    assert f"eligible     {holder}  not live" in out
+    assert "live peers   2 answering the DHT" in out
+    assert f"{live}" in out and "aggregator (epoch 1)" in out
+    assert dht.founder.node_id[:12] in out and "founder" in out
+
+
+def test_flp2p_status_dht_unknown_federation_is_one_line(
+    dht: LoopbackDht, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flp2p.cli import main as flp2p_main
+
+    assert flp2p_main(["status", "--dht", dht.address, "--federation", "ab"]) == 1
+    assert "no genesis of federation ab" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("command", "module"),
+    [("join", "flp2p.client"), ("found", "flp2p.peer.founder")],
+)
+def test_flp2p_join_and_found_are_the_peer_programs(
+    tmp_path: Path, command: str, module: str
+) -> None:
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "flp2p.cli", command, "--help"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )  # fmt: skip
+    assert done.returncode == 0
+    assert done.stdout.startswith(f"usage: flp2p {command} ")
+    assert "example" in done.stdout and f"  flp2p {command} --" in done.stdout
+    assert time.monotonic() - started < ARGUMENT_CHECK_SECONDS
+    key = _key(tmp_path, "corrupt")
+    arguments = (
+        client_arguments(key)
+        if command == "join"
+        else ["--identity", str(key), "--eligible", "ab"]
+    )
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from flp2p.cli import main; code = main(sys.argv[1:]); "
+         "heavy = {'torch', 'flwr'} & set(sys.modules); "
+         "print('heavy:', sorted(heavy)); sys.exit(code)",
+         command, *arguments],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "not an flp2p identity file" in the_error_line(
+        done.stderr, f"flp2p {command}"
+    )
+    assert "heavy: []" in done.stdout

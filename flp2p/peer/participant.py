@@ -43,7 +43,6 @@ import logging
 import socket
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from flp2p.peer.addresses import (
@@ -53,50 +52,13 @@ from flp2p.peer.addresses import (
     parse_advertise,
     resolve_advertise,
 )
-
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-
-
-class PeerError(Exception):
-    """A failure the participant can act on; the message is the one line shown."""
-
-
-class UsageError(PeerError):
-    """Options that cannot work together or on this host (exit code 2)."""
-
-
-@dataclass(frozen=True)
-class PeerOptions:
-    """Everything ``python -m flp2p.client`` was told."""
-
-    bootstrap: tuple[tuple[str, int], ...]
-    federation: str
-    identity: Path
-    work_dir: Path
-    listen: tuple[str, int] = ("127.0.0.1", 0)
-    """Bind host of every service, and the DHT's UDP port (0: any)."""
-    advertise: str = "127.0.0.1"
-    """Host that node records and the lease carry (others dial it)."""
-    advertise_port: int | None = None
-    """DHT port others reach this peer on, if not the bound one (a port mapping)."""
-    superlink_port: int = 0
-    """TCP port of this peer's SuperLink when it aggregates (0: any free one)."""
-    sync_port: int = 0
-    """TCP port receiving model and ledger pushes (eligible peers; 0: any)."""
-    partition_id: int | None = None
-    num_partitions: int | None = None
-    data_dir: str | None = None
-    aggregator_eligible: bool = False
-    insecure: bool = False
-    lease_timeout: float = 60.0
-    record_ttl: float = 9.0
-    poll_interval: float = 1.0
-    settle_seconds: float = 3.0
-    refusals_to_fail: int = 2
-    """Consecutive probes, :data:`flp2p.peer.runtime.REPROBE_SECONDS` apart, in which
-    the holder's advertised SuperLink must refuse connections before a standby treats
-    the holder as dead without waiting for its lease to lapse."""
+from flp2p.peer.peer_options import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    PeerError,
+    PeerOptions,
+    UsageError,
+)
 
 
 def _port(text: str) -> int:
@@ -105,11 +67,21 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+EXAMPLE = """\
+example (the founder printed the federation id and its --bootstrap address):
+  {prog} --bootstrap 10.77.0.1:9400 --federation $(cat federation.id) \\
+      --identity me.key --work-dir me --listen 0.0.0.0:9404 \\
+      --partition-id 0 --num-partitions 3
+"""
+
+
+def build_parser(prog: str = "python -m flp2p.client") -> argparse.ArgumentParser:
     """Command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(
-        prog="python -m flp2p.client",
+        prog=prog,
         description="Join an flp2p federation as a client and/or standby aggregator.",
+        epilog=EXAMPLE.format(prog=prog),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--bootstrap", type=parse_address, action="append", required=True,
@@ -246,13 +218,17 @@ def configure_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m flp2p.client``; returns the exit code."""
-    args = build_parser().parse_args(argv)
+def main(
+    argv: Sequence[str] | None = None, prog: str = "python -m flp2p.client"
+) -> int:
+    """Entry point of ``python -m flp2p.client`` and ``flp2p join`` (``prog``);
+    returns the exit code."""
+    args = build_parser(prog).parse_args(argv)
+    name = prog.removeprefix("python -m ").removesuffix(" ")
     try:
         options = options_from_args(args)
     except UsageError as error:
-        print(f"flp2p.client: error: {error}", file=sys.stderr)
+        print(f"{name}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(args.verbose)
     # Only now: the runtime imports Flower and PyTorch (seconds on a small machine).
@@ -261,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         print(asyncio.run(run_peer(options)), flush=True)
     except PeerError as error:
-        print(f"flp2p.client: error: {error}", file=sys.stderr)
+        print(f"{name}: error: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except (KeyboardInterrupt, asyncio.CancelledError):
         return 130

@@ -35,7 +35,7 @@ from flp2p.peer.federation_app import (
     resolve_genesis,
 )
 from flp2p.peer.leases import LeaseWatch, probe_superlink
-from flp2p.peer.participant import PeerError, PeerOptions
+from flp2p.peer.peer_options import PeerError, PeerOptions
 from flp2p.peer.standby_sync import CheckpointReceiver
 from flp2p.peer.supernode import InsecureLeaseRefused, SuperNodeFollower
 from flp2p.peer.tls import FingerprintMismatch
