@@ -129,11 +129,12 @@ def run_client(tmp_path: Path, bootstrap: str, federation: str, *extra: str) -> 
 
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     err = capsys.readouterr().err
-    # Besides the error, only the address a joined peer always prints.
+    # Besides the error, only the address a joined peer always prints and its
+    # status line (flp2p.peer.status_line: "federation <id> · <role> · ...").
     lines = [
         line
         for line in err.splitlines()
-        if line.strip() and not line.startswith("DHT node at ")
+        if line.strip() and not line.startswith(("DHT node at ", "federation "))
     ]
     assert "Traceback" not in err
     assert len(lines) == 1, err
@@ -511,3 +512,14 @@ def test_flp2p_join_and_found_are_the_peer_programs(
         done.stderr, f"flp2p {command}"
     )
     assert "heavy: []" in done.stdout
+
+
+def test_without_verbose_a_joined_peer_shows_its_status_line(
+    dht: LoopbackDht, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    federation = dht.genesis.federation_id
+    assert run_client(tmp_path, dht.address, federation) == 1
+    status = f"federation {federation[:12]} · participant · round -/2 · "
+    assert status in capsys.readouterr().err
+    assert run_client(tmp_path, dht.address, federation, "--verbose") == 1
+    assert status not in capsys.readouterr().err  # -v: the log lines instead

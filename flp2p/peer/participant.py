@@ -180,6 +180,7 @@ def options_from_args(args: argparse.Namespace) -> PeerOptions:
         insecure=args.insecure,
         lease_timeout=args.lease_timeout,
         record_ttl=args.record_ttl,
+        status_line=not args.verbose,
     )
 
 

@@ -49,6 +49,8 @@ class PeerOptions:
     record_ttl: float = 9.0
     poll_interval: float = 1.0
     settle_seconds: float = 3.0
+    status_line: bool = False
+    """Show the one-line status (:mod:`flp2p.peer.status_line`; without -v)."""
     refusals_to_fail: int = 2
     """Consecutive probes, :data:`flp2p.peer.runtime.REPROBE_SECONDS` apart, in which
     the holder's advertised SuperLink must refuse connections before a standby treats

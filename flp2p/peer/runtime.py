@@ -37,6 +37,15 @@ from flp2p.peer.federation_app import (
 from flp2p.peer.leases import LeaseWatch, probe_superlink
 from flp2p.peer.peer_options import PeerError, PeerOptions
 from flp2p.peer.standby_sync import CheckpointReceiver
+from flp2p.peer.status_line import (
+    AGGREGATOR,
+    PARTICIPANT,
+    STANDBY,
+    PeerStanding,
+    PeerStatus,
+    StatusLine,
+    standing_in,
+)
 from flp2p.peer.supernode import InsecureLeaseRefused, SuperNodeFollower
 from flp2p.peer.tls import FingerprintMismatch
 
@@ -141,6 +150,12 @@ async def _dht_answers(book: AddressBook, address: str) -> bool:
     return bool(answered)
 
 
+def peers_seen(book: AddressBook) -> int:
+    """DHT contacts in this peer's routing table (as :meth:`AddressBook.bootstrap`
+    counts them)."""
+    return sum(len(bucket) for bucket in book.server.protocol.router.buckets)
+
+
 def initial_checkpoint(settings: RunSettings) -> Checkpoint:
     """Round 0: the seed's initial model, which every peer can compute itself."""
     from flp2p.app import initial_model
@@ -172,6 +187,8 @@ class Peer:
         self.aggregator: AggregatorRole | None = None
         self.follower: SuperNodeFollower | None = None
         self.ledger = (options.work_dir / LEDGER_FILE).resolve()
+        self.status_line = StatusLine() if options.status_line else None
+        self._standing: tuple[int | None, PeerStanding | None] = (None, None)
         if options.partition_id is not None:
             node_config: dict[str, int | str] = {
                 "partition-id": options.partition_id,
@@ -287,11 +304,36 @@ class Peer:
                 and not self._holding()
             ):
                 await self._follow(lease)
+            self._show_status()
             if lease is None and not self._holding():
                 started_waiting = started if lapsed_since is None else lapsed_since
                 if now - started_waiting > self.options.lease_timeout:
                     raise PeerError(self._no_lease_reason())
             await asyncio.sleep(self.options.poll_interval)
+
+    def status(self) -> PeerStatus:
+        """Where this peer and its federation stand (the status line's content)."""
+        if self._holding():
+            role = AGGREGATOR
+        elif self.aggregator is not None:
+            role = STANDBY if self.follower is None else f"{PARTICIPANT}, {STANDBY}"
+        else:
+            role = PARTICIPANT
+        last_round = None if self.last_lease is None else self.last_lease.last_round
+        if self._standing[0] != last_round:  # the ledger changes once a round
+            self._standing = (last_round, standing_in(self.ledger, self.me))
+        return PeerStatus(
+            federation=self.genesis.federation_id,
+            role=role,
+            last_round=last_round,
+            rounds=self.rounds,
+            peers_seen=peers_seen(self.book),
+            standing=self._standing[1],
+        )
+
+    def _show_status(self) -> None:
+        if self.status_line is not None:
+            self.status_line.show(self.status())
 
     async def _superlink_refuses(self, lease: Lease) -> bool:
         """Whether ``lease``'s SuperLink refuses connections, so its holder is dead
@@ -460,6 +502,8 @@ class Peer:
 
     async def close(self) -> None:
         """Stop every child process and server this peer started."""
+        if self.status_line is not None:
+            self.status_line.close()
         if self.follower is not None:
             self.follower.stop()
         if self.aggregator is not None:
