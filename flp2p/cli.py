@@ -216,9 +216,12 @@ def cmd_dht_status(args: argparse.Namespace, console: Console) -> int:
         print("flp2p: error: status --dht needs --federation ID", file=sys.stderr)
         return EXIT_USAGE
     report = asyncio.run(federation_status(args.dht, args.federation.lower()))
+    if report.genesis is None:
+        print(f"flp2p: error: {report.problem}", file=sys.stderr)
+        return EXIT_FAILURE
     for line in report.lines():
         console.print(escape(line))
-    return EXIT_OK if report.genesis is not None else EXIT_FAILURE
+    return EXIT_OK
 
 
 PEER_COMMANDS = {

@@ -472,7 +472,9 @@ def test_flp2p_status_dht_unknown_federation_is_one_line(
     from flp2p.cli import main as flp2p_main
 
     assert flp2p_main(["status", "--dht", dht.address, "--federation", "ab"]) == 1
-    assert "no genesis of federation ab" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "flp2p: error: no genesis of federation ab… in the DHT\n"
 
 
 @pytest.mark.parametrize(

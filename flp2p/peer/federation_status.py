@@ -50,7 +50,7 @@ class FederationStatus:
     def lines(self) -> list[str]:
         """The report, one line each (what ``flp2p status --dht`` prints)."""
         if self.genesis is None:
-            return [f"error: {self.problem}"]
+            return [f"nothing found: {self.problem}"]
         rounds = self.genesis.parameters.get("rounds", "?")
         out = [
             f"federation   {self.federation_id}",
