@@ -1,10 +1,15 @@
-"""The ``flp2p`` command line: leaderboard, status, ledger tools, the dashboard and
-a peer's id.
+"""The ``flp2p`` command line: a peer's life (``join``, ``found``, ``id``, ``status
+--dht``) and the ledger's (leaderboard, status, ledger tools, the dashboard).
 
-Every command reads a ledger file given by ``--db`` (default ``$FLP2P_LEDGER`` or
-``flp2p-ledger.db``) and never creates or changes it. Bad input — a missing file, a
+The ledger commands read a ledger file given by ``--db`` (default ``$FLP2P_LEDGER``
+or ``flp2p-ledger.db``) and never create or change it. Bad input — a missing file, a
 corrupt or foreign database, a broken chain — is reported as one line on stderr with
 a non-zero exit status, never a traceback.
+
+``flp2p join`` is ``python -m flp2p.client`` and ``flp2p found`` is ``python -m
+flp2p.peer.founder``: both check their arguments before Flower or PyTorch is
+imported, so this module imports nothing heavy at the top (the ledger, rich and the
+strategies come in with the commands that use them).
 """
 
 from __future__ import annotations
@@ -15,19 +20,12 @@ import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
 
-from flp2p.audit.committee import DEFAULT_COMMITTEE_SIZE
-from flp2p.ledger import Ledger, LedgerError
-from flp2p.ledger.reports import (
-    export_csv,
-    finality_report,
-    leaderboard,
-    ledger_status,
-)
+    from flp2p.ledger import Ledger
 
 DEFAULT_LEDGER = "flp2p-ledger.db"
 LEDGER_ENV = "FLP2P_LEDGER"
@@ -36,8 +34,13 @@ SHORT_ID_CHARS = 12
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+EXIT_USAGE = 2
+COMMITTEE_SIZE_DEFAULT = 3
+"""``--committee-size`` when not given; equal to
+:data:`flp2p.audit.committee.DEFAULT_COMMITTEE_SIZE` (a test says so), written out
+so that building the parser imports no strategy code."""
 
-Command = Callable[[argparse.Namespace, Console], int]
+Command = Callable[[argparse.Namespace, "Console"], int]
 
 
 def short_id(identity: str | None) -> str:
@@ -47,8 +50,17 @@ def short_id(identity: str | None) -> str:
     return identity if len(identity) <= SHORT_ID_CHARS else identity[:SHORT_ID_CHARS]
 
 
+def escape(text: str) -> str:
+    """``text`` safe to print through rich (no markup)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 def _open(args: argparse.Namespace) -> Ledger:
     """Open the ``--db`` ledger for reading (never creates a file)."""
+    from flp2p.ledger import Ledger
+
     return Ledger.open(Path(args.db))
 
 
@@ -65,6 +77,10 @@ def _committee_size(text: str) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
     """Print identities ranked by tokens earned."""
+    from rich.table import Table
+
+    from flp2p.ledger.reports import leaderboard
+
     with _open(args) as ledger:
         entries = leaderboard(ledger)
     table = Table(title=f"flp2p leaderboard — {escape(ledger.federation)}")
@@ -88,7 +104,12 @@ def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
-    """Print federation, aggregator (last signer), round and known peers."""
+    """Print federation, aggregator (last signer), round and known peers — from the
+    ledger, or with ``--dht`` from the live federation."""
+    if args.dht:
+        return cmd_dht_status(args, console)
+    from flp2p.ledger.reports import ledger_status
+
     with _open(args) as ledger:
         status = ledger_status(ledger)
     console.print(f"federation   {escape(status.federation)}")
@@ -111,6 +132,8 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
     last one may still be collecting them), so each block's line says where it
     stands, and every co-signature that does not count is listed with the reason.
     """
+    from flp2p.ledger.reports import finality_report
+
     with _open(args) as ledger:
         checked = ledger.verify()
         statuses = finality_report(ledger, args.committee_size)
@@ -130,6 +153,8 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
     """Write every contribution with its reward as CSV (to PATH or stdout)."""
+    from flp2p.ledger.reports import export_csv
+
     with _open(args) as ledger:
         if args.csv == "-":
             export_csv(ledger, sys.stdout)
@@ -181,6 +206,51 @@ def cmd_id(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_dht_status(args: argparse.Namespace, console: Console) -> int:
+    """Ask the federation's DHT who is live, who holds the lease and at which epoch."""
+    import asyncio
+
+    from flp2p.peer.federation_status import federation_status
+
+    if not args.federation:
+        print("flp2p: error: status --dht needs --federation ID", file=sys.stderr)
+        return EXIT_USAGE
+    report = asyncio.run(federation_status(args.dht, args.federation.lower()))
+    if report.genesis is None:
+        print(f"flp2p: error: {report.problem}", file=sys.stderr)
+        return EXIT_FAILURE
+    for line in report.lines():
+        console.print(escape(line))
+    return EXIT_OK
+
+
+PEER_COMMANDS = {
+    "join": ("flp2p.peer.participant", "join a federation (= python -m flp2p.client)"),
+    "found": (
+        "flp2p.peer.founder",
+        "found a federation (= python -m flp2p.peer.founder)",
+    ),
+}
+"""Subcommands that are whole programs of their own: ``flp2p NAME ...`` hands the
+rest of the command line to that module's ``main``, which checks it before any
+heavy import."""
+
+
+def run_peer_command(name: str, argv: Sequence[str]) -> int:
+    """``flp2p join`` / ``flp2p found``: the module's ``main`` under this name."""
+    import importlib
+
+    module = importlib.import_module(PEER_COMMANDS[name][0])
+    code: int = module.main(list(argv), prog=f"flp2p {name}")
+    return code
+
+
+def _dht_addresses(text: str) -> tuple[str, int]:
+    from flp2p.peer.addresses import parse_address
+
+    return parse_address(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``flp2p``."""
     db_option = argparse.ArgumentParser(add_help=False)
@@ -201,9 +271,23 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--limit", type=int, default=None, help="show the top N")
     board.set_defaults(handler=cmd_leaderboard)
 
+    for name, (_, summary) in PEER_COMMANDS.items():
+        # Listed for --help only: main() hands these over before parsing.
+        commands.add_parser(name, help=summary, add_help=False)
+
     status = commands.add_parser(
-        "status", parents=[db_option], help="federation, aggregator, round, peers"
+        "status",
+        parents=[db_option],
+        help="federation, aggregator, round, peers (from a ledger, or --dht live)",
+        description="From a ledger file (--db), or live from the federation's DHT "
+        "(--dht HOST:PORT --federation ID), e.g. "
+        "flp2p status --dht 10.77.0.2:9401 --federation $(cat federation.id)",
     )
+    status.add_argument(
+        "--dht", type=_dht_addresses, action="append", metavar="HOST:PORT",
+        help="ask the DHT through this peer instead of reading a ledger (repeat)",
+    )  # fmt: skip
+    status.add_argument("--federation", metavar="ID", help="federation id (--dht)")
     status.set_defaults(handler=cmd_status)
 
     ledger = commands.add_parser("ledger", help="inspect the rewards ledger")
@@ -216,10 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--committee-size",
         type=_committee_size,
-        default=DEFAULT_COMMITTEE_SIZE,
+        default=COMMITTEE_SIZE_DEFAULT,
         metavar="K",
         help="auditors per round the federation uses "
-        f"(default {DEFAULT_COMMITTEE_SIZE})",
+        f"(default {COMMITTEE_SIZE_DEFAULT})",
     )
     verify.set_defaults(handler=cmd_verify)
     export = ledger_commands.add_parser(
@@ -266,7 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``flp2p``; return the exit status."""
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in PEER_COMMANDS:
+        return run_peer_command(arguments[0], arguments[1:])
+    args = build_parser().parse_args(arguments)
+    from rich.console import Console
+
+    from flp2p.ledger import LedgerError
+
     console = Console(highlight=False)
     handler: Command = args.handler
     try:

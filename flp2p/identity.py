@@ -27,6 +27,18 @@ KEY_DIR_MODE = 0o700
 """Mode of a key directory this module creates."""
 
 
+class IdentityFileError(ValueError):
+    """A key file that cannot serve as this peer's identity.
+
+    The message is one line for the person at the keyboard: the file, what is wrong
+    with it and how to fix it.
+    """
+
+
+class KeyFileExposed(IdentityFileError, PermissionError):
+    """A key file group or others can read or write: refused, it may have leaked."""
+
+
 def node_id_of(public_key: bytes) -> str:
     """Return the node id of a raw Ed25519 public key: hex SHA-256 of its 32 bytes.
 
@@ -83,13 +95,13 @@ class Identity:
 
         Raises
         ------
-        PermissionError
+        KeyFileExposed
             If an existing key file is readable or writable by group or others.
-        ValueError
-            If the file is not an Ed25519 private key.
+        IdentityFileError
+            If ``path`` is a folder or does not hold an Ed25519 private key.
         """
         key_path = Path(path)
-        if key_path.exists():
+        if key_path.exists() or key_path.is_symlink():
             return cls._load(key_path)
         identity = cls.generate()
         identity.save(key_path)
@@ -106,7 +118,7 @@ class Identity:
         ------
         FileNotFoundError
             If there is no key at ``path``.
-        PermissionError, ValueError
+        KeyFileExposed, IdentityFileError
             As for :meth:`load_or_create`.
         """
         key_path = Path(path)
@@ -116,16 +128,23 @@ class Identity:
 
     @classmethod
     def _load(cls, key_path: Path) -> Identity:
-        mode = stat.S_IMODE(key_path.stat().st_mode)
-        if mode & 0o077:
-            raise PermissionError(
-                f"refusing to load private key {key_path}: mode {mode:#o} lets group "
-                f"or others access it; run `chmod 600 {key_path}` if it was not leaked"
+        check_key_file(key_path)
+        try:
+            key = serialization.load_pem_private_key(
+                key_path.read_bytes(), password=None
             )
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        except (ValueError, TypeError):
+            # Empty, truncated, encrypted or not PEM at all; cryptography's own
+            # message (a URL and an ASN.1 error name) helps nobody here.
+            raise IdentityFileError(
+                f"{key_path} is not an flp2p identity file (no readable PEM private "
+                "key); point --identity at the right file, or at a path that does "
+                "not exist yet to create a new identity there"
+            ) from None
         if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(
-                f"{key_path} holds a {type(key).__name__}, not an Ed25519 private key"
+            raise IdentityFileError(
+                f"{key_path} is not an flp2p identity file: it holds a "
+                f"{type(key).__name__}, not an Ed25519 private key"
             )
         return cls(key)
 
@@ -158,6 +177,46 @@ class Identity:
     def sign(self, data: bytes) -> bytes:
         """Return the 64-byte Ed25519 signature of ``data``."""
         return self._private_key.sign(data)
+
+
+def check_key_file(path: str | os.PathLike[str]) -> None:
+    """Refuse, before any key is parsed, a ``--identity`` path that cannot work.
+
+    A path that does not exist passes (a key is created there) unless its parent
+    is a file; a folder, an unreadable file, or a file that group or others can
+    access does not.
+
+    Raises
+    ------
+    KeyFileExposed
+        If group or others can access the file.
+    IdentityFileError
+        For every other reason, with the fix in the message.
+    """
+    key_path = Path(path)
+    if not key_path.exists():
+        parent = key_path.parent
+        if parent.exists() and not parent.is_dir():
+            raise IdentityFileError(
+                f"cannot create an identity key at {key_path}: {parent} is a file"
+            )
+        return
+    if key_path.is_dir():
+        raise IdentityFileError(
+            f"{key_path} is a folder, not an flp2p identity file; give the key "
+            f"file's path, e.g. --identity {key_path / 'identity.key'}"
+        )
+    mode = stat.S_IMODE(key_path.stat().st_mode)
+    if mode & 0o077:
+        raise KeyFileExposed(
+            f"refusing to load private key {key_path}: mode {mode:#o} lets group "
+            f"or others access it; run `chmod 600 {key_path}` if it was not leaked"
+        )
+    if not os.access(key_path, os.R_OK):
+        raise IdentityFileError(
+            f"cannot read the identity key {key_path}; run the peer as the user "
+            "who owns it"
+        )
 
 
 class ContributionAuthenticator:

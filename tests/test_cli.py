@@ -182,3 +182,10 @@ def test_console_script_exit_status_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().startswith("flp2p: error: no ledger at")
     assert "Traceback" not in result.stderr
+
+
+def test_committee_size_default_is_the_audit_default() -> None:
+    from flp2p.audit.committee import DEFAULT_COMMITTEE_SIZE
+    from flp2p.cli import COMMITTEE_SIZE_DEFAULT
+
+    assert COMMITTEE_SIZE_DEFAULT == DEFAULT_COMMITTEE_SIZE

@@ -12,7 +12,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from flp2p.identity import ContributionAuthenticator, Identity, node_id_of
+from flp2p.identity import (
+    ContributionAuthenticator,
+    Identity,
+    IdentityFileError,
+    KeyFileExposed,
+    check_key_file,
+    node_id_of,
+)
 from flp2p.signatures import contribution_message, verify_ed25519
 from strategies.records import update_sha256
 
@@ -148,3 +155,33 @@ def test_rejection_reasons(signed_reply: tuple[Identity, str, bytes]) -> None:
 def test_authenticator_needs_a_federation() -> None:
     with pytest.raises(ValueError, match="non-empty"):
         ContributionAuthenticator("")
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"garbage\n", b"-----BEGIN PRIVATE KEY-----\n"]
+)
+def test_corrupt_or_empty_key_file_is_named_as_such(
+    tmp_path: Path, content: bytes
+) -> None:
+    key_path = tmp_path / "node.pem"
+    key_path.write_bytes(content)
+    key_path.chmod(0o600)
+    with pytest.raises(IdentityFileError, match="not an flp2p identity file"):
+        Identity.load_or_create(key_path)
+
+
+def test_folder_is_no_key_file(tmp_path: Path) -> None:
+    with pytest.raises(IdentityFileError, match="is a folder"):
+        Identity.load_or_create(tmp_path)
+    with pytest.raises(IdentityFileError, match="is a folder"):
+        check_key_file(tmp_path)
+
+
+def test_exposed_key_is_refused_before_parsing(tmp_path: Path) -> None:
+    key_path = tmp_path / "node.pem"
+    key_path.write_bytes(b"garbage")
+    key_path.chmod(0o644)
+    # The mode is the first thing said: fixing the content first would not help.
+    with pytest.raises(KeyFileExposed, match=f"chmod 600 {key_path}"):
+        check_key_file(key_path)
+    check_key_file(tmp_path / "new.pem")  # a key is created there: fine

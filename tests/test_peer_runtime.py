@@ -17,7 +17,7 @@ from flp2p.identity import Identity
 from flp2p.peer.aggregator import Holding, peer_run_config
 from flp2p.peer.checkpoints import Checkpoint
 from flp2p.peer.federation_app import PeerRun, wait_for_start, write_start
-from flp2p.peer.participant import PeerError, PeerOptions
+from flp2p.peer.peer_options import PeerError, PeerOptions
 from flp2p.peer.processes import free_port
 from flp2p.peer.runtime import Peer
 

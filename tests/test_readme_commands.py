@@ -99,14 +99,19 @@ CHECKS: dict[str, Check] = {
 PEER_COMMANDS = (
     ".venv/bin/python -m flp2p.peer.",
     ".venv/bin/python -m flp2p.client ",
-    "python -m flp2p.peer.",
+    ".venv/bin/flp2p found ",
+    ".venv/bin/flp2p join ",
+    ".venv/bin/flp2p status --dht ",
+    # "Three machines": tests/test_peer_readme.py runs that block as written.
+    "python -m flp2p.peer.founder ",
     "python -m flp2p.client ",
-    "flp2p id ",
+    "flp2p id --identity ",
 )
 PEER_SKIP = Check(
-    skip="peer mode needs keys, node ids and several processes (hosts): "
-    "tests/test_peer_localhost.py runs them through examples/localhost and "
-    "tests/test_peer_readme.py runs the 'Three machines' block as written"
+    skip="peer mode needs keys, node ids and several processes; "
+    "tests/test_peer_localhost.py runs these commands through examples/localhost, "
+    "tests/test_peer_readme.py the Three machines block, tests/test_client_cli.py "
+    "flp2p join, found and status --dht"
 )
 
 

@@ -101,11 +101,14 @@ def route_source(peer: tuple[str, int]) -> str:
         ) from None
 
 
-def check_listen(host: str, port: int, flag: str = "--listen") -> None:
-    """Raise :class:`AddressError` unless this host can bind UDP ``host:port``
-    (the DHT's socket; the TCP services bind the same host)."""
+def check_listen(
+    host: str, port: int, flag: str = "--listen", kind: int = socket.SOCK_DGRAM
+) -> None:
+    """Raise :class:`AddressError` unless this host can bind ``host:port``: UDP by
+    default (the DHT's socket; the TCP services bind the same host), TCP with
+    ``kind=socket.SOCK_STREAM`` (a fixed ``--superlink-port`` or ``--sync-port``)."""
     try:
-        with socket.socket(_family(host), socket.SOCK_DGRAM) as probe:
+        with socket.socket(_family(host), kind) as probe:
             probe.bind((host, port))
     except OSError as error:
         raise AddressError(

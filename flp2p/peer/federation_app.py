@@ -69,6 +69,7 @@ from flp2p.ledger_broadcast import LedgerBroadcast
 from flp2p.local_training import client_evaluate, client_train
 from flp2p.peer.app_folder import flatten_parameters
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
+from flp2p.peer.round_deadline import DeadlineGrid, RoundDeadline, peer_sampling
 from strategies.records import ReputationState, RoundReport
 
 log = logging.getLogger(__name__)
@@ -476,12 +477,19 @@ def open_peer_ledger(peer: PeerRun, settings: RunSettings) -> Ledger | None:
     )
 
 
-def peer_strategy(settings: RunSettings, peer: PeerRun, ledger: Ledger | None) -> Any:
-    """The configured strategy with the peer runtime's authenticator and ledger."""
+def peer_strategy(
+    settings: RunSettings,
+    peer: PeerRun,
+    ledger: Ledger | None,
+    sampling: Mapping[str, int] | None = None,
+) -> Any:
+    """The configured strategy with the peer runtime's authenticator and ledger
+    (and ``sampling``: :func:`flp2p.peer.round_deadline.peer_sampling`)."""
     extra: dict[str, Any] = {
         "authenticator": FederationRoundAuthenticator(
             ContributionAuthenticator(peer.federation), peer.start_round
-        )
+        ),
+        **(sampling or {}),
     }
     wrap = None
     if ledger is not None:
@@ -521,9 +529,15 @@ def run_peer_server(grid: Grid, context: Context) -> None:
         return
     ledger = open_peer_ledger(peer, settings)
     try:
-        strategy = peer_strategy(settings, peer, ledger)
+        strategy = peer_strategy(
+            settings, peer, ledger, peer_sampling(context.run_config)
+        )
         strategy.start(
-            grid=grid,
+            grid=DeadlineGrid(
+                grid,
+                RoundDeadline.from_run_config(context.run_config),
+                settings.clients,
+            ),
             initial_arrays=arrays_to_record(dict(start.arrays)),
             num_rounds=remaining,
             train_config=train_config(settings, peer.federation, peer.start_round),

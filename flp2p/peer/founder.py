@@ -11,8 +11,9 @@ genesis, until SIGTERM or Ctrl-C::
         --param rounds=2 --param dataset=digits --param clients=4
 
 Peers bootstrap from the advertised host and the listen port (UDP). A listen or
-advertise address this host does not have is refused with one line and exit code 2
-before the DHT (and Flower with it) is imported.
+advertise address this host does not have, and an ``--identity`` that is no usable
+key file, are refused with one line and exit code 2 before the DHT (and Flower with
+it) is imported.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from flp2p.peer.addresses import (
     parse_address,
     parse_advertise,
 )
+from flp2p.peer.participant import UsageError, check_identity_file
 
 if TYPE_CHECKING:
     from flp2p.dht.codec import JSONValue
@@ -56,10 +58,22 @@ def parse_parameter(text: str) -> tuple[str, JSONValue]:
         return key, value
 
 
-def build_parser() -> argparse.ArgumentParser:
+EXAMPLE = """\
+example (node ids from `flp2p id --identity eligible.key` on each eligible peer):
+  {prog} --listen 0.0.0.0:9400 --advertise 10.77.0.1 \\
+      --identity founder.key --federation-file federation.id \\
+      --eligible <node id of B> --eligible <node id of C> \\
+      --param rounds=2 --param clients=3 --param dataset=digits
+"""
+
+
+def build_parser(prog: str = "python -m flp2p.peer.founder") -> argparse.ArgumentParser:
     """Command-line options of the founder."""
     parser = argparse.ArgumentParser(
-        prog="python -m flp2p.peer.founder", description=__doc__.splitlines()[0]
+        prog=prog,
+        description=__doc__.splitlines()[0],
+        epilog=EXAMPLE.format(prog=prog),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--listen", type=parse_address, default=("127.0.0.1", 9400),
@@ -139,19 +153,24 @@ async def found(options: argparse.Namespace) -> None:
         await book.stop()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    options = build_parser().parse_args(argv)
+def main(
+    argv: Sequence[str] | None = None, prog: str = "python -m flp2p.peer.founder"
+) -> int:
+    """Entry point of the module and of ``flp2p found`` (``prog``); returns the
+    exit code."""
+    options = build_parser(prog).parse_args(argv)
+    name = prog.removeprefix("python -m ")
     try:
         bootstrap = bootstrap_address(options)
-    except AddressError as error:
-        print(f"flp2p.peer.founder: error: {error}", file=sys.stderr)
+        check_identity_file(Path(options.identity))
+    except (AddressError, UsageError) as error:
+        print(f"{name}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     print(f"bootstrap peer at {bootstrap} (UDP)", file=sys.stderr, flush=True)
     try:
         asyncio.run(found(options))
     except (OSError, ValueError) as error:
-        print(f"flp2p.peer.founder: error: {error}", file=sys.stderr)
+        print(f"{name}: error: {error}", file=sys.stderr)
         return 1
     return 0
 

@@ -20,12 +20,18 @@ Every service binds the ``--listen`` host; node records and the lease carry the
 be reachable there on ``--superlink-port`` and ``--sync-port`` (TCP) and the listen
 port (UDP); a plain participant only dials out (and answers the DHT on UDP).
 
-Bad options — inconsistent flags, an address this host cannot bind or advertise —
-end with one line on stderr and exit code 2, checked before the peer runtime (and
-with it Flower and PyTorch) is imported. Failures a participant can act on end with
-one line on stderr and exit code 1: no bootstrap peer reachable, unknown federation,
-no valid lease within the timeout, a refused lease (bad signature, signer not
-eligible), a certificate that does not match the lease.
+Bad options — inconsistent flags, an address or port this host cannot bind or
+advertise, an ``--identity`` that is no usable key file (a folder, a key others can
+read, a file that is no flp2p identity) — end with one line on stderr and exit code
+2, checked before the peer runtime (and with it Flower and PyTorch) is imported.
+Failures a participant can act on end with one line on stderr and exit code 1: no
+bootstrap peer reachable, unknown federation, this identity already live at another
+address, no valid lease within the timeout, a refused lease (bad signature, signer
+not eligible), a certificate that does not match the lease.
+
+Every peer prints its own DHT address on stderr when it starts: once the founder is
+gone, any live peer's address serves as ``--bootstrap`` (repeat the flag to give
+several; the DHT asks them all and needs one to answer).
 """
 
 from __future__ import annotations
@@ -34,9 +40,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import socket
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from flp2p.peer.addresses import (
@@ -46,50 +52,13 @@ from flp2p.peer.addresses import (
     parse_advertise,
     resolve_advertise,
 )
-
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-
-
-class PeerError(Exception):
-    """A failure the participant can act on; the message is the one line shown."""
-
-
-class UsageError(PeerError):
-    """Options that cannot work together or on this host (exit code 2)."""
-
-
-@dataclass(frozen=True)
-class PeerOptions:
-    """Everything ``python -m flp2p.client`` was told."""
-
-    bootstrap: tuple[tuple[str, int], ...]
-    federation: str
-    identity: Path
-    work_dir: Path
-    listen: tuple[str, int] = ("127.0.0.1", 0)
-    """Bind host of every service, and the DHT's UDP port (0: any)."""
-    advertise: str = "127.0.0.1"
-    """Host that node records and the lease carry (others dial it)."""
-    advertise_port: int | None = None
-    """DHT port others reach this peer on, if not the bound one (a port mapping)."""
-    superlink_port: int = 0
-    """TCP port of this peer's SuperLink when it aggregates (0: any free one)."""
-    sync_port: int = 0
-    """TCP port receiving model and ledger pushes (eligible peers; 0: any)."""
-    partition_id: int | None = None
-    num_partitions: int | None = None
-    data_dir: str | None = None
-    aggregator_eligible: bool = False
-    insecure: bool = False
-    lease_timeout: float = 60.0
-    record_ttl: float = 9.0
-    poll_interval: float = 1.0
-    settle_seconds: float = 3.0
-    refusals_to_fail: int = 2
-    """Consecutive probes, :data:`flp2p.peer.runtime.REPROBE_SECONDS` apart, in which
-    the holder's advertised SuperLink must refuse connections before a standby treats
-    the holder as dead without waiting for its lease to lapse."""
+from flp2p.peer.peer_options import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    PeerError,
+    PeerOptions,
+    UsageError,
+)
 
 
 def _port(text: str) -> int:
@@ -98,11 +67,21 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+EXAMPLE = """\
+example (the founder printed the federation id and its --bootstrap address):
+  {prog} --bootstrap 10.77.0.1:9400 --federation $(cat federation.id) \\
+      --identity me.key --work-dir me --listen 0.0.0.0:9404 \\
+      --partition-id 0 --num-partitions 3
+"""
+
+
+def build_parser(prog: str = "python -m flp2p.client") -> argparse.ArgumentParser:
     """Command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(
-        prog="python -m flp2p.client",
+        prog=prog,
         description="Join an flp2p federation as a client and/or standby aggregator.",
+        epilog=EXAMPLE.format(prog=prog),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--bootstrap", type=parse_address, action="append", required=True,
@@ -172,9 +151,17 @@ def options_from_args(args: argparse.Namespace) -> PeerOptions:
     advertise_host, advertise_port = args.advertise or (None, None)
     try:
         check_listen(listen_host, listen_port)
+        if args.aggregator_eligible:
+            for flag, port in (
+                ("--superlink-port", args.superlink_port),
+                ("--sync-port", args.sync_port),
+            ):
+                if port:
+                    check_listen(listen_host, port, flag, socket.SOCK_STREAM)
         advertise = resolve_advertise(listen_host, advertise_host, args.bootstrap)
     except AddressError as error:
         raise UsageError(str(error)) from None
+    check_identity_file(args.identity)
     return PeerOptions(
         bootstrap=tuple(args.bootstrap),
         federation=args.federation.lower(),
@@ -193,7 +180,30 @@ def options_from_args(args: argparse.Namespace) -> PeerOptions:
         insecure=args.insecure,
         lease_timeout=args.lease_timeout,
         record_ttl=args.record_ttl,
+        status_line=not args.verbose,
     )
+
+
+def check_identity_file(path: Path) -> None:
+    """Load the ``--identity`` key now if there is one, so that a folder, an exposed
+    key or a file that is no key is named before the heavy imports.
+
+    Raises
+    ------
+    UsageError
+        With the problem and its fix (:class:`flp2p.identity.IdentityFileError`).
+    """
+    # cryptography only (a tenth of a second), not Flower or PyTorch.
+    from flp2p.identity import Identity, IdentityFileError, check_key_file
+
+    try:
+        check_key_file(path)
+        if path.exists():
+            Identity.load(path)
+    except IdentityFileError as error:
+        raise UsageError(f"--identity: {error}") from None
+    except OSError as error:
+        raise UsageError(f"--identity {path}: {error.strerror or error}") from None
 
 
 def configure_logging(verbose: bool) -> None:
@@ -209,13 +219,17 @@ def configure_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m flp2p.client``; returns the exit code."""
-    args = build_parser().parse_args(argv)
+def main(
+    argv: Sequence[str] | None = None, prog: str = "python -m flp2p.client"
+) -> int:
+    """Entry point of ``python -m flp2p.client`` and ``flp2p join`` (``prog``);
+    returns the exit code."""
+    args = build_parser(prog).parse_args(argv)
+    name = prog.removeprefix("python -m ").removesuffix(" ")
     try:
         options = options_from_args(args)
     except UsageError as error:
-        print(f"flp2p.client: error: {error}", file=sys.stderr)
+        print(f"{name}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(args.verbose)
     # Only now: the runtime imports Flower and PyTorch (seconds on a small machine).
@@ -224,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         print(asyncio.run(run_peer(options)), flush=True)
     except PeerError as error:
-        print(f"flp2p.client: error: {error}", file=sys.stderr)
+        print(f"{name}: error: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except (KeyboardInterrupt, asyncio.CancelledError):
         return 130

@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import time
 
 from flp2p.config import ConfigError, RunSettings
 from flp2p.dht import AddressBook, Genesis, Lease, NodeRecord
 from flp2p.identity import Identity
-from flp2p.peer.addresses import join_host_port
+from flp2p.peer.addresses import join_host_port, split_host_port
 from flp2p.peer.aggregator import AGGREGATOR_ROLE, AggregatorError, AggregatorRole
 from flp2p.peer.aggregator import total_rounds as genesis_rounds
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore, resume_round
@@ -34,8 +35,17 @@ from flp2p.peer.federation_app import (
     resolve_genesis,
 )
 from flp2p.peer.leases import LeaseWatch, probe_superlink
-from flp2p.peer.participant import PeerError, PeerOptions
+from flp2p.peer.peer_options import PeerError, PeerOptions
 from flp2p.peer.standby_sync import CheckpointReceiver
+from flp2p.peer.status_line import (
+    AGGREGATOR,
+    PARTICIPANT,
+    STANDBY,
+    PeerStanding,
+    PeerStatus,
+    StatusLine,
+    standing_in,
+)
 from flp2p.peer.supernode import InsecureLeaseRefused, SuperNodeFollower
 from flp2p.peer.tls import FingerprintMismatch
 
@@ -54,29 +64,96 @@ REPROBE_SECONDS = 0.3
 """Pause between two probes of a SuperLink that refused a connection."""
 
 
+def dht_address(book: AddressBook, options: PeerOptions) -> str:
+    """``HOST:PORT`` other peers may ``--bootstrap`` from: this peer's DHT node."""
+    return join_host_port(options.advertise, options.advertise_port or book.address[1])
+
+
 async def join(book: AddressBook, options: PeerOptions) -> Genesis:
-    """Start the DHT node, bootstrap, and fetch the federation's genesis.
+    """Start the DHT node, bootstrap, fetch the federation's genesis and make sure
+    no other live process already takes part under this identity.
 
     Raises
     ------
     PeerError
-        If no bootstrap peer answers or no genesis has the federation id.
+        If the DHT port cannot be bound, no bootstrap peer answers, no genesis has
+        the federation id, or this identity is live at another address.
     """
-    await book.start(*options.listen)
+    try:
+        await book.start(*options.listen)
+    except OSError as error:  # taken since the command line checked it
+        listen = join_host_port(*options.listen)
+        raise PeerError(
+            f"cannot bind the DHT port {listen} (UDP): {error.strerror or error}; "
+            "give another --listen port (0: any free one)"
+        ) from None
     try:
         await book.bootstrap(options.bootstrap)
     except ConnectionError:
-        peers = ", ".join(f"{h}:{p}" for h, p in options.bootstrap)
+        peers = ", ".join(join_host_port(h, p) for h, p in options.bootstrap)
         raise PeerError(f"no bootstrap peer reachable at {peers}") from None
     for _ in range(3):  # a fresh DHT may need a moment to route to the genesis
         genesis = await book.get_genesis(options.federation)
         if genesis is not None:
+            await refuse_duplicate(book, options)
+            # Always shown: after the founder stops, this is how others get in.
+            address = dht_address(book, options)
+            print(
+                f"DHT node at {address} (UDP): others may join with "
+                f"--bootstrap {address}",
+                file=sys.stderr,
+                flush=True,
+            )
             return genesis
         await asyncio.sleep(options.poll_interval)
     raise PeerError(
         f"unknown federation {options.federation[:16]}…: "
         "no genesis with that id in the DHT"
     )
+
+
+async def refuse_duplicate(book: AddressBook, options: PeerOptions) -> None:
+    """Refuse to take part if another live process publishes this identity.
+
+    Two processes with one key sign replies the strategy cannot tell apart; it
+    rejects the second as a duplicate identity, and which one comes second is
+    chance, so the honest process may get no weight at all. A node record of this
+    identity is only in the way while its address answers: a crashed earlier run
+    leaves one behind for up to a record TTL, and that one must not block a
+    restart.
+
+    Raises
+    ------
+    PeerError
+        If a record of this identity names another address that answers.
+    """
+    me = book.identity.node_id
+    record = await book.get_node(me)
+    if record is None or record.address == dht_address(book, options):
+        return
+    if AGGREGATOR_ROLE in record.roles:  # the checkpoint receiver's TCP port
+        live = await probe_superlink(record.address, timeout=2.0) is True
+    else:  # a DHT node: does it answer a ping?
+        live = await _dht_answers(book, record.address)
+    if live:
+        raise PeerError(
+            f"identity {me[:16]}… already takes part in this federation from "
+            f"{record.address}: stop that process, or give this one its own "
+            "--identity (a new key file path creates a new identity)"
+        )
+
+
+async def _dht_answers(book: AddressBook, address: str) -> bool:
+    host, port = split_host_port(address)
+    protocol = book.server.protocol
+    answered, _ = await protocol.ping((host, port), protocol.sender_id)
+    return bool(answered)
+
+
+def peers_seen(book: AddressBook) -> int:
+    """DHT contacts in this peer's routing table (as :meth:`AddressBook.bootstrap`
+    counts them)."""
+    return sum(len(bucket) for bucket in book.server.protocol.router.buckets)
 
 
 def initial_checkpoint(settings: RunSettings) -> Checkpoint:
@@ -110,6 +187,8 @@ class Peer:
         self.aggregator: AggregatorRole | None = None
         self.follower: SuperNodeFollower | None = None
         self.ledger = (options.work_dir / LEDGER_FILE).resolve()
+        self.status_line = StatusLine() if options.status_line else None
+        self._standing: tuple[int | None, PeerStanding | None] = (None, None)
         if options.partition_id is not None:
             node_config: dict[str, int | str] = {
                 "partition-id": options.partition_id,
@@ -225,11 +304,36 @@ class Peer:
                 and not self._holding()
             ):
                 await self._follow(lease)
+            self._show_status()
             if lease is None and not self._holding():
                 started_waiting = started if lapsed_since is None else lapsed_since
                 if now - started_waiting > self.options.lease_timeout:
                     raise PeerError(self._no_lease_reason())
             await asyncio.sleep(self.options.poll_interval)
+
+    def status(self) -> PeerStatus:
+        """Where this peer and its federation stand (the status line's content)."""
+        if self._holding():
+            role = AGGREGATOR
+        elif self.aggregator is not None:
+            role = STANDBY if self.follower is None else f"{PARTICIPANT}, {STANDBY}"
+        else:
+            role = PARTICIPANT
+        last_round = None if self.last_lease is None else self.last_lease.last_round
+        if self._standing[0] != last_round:  # the ledger changes once a round
+            self._standing = (last_round, standing_in(self.ledger, self.me))
+        return PeerStatus(
+            federation=self.genesis.federation_id,
+            role=role,
+            last_round=last_round,
+            rounds=self.rounds,
+            peers_seen=peers_seen(self.book),
+            standing=self._standing[1],
+        )
+
+    def _show_status(self) -> None:
+        if self.status_line is not None:
+            self.status_line.show(self.status())
 
     async def _superlink_refuses(self, lease: Lease) -> bool:
         """Whether ``lease``'s SuperLink refuses connections, so its holder is dead
@@ -398,6 +502,8 @@ class Peer:
 
     async def close(self) -> None:
         """Stop every child process and server this peer started."""
+        if self.status_line is not None:
+            self.status_line.close()
         if self.follower is not None:
             self.follower.stop()
         if self.aggregator is not None:
