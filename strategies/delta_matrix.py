@@ -236,7 +236,6 @@ class DeltaMatrix:  # pylint: disable=too-many-instance-attributes
         """``diag(s)(X_R − 1oᵀ)`` on columns ``[start, stop)`` written into ``out``."""
         bounds = self._bounds
         first = int(np.searchsorted(bounds, start, side="right")) - 1
-        origin = None if self._origin is None else self._origin[start:stop]
         for target, source in zip(out, self._rows, strict=True):
             pieces = self._sources[source]
             piece = first
@@ -244,16 +243,15 @@ class DeltaMatrix:  # pylint: disable=too-many-instance-attributes
             while position < stop:
                 low, high = int(bounds[piece]), int(bounds[piece + 1])
                 end = min(stop, high)
-                segment = pieces[piece][position - low : end - low]
-                part = target[position - start : end - start]
-                if origin is None:
-                    part[...] = segment
-                else:
-                    np.subtract(
-                        segment, origin[position - start : end - start], out=part
-                    )
+                # A cast copy per row, then one broadcast subtraction for the block:
+                # half the time of a mixed-dtype subtraction per row (same values).
+                target[position - start : end - start] = pieces[piece][
+                    position - low : end - low
+                ]
                 position = end
                 piece += 1
+        if self._origin is not None:
+            out -= self._origin[start:stop]
         if self._scales is not None:
             out *= self._scales[:, None]
         return out
