@@ -644,6 +644,14 @@ def run_large(
                 console.print(f"[red]{name} failed[/red]: {done.stderr[-400:]}")
                 continue
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    write_large_results(rows, console, out)
+    return rows
+
+
+def write_large_results(
+    rows: list[dict[str, Any]], console: Console, out: Path = RESULTS
+) -> None:
+    """Add the ratio to Flower's FedAvg, print the table, write the JSON."""
     fedavg = {
         (row["n"], row["d"]): row["median_s"]
         for row in rows
@@ -692,7 +700,6 @@ def run_large(
     (out / "aggregation_large.json").write_text(
         json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
-    return rows
 
 
 def main() -> None:
