@@ -37,6 +37,9 @@ import numpy as np
 STREAM_ELEMENTS = 1 << 18
 """Values per ``(k, c)`` block of the streamed reductions (2 MiB of float64)."""
 
+STREAM_MIN_COLUMNS = 4096
+"""Narrowest block of the streamed reductions (32 MiB of scratch at 1,000 rows)."""
+
 GATHER_ELEMENTS = 1 << 20
 """Values per ``(k, c)`` block of :meth:`DeltaMatrix.column_blocks` (8 MiB)."""
 
@@ -272,8 +275,9 @@ class DeltaMatrix:  # pylint: disable=too-many-instance-attributes
         wanted = np.asarray(indices, dtype=np.intp).ravel()
         if wanted.size and (wanted.min() < 0 or wanted.max() >= self.shape[1]):
             raise IndexError("column index out of range")
-        order = np.argsort(wanted, kind="stable")
-        ordered = wanted[order]
+        ascending = bool(np.all(wanted[1:] >= wanted[:-1]))
+        order = None if ascending else np.argsort(wanted, kind="stable")
+        ordered = wanted if order is None else wanted[order]
         base = np.empty((self._rows.shape[0], wanted.size))
         bounds = self._bounds
         cuts = np.searchsorted(ordered, bounds)
@@ -290,6 +294,8 @@ class DeltaMatrix:  # pylint: disable=too-many-instance-attributes
             base *= self._scales[:, None]
         if self._mixing is not None:
             base = self._mixing @ base
+        if order is None:  # sorted already (sketch coordinates): no second copy
+            return base
         result = np.empty_like(base)
         result[:, order] = base
         return result
@@ -304,7 +310,9 @@ class DeltaMatrix:  # pylint: disable=too-many-instance-attributes
     def _stream(self, reduce: Any) -> list[Any]:
         """``reduce(start, stop, scratch)`` over blocks of columns on worker threads."""
         columns = self.shape[1]
-        width = max(256, STREAM_ELEMENTS // self._rows.shape[0])
+        # At least STREAM_MIN_COLUMNS: with a thousand rows, cache-sized blocks are
+        # so narrow that a row copy per block costs more in calls than in bytes.
+        width = max(STREAM_MIN_COLUMNS, STREAM_ELEMENTS // self._rows.shape[0])
         spans = [
             (start, min(start + width, columns)) for start in range(0, columns, width)
         ]
