@@ -79,8 +79,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MEMORY_FACTOR = 7.0
 """Peak resident bytes per byte of float32 input, estimated for the whole run.
 
-The input (×1), our float64 working copy (×2), the reply messages (×1) and Flower's
-stacked float32 layers and temporaries (×~3) are alive at about the same time.
+Estimated for the tracemalloc mode: the input (×1), the reply messages (×1), Flower's
+stacked float32 layers and temporaries (×~3) and our own blocks (a small fraction)
+are alive at about the same time.
 """
 
 
