@@ -7,8 +7,18 @@ parameters: a plain numpy weighted mean (the floor), each rule of
 (the path a real round takes, records and all).
 
     .venv/bin/python benchmarks/aggregation_speed.py               # 50 × 1M, ~1-2 min
-    .venv/bin/python benchmarks/aggregation_speed.py --large       # also 100 × 10M
+    .venv/bin/python benchmarks/aggregation_speed.py --large       # 100 × 11M, 25.6M
     .venv/bin/python benchmarks/aggregation_speed.py --only krum   # name filter
+
+``--large`` measures strategies only (ours and Flower's, on reply messages), each in
+a fresh subprocess so that its peak resident memory is its own: the child builds the
+replies one client at a time (never the whole float32 matrix beside them), samples
+its resident set every few milliseconds during the call, and reports the peak above
+what it held just before (the replies, the reference). With ``--repeats`` above 1 the
+time is the median of the calls after the first (which pays for lazy imports). Sizes
+that would not fit in the memory available now are skipped (``MemAvailable``, with
+the factor measured for the hungriest contender). Writes
+``benchmarks/results/aggregation_large.json``.
 
 Reports, per contender: median seconds over ``--repeats`` timed runs, two ratios —
 to the numpy weighted mean (the floor for a rule on a ready matrix) and to Flower's
@@ -34,6 +44,9 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterable, Sequence
@@ -66,8 +79,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MEMORY_FACTOR = 7.0
 """Peak resident bytes per byte of float32 input, estimated for the whole run.
 
-The input (×1), our float64 working copy (×2), the reply messages (×1) and Flower's
-stacked float32 layers and temporaries (×~3) are alive at about the same time.
+Estimated for the tracemalloc mode: the input (×1), the reply messages (×1), Flower's
+stacked float32 layers and temporaries (×~3) and our own blocks (a small fraction)
+are alive at about the same time.
 """
 
 
@@ -450,11 +464,260 @@ def write_results(
     return csv_path
 
 
+# ---------------------------------------------------------------- --large, isolated
+
+LARGE_SIZES = ((100, 11_000_000), (100, 25_600_000))
+"""ResNet-18 and ResNet-50 per client, 100 clients."""
+
+LARGE_EXTRA_FACTOR = 1.5
+"""Bytes a contender may need beyond the replies, per byte of replies (Flower's
+FedMedian stacks every reply: ~1.2 measured), used to skip sizes that cannot fit."""
+
+
+def large_strategies(f: int) -> dict[str, tuple[str, Callable[[], Any]]]:
+    """Name → (family, factory) of the strategies ``--large`` times."""
+    import strategies as ours
+
+    return {
+        "ScreenedFedAvg": ("ours", ScreenedFedAvg),
+        "TrustedFedAvg (default pipeline)": ("ours", TrustedFedAvg),
+        "DetectorsOnlyFedAvg": ("ours", ours.DetectorsOnlyFedAvg),
+        "CentralDP(TrustedFedAvg)": (
+            "ours",
+            lambda: ours.CentralDP(TrustedFedAvg(), noise_multiplier=1.0, seed=0),
+        ),
+        "Median": ("ours", ours.Median),
+        "TrimmedMean(β=0.2)": ("ours", lambda: ours.TrimmedMean(beta=0.2)),
+        "GeometricMedian": ("ours", ours.GeometricMedian),
+        "CenteredClipping": ("ours", lambda: ours.CenteredClipping(tau=1.0)),
+        f"Krum(f={f})": ("ours", lambda: ours.Krum(num_malicious_nodes=f)),
+        f"Bulyan(f={f})": ("ours", lambda: ours.Bulyan(num_malicious_nodes=f)),
+        "FedAvg": ("flower", flower.FedAvg),
+        "FedMedian": ("flower", flower.FedMedian),
+        f"Krum(f={f}) ": ("flower", lambda: flower.Krum(num_malicious_nodes=f)),
+    }
+
+
+def replies_one_by_one(n: int, d: int, seed: int) -> list[Message]:
+    """:func:`build_replies` of :func:`make_workload`'s kind of batch, one client at
+    a time: only the replies (and one row) are ever alive."""
+    TaskIdentity.run_id = 1
+    TaskIdentity.task_id = 1
+    TaskIdentity.node_id = 1
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal(d, dtype=np.float32)
+    bounds = np.cumsum((0, *split_into_layers(d)))
+    replies = []
+    for node_id in range(1, n + 1):
+        row = rng.standard_normal(d, dtype=np.float32)
+        row *= np.float32(0.01)
+        row += base
+        arrays = ArrayRecord(
+            {
+                f"layer{k}": Array(row[bounds[k] : bounds[k + 1]])
+                for k in range(len(bounds) - 1)
+            }
+        )
+        del row
+        content = RecordDict(
+            {
+                ARRAYS_KEY: arrays,
+                METRICS_KEY: MetricRecord(
+                    {NUM_EXAMPLES_KEY: int(rng.integers(50, 500))}
+                ),
+            }
+        )
+        instruction = Message(RecordDict(), dst_node_id=node_id, message_type="train")
+        replies.append(Message(content, reply_to=instruction))
+    return replies
+
+
+def resident_bytes() -> int:
+    """This process's resident set now (``/proc/self/statm``)."""
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakSampler:
+    """Largest resident set seen while the ``with`` block runs (sampled every 2 ms)."""
+
+    def __init__(self) -> None:
+        self.peak = resident_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, resident_bytes())
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, resident_bytes())
+
+
+def measure_isolated(name: str, n: int, d: int, f: int, repeats: int) -> dict[str, Any]:
+    """In this (fresh) process: seconds and peak extra resident bytes of ``name``."""
+    family, factory = large_strategies(f)[name]
+    seconds: list[float] = []
+    extra = 0
+    for _ in range(repeats):
+        replies = replies_one_by_one(n, d, seed=0)
+        strategy = factory()
+        if family == "ours":
+            strategy.set_reference(
+                {
+                    f"layer{k}": np.zeros(size, dtype=np.float32)
+                    for k, size in enumerate(split_into_layers(d))
+                }
+            )
+        gc.collect()
+        before = resident_bytes()
+        with PeakSampler() as sampler:
+            started = time.perf_counter()
+            arrays, _ = strategy.aggregate_train(1, replies)
+            seconds.append(time.perf_counter() - started)
+        if arrays is None:
+            raise RuntimeError(f"{name} did not aggregate")
+        extra = max(extra, sampler.peak - before)
+        del replies, strategy, arrays
+        gc.collect()
+    return {
+        "name": name.strip(),
+        "family": family,
+        "n": n,
+        "d": d,
+        "repeats": repeats,
+        "seconds": seconds,
+        # The first call of a process pays for lazy imports and first-touch pages:
+        # with repeats, the later calls are the round time of a running server.
+        "median_s": statistics.median(seconds[1:] if len(seconds) > 1 else seconds),
+        "peak_extra_bytes": extra,
+        "replies_bytes": 4 * n * d,
+        "extra_per_reply_byte": extra / (4 * n * d),
+    }
+
+
+def run_large(
+    sizes: Sequence[tuple[int, int]],
+    byzantine: int,
+    repeats: int,
+    only: str,
+    console: Console,
+    out: Path,
+) -> list[dict[str, Any]]:
+    """Every ``--large`` contender in its own subprocess, at every size that fits."""
+    rows: list[dict[str, Any]] = []
+    for n, d in sizes:
+        available = available_memory_bytes() or 0
+        needed = (1 + LARGE_EXTRA_FACTOR) * 4 * n * d
+        if needed > 0.8 * available:
+            console.print(
+                f"[yellow]skipping {n} × {d:,}: needs ~{needed / 2**30:.1f} GiB, "
+                f"{available / 2**30:.1f} GiB available[/yellow]"
+            )
+            continue
+        f = min(byzantine, (n - 3) // 4)
+        for name in large_strategies(f):
+            if only.lower() not in name.lower():
+                continue
+            console.log(f"{n} × {d:,}: {name}")
+            command = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--isolated",
+                name,
+                "--clients",
+                str(n),
+                "--params",
+                str(d),
+                "--byzantine",
+                str(f),
+                "--repeats",
+                str(repeats),
+            ]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                console.print(f"[red]{name} failed[/red]: {done.stderr[-400:]}")
+                continue
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    write_large_results(rows, console, out)
+    return rows
+
+
+def write_large_results(
+    rows: list[dict[str, Any]], console: Console, out: Path = RESULTS
+) -> None:
+    """Add the ratio to Flower's FedAvg, print the table, write the JSON."""
+    fedavg = {
+        (row["n"], row["d"]): row["median_s"]
+        for row in rows
+        if row["family"] == "flower" and row["name"] == "FedAvg"
+    }
+    for row in rows:
+        reference = fedavg.get((row["n"], row["d"]))
+        row["ratio_to_flower_fedavg"] = (
+            None if reference is None else row["median_s"] / reference
+        )
+    table = Table(title="--large: one aggregate_train per fresh process")
+    for header in (
+        "family",
+        "strategy",
+        "n × d",
+        "s",
+        "× FedAvg",
+        "extra GiB",
+        "× replies",
+    ):
+        table.add_column(header, justify="left" if header == "strategy" else "right")
+    for row in rows:
+        ratio = row["ratio_to_flower_fedavg"]
+        table.add_row(
+            row["family"],
+            row["name"],
+            f"{row['n']} × {row['d']:,}",
+            f"{row['median_s']:.2f}",
+            "–" if ratio is None else f"{ratio:.2f}",
+            f"{row['peak_extra_bytes'] / 2**30:.2f}",
+            f"{row['extra_per_reply_byte']:.2f}",
+        )
+    console.print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "memory_metric": "peak resident bytes during the call above those before it "
+        "(sampled every 2 ms), fresh process per contender",
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "numpy": np.__version__,
+        },
+        "rows": rows,
+    }
+    (out / "aggregation_large.json").write_text(
+        json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--params", type=int, default=1_000_000)
-    parser.add_argument("--large", action="store_true", help="also 100 × 10M")
+    parser.add_argument(
+        "--large",
+        action="store_true",
+        help="strategies at 100 × 11M and 100 × 25.6M, one subprocess each",
+    )
+    parser.add_argument(
+        "--large-sizes",
+        default="",
+        help="N×D,N×D… in place of --large's sizes (e.g. 50x1000000)",
+    )
+    parser.add_argument("--isolated", default="", help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--byzantine", type=int, default=10, help="f for Krum/Bulyan")
     parser.add_argument("--beta", type=float, default=0.2, help="trim fraction")
@@ -468,9 +731,29 @@ def main() -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)
     console = Console(width=110)
 
+    if args.isolated:
+        measured = measure_isolated(
+            args.isolated, args.clients, args.params, args.byzantine, args.repeats
+        )
+        print(json.dumps(measured))
+        return
+    if args.large or args.large_sizes:
+        sizes_large = (
+            [
+                (int(n), int(d))
+                for n, d in (
+                    size.lower().split("x") for size in args.large_sizes.split(",")
+                )
+            ]
+            if args.large_sizes
+            else list(LARGE_SIZES)
+        )
+        run_large(
+            sizes_large, args.byzantine, args.repeats, args.only, console, args.out
+        )
+        return
+
     sizes = [(args.clients, args.params)]
-    if args.large:
-        sizes.append((100, 10_000_000))
     rows: list[Measurement] = []
     for n, d in sizes:
         fits, detail = fits_in_memory(n, d)

@@ -5,10 +5,12 @@ Research Framework for Robust Federated Learning", 2024): configure it once, cal
 on a batch.
 
 * Input ``updates``: an ``(n, d)`` :class:`numpy.ndarray`, an ``(n, d)`` torch tensor,
-  or a sequence of ``n`` one-dimensional vectors (numpy arrays, tensors or lists).
-  It is never modified. All arithmetic is float64, done over column blocks of at most
-  :data:`BLOCK_ELEMENTS` values converted on the fly, so a float32 batch is never
-  copied whole into float64 and scratch memory stays bounded whatever ``d`` is.
+  a sequence of ``n`` one-dimensional vectors (numpy arrays, tensors or lists), or a
+  :class:`~strategies.delta_matrix.DeltaMatrix` (a strategy's deltas, read from the
+  replies block by block). It is never modified. All arithmetic is float64, done over
+  column blocks of at most :data:`BLOCK_ELEMENTS` values (a DeltaMatrix: its own
+  blocks) converted on the fly, so a float32 batch is never copied whole into float64
+  and scratch memory stays bounded whatever ``d`` is.
 * Optional ``weights``: ``(n,)`` non-negative, not all zero, normalised internally.
   Rules whose definition has no weights raise :class:`ValueError` when given some,
   rather than silently ignoring a caller's reputation or example counts.
@@ -33,6 +35,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+
+from strategies.delta_matrix import DeltaMatrix, Deltas
 
 UpdatesLike = npt.ArrayLike | Sequence[Any] | Any
 """An ``(n, d)`` array, an ``(n, d)`` torch tensor, or ``n`` one-dimensional vectors."""
@@ -70,12 +74,12 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(_to_array(value), dtype=np.float64)
 
 
-def as_update_matrix(updates: UpdatesLike) -> np.ndarray:
+def as_update_matrix(updates: UpdatesLike) -> Deltas:
     """Read a batch of updates as a finite ``(n, d)`` floating-point matrix.
 
     float32 and float64 data are kept as they are (a view where possible: the
     arithmetic converts column blocks to float64 later); any other dtype is read as
-    float64.
+    float64. A :class:`~strategies.delta_matrix.DeltaMatrix` stays lazy.
 
     Parameters
     ----------
@@ -84,14 +88,21 @@ def as_update_matrix(updates: UpdatesLike) -> np.ndarray:
 
     Returns
     -------
-    np.ndarray
-        ``(n, d)`` float32 or float64 view or copy; treat it as read-only.
+    Deltas
+        ``(n, d)`` float32 or float64 view or copy (or the DeltaMatrix); treat it
+        as read-only.
 
     Raises
     ------
     ValueError
         If the batch is empty, not two-dimensional, ragged or not finite.
     """
+    if isinstance(updates, DeltaMatrix):
+        if updates.shape[1] == 0:
+            raise ValueError(f"updates must be non-empty, got shape {updates.shape}")
+        if not updates.all_finite():
+            raise ValueError("updates contain NaN or infinite values")
+        return updates
     if isinstance(updates, Sequence) and not isinstance(updates, str | bytes):
         if len(updates) == 0:
             raise ValueError("updates is empty: need at least one update")
@@ -174,12 +185,22 @@ def column_blocks(n: int, d: int) -> Iterator[slice]:
         yield slice(start, min(start + width, d))
 
 
+def matrix_blocks(matrix: Deltas) -> Iterator[slice]:
+    """The column blocks to read ``matrix`` in: :func:`column_blocks`, or a
+    DeltaMatrix's own (larger: each of its blocks gathers ``n`` row pieces)."""
+    if isinstance(matrix, DeltaMatrix):
+        return matrix.column_blocks()
+    return column_blocks(*matrix.shape)
+
+
 def _float64(block: np.ndarray) -> np.ndarray:
     return np.asarray(block, dtype=np.float64)
 
 
-def weighted_sum(matrix: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+def weighted_sum(matrix: Deltas, coefficients: np.ndarray) -> np.ndarray:
     """``Σ_i c_i x_i`` in float64, block by block (no float64 copy of the batch)."""
+    if isinstance(matrix, DeltaMatrix):
+        return matrix.weighted_sum(coefficients)
     n, d = matrix.shape
     total = np.empty(d)
     for columns in column_blocks(n, d):
@@ -188,12 +209,11 @@ def weighted_sum(matrix: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
 
 
 def columnwise(
-    matrix: np.ndarray, reduce: Callable[[np.ndarray], np.ndarray]
+    matrix: Deltas, reduce: Callable[[np.ndarray], np.ndarray]
 ) -> np.ndarray:
     """Apply a per-coordinate reduction ``(n, c) → (c,)`` to float64 column blocks."""
-    n, d = matrix.shape
-    result = np.empty(d)
-    for columns in column_blocks(n, d):
+    result = np.empty(matrix.shape[1])
+    for columns in matrix_blocks(matrix):
         result[columns] = reduce(_float64(matrix[:, columns]))
     return result
 
@@ -236,9 +256,9 @@ def pairwise_squared_distances(updates: UpdatesLike) -> np.ndarray:
         ``(n, n)`` symmetric float64 matrix with an exactly zero diagonal.
     """
     matrix = as_update_matrix(updates)
-    n, d = matrix.shape
+    n = matrix.shape[0]
     distances = np.zeros((n, n))
-    for columns in column_blocks(n, d):
+    for columns in matrix_blocks(matrix):
         block = _float64(matrix[:, columns])
         for i in range(n - 1):
             differences = block[i + 1 :] - block[i]
@@ -246,12 +266,12 @@ def pairwise_squared_distances(updates: UpdatesLike) -> np.ndarray:
     return distances + distances.T
 
 
-def distances_to_point(updates: np.ndarray, point: np.ndarray) -> np.ndarray:
+def distances_to_point(updates: Deltas, point: np.ndarray) -> np.ndarray:
     """Euclidean distances ``‖x_i − point‖`` from explicit differences.
 
     Parameters
     ----------
-    updates : np.ndarray
+    updates : Deltas
         ``(n, d)`` matrix from :func:`as_update_matrix`.
     point : np.ndarray
         ``(d,)`` float64 vector.
@@ -261,9 +281,8 @@ def distances_to_point(updates: np.ndarray, point: np.ndarray) -> np.ndarray:
     np.ndarray
         ``(n,)`` float64 distances.
     """
-    n, d = updates.shape
-    squared = np.zeros(n)
-    for columns in column_blocks(n, d):
+    squared = np.zeros(updates.shape[0])
+    for columns in matrix_blocks(updates):
         differences = _float64(updates[:, columns]) - point[columns]
         squared += np.einsum("ij,ij->i", differences, differences)
     return np.sqrt(squared)
@@ -393,7 +412,7 @@ def weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.take_along_axis(rows, chosen, axis=-1)[..., 0]
 
 
-def weighted_coordinate_median(matrix: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def weighted_coordinate_median(matrix: Deltas, weights: np.ndarray) -> np.ndarray:
     """:func:`weighted_median` of every column, in column blocks.
 
     Equal weights take a partial sort (``np.partition``, ``O(n)`` per column), about
@@ -434,7 +453,7 @@ class WeiszfeldSpace(Protocol):
 class RowSpace:
     """:class:`WeiszfeldSpace` of the rows themselves: estimates are points of R^d."""
 
-    updates: np.ndarray
+    updates: Deltas
 
     def distances(self, estimate: np.ndarray) -> np.ndarray:
         return distances_to_point(self.updates, estimate)
@@ -480,7 +499,7 @@ def weiszfeld_iterations(
 
 
 def weiszfeld(
-    updates: np.ndarray,
+    updates: Deltas,
     weights: np.ndarray,
     nu: float,
     max_iterations: int,
@@ -685,7 +704,7 @@ class MultiKrum:
         """Indices of the ``m`` kept updates, best first (see :func:`krum_ranking`)."""
         return self._select(as_update_matrix(updates))
 
-    def _select(self, matrix: np.ndarray) -> np.ndarray:
+    def _select(self, matrix: Deltas) -> np.ndarray:
         self._check_size(matrix.shape[0])
         return krum_ranking(pairwise_squared_distances(matrix), self.f)[: self.m]
 
@@ -763,7 +782,7 @@ class Bulyan:
         """Indices of the ``θ = n − 2f`` updates in the order Krum chose them."""
         return self._select(as_update_matrix(updates))
 
-    def _select(self, matrix: np.ndarray) -> np.ndarray:
+    def _select(self, matrix: Deltas) -> np.ndarray:
         n = matrix.shape[0]
         if n < 4 * self.f + 3:
             raise ValueError(

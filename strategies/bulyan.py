@@ -16,6 +16,7 @@ from strategies.base import (
     InsufficientReplies,
     ScreenedFedAvgOptions,
 )
+from strategies.delta_matrix import Deltas
 from strategies.robust_rule import RobustRuleFedAvg
 
 
@@ -27,7 +28,7 @@ class BulyanSelection:
     rule: aggregators.Bulyan
 
     def decide(
-        self, deltas: np.ndarray, weights: np.ndarray, previous: np.ndarray | None
+        self, deltas: Deltas, weights: np.ndarray, previous: np.ndarray | None
     ) -> AggregationOutcome:
         rows = deltas.shape[0]
         needed = 4 * self.rule.f + 3
@@ -37,7 +38,11 @@ class BulyanSelection:
             )
         selected = self.rule.select(deltas)
         keep = len(selected) - 2 * self.rule.f
-        delta = aggregators.closest_to_median_mean(deltas[selected], keep)
+        # Coordinate-wise, so column blocks give the same values as the whole rows.
+        delta = aggregators.columnwise(
+            deltas,
+            lambda block: aggregators.closest_to_median_mean(block[selected], keep),
+        )
         return AggregationOutcome.select(
             delta, rows, selected, "not selected by Bulyan"
         )

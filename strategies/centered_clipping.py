@@ -12,6 +12,7 @@ import numpy as np
 
 from strategies import aggregators
 from strategies.base import AggregationOutcome, ScreenedFedAvgOptions
+from strategies.delta_matrix import Deltas
 from strategies.robust_rule import RobustRuleFedAvg
 
 
@@ -25,7 +26,7 @@ class ClippingAroundHistory:
     use_history: bool = True
 
     def decide(
-        self, deltas: np.ndarray, weights: np.ndarray, previous: np.ndarray | None
+        self, deltas: Deltas, weights: np.ndarray, previous: np.ndarray | None
     ) -> AggregationOutcome:
         center = previous if self.use_history else None
         delta = self.rule.with_center(center)(deltas)

@@ -37,25 +37,45 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from logging import INFO
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.supercore import log
 
 from strategies.base import AggregationOutcome, ScreenedFedAvg, UpdateBatch
+from strategies.delta_matrix import DeltaMatrix, Deltas
 from strategies.wrapping import StrategyWrapper
 
 
-def clip_rows(deltas: np.ndarray, clip_norm: float) -> tuple[np.ndarray, np.ndarray]:
+@overload
+def clip_rows(
+    deltas: DeltaMatrix, clip_norm: float
+) -> tuple[DeltaMatrix, np.ndarray]: ...
+
+
+@overload
+def clip_rows(
+    deltas: np.ndarray, clip_norm: float
+) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def clip_rows(deltas: Deltas, clip_norm: float) -> tuple[Deltas, np.ndarray]:
     """Scale each row to L2 norm at most ``clip_norm``: x · min(1, C / ‖x‖).
 
-    Returns the clipped copy and the original norms (the input is not modified).
+    Returns the clipped rows and the original norms (the input is not modified). A
+    :class:`~strategies.delta_matrix.DeltaMatrix` is clipped lazily (its rows
+    scaled when read), so no clipped copy of the batch is ever held.
     """
     if clip_norm <= 0:
         raise ValueError(f"clip_norm must be > 0, got {clip_norm}")
-    norms = np.linalg.norm(deltas, axis=1)
+    if isinstance(deltas, DeltaMatrix):
+        norms = deltas.row_norms()
+    else:
+        norms = np.linalg.norm(deltas, axis=1)
     scale = np.minimum(1.0, clip_norm / np.maximum(norms, np.finfo(np.float64).tiny))
+    if isinstance(deltas, DeltaMatrix):
+        return deltas.scaled(scale), norms
     return deltas * scale[:, None], norms
 
 
@@ -276,7 +296,6 @@ class CentralDP(StrategyWrapper):
         """
         clip_norm = self.clipping.clip_norm
         clipped, norms = clip_rows(batch.deltas, clip_norm)
-        clipped.setflags(write=False)
         judged = self.strategy.aggregate_updates(
             server_round, replace(batch, deltas=clipped)
         )
@@ -294,7 +313,7 @@ class CentralDP(StrategyWrapper):
         # outcome reports them normalised, the aggregate keeps the shrinkage.
         total = float(shares.sum())
         return AggregationOutcome(
-            delta=shares @ clipped + noise,
+            delta=clipped.weighted_sum(shares) + noise,
             weights=shares / total if total > 0 else shares,
             verdicts=judged.verdicts,
             reasons=judged.reasons,

@@ -14,6 +14,7 @@ from flwr.supercore import log
 
 from strategies import aggregators
 from strategies.base import AggregationOutcome, ScreenedFedAvgOptions
+from strategies.delta_matrix import Deltas
 from strategies.robust_rule import RobustRuleFedAvg
 
 DISTANCE_SCORE = "distance_to_geometric_median"
@@ -39,7 +40,7 @@ class WeiszfeldShares:
     rule: aggregators.GeometricMedian
 
     def decide(
-        self, deltas: np.ndarray, weights: np.ndarray, previous: np.ndarray | None
+        self, deltas: Deltas, weights: np.ndarray, previous: np.ndarray | None
     ) -> AggregationOutcome:
         delta, iterations = self.rule.solve(deltas)
         distances = aggregators.distances_to_point(deltas, delta)

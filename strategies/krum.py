@@ -16,6 +16,7 @@ from strategies.base import (
     InsufficientReplies,
     ScreenedFedAvgOptions,
 )
+from strategies.delta_matrix import Deltas
 from strategies.robust_rule import RobustRuleFedAvg
 
 KRUM_SCORE = "krum_score"
@@ -31,7 +32,7 @@ class KrumSelection:
     label: str = "Multi-Krum"
 
     def decide(
-        self, deltas: np.ndarray, weights: np.ndarray, previous: np.ndarray | None
+        self, deltas: Deltas, weights: np.ndarray, previous: np.ndarray | None
     ) -> AggregationOutcome:
         rows = deltas.shape[0]
         needed = max(2 * self.rule.f + 3, self.rule.m)
@@ -44,8 +45,12 @@ class KrumSelection:
         # are exactly the rule's; the distances are cheap next to a training round.
         scores = self.rule.scores(deltas)
         selected = self.rule.select(deltas)
+        # The mean of the selected rows as one weighted sum over all of them: no
+        # copy of the selection.
+        shares = np.zeros(rows)
+        shares[selected] = 1.0 / len(selected)
         return AggregationOutcome.select(
-            deltas[selected].mean(axis=0),
+            aggregators.weighted_sum(deltas, shares),
             rows,
             selected,
             f"not selected by {self.label}",

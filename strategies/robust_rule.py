@@ -36,6 +36,7 @@ from strategies.base import (
     UpdateBatch,
     uniform_weights,
 )
+from strategies.delta_matrix import Deltas
 
 PreAggregator = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 """``(deltas (n, d), weights (n,)) -> (deltas (k, d), weights (k,))``, run before the
@@ -47,14 +48,15 @@ class RoundRule(Protocol):
     """A robust rule that decides about every row of a round."""
 
     def decide(
-        self, deltas: np.ndarray, weights: np.ndarray, previous: np.ndarray | None
+        self, deltas: Deltas, weights: np.ndarray, previous: np.ndarray | None
     ) -> AggregationOutcome:
         """The aggregate of ``deltas`` and every row's verdict, reason, score, weight.
 
         Parameters
         ----------
-        deltas : np.ndarray
-            ``(n, d)`` float64 rows, read-only.
+        deltas : Deltas
+            ``(n, d)`` float64 rows, read-only (a strategy's lazy
+            :class:`~strategies.delta_matrix.DeltaMatrix`).
         weights : np.ndarray
             ``(n,)`` shares of the rows (uniform unless a pre-aggregator set them).
         previous : np.ndarray | None
@@ -84,7 +86,7 @@ class AcceptEveryRow:
     rule: aggregators.AggregationRule
 
     def decide(
-        self, deltas: np.ndarray, weights: np.ndarray, previous: np.ndarray | None
+        self, deltas: Deltas, weights: np.ndarray, previous: np.ndarray | None
     ) -> AggregationOutcome:
         uniform = bool(np.all(weights == weights[0]))
         if uniform or not self.rule.supports_weights:
@@ -148,7 +150,9 @@ class RobustRuleFedAvg(ScreenedFedAvg):
         if self.preaggregator is None:
             outcome = self.rule.decide(batch.deltas, shares, previous)
         else:
-            mixed, mixed_shares = self.preaggregator(batch.deltas, shares)
+            # A pre-aggregator is any callable on an ndarray: it gets the float64
+            # matrix (8·n·d bytes; the rules alone read the deltas in blocks).
+            mixed, mixed_shares = self.preaggregator(batch.deltas.to_array(), shares)
             outcome = self.rule.decide(mixed, mixed_shares, previous)
             if mixed.shape[0] != batch.size:
                 outcome = AggregationOutcome.accept_all(outcome.delta, shares)

@@ -40,6 +40,7 @@ from strategies.base import (
     ScreenedFedAvgOptions,
     UpdateBatch,
 )
+from strategies.delta_matrix import DeltaMatrix
 from strategies.detection import (
     SKETCH_COORDINATES,
     DetectionContext,
@@ -247,7 +248,7 @@ class TrustedFedAvg(ScreenedFedAvg):
         return AggregationOutcome(delta, weights, verdicts, reasons, screening.scores)
 
     def _aggregate(
-        self, deltas: np.ndarray, weights: np.ndarray, context: DetectionContext
+        self, deltas: DeltaMatrix, weights: np.ndarray, context: DetectionContext
     ) -> tuple[np.ndarray, np.ndarray]:
         """The aggregate delta and the weights reported for it."""
         used = weights > 0.0

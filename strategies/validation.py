@@ -12,15 +12,17 @@ What validation checks is *form*: records present, example count, array names,
 shapes, dtypes, finite values and (in peer mode) the signature. Whether a well-formed
 update is *plausible* (norms, directions) is for the detectors and robust rules.
 
-Nothing here mutates the reply: arrays are deserialised into fresh, read-only copies.
+Nothing here mutates the reply: arrays are read-only views on the reply's own bytes
+(no copy of the payload, see ``_decode``).
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from flwr.app import (
@@ -31,6 +33,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.common.constant import SType
 
 from strategies.records import (
     IDENTITY_ID,
@@ -67,8 +70,9 @@ class ValidReply:
     num_examples : int
         Positive number of local training examples (the FedAvg weight).
     arrays : Mapping[str, np.ndarray]
-        The model the client sent, name → read-only copy, in the reference's key
-        order (or the reply's order when there is no reference).
+        The model the client sent, name → read-only view on the reply's bytes, in
+        the reference's key order (or the reply's order when there is no
+        reference).
     update_digest : str
         :func:`strategies.records.update_sha256` of ``arrays``.
     metrics : Mapping[str, float]
@@ -311,7 +315,7 @@ def _num_examples(record: MetricRecord, key: str) -> int:
 def _read_arrays(
     record: ArrayRecord, reference: Mapping[str, np.ndarray] | None
 ) -> dict[str, np.ndarray]:
-    """Deserialise the model into read-only copies, checked against ``reference``."""
+    """Read the model as read-only views, checked against ``reference``."""
     if reference is not None:
         _check_names(list(record.keys()), list(reference.keys()))
         names = list(reference.keys())
@@ -351,30 +355,106 @@ def _read_array(name: str, array: Array, expected: np.ndarray | None) -> np.ndar
         _check_form(name, str(values.dtype), values.shape, expected)
     elif values.dtype.kind not in NUMERIC_DTYPE_KINDS:
         raise _Rejection(f"array '{name}' has non-numeric dtype {values.dtype}")
-    if values.dtype.kind == "f" and not np.isfinite(values).all():
+    if values.dtype.kind == "f" and not all_finite(values):
         raise _Rejection(f"array '{name}' contains NaN or Inf")
     values.setflags(write=False)
     return values
 
 
 def _decode(array: Array) -> np.ndarray:
-    """``array.numpy()``, retried when CPython's AST recursion check misfires.
+    """The array a reply carries, as a read-only view on the reply's own bytes.
 
-    ``np.load`` parses the ``.npy`` header with ``ast.literal_eval``. On CPython 3.11
-    the AST constructor's recursion counter is shared by threads, so two replies
+    ``Array.numpy()`` (``np.load``) copies the payload; a round of 100 ResNet-50
+    replies would then hold its 10 GB twice. A ``numpy.ndarray`` payload is a
+    ``.npy`` file, so the values are the bytes after its header:
+    :func:`numpy.frombuffer` reads them in place (``bytes`` are immutable, so the
+    view cannot change under the strategy). Anything else (another serialisation,
+    a buffer that is not ``bytes``) goes through ``Array.numpy()``.
+    """
+    data = array.data
+    if array.stype != SType.NUMPY or not isinstance(data, bytes):
+        return _load_with_retries(array)
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    shape, fortran_order, dtype = _read_header(stream, version)
+    if dtype.hasobject:
+        raise ValueError("object arrays are not accepted (they need pickle)")
+    count = math.prod(shape)
+    offset = stream.tell()
+    if len(data) - offset < count * dtype.itemsize:
+        raise ValueError(
+            f"payload holds {len(data) - offset} bytes after the header, the array "
+            f"needs {count * dtype.itemsize}"
+        )
+    values = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return values.reshape(shape, order="F" if fortran_order else "C")
+
+
+def _read_header(
+    stream: io.BytesIO, version: tuple[int, int]
+) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """The ``.npy`` header, retried when CPython's AST recursion check misfires.
+
+    ``numpy.lib.format`` parses the header with ``ast.literal_eval``. On CPython
+    3.11 the AST constructor's recursion counter is shared by threads, so two replies
     decoded at once (:class:`~strategies.base.ScreenedFedAvg` validates on several
     threads) now and then fail with a spurious ``SystemError: AST constructor
     recursion depth mismatch`` (python/cpython#106905): a valid reply was rejected
     as undecodable, about once in ten thousand fuzzed rounds
     (``tests/test_fuzz_replies.py``). The error says nothing about the payload, so
-    the decode is simply tried again; any other error is the reply's.
+    the parse is simply tried again; any other error is the reply's.
     """
+    start = stream.tell()
+    for _ in range(_DECODE_ATTEMPTS - 1):
+        try:
+            return _parse_header(stream, version)
+        except SystemError:
+            stream.seek(start)
+    return _parse_header(stream, version)
+
+
+def _parse_header(
+    stream: io.BytesIO, version: tuple[int, int]
+) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(stream)
+    if version in ((2, 0), (3, 0)):
+        return np.lib.format.read_array_header_2_0(stream)
+    raise ValueError(f"unsupported .npy format version {version}")
+
+
+def _load_with_retries(array: Array) -> np.ndarray:
+    """``array.numpy()``, retried on the spurious ``SystemError`` of
+    :func:`_read_header`."""
     for _ in range(_DECODE_ATTEMPTS - 1):
         try:
             return array.numpy()
         except SystemError:
             continue
     return array.numpy()
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """Whether a floating-point array holds no NaN or infinity, in one pass.
+
+    The float64 sum is NaN or infinite exactly when some value is, as long as it
+    cannot overflow: certain for float32 and float16 (at most ``3.4·10³⁸`` per
+    value), so the sum alone decides without the ``d``-byte mask ``np.isfinite``
+    allocates. A float64 sum that is not finite may be an overflow of finite values,
+    so then the values are checked one block at a time.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # the answer, not an error
+        total = float(np.add.reduce(values, axis=None, dtype=np.float64))
+    if math.isfinite(total):
+        return True
+    if values.dtype.itemsize <= 4:
+        return False
+    flat = values.ravel(order="K")
+    step = 1 << 20
+    return all(
+        bool(np.isfinite(flat[start : start + step]).all())
+        for start in range(0, flat.shape[0], step)
+    )
 
 
 def _check_form(

@@ -1,6 +1,7 @@
 """The detectors: one small frozen class per signal, its thresholds as fields.
 
-Every detector maps a round's ``(n, d)`` float64 deltas to ``(n,)`` scores where
+Every detector maps a round's ``(n, d)`` float64 deltas (a lazy
+:class:`~strategies.delta_matrix.DeltaMatrix` in a strategy) to ``(n,)`` scores where
 larger is more suspicious, and carries two thresholds: a score at or above
 ``downweight_at`` multiplies the reply's weight by a factor below one, a score at or
 above ``reject_at`` removes it (:class:`strategies.detection.panel.DetectorPanel`).
@@ -15,6 +16,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from strategies.delta_matrix import Deltas
 from strategies.detection.geometry import (
     centred_gram,
     clipped_mean_coefficients,
@@ -44,7 +46,7 @@ class Detector(Protocol):
         """Scores at or above this reject the reply."""
         ...
 
-    def score(self, deltas: np.ndarray, context: DetectionContext) -> np.ndarray:
+    def score(self, deltas: Deltas, context: DetectionContext) -> np.ndarray:
         """``(n,)`` float64 scores, larger is more suspicious."""
         ...
 
@@ -73,7 +75,7 @@ class NormOutlier:
     reject_at: float = 6.0
     min_relative_scale: float = 0.25
 
-    def score(self, deltas: np.ndarray, context: DetectionContext) -> np.ndarray:
+    def score(self, deltas: Deltas, context: DetectionContext) -> np.ndarray:
         context.check(deltas)
         norms = context.geometry.norms
         floor = self.min_relative_scale * float(np.median(norms))
@@ -106,7 +108,7 @@ class CosineToCentre:
     reject_at: float = 6.0
     min_scale: float = 0.02
 
-    def score(self, deltas: np.ndarray, context: DetectionContext) -> np.ndarray:
+    def score(self, deltas: Deltas, context: DetectionContext) -> np.ndarray:
         context.check(deltas)
         cosines = context.geometry.cosines_to_centre()
         return one_sided_z(cosines, self.min_scale, "lower")
@@ -146,7 +148,7 @@ class Opposition:
     reject_at: float = 0.45
     refine_at: float = 0.3
 
-    def score(self, deltas: np.ndarray, context: DetectionContext) -> np.ndarray:
+    def score(self, deltas: Deltas, context: DetectionContext) -> np.ndarray:
         context.check(deltas)
         geometry = context.geometry
         everyone = np.ones(geometry.size, dtype=bool)
@@ -182,7 +184,7 @@ class KrumDistance:
     reject_at: float = 10.0
     byzantine_fraction: float = 0.3
 
-    def score(self, deltas: np.ndarray, context: DetectionContext) -> np.ndarray:
+    def score(self, deltas: Deltas, context: DetectionContext) -> np.ndarray:
         context.check(deltas)
         n = context.geometry.size
         distances = squared_distances_from_gram(context.geometry.gram)
@@ -215,7 +217,7 @@ class Collusion:
     downweight_at: float = 0.95
     reject_at: float = 0.99
 
-    def score(self, deltas: np.ndarray, context: DetectionContext) -> np.ndarray:
+    def score(self, deltas: Deltas, context: DetectionContext) -> np.ndarray:
         context.check(deltas)
         n = context.geometry.size
         if n < 2:
@@ -266,7 +268,7 @@ class FreeRider:
     downweight_at: float = 0.9
     reject_at: float = 0.95
 
-    def score(self, deltas: np.ndarray, context: DetectionContext) -> np.ndarray:
+    def score(self, deltas: Deltas, context: DetectionContext) -> np.ndarray:
         context.check(deltas)
         norms = context.geometry.norms
         emptiness = 1.0 - safe_ratio(norms, float(np.median(norms)))
@@ -309,7 +311,7 @@ class HistoryConsistency:
     min_scale: float = 0.1
     min_population: int = 3
 
-    def score(self, deltas: np.ndarray, context: DetectionContext) -> np.ndarray:
+    def score(self, deltas: Deltas, context: DetectionContext) -> np.ndarray:
         context.check(deltas)
         scores = np.zeros(context.geometry.size)
         known = context.has_history

@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 
 from strategies import aggregators
+from strategies.delta_matrix import DeltaMatrix, Deltas
 
 MAD_TO_SIGMA = 1.4826
 """``1 / Φ⁻¹(3/4)``: scales the median absolute deviation to a normal σ."""
@@ -112,7 +113,7 @@ def cosines_from_dots(
     return np.clip(result, -1.0, 1.0)
 
 
-def row_norms(matrix: np.ndarray, workers: int | None = None) -> np.ndarray:
+def row_norms(matrix: Deltas, workers: int | None = None) -> np.ndarray:
     """Exact Euclidean norm of every row, ``√Σ_k x_ik²``, on several threads.
 
     One ``einsum`` runs on one core, while the weighted mean it is compared with
@@ -120,9 +121,12 @@ def row_norms(matrix: np.ndarray, workers: int | None = None) -> np.ndarray:
     17 ms. ``einsum`` releases the GIL, so rows are split over ``workers`` threads
     (default: the CPUs this process may use, at most 8), which brings it to 18 ms.
 
+    A :class:`~strategies.delta_matrix.DeltaMatrix` computes its own, streamed
+    over column blocks on as many threads.
+
     Parameters
     ----------
-    matrix : np.ndarray
+    matrix : Deltas
         ``(n, d)`` float64.
     workers : int | None
         Threads to use; ``None`` for the default above.
@@ -132,6 +136,8 @@ def row_norms(matrix: np.ndarray, workers: int | None = None) -> np.ndarray:
     np.ndarray
         ``(n,)`` float64 norms.
     """
+    if isinstance(matrix, DeltaMatrix):
+        return matrix.row_norms()
     rows = matrix.shape[0]
     if workers is None:
         workers = min(len(os.sched_getaffinity(0)), 8)
@@ -145,6 +151,18 @@ def row_norms(matrix: np.ndarray, workers: int | None = None) -> np.ndarray:
             [matrix[start:stop] for start, stop in pairwise(bounds)],
         )
         return np.sqrt(np.concatenate(list(parts)))
+
+
+def gram_matrix(matrix: Deltas) -> np.ndarray:
+    """``X Xᵀ`` over every coordinate: one BLAS call, or a sum over column blocks
+    of a :class:`~strategies.delta_matrix.DeltaMatrix` (never held whole)."""
+    if not isinstance(matrix, DeltaMatrix):
+        return matrix @ matrix.T
+    gram = np.zeros((matrix.shape[0], matrix.shape[0]))
+    for columns in matrix.column_blocks():
+        block = matrix.column_block(columns)
+        gram += block @ block.T
+    return gram
 
 
 def squared_distances_from_gram(gram: np.ndarray) -> np.ndarray:
@@ -343,13 +361,13 @@ class RoundGeometry:
 
     @classmethod
     def from_deltas(
-        cls, deltas: np.ndarray, sample: np.ndarray | None = None
+        cls, deltas: Deltas, sample: np.ndarray | None = None
     ) -> RoundGeometry:
         """Gram matrix (one BLAS call), exact norms and the geometric median.
 
         Parameters
         ----------
-        deltas : np.ndarray
+        deltas : Deltas
             ``(n, d)`` rows.
         sample : np.ndarray | None
             ``(n, m)`` the rows on sampled coordinates, for the Gram matrix; ``None``
@@ -361,7 +379,7 @@ class RoundGeometry:
             raise ValueError(
                 f"sample has {source.shape[0]} rows, deltas have {matrix.shape[0]}"
             )
-        gram = source @ source.T
+        gram = gram_matrix(source)
         gram = 0.5 * (gram + gram.T)  # BLAS may leave last-bit asymmetry
         gram_norms = np.sqrt(np.maximum(np.diag(gram), 0.0))
         norms = gram_norms if sample is None else row_norms(matrix)
@@ -400,8 +418,13 @@ class RoundGeometry:
         return cosines_from_dots(dots, self.gram_norms, centre_norms)
 
 
-def as_deltas(deltas: np.ndarray) -> np.ndarray:
-    matrix = np.asarray(deltas, dtype=np.float64)
+def as_deltas(deltas: Deltas) -> Deltas:
+    """``deltas`` as a float64 ndarray, or the DeltaMatrix itself (kept lazy)."""
+    matrix = (
+        deltas
+        if isinstance(deltas, DeltaMatrix)
+        else np.asarray(deltas, dtype=np.float64)
+    )
     if matrix.ndim != 2 or matrix.shape[0] == 0:
         raise ValueError(
             f"deltas must have shape (n, d) with n ≥ 1, got {matrix.shape}"

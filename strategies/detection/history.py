@@ -10,6 +10,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from strategies.delta_matrix import Deltas
+
 SKETCH_COORDINATES = 32_768
 """Coordinates sampled from each delta for pairwise geometry and history (all of
 them when ``d`` is smaller)."""
@@ -65,12 +67,13 @@ class UpdateHistory:
         """Indices of the remembered coordinates for deltas of length ``width``."""
         return sketch_coordinates(width, self.max_coordinates, self.seed)
 
-    def sketch(self, deltas: np.ndarray) -> np.ndarray:
-        """The remembered coordinates of each row: ``(n, m)``, a new array."""
+    def sketch(self, deltas: Deltas) -> np.ndarray:
+        """The remembered coordinates of each row: ``(n, m)`` float64, a new array."""
         coordinates = self.coordinates(deltas.shape[1])
         if coordinates.shape[0] == deltas.shape[1]:
-            return np.array(deltas)
-        return deltas[:, coordinates]  # fancy indexing: already a new array
+            return np.array(deltas, dtype=np.float64)
+        # Fancy indexing (of an ndarray or a DeltaMatrix): already a new array.
+        return np.asarray(deltas[:, coordinates], dtype=np.float64)
 
     def compare(
         self, identities: Sequence[str], sketches: np.ndarray, width: int

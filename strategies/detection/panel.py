@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from strategies.delta_matrix import Deltas
 from strategies.detection.detectors import Detector, default_detectors
 from strategies.detection.geometry import as_deltas
 from strategies.detection.round_context import DetectionContext
@@ -70,7 +71,7 @@ class DetectorPanel:
                     f"reject_at {detector.reject_at}"
                 )
 
-    def screen(self, deltas: np.ndarray, context: DetectionContext) -> Screening:
+    def screen(self, deltas: Deltas, context: DetectionContext) -> Screening:
         """Score every row with every detector and decide."""
         matrix = as_deltas(deltas)
         context.check(matrix)
@@ -127,7 +128,7 @@ def _fired(
 
 
 def _checked_scores(
-    detector: Detector, deltas: np.ndarray, context: DetectionContext, n: int
+    detector: Detector, deltas: Deltas, context: DetectionContext, n: int
 ) -> np.ndarray:
     scores = np.asarray(detector.score(deltas, context), dtype=np.float64)
     if scores.shape != (n,) or np.isnan(scores).any():

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from strategies.delta_matrix import Deltas
 from strategies.detection.geometry import RoundGeometry, as_deltas
 from strategies.detection.history import UpdateHistory
 
@@ -44,7 +45,7 @@ class DetectionContext:
     @classmethod
     def build(
         cls,
-        deltas: np.ndarray,
+        deltas: Deltas,
         identities: Sequence[str],
         history: UpdateHistory | None = None,
         exact_geometry: bool = False,
@@ -53,8 +54,8 @@ class DetectionContext:
 
         Parameters
         ----------
-        deltas : np.ndarray
-            ``(n, d)`` rows.
+        deltas : Deltas
+            ``(n, d)`` rows (a strategy's lazy DeltaMatrix, read in blocks).
         identities : Sequence[str]
             Identity of each row.
         history : UpdateHistory | None
@@ -92,7 +93,7 @@ class DetectionContext:
             known,
         )
 
-    def check(self, deltas: np.ndarray) -> None:
+    def check(self, deltas: Deltas) -> None:
         """Raise if this context was not built for ``deltas``."""
         if deltas.ndim != 2 or deltas.shape[0] != self.geometry.size:
             raise ValueError(
