@@ -81,6 +81,7 @@ from strategies.records import (
     METRICS_KEY,
     NUM_EXAMPLES_KEY,
 )
+from strategies.robust_stage import CovarianceFilter
 from strategies.trusted import TrustedFedAvg
 
 RESULTS = Path(__file__).resolve().parent / "results" / "robust_updates"
@@ -274,6 +275,8 @@ def our_contenders(n: int, f: int) -> list[Contender]:
         "MultiKrum": ours.MultiKrum(f=krum_f, m=n - krum_f),
         f"Bulyan (f={bulyan_f})": ours.Bulyan(f=bulyan_f),
         "CenteredClipping": ours.CenteredClipping(tau=1.0),
+        "CAF": CovarianceFilter(f=mix_f),
+        "NNM∘CAF": CovarianceFilter(f=mix_f, mix=True),
     }
     pre: dict[str, PreAggregator] = {
         "NNM": NearestNeighbourMixing(mix_f),
@@ -407,7 +410,8 @@ class MessageDriven:
 
 
 def strategy_contenders(n: int, f: int, width: int) -> list[Contender]:
-    """The default strategy (and the same with NNM∘Median as its robust rule)."""
+    """The default strategy (robust stage NNM∘CAF, ``byzantine_fraction`` 0.3, not
+    the true ``f``), its former aggregate (norm-bounded mean) and NNM∘Median."""
     mix_f = byzantine_count(f / n, n, minority_max_f)
     nnm_median = compose(NearestNeighbourMixing(mix_f), ours.CoordinateMedian())
     return [
@@ -415,6 +419,14 @@ def strategy_contenders(n: int, f: int, width: int) -> list[Contender]:
             "TrustedFedAvg",
             "strategy",
             lambda: MessageDriven(TrustedFedAvg(sketch_seed=0), width),
+            stateful=True,
+        ),
+        Contender(
+            "TrustedFedAvg(robust_rule=mean) (before)",
+            "strategy",
+            lambda: MessageDriven(
+                TrustedFedAvg(robust_rule="mean", sketch_seed=0), width
+            ),
             stateful=True,
         ),
         Contender(

@@ -262,8 +262,12 @@ def build_strategy(
     Arguments the class accepts and the config leaves unset are filled from the run:
     ``fraction_train``, ``fraction_evaluate``, ``min_available_nodes`` (all clients,
     so that no round starts before every virtual client registered),
-    ``num_malicious_nodes`` (the attack's count), and for Multi-Krum
-    ``num_nodes_to_select`` (n − f). ``extra`` is passed to the constructor as is
+    and, for Flower's built-ins only (``flwr_krum`` …, which need a count),
+    ``num_malicious_nodes`` (the attack's count) and for Multi-Krum
+    ``num_nodes_to_select`` (n − f). flp2p's own rules never get the attack's
+    count: they take ``f = ⌊byzantine_fraction · n⌋`` of each round's valid replies
+    (their config, default 0.3), so that no defence is told how many attackers the
+    run has. ``extra`` is passed to the constructor as is
     (e.g. a recorder), when the class accepts it. Nested ``_target_`` entries of the
     strategy config (e.g. its ``detectors`` list) are instantiated with Hydra first.
     With ``privacy=central`` the strategy is held by a
@@ -302,6 +306,8 @@ def build_strategy(
         "num_malicious_nodes": f,
         "num_nodes_to_select": max(1, settings.clients - f),
     }
+    if cls.__module__.split(".")[0] == "strategies":
+        del defaults["num_malicious_nodes"], defaults["num_nodes_to_select"]
     for key, value in {**defaults, **extra}.items():
         if key in accepted and key not in params:
             params[key] = value

@@ -17,7 +17,8 @@ from strategies.base import (
     ScreenedFedAvgOptions,
 )
 from strategies.delta_matrix import Deltas
-from strategies.robust_rule import RobustRuleFedAvg
+from strategies.preaggregation import bulyan_max_f
+from strategies.robust_rule import CountFromFraction, RobustRuleFedAvg
 
 
 @dataclass(frozen=True)
@@ -65,19 +66,37 @@ class Bulyan(RobustRuleFedAvg):
 
     Parameters
     ----------
-    num_malicious_nodes : int (default: 0)
-        ``f``, the number of Byzantine replies tolerated.
+    num_malicious_nodes : int | None (default: None)
+        ``f``, the number of Byzantine replies tolerated; ``None`` takes
+        ``⌊β n⌋`` of the ``n`` valid replies each round, capped at ``n ≥ 4f + 3``.
+    byzantine_fraction : float (default: 0.3)
+        ``β``, used when ``num_malicious_nodes`` is ``None``.
     **options
         Every argument of :class:`~strategies.base.ScreenedFedAvg`.
     """
 
     def __init__(
-        self, num_malicious_nodes: int = 0, **options: Unpack[ScreenedFedAvgOptions]
+        self,
+        num_malicious_nodes: int | None = None,
+        byzantine_fraction: float = 0.3,
+        **options: Unpack[ScreenedFedAvgOptions],
     ) -> None:
-        self.selection = BulyanSelection(aggregators.Bulyan(f=num_malicious_nodes))
-        super().__init__(rule=self.selection, **options)
+        self._fixed_f = num_malicious_nodes
+        if num_malicious_nodes is not None:
+            self.selection: BulyanSelection | CountFromFraction = BulyanSelection(
+                aggregators.Bulyan(f=num_malicious_nodes)
+            )
+        else:
+            self.selection = CountFromFraction(
+                lambda f, n: BulyanSelection(aggregators.Bulyan(f=f)),
+                byzantine_fraction,
+                bulyan_max_f,
+                "Bulyan",
+                "Bulyan's n ≥ 4f + 3",
+            )
+        super().__init__(rule=self.selection, byzantine_fraction=None, **options)
 
     @property
-    def num_malicious_nodes(self) -> int:
-        """``f``, the number of Byzantine replies tolerated."""
-        return self.selection.rule.f
+    def num_malicious_nodes(self) -> int | None:
+        """``f`` when fixed, ``None`` when taken from the fraction each round."""
+        return self._fixed_f

@@ -17,7 +17,8 @@ from strategies.base import (
     ScreenedFedAvgOptions,
 )
 from strategies.delta_matrix import Deltas
-from strategies.robust_rule import RobustRuleFedAvg
+from strategies.preaggregation import krum_max_f
+from strategies.robust_rule import CountFromFraction, RobustRuleFedAvg
 
 KRUM_SCORE = "krum_score"
 """Score name: sum of squared distances to the ``n − f − 2`` nearest other deltas."""
@@ -80,34 +81,63 @@ class MultiKrum(RobustRuleFedAvg):
 
     Parameters
     ----------
-    num_malicious_nodes : int (default: 0)
-        ``f``, the number of Byzantine replies tolerated.
-    num_nodes_to_select : int (default: 1)
-        ``m``, the number of deltas averaged; ``1`` is Krum.
+    num_malicious_nodes : int | None (default: None)
+        ``f``, the number of Byzantine replies tolerated; ``None`` takes it from
+        ``byzantine_fraction`` each round: ``f = ⌊β n⌋`` of the ``n`` valid
+        replies, capped at Krum's bound ``n > 2f + 2``.
+    num_nodes_to_select : int | None (default: None)
+        ``m``, the number of deltas averaged (``1`` is Krum); ``None`` for
+        ``n − f``, Multi-Krum's usual choice.
+    byzantine_fraction : float (default: 0.3)
+        ``β``, used when ``num_malicious_nodes`` is ``None``.
     **options
         Every argument of :class:`~strategies.base.ScreenedFedAvg`.
     """
 
     def __init__(
         self,
-        num_malicious_nodes: int = 0,
-        num_nodes_to_select: int = 1,
+        num_malicious_nodes: int | None = None,
+        num_nodes_to_select: int | None = None,
+        byzantine_fraction: float = 0.3,
         **options: Unpack[ScreenedFedAvgOptions],
     ) -> None:
-        self.selection = KrumSelection(
-            aggregators.MultiKrum(f=num_malicious_nodes, m=num_nodes_to_select)
+        self._fixed_f = num_malicious_nodes
+        self._fixed_m = num_nodes_to_select
+        # The rule checks what is fixed now, not in the first round.
+        aggregators.MultiKrum(
+            f=0 if num_malicious_nodes is None else num_malicious_nodes,
+            m=1 if num_nodes_to_select is None else num_nodes_to_select,
         )
-        super().__init__(rule=self.selection, **options)
+        if num_malicious_nodes is not None and num_nodes_to_select is not None:
+            self.selection: KrumSelection | CountFromFraction = KrumSelection(
+                aggregators.MultiKrum(f=num_malicious_nodes, m=num_nodes_to_select)
+            )
+        else:
+            self.selection = self._per_round(byzantine_fraction, "Multi-Krum")
+        super().__init__(rule=self.selection, byzantine_fraction=None, **options)
+
+    def _per_round(self, fraction: float, label: str) -> CountFromFraction:
+        fixed_f, fixed_m = self._fixed_f, self._fixed_m
+
+        def build(f: int, n: int) -> KrumSelection:
+            f = f if fixed_f is None else fixed_f
+            m = max(1, n - f) if fixed_m is None else fixed_m
+            rule = aggregators.Krum(f=f) if m == 1 else aggregators.MultiKrum(f, m)
+            return KrumSelection(rule, label)
+
+        return CountFromFraction(
+            build, fraction, krum_max_f, label, "Krum's n > 2f + 2"
+        )
 
     @property
-    def num_malicious_nodes(self) -> int:
-        """``f``, the number of Byzantine replies tolerated."""
-        return self.selection.rule.f
+    def num_malicious_nodes(self) -> int | None:
+        """``f`` when fixed, ``None`` when taken from the fraction each round."""
+        return self._fixed_f
 
     @property
-    def num_nodes_to_select(self) -> int:
-        """``m``, the number of deltas kept."""
-        return self.selection.rule.m
+    def num_nodes_to_select(self) -> int | None:
+        """``m`` when fixed, ``None`` for ``n − f`` each round."""
+        return self._fixed_m
 
 
 class Krum(MultiKrum):
@@ -119,17 +149,30 @@ class Krum(MultiKrum):
 
     Parameters
     ----------
-    num_malicious_nodes : int (default: 0)
-        ``f``, the number of Byzantine replies tolerated.
+    num_malicious_nodes : int | None (default: None)
+        ``f``; ``None`` takes ``⌊β n⌋`` each round, capped at ``n > 2f + 2``.
+    byzantine_fraction : float (default: 0.3)
+        ``β``, used when ``num_malicious_nodes`` is ``None``.
     **options
         Every argument of :class:`~strategies.base.ScreenedFedAvg`.
     """
 
     def __init__(
         self,
-        num_malicious_nodes: int = 0,
+        num_malicious_nodes: int | None = None,
+        byzantine_fraction: float = 0.3,
         **options: Unpack[ScreenedFedAvgOptions],
     ) -> None:
-        super().__init__(num_malicious_nodes, num_nodes_to_select=1, **options)
-        self.selection = KrumSelection(aggregators.Krum(f=num_malicious_nodes), "Krum")
+        super().__init__(
+            num_malicious_nodes,
+            num_nodes_to_select=1,
+            byzantine_fraction=byzantine_fraction,
+            **options,
+        )
+        if num_malicious_nodes is not None:
+            self.selection = KrumSelection(
+                aggregators.Krum(f=num_malicious_nodes), "Krum"
+            )
+        else:
+            self.selection = self._per_round(byzantine_fraction, "Krum")
         self.rule = self.selection

@@ -8,19 +8,27 @@ reads and writes the store.
 
 Per round, for an identity that sent a valid reply judged by the detectors:
 
-.. math:: r \\leftarrow \\mathrm{clip}_{[0, 1]}\\big((1 - \\alpha) r + \\alpha q
-          - \\pi\\,[\\text{rejected}]\\big)
+.. math:: r \\leftarrow \\begin{cases}
+          (1 - \\alpha_+) r + \\alpha_+ & \\text{accepted} \\\\
+          \\mathrm{clip}_{[0, 1]}\\big((1 - \\alpha) \\min(r, r_0) + \\alpha q
+          - \\pi\\,[\\text{rejected}]\\big) & \\text{otherwise}
+          \\end{cases}
 
-with quality ``q ∈ [0, 1]`` (1 accepted, ``downweighted_quality`` down-weighted, 0
-rejected), EMA rate ``α`` and rejection penalty ``π``: the exponentially weighted
+with quality ``q ∈ [0, 1]`` (``downweighted_quality`` down-weighted, 0 rejected),
+gain rate ``α_+`` (``gain_rate``, slow), loss rate ``α`` (``ema_rate``), initial score
+``r_0`` and rejection penalty ``π``. Losses are fast and gains slow: one flagged
+reply forfeits everything earned above ``r_0`` at once, so a sleeper that farmed a
+high tier and then turns is back on probation after the round it is caught in
+(and in that round already weighs what its detector factor and the robust stage
+allow). The arithmetic is the exponentially weighted
 trust of the reputation systems surveyed by Jøsang, Ismail & Boyd ("A survey of
 trust and reputation systems for online service provision", Decision Support
 Systems, 2007), as used for FL by Kang et al. ("Incentive Mechanism for Reliable
 Federated Learning: A Joint Optimization Approach to Combining Reputation and
 Contract Theory", IEEE IoT Journal, 2019). An absent identity's score above
 ``initial_score`` decays towards it by ``absence_decay`` per round; one below stays
-(hiding must not repair a bad name). A score under ``ban_threshold`` after an update
-bans the identity for ``ban_rounds`` rounds.
+(hiding must not repair a bad name). A score under ``ban_threshold`` after a flagged
+reply bans the identity for ``ban_rounds`` rounds.
 
 Aggregation weight of row ``i`` (before normalisation):
 
@@ -29,11 +37,18 @@ Aggregation weight of row ``i`` (before normalisation):
 
 with claimed examples ``n_i`` capped at ``γ`` (``example_cap_ratio``) times the
 median claim, tier multiplier ``m`` and detector factor ``f_i``. Identities with fewer
-than ``probation_rounds`` accepted rounds are on probation: together they get at most
-``probation_share`` of the total weight whenever an established identity
-contributes, so a swarm of fresh Sybils cannot outvote a few known clients
-(Douceur, "The Sybil Attack", IPTPS 2002, shows identities cannot be made costly
-without a trusted party; bounding their joint influence is what remains).
+than ``probation_rounds`` accepted rounds or a score under ``graduation_score`` are on
+probation (earned, not served: at ``gain_rate`` 0.05 a newcomer needs 5 clean
+rounds to reach 0.6): together they get at most ``probation_share`` of the total
+weight whenever an established identity contributes, so a swarm of fresh Sybils
+cannot outvote a few known clients (Douceur, "The Sybil Attack", IPTPS 2002, shows
+identities cannot be made costly without a trusted party; bounding their joint
+influence is what remains). Graduating does not lift that bound from a *wave*: the
+identities first seen in one round after the founding window (the
+``founding_rounds`` rounds from the oldest identity present) form a cohort, and each
+cohort keeps at most ``probation_share`` of the weight whenever older identities
+contribute, however long it behaves. The price: honest identities that join
+together late share that cap too (one late joiner alone rarely reaches it).
 """
 
 from __future__ import annotations
@@ -75,7 +90,10 @@ class ReputationPolicy:
     initial_score : float
         Score of a newcomer (Bronze with the default thresholds).
     ema_rate : float
-        ``α``: weight of this round's quality in the new score.
+        ``α``: weight of this round's quality in the new score after a down-weighted
+        or rejected reply (losses).
+    gain_rate : float
+        ``α_+``: how fast an accepted reply raises the score (gains, slow).
     rejection_penalty : float
         ``π``: extra drop when the reply was rejected. A rejection is strong
         evidence and an acceptance weak (an attacker is accepted whenever its
@@ -90,7 +108,13 @@ class ReputationPolicy:
     absence_decay : float
         Per absent round, how far a score above ``initial_score`` falls towards it.
     probation_rounds : int
-        Accepted rounds before an identity stops being a newcomer.
+        Accepted rounds an identity needs (besides ``graduation_score``) to stop
+        being a newcomer.
+    graduation_score : float
+        Score an identity must have earned to leave probation.
+    founding_rounds : int
+        Identities first seen within this many rounds of the oldest identity present
+        are founders; later ones belong to a capped cohort (by first round).
     probation_share : float
         Largest joint weight share of identities on probation (when an established
         identity contributes).
@@ -99,7 +123,8 @@ class ReputationPolicy:
     tier_multipliers : Mapping[Tier, float]
         Weight multiplier of each tier.
     ban_threshold : float
-        A score below this after an update bans the identity.
+        A score below this after a down-weighted or rejected reply bans the
+        identity.
     ban_rounds : int
         Length of a ban: banned at round ``t`` means ignored until round
         ``t + ban_rounds`` (exclusive).
@@ -111,10 +136,13 @@ class ReputationPolicy:
 
     initial_score: float = 0.5
     ema_rate: float = 0.2
+    gain_rate: float = 0.05
     rejection_penalty: float = 0.15
     downweighted_quality: float = 0.5
     absence_decay: float = 0.01
     probation_rounds: int = 3
+    graduation_score: float = 0.6
+    founding_rounds: int = 3
     probation_share: float = 0.2
     tier_thresholds: Mapping[Tier, float] = field(
         default_factory=_default_tier_thresholds
@@ -127,7 +155,13 @@ class ReputationPolicy:
     example_cap_ratio: float | None = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("initial_score", "ema_rate", "downweighted_quality"):
+        for name in (
+            "initial_score",
+            "ema_rate",
+            "gain_rate",
+            "downweighted_quality",
+            "graduation_score",
+        ):
             _require_unit(name, getattr(self, name))
         for name in ("rejection_penalty", "absence_decay", "ban_threshold"):
             _require_unit(name, getattr(self, name))
@@ -140,6 +174,8 @@ class ReputationPolicy:
                 "probation_rounds must be ≥ 0 and ban_rounds ≥ 1, got "
                 f"{self.probation_rounds} and {self.ban_rounds}"
             )
+        if self.founding_rounds < 1:
+            raise ValueError(f"founding_rounds must be ≥ 1, got {self.founding_rounds}")
         if set(self.tier_thresholds) != set(Tier) or set(self.tier_multipliers) != set(
             Tier
         ):
@@ -188,12 +224,19 @@ def is_banned(state: ReputationState | None, server_round: int) -> bool:
 
 
 def on_probation(state: ReputationState | None, policy: ReputationPolicy) -> bool:
-    """Newcomer: fewer than ``probation_rounds`` accepted rounds.
+    """Newcomer: fewer than ``probation_rounds`` accepted rounds, or a score under
+    ``graduation_score``.
 
     Counted in accepted rounds, not rounds taken part in: an identity cannot serve
-    its probation by sending garbage.
+    its probation by sending garbage; and the score must be earned (gains are slow,
+    one flagged reply drops it to ``initial_score``), so an identity caught once is
+    a newcomer again.
     """
-    return state is None or state.rounds_accepted < policy.probation_rounds
+    return (
+        state is None
+        or state.rounds_accepted < policy.probation_rounds
+        or state.score < policy.graduation_score
+    )
 
 
 def new_state(
@@ -245,12 +288,19 @@ def updated_reputation(
     if current.identity != identity:
         raise ValueError(f"state of {current.identity!r} given for {identity!r}")
     rejected = verdict is Verdict.REJECTED
-    score = (1.0 - policy.ema_rate) * current.score + policy.ema_rate * quality
+    if verdict is Verdict.ACCEPTED:
+        score = (1.0 - policy.gain_rate) * current.score + policy.gain_rate * quality
+    else:
+        # A flagged reply forfeits what was earned above the newcomer's score.
+        kept = min(current.score, policy.initial_score)
+        score = (1.0 - policy.ema_rate) * kept + policy.ema_rate * quality
     score = float(
         np.clip(score - (policy.rejection_penalty if rejected else 0.0), 0, 1)
     )
     banned_until = current.banned_until
-    if score < policy.ban_threshold:
+    # Only a flagged reply bans: an identity back from a ban rebuilds its score
+    # slowly from below the threshold instead of being banned again for good.
+    if score < policy.ban_threshold and verdict is not Verdict.ACCEPTED:
         banned_until = server_round + policy.ban_rounds
     return current.evolve(
         score=score,
@@ -371,10 +421,46 @@ def reputation_weights(
         np.asarray(num_examples)[used], policy.example_cap_ratio
     )
     raw = counts * multipliers * factors
-    newcomers = np.array([on_probation(state, policy) for state in states], dtype=bool)
-    raw = cap_group_share(raw, newcomers, policy.probation_share)
+    raw = cap_newcomers(raw, states, policy)
     total = float(raw.sum())
     return raw / total if total > 0.0 else raw
+
+
+def late_cohorts(
+    states: Sequence[ReputationState | None], policy: ReputationPolicy
+) -> np.ndarray:
+    """``(n,)`` the first round of each row's cohort, or 0 for founders.
+
+    Founders: identities first seen within ``founding_rounds`` of the oldest present
+    one (and rows without a state, which probation covers).
+    """
+    firsts = [state.first_round for state in states if state is not None]
+    cohorts = np.zeros(len(states), dtype=np.int64)
+    if not firsts:
+        return cohorts
+    founded_by = min(firsts) + policy.founding_rounds
+    for row, state in enumerate(states):
+        if state is not None and state.first_round >= founded_by:
+            cohorts[row] = state.first_round
+    return cohorts
+
+
+def cap_newcomers(
+    weights: np.ndarray,
+    states: Sequence[ReputationState | None],
+    policy: ReputationPolicy,
+) -> np.ndarray:
+    """Probation rows jointly, and each late cohort, capped at ``probation_share``.
+
+    Each cap only scales its group down (:func:`cap_group_share`), so applying the
+    cohorts' after probation's never lifts a group above its cap.
+    """
+    newcomers = np.array([on_probation(state, policy) for state in states], dtype=bool)
+    capped = cap_group_share(weights, newcomers, policy.probation_share)
+    cohorts = late_cohorts(states, policy)
+    for cohort in np.unique(cohorts[cohorts > 0]):
+        capped = cap_group_share(capped, cohorts == cohort, policy.probation_share)
+    return capped
 
 
 # --------------------------------------------------------------------------------------

@@ -21,9 +21,9 @@ nested ``rule: {_target_: ...}``, or a thin named subclass such as
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 from logging import INFO
-from typing import Protocol, Unpack, runtime_checkable
+from typing import Protocol, Unpack, cast, runtime_checkable
 
 import numpy as np
 from flwr.supercore import log
@@ -37,6 +37,7 @@ from strategies.base import (
     uniform_weights,
 )
 from strategies.delta_matrix import Deltas
+from strategies.preaggregation import byzantine_count, minority_max_f
 
 PreAggregator = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 """``(deltas (n, d), weights (n,)) -> (deltas (k, d), weights (k,))``, run before the
@@ -99,6 +100,60 @@ class AcceptEveryRow:
         return f"{type(self.rule).__name__}, every row accepted"
 
 
+@dataclass(frozen=True)
+class CountFromFraction:
+    """A :class:`RoundRule` whose ``f`` is ``⌊β n⌋`` of the round's ``n`` rows.
+
+    ``f`` is capped by the rule's own bound (``bound(n)``, e.g.
+    :func:`strategies.preaggregation.krum_max_f`) through
+    :func:`strategies.preaggregation.byzantine_count`; ``build(f, n)`` makes the
+    round's rule. The assumed fraction is the defence's, never the attack's.
+    """
+
+    build: Callable[[int, int], RoundRule]
+    byzantine_fraction: float
+    bound: Callable[[int], int]
+    label: str
+    bound_text: str
+
+    def __post_init__(self) -> None:
+        # byzantine_count checks the fraction; fail at construction, not round 1.
+        byzantine_count(self.byzantine_fraction, 1, self.bound)
+
+    def count(self, n: int) -> int:
+        """``f`` for ``n`` rows."""
+        return byzantine_count(self.byzantine_fraction, n, self.bound)
+
+    def decide(
+        self, deltas: Deltas, weights: np.ndarray, previous: np.ndarray | None
+    ) -> AggregationOutcome:
+        n = deltas.shape[0]
+        f = self.count(n)
+        log(INFO, "%s: f = %d of n = %d valid replies", self.label, f, n)
+        return self.build(f, n).decide(deltas, weights, previous)
+
+    def describe(self) -> str:
+        return (
+            f"{self.label}, f = ⌊{self.byzantine_fraction} · n⌋ of the n valid "
+            f"replies, capped by {self.bound_text}"
+        )
+
+
+def with_fraction(
+    preaggregator: PreAggregator, byzantine_fraction: float, n: int
+) -> PreAggregator:
+    """``preaggregator`` with ``f = ⌊β n⌋`` (capped for a strict honest majority)
+    when it is a frozen dataclass with an ``f`` field (NNM, ARC); else itself."""
+    if not (is_dataclass(preaggregator) and "f" in _field_names(preaggregator)):
+        return preaggregator
+    f = byzantine_count(byzantine_fraction, n, minority_max_f)
+    return cast(PreAggregator, replace(preaggregator, f=f))
+
+
+def _field_names(instance: object) -> set[str]:
+    return {item.name for item in fields(instance)}  # type: ignore[arg-type]
+
+
 class RobustRuleFedAvg(ScreenedFedAvg):
     """A robust rule over the screened deltas, as a Flower strategy.
 
@@ -113,7 +168,11 @@ class RobustRuleFedAvg(ScreenedFedAvg):
         Run on ``(deltas, shares)`` before the rule (``rule ∘ pre-aggregator``).
         When it keeps the number of rows, the rule's per-row decisions are the
         rows'; when it changes it (e.g. bucketing), the rows are mixed beyond
-        telling apart, and each is reported accepted with its share.
+        telling apart, and each is reported accepted with its share. One with an
+        ``f`` field (NNM, ARC) gets ``f = ⌊byzantine_fraction · n⌋`` each round.
+    byzantine_fraction : float | None (default: 0.3)
+        Assumed Byzantine fraction for the pre-aggregator's ``f``; ``None`` keeps
+        the ``f`` it was built with.
     **options
         Every argument of :class:`~strategies.base.ScreenedFedAvg`.
     """
@@ -122,9 +181,13 @@ class RobustRuleFedAvg(ScreenedFedAvg):
         self,
         rule: RoundRule | aggregators.AggregationRule,
         preaggregator: PreAggregator | None = None,
+        byzantine_fraction: float | None = 0.3,
         **options: Unpack[ScreenedFedAvgOptions],
     ) -> None:
         super().__init__(**options)
+        if byzantine_fraction is not None:
+            byzantine_count(byzantine_fraction, 1)  # refuses a bad fraction now
+        self.byzantine_fraction = byzantine_fraction
         self.rule: RoundRule = (
             rule if isinstance(rule, RoundRule) else AcceptEveryRow(rule)
         )
@@ -137,6 +200,12 @@ class RobustRuleFedAvg(ScreenedFedAvg):
         log(INFO, "\t├──> Robust rule: %s", self.rule.describe())
         if self.preaggregator is not None:
             log(INFO, "\t│\t└── Pre-aggregator: %r", self.preaggregator)
+            if self.byzantine_fraction is not None:
+                log(
+                    INFO,
+                    "\t│\t└── its f: ⌊%s · n⌋ of the n valid replies",
+                    self.byzantine_fraction,
+                )
         super().summary()
 
     def aggregate_updates(
@@ -150,9 +219,14 @@ class RobustRuleFedAvg(ScreenedFedAvg):
         if self.preaggregator is None:
             outcome = self.rule.decide(batch.deltas, shares, previous)
         else:
+            preaggregator = self.preaggregator
+            if self.byzantine_fraction is not None:
+                preaggregator = with_fraction(
+                    preaggregator, self.byzantine_fraction, batch.size
+                )
             # A pre-aggregator is any callable on an ndarray: it gets the float64
             # matrix (8·n·d bytes; the rules alone read the deltas in blocks).
-            mixed, mixed_shares = self.preaggregator(batch.deltas.to_array(), shares)
+            mixed, mixed_shares = preaggregator(batch.deltas.to_array(), shares)
             outcome = self.rule.decide(mixed, mixed_shares, previous)
             if mixed.shape[0] != batch.size:
                 outcome = AggregationOutcome.accept_all(outcome.delta, shares)

@@ -8,10 +8,16 @@ ScreenedFedAvg`):
    accepted / down-weighted / rejected, each reason naming detector and value;
 3. weights = claimed examples (capped) × tier multiplier × detector factor, with the
    identities on probation capped to a joint share (:mod:`strategies.reputation`);
-4. the aggregate is the weighted mean of the accepted deltas, each first bounded to
-   ``norm_bound_ratio`` × the median accepted norm (norm bounding, Sun, Kairouz,
-   Suresh & McMahan, "Can You Really Backdoor Federated Learning?", 2019), or a
-   robust rule of :mod:`strategies.aggregators` over the accepted rows;
+4. the aggregate does not trust steps 1–3: the accepted rows go through the robust
+   stage of :mod:`strategies.robust_stage` (NNM ∘ CAF with ``f = ⌊β n⌋`` of the
+   ``n`` accepted rows, ``β = byzantine_fraction``), whose worst-case bound holds
+   whichever ``f`` of them are Byzantine; the weights of step 3 only re-weight
+   inside it: no row gets more than ``reputation_ceiling`` × its robust weight
+   (:func:`~strategies.robust_stage.weights_within_bound`), and newcomers and late
+   cohorts keep their caps. Alternatives (``robust_rule``): the norm-bounded mean of
+   before (``"mean"``: each row bounded to ``norm_bound_ratio`` × the median
+   accepted norm, Sun, Kairouz, Suresh & McMahan, "Can You Really Backdoor Federated
+   Learning?", 2019), or a rule of :mod:`strategies.aggregators`;
 5. reputations are updated from the verdicts and, with the
    :class:`~strategies.records.RoundReport`, handed to the recorder through
    ``recorder.record_round(report, reputations)``. That is the only way verdicts,
@@ -40,7 +46,7 @@ from strategies.base import (
     ScreenedFedAvgOptions,
     UpdateBatch,
 )
-from strategies.delta_matrix import DeltaMatrix
+from strategies.delta_matrix import DeltaMatrix, Deltas
 from strategies.detection import (
     SKETCH_COORDINATES,
     DetectionContext,
@@ -58,9 +64,11 @@ from strategies.records import (
 from strategies.reputation import (
     ReputationBook,
     ReputationPolicy,
+    cap_newcomers,
     is_banned,
     reputation_weights,
 )
+from strategies.robust_stage import RobustStage, weights_within_bound
 
 ROBUST_RULES: Mapping[str, type[aggregators.AggregationRule]] = {
     "median": aggregators.CoordinateMedian,
@@ -68,7 +76,8 @@ ROBUST_RULES: Mapping[str, type[aggregators.AggregationRule]] = {
     "geometric_median": aggregators.GeometricMedian,
     "centered_clipping": aggregators.CenteredClipping,
 }
-"""Names accepted for ``robust_rule`` besides ``"mean"`` (the norm-bounded mean)."""
+"""Names accepted for ``robust_rule`` besides ``"robust"`` (the default robust stage)
+and ``"mean"`` (the norm-bounded mean)."""
 
 
 def norm_bound_factors(norms: np.ndarray, used: np.ndarray, ratio: float) -> np.ndarray:
@@ -123,10 +132,19 @@ class TrustedFedAvg(ScreenedFedAvg):
     use_reputation : bool (default: True)
         ``False`` weights by example count × detector factor only, never bans, and
         hands the recorder no reputations.
-    robust_rule : str | aggregators.AggregationRule (default: "mean")
-        ``"mean"``: norm-bounded weighted mean of the accepted rows. A name in
-        :data:`ROBUST_RULES` or any rule instance aggregates the accepted rows
-        instead (with the weights if the rule supports them, else uniformly).
+    robust_rule : str | aggregators.AggregationRule (default: "robust")
+        ``"robust"``: the robust stage (NNM ∘ CAF, module docstring) with reputation
+        inside its bound. ``"mean"``: norm-bounded weighted mean of the accepted
+        rows (no worst-case bound). A name in :data:`ROBUST_RULES` or any rule
+        instance aggregates the accepted rows instead (with the weights if the rule
+        supports them, else uniformly).
+    byzantine_fraction : float (default: 0.3)
+        ``β``: assumed Byzantine fraction among the rows that reach the robust stage
+        (``"robust"`` only; ``0 ≤ β < ½``).
+    reputation_ceiling : float | None (default: None)
+        ``"robust"`` only: the most reputation may raise a row above its robust
+        weight, ``≥ 1``; ``None`` for ``1 / (1 − β)``, as if the stage had dropped a
+        ``β`` share of its weight, which its bound already tolerates.
     norm_bound_ratio : float | None (default: 2.0)
         ``"mean"`` only: rows longer than this × the median accepted norm are scaled
         down to it; ``None`` disables the bound.
@@ -151,8 +169,10 @@ class TrustedFedAvg(ScreenedFedAvg):
         store: ReputationStore | None = None,
         use_detectors: bool = True,
         use_reputation: bool = True,
-        robust_rule: str | aggregators.AggregationRule = "mean",
+        robust_rule: str | aggregators.AggregationRule = "robust",
         norm_bound_ratio: float | None = 2.0,
+        byzantine_fraction: float = 0.3,
+        reputation_ceiling: float | None = None,
         sketch_coordinates: int = SKETCH_COORDINATES,
         exact_geometry: bool = False,
         sketch_seed: int | None = None,
@@ -170,7 +190,18 @@ class TrustedFedAvg(ScreenedFedAvg):
         self.panel = _panel(detectors, panel)
         self.use_detectors = use_detectors
         self.use_reputation = use_reputation
-        self.rule = _resolve_rule(robust_rule)
+        self.stage = (
+            RobustStage(byzantine_fraction) if robust_rule == "robust" else None
+        )
+        ceiling = (
+            1.0 / (1.0 - byzantine_fraction)
+            if reputation_ceiling is None
+            else reputation_ceiling
+        )
+        if not ceiling >= 1.0:
+            raise ValueError(f"reputation_ceiling must be ≥ 1, got {ceiling}")
+        self.reputation_ceiling = ceiling
+        self.rule = None if self.stage is not None else _resolve_rule(robust_rule)
         self.norm_bound_ratio = norm_bound_ratio
         if store is None and isinstance(self.recorder, ReputationStore):
             store = self.recorder
@@ -193,7 +224,15 @@ class TrustedFedAvg(ScreenedFedAvg):
         log(INFO, "\t├──> TrustedFedAvg settings:")
         log(INFO, "\t│\t├── Detectors: %s", names if self.use_detectors else "off")
         log(INFO, "\t│\t├── Reputation: %s", "on" if self.use_reputation else "off")
-        rule = "norm-bounded mean" if self.rule is None else type(self.rule).__name__
+        if self.stage is not None:
+            rule = (
+                f"{self.stage.describe()}; reputation ≤ "
+                f"{self.reputation_ceiling:.3g} × robust weight"
+            )
+        elif self.rule is None:
+            rule = "norm-bounded mean"
+        else:
+            rule = type(self.rule).__name__
         log(INFO, "\t│\t└── Aggregation: %s", rule)
         super().summary()
 
@@ -244,8 +283,39 @@ class TrustedFedAvg(ScreenedFedAvg):
             return AggregationOutcome(
                 delta, weights, verdicts, reasons, screening.scores
             )
-        delta, weights = self._aggregate(batch.deltas, weights, context)
+        if self.stage is not None:
+            delta, weights = self._robust_aggregate(batch.deltas, weights, states)
+        else:
+            delta, weights = self._aggregate(batch.deltas, weights, context)
         return AggregationOutcome(delta, weights, verdicts, reasons, screening.scores)
+
+    def _robust_aggregate(
+        self,
+        deltas: Deltas,
+        weights: np.ndarray,
+        states: Sequence[ReputationState | None],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Robust stage on the rows in play; reputation re-weights inside its bound.
+
+        ``f`` is taken from the rows that reach the stage (detectors may already
+        have dropped attackers), so the stage does not assume ``β n`` Byzantine rows
+        among the survivors of a round with ``n`` replies.
+        """
+        assert self.stage is not None
+        used = np.flatnonzero(weights > 0.0)
+        rows = deltas[used]
+        robust = self.stage.weights(aggregators.pairwise_squared_distances(rows))
+        inside = weights_within_bound(robust, weights[used], self.reputation_ceiling)
+        if self.use_reputation:
+            # The water-filling may lift newcomers with everyone else: cap them
+            # again, and refill only as far as every row's ceiling allows.
+            inside = cap_newcomers(inside, [states[int(i)] for i in used], self.policy)
+            live = inside > 0.0
+            room = np.min(self.reputation_ceiling * robust[live] / inside[live])
+            inside = inside * min(1.0 / float(inside.sum()), float(room))
+        final = np.zeros_like(weights)
+        final[used] = inside
+        return aggregators.weighted_sum(rows, inside), final
 
     def _aggregate(
         self, deltas: DeltaMatrix, weights: np.ndarray, context: DetectionContext
@@ -297,6 +367,7 @@ class DetectorsOnlyFedAvg(TrustedFedAvg):
         panel: DetectorPanel | None = None,
         robust_rule: str | aggregators.AggregationRule = "mean",
         norm_bound_ratio: float | None = 2.0,
+        byzantine_fraction: float = 0.3,
         **options: Unpack[ScreenedFedAvgOptions],
     ) -> None:
         super().__init__(
@@ -305,6 +376,7 @@ class DetectorsOnlyFedAvg(TrustedFedAvg):
             use_reputation=False,
             robust_rule=robust_rule,
             norm_bound_ratio=norm_bound_ratio,
+            byzantine_fraction=byzantine_fraction,
             **options,
         )
 

@@ -52,6 +52,19 @@ def test_robust_baselines_get_the_attack_count() -> None:
     assert build_strategy(settings).num_malicious_nodes == 0
 
 
+@pytest.mark.parametrize("name", ["krum", "multikrum", "bulyan"])
+def test_flp2p_rules_never_get_the_attack_count(name: str) -> None:
+    """The attack's fraction must not leak into a defence: f comes from the rule's
+    own byzantine_fraction and each round's valid replies."""
+    settings = RunSettings.from_config(
+        compose([f"strategy={name}", "clients=10", "attack=sign_flip"])
+    )
+    assert settings.num_malicious > 0
+    strategy = build_strategy(settings)
+    assert strategy.num_malicious_nodes is None
+    assert "f = ⌊0.3 · n⌋" in strategy.rule.describe()
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

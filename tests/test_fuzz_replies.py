@@ -52,6 +52,7 @@ from strategies.detection import DetectorPanel
 from strategies.geometric_median import GeometricMedian
 from strategies.krum import Krum, MultiKrum
 from strategies.median import Median
+from strategies.preaggregation import NearestNeighbourMixing
 from strategies.records import (
     ARRAYS_KEY,
     METRICS_KEY,
@@ -395,6 +396,99 @@ def water_filled(weights: np.ndarray, cap: float) -> np.ndarray:
     return np.minimum(cap, high * weights)
 
 
+def fraction_count(n: int, bound: Callable[[int], int], fraction: float = 0.3) -> int:
+    """``⌊fraction · n⌋`` capped by ``bound(n)`` (and at least 0), by hand."""
+    return max(0, min(math.floor(fraction * n + 1e-9), n - 1, bound(n)))
+
+
+def multikrum_from_fraction_reference(good: GoodRound) -> Expected | None:
+    """Default Multi-Krum: ``f = ⌊0.3 n⌋`` capped at ``n > 2f + 2``, ``m = n − f``."""
+    n = len(good.deltas)
+    f = fraction_count(n, lambda rows: (rows - 3) // 2)
+    return multikrum_reference(f, max(1, n - f))(good)
+
+
+def brute_force_mixing(rows: np.ndarray, f: int) -> np.ndarray:
+    """NNM (Allouah et al. 2023): row ``i`` of ``M`` is ``1/(n − f)`` on the
+    ``n − f`` rows nearest to ``x_i`` (distance, then index)."""
+    n = len(rows)
+    mixing = np.zeros((n, n))
+    for i in range(n):
+        order = sorted(range(n), key=lambda j: (squared_distance(rows[i], rows[j]), j))
+        mixing[i, order[: n - f]] = 1.0 / (n - f)
+    return mixing
+
+
+def brute_force_caf(rows: np.ndarray, f: int) -> np.ndarray:
+    """CAF (Allouah, Guerraoui & Stephan 2025) in ``d``-space: the weights ``c/Σc``
+    of the iterate with the smallest top eigenvalue of the weighted covariance."""
+    n = len(rows)
+    c = np.ones(n)
+    best, best_value = c / n, math.inf
+    while c.sum() > n - 2 * f:
+        p = c / c.sum()
+        diffs = rows - p @ rows
+        values, vectors = np.linalg.eigh((p[:, None] * diffs).T @ diffs)
+        if values[-1] < best_value:
+            best, best_value = p, values[-1]
+        if values[-1] <= 0:
+            break
+        tau = (diffs @ vectors[:, -1]) ** 2
+        c = c * (1 - tau / tau.max())
+    return best
+
+
+def capped_water_filled(caps: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """``min(caps_i, λ wanted_i)`` summing to 1 (λ by bisection), or the caps of
+    every wanted row when even they cannot reach 1."""
+    live = wanted > 0
+    if caps[live].sum() <= 1.0:
+        return np.where(live, caps, 0.0)
+    low, high = 0.0, 1.0
+    while np.minimum(caps, high * wanted).sum() < 1.0:
+        high *= 2.0
+    for _ in range(200):
+        middle = (low + high) / 2
+        if np.minimum(caps, middle * wanted).sum() < 1.0:
+            low = middle
+        else:
+            high = middle
+    return np.minimum(caps, high * wanted)
+
+
+def trusted_robust_reference(example_cap: float, fraction: float) -> Reference:
+    """TrustedFedAvg's default in a first round, given the detectors' verdicts:
+    reputation weights ``ρ`` as in :func:`trusted_reference`; robust weights
+    ``π = Mᵀ p`` (NNM then CAF with ``f = ⌊β k⌋`` of the ``k`` used rows); final
+    ``min(π_i / (1 − β), λ π_i ρ_i)`` summing to 1 (all newcomers: no cap binds)."""
+
+    def reference(good: GoodRound) -> Expected | None:
+        factors = detector_factors(good.verdicts)
+        used = np.flatnonzero(factors > 0)
+        if used.size == 0:
+            return None
+        counts = good.counts.astype(np.float64)
+        limit = example_cap * column_median(list(counts[used]))
+        rho = np.array([min(count, limit) for count in counts]) * factors
+        rows = good.deltas[used]
+        f = fraction_count(len(rows), lambda k: (k - 1) // 2, fraction)
+        mixing = brute_force_mixing(rows, f)
+        robust = mixing.T @ brute_force_caf(mixing @ rows, f)
+        inside = capped_water_filled(robust / (1 - fraction), robust * rho[used])
+        weights = np.zeros(len(good.deltas))
+        weights[used] = inside
+        return Expected(inside @ rows, weights)
+
+    return reference
+
+
+def nnm_median_reference(good: GoodRound) -> Expected:
+    """NNM with ``f = ⌊0.3 n⌋`` (capped at ``n > 2f``), then the coordinate median."""
+    n = len(good.deltas)
+    mixing = brute_force_mixing(good.deltas, fraction_count(n, lambda k: (k - 1) // 2))
+    return Expected(coordinate_median(mixing @ good.deltas), uniform(n))
+
+
 def central_dp_reference(clip_norm: float, max_share: float) -> Reference:
     """DP-FedAvg without noise (McMahan et al., 2018): rows clipped to ``C``, example
     weights capped at ``w_max`` by water-filling, shares not renormalised."""
@@ -463,8 +557,23 @@ FUZZED: dict[str, FuzzCase] = {
     ),
     "TrustedFedAvg": FuzzCase(
         lambda: TrustedFedAvg(sketch_seed=0),
+        trusted_robust_reference(example_cap=2.0, fraction=0.3),
+        rejects_huge_minority=True,
+    ),
+    "TrustedFedAvg(robust_rule=mean)": FuzzCase(
+        lambda: TrustedFedAvg(robust_rule="mean", sketch_seed=0),
         trusted_reference(example_cap=2.0, bound_ratio=2.0, rule="mean"),
         rejects_huge_minority=True,
+    ),
+    "MultiKrum, f from byzantine_fraction": FuzzCase(
+        MultiKrum, multikrum_from_fraction_reference
+    ),
+    "RobustRuleFedAvg(CoordinateMedian, NNM)": FuzzCase(
+        lambda: RobustRuleFedAvg(
+            rule=aggregators.CoordinateMedian(),
+            preaggregator=NearestNeighbourMixing(),
+        ),
+        nnm_median_reference,
     ),
     "TrustedMedianFedAvg": FuzzCase(
         TrustedMedianFedAvg,

@@ -42,6 +42,7 @@ from strategies.centered_clipping import CenteredClipping
 from strategies.geometric_median import GeometricMedian
 from strategies.krum import Krum, MultiKrum
 from strategies.median import Median
+from strategies.preaggregation import NearestNeighbourMixing
 from strategies.records import (
     ARRAYS_KEY,
     InMemoryStore,
@@ -49,7 +50,12 @@ from strategies.records import (
     Verdict,
     update_sha256,
 )
-from strategies.robust_rule import AcceptEveryRow, RobustRuleFedAvg, RoundRule
+from strategies.robust_rule import (
+    AcceptEveryRow,
+    RobustRuleFedAvg,
+    RoundRule,
+    with_fraction,
+)
 from strategies.trimmed_mean import TrimmedMean
 
 RNG_SEED = 20240607
@@ -832,3 +838,65 @@ def test_a_rule_is_registered_by_one_config_entry() -> None:
     assert type(strategy) is RobustRuleFedAvg
     assert strategy.rule.describe() == "TrimmedMean, every row accepted"
     assert strategy.rule == AcceptEveryRow(aggregators.TrimmedMean(0.1))
+
+
+# ------------------------------------------- f from byzantine_fraction (issue 14)
+
+
+@pytest.mark.parametrize(
+    ("build", "accepted", "needle"),
+    [
+        # n = 10: f = ⌊0.3 · 10⌋ = 3 (Krum's bound allows 3), m = n − f = 7.
+        (MultiKrum, 7, "Multi-Krum, f = ⌊0.3 · n⌋"),
+        (Krum, 1, "Krum, f = ⌊0.3 · n⌋"),
+        # Bulyan's bound n ≥ 4f + 3 caps f at 1: θ = n − 2f = 8 rows selected.
+        (Bulyan, 8, "capped by Bulyan's n ≥ 4f + 3"),
+    ],
+)
+def test_default_f_comes_from_the_fraction_and_the_round(
+    build: Callable[[], ScreenedFedAvg], accepted: int, needle: str
+) -> None:
+    strategy = build()
+    assert needle in strategy.rule.describe()  # type: ignore[attr-defined]
+    _, report = run_round(strategy, good_replies(10)[0])
+    verdicts = [c.verdict for c in report.contributions]
+    assert verdicts.count(Verdict.ACCEPTED) == accepted
+
+
+def test_default_multikrum_is_not_plain_krum() -> None:
+    arrays, report = run_round(MultiKrum(), good_replies(10)[0])
+    assert arrays is not None
+    assert sum(c.weight > 0 for c in report.contributions) == 7
+
+
+def test_preaggregator_f_comes_from_the_fraction() -> None:
+    mixing = with_fraction(NearestNeighbourMixing(), 0.3, 10)
+    assert mixing == NearestNeighbourMixing(f=3)
+    # capped for a strict honest majority: ⌊0.45 · 4⌋ = 1 ≤ (4 − 1) // 2
+    assert with_fraction(NearestNeighbourMixing(), 0.45, 4).f == 1  # type: ignore[attr-defined]
+    replies = good_replies(10)[0]
+    from_fraction, _ = run_round(
+        RobustRuleFedAvg(
+            aggregators.CoordinateMedian(), preaggregator=NearestNeighbourMixing()
+        ),
+        replies,
+    )
+    fixed, _ = run_round(
+        RobustRuleFedAvg(
+            aggregators.CoordinateMedian(),
+            preaggregator=NearestNeighbourMixing(f=3),
+            byzantine_fraction=None,
+        ),
+        replies,
+    )
+    unmixed, _ = run_round(
+        RobustRuleFedAvg(
+            aggregators.CoordinateMedian(),
+            preaggregator=NearestNeighbourMixing(),
+            byzantine_fraction=None,
+        ),
+        replies,
+    )
+    assert from_fraction is not None and fixed is not None and unmixed is not None
+    assert from_fraction.object_id == fixed.object_id
+    assert from_fraction.object_id != unmixed.object_id

@@ -315,7 +315,8 @@ def test_end_to_end_reputation_persists_and_recorder_sees_everything() -> None:
     honest = store.get_reputation("peer-5")
     attacker = store.get_reputation("peer-0")
     assert honest is not None and attacker is not None
-    assert honest.score == pytest.approx(0.744)  # 0.5 → 0.6 → 0.68 → 0.744
+    # Gains are slow: 0.5 → 0.525 → 0.54875 → 0.5713125
+    assert honest.score == pytest.approx(0.5713125)
     assert honest.rounds_accepted == 3
     assert attacker.score < 0.15 and attacker.banned_until > 3
 
@@ -326,7 +327,11 @@ def test_end_to_end_reputation_persists_and_recorder_sees_everything() -> None:
     assert latest["peer-0"].verdict is Verdict.REJECTED
     assert latest["peer-0"].reason == f"banned until round {attacker.banned_until}"
     assert latest["peer-1"].reason.startswith("banned until round")
-    assert latest["peer-5"].weight > 0
+    # The honest peers hold all the weight; the robust stage (f = ⌊0.3 · 8⌋ = 2)
+    # keeps a total CAF weight ≥ n − 2f, so at least 4 of them weigh something.
+    honest_weights = [latest[f"peer-{i}"].weight for i in range(2, 10)]
+    assert sum(honest_weights) == pytest.approx(1.0)
+    assert sum(weight > 0 for weight in honest_weights) >= 4
 
 
 def test_ban_expires_after_ban_rounds() -> None:
@@ -397,8 +402,11 @@ def test_established_clients_reach_higher_tiers() -> None:
     for server_round in range(1, 9):
         message_round(strategy, server_round, rng, direction, flipped=0)
     tiers = {state.tier for state in store.all_reputations()}
-    # 8 accepted rounds from 0.5: 1 − 0.5·0.8⁸ ≈ 0.916 → Platinum
-    assert tiers == {Tier.PLATINUM}
+    # 8 accepted rounds from 0.5 at gain rate 0.05: 1 − 0.5·0.95⁸ ≈ 0.668 → Silver
+    # (Platinum, 0.9, takes 32: tiers are earned slowly).
+    assert tiers == {Tier.SILVER}
+    scores = [state.score for state in store.all_reputations()]
+    assert scores == pytest.approx([1 - 0.5 * 0.95**8] * len(scores))
 
 
 def test_heterogeneous_sign_flippers_that_matter_are_rejected_then_banned() -> None:
