@@ -1,18 +1,23 @@
 """An auditor re-runs a round from the signed replies (issue 15, items 2 and 6).
 
-The detection path at the function level: an honest aggregator's round is
-co-signed; an altered aggregate, a block that drops a reply, and a reply tampered
-with on the way are refused with the reason an accusation would carry.
+The detection path at the function level (and over loopback TCP): an honest
+aggregator's round is co-signed; an altered aggregate, a block that drops a reply,
+and a reply tampered with on the way are refused with the reason an accusation
+would carry.
 """
 
 from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from flwr.app import Message
 from helpers_messages import make_train_reply
 
-from flp2p.audit import verify_statement
+from flp2p.audit import AuditStatement, verify_statement
 from flp2p.audit.recompute import (
     Recomputation,
     ReplyBatchError,
@@ -24,6 +29,9 @@ from flp2p.audit.recompute import (
 )
 from flp2p.audit.statements import inputs_sha256
 from flp2p.identity import ContributionAuthenticator, Identity
+from flp2p.peer.auditor import round_auditor
+from flp2p.peer.checkpoints import CheckpointStore
+from flp2p.peer.standby_sync import CheckpointReceiver, request_audit
 from flp2p.signatures import contribution_message
 from strategies import TrustedFedAvg
 from strategies.records import InMemoryStore, update_sha256
@@ -201,3 +209,73 @@ def test_oversized_batch_is_refused_before_decoding() -> None:
 def test_public_sketch_seed_is_the_federations() -> None:
     assert public_sketch_seed(FEDERATION) == public_sketch_seed(FEDERATION)
     assert public_sketch_seed(FEDERATION) != public_sketch_seed("e" * 64)
+
+
+# ------------------------------------------------------------ over loopback TCP
+
+
+def audit_over_tcp(claim: dict[str, object], replies: bytes) -> AuditStatement | str:
+    """One audit request to a receiver holding round ``ROUND - 1``'s model."""
+    auditor = Identity.generate()
+    handler = round_auditor(
+        auditor,
+        FEDERATION,
+        lambda server_round: MODEL if server_round == ROUND - 1 else None,
+        make_strategy,
+    )
+
+    async def main() -> AuditStatement | str:
+        with tempfile.TemporaryDirectory() as folder:
+            receiver = CheckpointReceiver(
+                CheckpointStore(Path(folder)),
+                FEDERATION,
+                lambda _: False,
+                auditor=handler,
+            )
+            address = await receiver.start()
+            try:
+                return await request_audit(address, FEDERATION, claim, replies)
+            finally:
+                await receiver.stop()
+
+    return asyncio.run(main())
+
+
+def claim_of(result: Recomputation) -> dict[str, object]:
+    return {
+        "round": ROUND,
+        "previous_model_sha256": update_sha256(MODEL),
+        "model_sha256": result.model_sha256,
+        "inputs_sha256": result.inputs_sha256,
+        "body_sha256": BODY,
+    }
+
+
+def test_auditor_cosigns_an_honest_round_over_tcp() -> None:
+    replies = signed_replies()
+    honest = aggregate(replies)
+
+    answer = audit_over_tcp(claim_of(honest), encode_replies(replies))
+
+    assert isinstance(answer, AuditStatement) and verify_statement(answer)
+    assert (answer.server_round, answer.model_sha256) == (ROUND, honest.model_sha256)
+
+
+def test_auditor_refuses_an_altered_round_over_tcp() -> None:
+    replies = signed_replies()
+    claim = claim_of(aggregate(replies))
+    claim["model_sha256"] = "a" * 64
+
+    answer = audit_over_tcp(claim, encode_replies(replies))
+
+    assert isinstance(answer, str) and "model differs" in answer
+
+
+def test_auditor_without_the_previous_model_refuses() -> None:
+    replies = signed_replies()
+    claim = claim_of(aggregate(replies))
+    claim["previous_model_sha256"] = "c" * 64
+
+    answer = audit_over_tcp(claim, encode_replies(replies))
+
+    assert isinstance(answer, str) and f"round {ROUND - 1}" in answer
