@@ -9,7 +9,9 @@
    exception (Flower's ``FedAvg`` raises ``InconsistentMessageReplies`` instead);
 2. the valid replies become an :class:`UpdateBatch` of flat float64 *deltas*
    (client model − global model), a :class:`~strategies.delta_matrix.DeltaMatrix`
-   over the replies' own bytes: read in column blocks, never copied whole;
+   over the replies' own bytes (read in column blocks, never copied whole), rows
+   sorted by identity (:func:`canonical_key`), so that a round is reproducible from
+   its replies whatever order they came in;
 3. the hook :meth:`ScreenedFedAvg.aggregate_updates` turns the batch into an
    :class:`AggregationOutcome` (aggregate delta, weights, verdicts, reasons, scores);
    here it is the example-weighted mean of McMahan et al. (2017), robust rules and the
@@ -50,6 +52,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
+from strategies.aggregators import weighted_sum
 from strategies.delta_matrix import DeltaMatrix
 from strategies.records import (
     NUM_EXAMPLES_KEY,
@@ -516,8 +519,16 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         # Decoding and hashing (SHA-256 of every update, for signatures and the
         # ledger) release the GIL, so replies are checked on all cores at once.
         with ThreadPoolExecutor(max_workers=_WORKER_THREADS) as pool:
-            judged = reject_duplicate_identities(list(pool.map(judge, replies)))
-        valid = [reply for reply in judged if isinstance(reply, ValidReply)]
+            screened = list(pool.map(judge, replies))
+        # The batch is built in canonical order: the aggregate must not depend on
+        # when replies arrived, so that an auditor re-running the round gets the
+        # same bits. The report keeps the arrival order.
+        order = sorted(range(len(replies)), key=lambda i: canonical_key(screened[i]))
+        canonical = reject_duplicate_identities([screened[i] for i in order])
+        judged = list(screened)
+        for position, index in enumerate(order):
+            judged[index] = canonical[position]
+        valid = [reply for reply in canonical if isinstance(reply, ValidReply)]
         rejected = [reply for reply in judged if isinstance(reply, RejectedReply)]
         log(
             INFO,
@@ -559,7 +570,7 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
             return None, None
         return (
             ArrayRecord({name: Array(value) for name, value in new_arrays.items()}),
-            self._train_metrics(replies, judged, outcome, batch),
+            self._train_metrics([replies[i] for i in order], canonical, outcome, batch),
         )
 
     def aggregate_updates(
@@ -589,7 +600,7 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         """
         weights = batch.example_weights()
         return AggregationOutcome.accept_all(
-            batch.deltas.weighted_sum(weights), weights
+            weighted_sum(batch.deltas, weights), weights
         )
 
     def record_round(self, report: RoundReport) -> None:
@@ -704,6 +715,17 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
             )
         counts = np.where(used, batch.num_examples, 0).astype(np.float64)
         return _metric_record(weighted_metric_average(batch.metrics, list(counts)))
+
+
+def canonical_key(reply: ValidReply | RejectedReply) -> tuple[str, str, str]:
+    """Sort key of a judged reply: identity, then update digest (then reason).
+
+    Replies sorted by it are in the same order whatever order they arrived in, so
+    the rows of the :class:`UpdateBatch` (and every reduction over them) are too;
+    of two valid replies under one identity, the smaller digest is the one kept.
+    """
+    reason = reply.reason if isinstance(reply, RejectedReply) else ""
+    return (reply.identity, reply.update_digest, reason)
 
 
 def reject_duplicate_identities(

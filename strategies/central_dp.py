@@ -43,6 +43,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.supercore import log
 
+from strategies.aggregators import weighted_sum
 from strategies.base import AggregationOutcome, ScreenedFedAvg, UpdateBatch
 from strategies.delta_matrix import DeltaMatrix, Deltas
 from strategies.wrapping import StrategyWrapper
@@ -313,7 +314,7 @@ class CentralDP(StrategyWrapper):
         # outcome reports them normalised, the aggregate keeps the shrinkage.
         total = float(shares.sum())
         return AggregationOutcome(
-            delta=clipped.weighted_sum(shares) + noise,
+            delta=weighted_sum(clipped, shares) + noise,
             weights=shares / total if total > 0 else shares,
             verdicts=judged.verdicts,
             reasons=judged.reasons,

@@ -342,7 +342,15 @@ class DeltaMatrix:  # pylint: disable=too-many-instance-attributes
         total = np.empty(self.shape[1])
 
         def reduce(start: int, stop: int, scratch: np.ndarray) -> None:
-            total[start:stop] = values @ self._base_block(start, stop, scratch)
+            # Rows added in index order, each product and sum rounded once: the
+            # same bits on every machine and thread count (no BLAS reduction), so
+            # an auditor re-running the round gets this aggregate.
+            block = self._base_block(start, stop, scratch)
+            out = total[start:stop]
+            out[:] = 0.0
+            for coefficient, row in zip(values, block, strict=True):
+                if coefficient != 0.0:
+                    out += coefficient * row
 
         self._stream(reduce)
         return total

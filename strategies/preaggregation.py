@@ -37,6 +37,7 @@ from strategies.aggregators import (
     normalised_weights,
     pairwise_squared_distances,
     trimmed_count,
+    weighted_sum,
 )
 
 
@@ -182,7 +183,8 @@ class NearestNeighbourMixing:
         # (n, n − f, d) would be n times the batch; one mixing matrix is n × n.
         mixing = np.zeros((n, n))
         np.put_along_axis(mixing, neighbours, 1.0 / (n - self.f), axis=1)
-        return mixing @ matrix, alphas
+        mixed = np.stack([weighted_sum(matrix, row) for row in mixing])
+        return mixed, alphas
 
 
 @dataclass(frozen=True)

@@ -329,9 +329,9 @@ class TrustedFedAvg(ScreenedFedAvg):
                     context.geometry.norms, used, self.norm_bound_ratio
                 )
                 coefficients = weights * factors
-            # Rejected rows have coefficient 0: one matrix-vector product over all
-            # rows is cheaper than copying the accepted ones out.
-            return coefficients @ deltas, weights
+            # Rejected rows have coefficient 0: one weighted sum over all rows
+            # (which skips them) is cheaper than copying the accepted ones out.
+            return aggregators.weighted_sum(deltas, coefficients), weights
         rows = deltas if bool(used.all()) else deltas[used]
         if self.rule.supports_weights:
             return self.rule(rows, weights[used]), weights

@@ -59,6 +59,7 @@ from strategies.records import (
     InMemoryStore,
     RoundReport,
     Verdict,
+    update_sha256,
 )
 from strategies.robust_rule import RobustRuleFedAvg
 from strategies.trimmed_mean import TrimmedMean
@@ -82,8 +83,9 @@ REFERENCE: dict[str, np.ndarray] = {
 WELL_FORMED = ("good", "huge")
 """Kinds that pass validation (a huge norm is for detectors, not validation)."""
 DUPLICATE = "duplicate_identity"
-"""A well-formed reply under the identity of the round's first reply: it counts only
-when no earlier valid reply used that identity (one vote per identity and round)."""
+"""A well-formed reply under the identity ``peer-1``: of the valid replies naming one
+identity only the one with the smallest update digest counts (one vote per identity
+and round, whatever the arrival order)."""
 MALFORMED = (
     "nan",
     "inf",
@@ -688,17 +690,17 @@ round_specs = st.lists(
 
 
 def good_rows(spec: Spec) -> list[int]:
-    """Positions of the replies that must be aggregated: well-formed, and the first
-    valid reply of their identity."""
-    seen: set[str] = set()
-    rows = []
-    for index, (kind, _, _) in enumerate(spec):
-        identity = identity_of(kind, index + 1)
-        if kind in MALFORMED or identity in seen:
+    """Positions of the replies that must be aggregated: well-formed, and of the
+    valid replies of their identity the one with the smallest update digest (the
+    first of equal ones)."""
+    kept: dict[str, tuple[str, int]] = {}
+    for index, (kind, _, seed) in enumerate(spec):
+        if kind in MALFORMED:
             continue
-        seen.add(identity)
-        rows.append(index)
-    return rows
+        identity = identity_of(kind, index + 1)
+        candidate = (update_sha256(perturbed(seed, scale_of(kind))), index)
+        kept[identity] = min(kept.get(identity, candidate), candidate)
+    return sorted(index for _, index in kept.values())
 
 
 # ---------------------------------------------------------------------- checks
@@ -906,20 +908,32 @@ def test_generator_covers_every_kind() -> None:
 
 
 def test_second_reply_of_an_identity_is_rejected() -> None:
-    """The duplicate kind counts only when no earlier valid reply used its identity."""
+    """Of the valid replies naming one identity, the smallest update digest counts,
+    whichever arrived first; the others are rejected as duplicates."""
     spec: Spec = [("good", 5, 1), (DUPLICATE, 5, 2), ("nan", 5, 3), (DUPLICATE, 5, 4)]
-    assert good_rows(spec) == [0]
-    assert good_rows([("nan", 5, 1), (DUPLICATE, 5, 2), (DUPLICATE, 5, 3)]) == [1]
-    store = InMemoryStore()
-    strategy = ScreenedFedAvg(recorder=store)
-    strategy.set_reference(REFERENCE)
+    digests = {i: update_sha256(perturbed(spec[i][2], 0.1)) for i in (0, 1, 3)}
+    kept = min(digests, key=digests.__getitem__)
+    assert good_rows(spec) == [kept]
+    assert good_rows([("nan", 5, 1), (DUPLICATE, 5, 2), (DUPLICATE, 5, 3)]) == [
+        min((1, 2), key=lambda i: update_sha256(perturbed(i + 1, 0.1)))
+    ]
     replies = [
         build_reply(kind, n, seed, i + 1) for i, (kind, n, seed) in enumerate(spec)
     ]
-    strategy.aggregate_train(1, replies)
-    verdicts = [c.verdict for c in store.rounds[0].contributions]
-    assert verdicts == [Verdict.ACCEPTED] + [Verdict.REJECTED] * 3
-    assert "duplicate identity" in store.rounds[0].contributions[1].reason
+    for arrival in (replies, replies[::-1]):
+        store = InMemoryStore()
+        strategy = ScreenedFedAvg(recorder=store)
+        strategy.set_reference(REFERENCE)
+        strategy.aggregate_train(1, arrival)
+        by_node = {c.node_id: c for c in store.rounds[0].contributions}
+        for index in range(len(spec)):
+            contribution = by_node[index + 1]
+            if index == kept:
+                assert contribution.verdict is Verdict.ACCEPTED
+            else:
+                assert contribution.verdict is Verdict.REJECTED
+                if index in digests:
+                    assert "duplicate identity" in contribution.reason
 
 
 def test_metric_record_kind_is_checked_separately() -> None:

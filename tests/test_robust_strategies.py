@@ -277,25 +277,30 @@ def test_no_valid_reply_keeps_the_model_and_still_reports() -> None:
 def test_duplicate_identity_counts_once() -> None:
     replies, models, examples = good_replies(2)
     rng = np.random.default_rng(3)
-    impostor = make_train_reply(
-        shifted_model(rng, scale=5.0), 1000, node_id=50, identity="peer-0"
-    )
-    store = InMemoryStore()
-    strategy = ScreenedFedAvg(recorder=store)
-    configured(strategy)
+    # Of two replies under one identity the one with the smaller update digest
+    # stays (canonical, whatever the arrival order): make the impostor's larger.
+    impostor_model = shifted_model(rng, scale=5.0)
+    while update_sha256(impostor_model) < update_sha256(models[0]):
+        impostor_model = shifted_model(rng, scale=5.0)
+    impostor = make_train_reply(impostor_model, 1000, node_id=50, identity="peer-0")
 
-    arrays, _ = strategy.aggregate_train(1, [*replies, impostor])
+    for arrival in ([*replies, impostor], [impostor, *replies]):
+        store = InMemoryStore()
+        strategy = ScreenedFedAvg(recorder=store)
+        configured(strategy)
 
-    expected = weighted_mean_model(models, examples)
-    np.testing.assert_allclose(
-        as_numpy(arrays)["layer.weight"], expected["layer.weight"], rtol=1e-6
-    )
-    last = store.rounds[0].contributions[-1]
-    assert (last.node_id, last.verdict, last.reason) == (
-        50,
-        Verdict.REJECTED,
-        "duplicate identity in this round",
-    )
+        arrays, _ = strategy.aggregate_train(1, arrival)
+
+        expected = weighted_mean_model(models, examples)
+        np.testing.assert_allclose(
+            as_numpy(arrays)["layer.weight"], expected["layer.weight"], rtol=1e-6
+        )
+        rejected = [
+            (c.node_id, c.verdict, c.reason)
+            for c in store.rounds[0].contributions
+            if c.verdict is Verdict.REJECTED
+        ]
+        assert rejected == [(50, Verdict.REJECTED, "duplicate identity in this round")]
 
 
 class NeedsThreeReplies(ScreenedFedAvg):
@@ -473,7 +478,7 @@ def byzantine_round(
         attacker["layer.weight"] = attacker["layer.weight"] - np.float32(50.0)
         models.append(attacker)
     replies = [
-        make_train_reply(model, 10 + index, index + 1, f"peer-{index}")
+        make_train_reply(model, 10 + index, index + 1, f"peer-{index:02d}")
         for index, model in enumerate(models)
     ]
     replies += malformed_replies()[:2]
@@ -485,7 +490,7 @@ def byzantine_round(
             for model in models
         ]
     )
-    return replies, deltas, [f"peer-{index}" for index in range(len(models))]
+    return replies, deltas, [f"peer-{index:02d}" for index in range(len(models))]
 
 
 def model_from_delta(delta: np.ndarray) -> dict[str, np.ndarray]:

@@ -8,6 +8,8 @@ DHT records) reach the same answer without exchanging a message.
 * :mod:`~flp2p.audit.committee` — :func:`draw_committee`, tier-weighted, seeded;
 * :mod:`~flp2p.audit.statements` — :class:`AuditStatement`, the co-signature;
 * :mod:`~flp2p.audit.finality` — :func:`block_finality`, ⌈2k/3⌉ co-signatures;
+* :mod:`~flp2p.audit.recompute` — :func:`recompute_round` and :func:`audit_round`,
+  an auditor re-running a round from the signed replies (:func:`encode_replies`);
 * :mod:`~flp2p.audit.revocation` — :func:`revocation` from accusation records and
   the election filter :func:`without_revoked`.
 

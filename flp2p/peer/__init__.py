@@ -11,7 +11,9 @@ One module per concern:
 * :mod:`~flp2p.peer.tls` — self-signed SuperLink certificates, fingerprint pinning;
 * :mod:`~flp2p.peer.checkpoints` — global models by round, the resume point;
 * :mod:`~flp2p.peer.election` — the deterministic successor election;
-* :mod:`~flp2p.peer.standby_sync` — signed checkpoint pushes to standby aggregators;
+* :mod:`~flp2p.peer.standby_sync` — signed checkpoint pushes to standby aggregators,
+  and audit requests to the round's committee;
+* :mod:`~flp2p.peer.auditor` — the auditor role: re-run a round, co-sign or refuse;
 * :mod:`~flp2p.peer.leases` — lease lookups that say why a lease was refused;
 * :mod:`~flp2p.peer.processes` — SuperLink / SuperNode subprocesses;
 * :mod:`~flp2p.peer.supernode` — a SuperNode that follows the lease;

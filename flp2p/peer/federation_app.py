@@ -53,6 +53,7 @@ from flp2p.app import (
     records_rounds,
     train_config,
 )
+from flp2p.audit.recompute import public_sketch_seed
 from flp2p.client_mods import (
     LedgerReplica,
     ReplySigner,
@@ -477,6 +478,18 @@ def open_peer_ledger(peer: PeerRun, settings: RunSettings) -> Ledger | None:
     )
 
 
+def auditable_seeds(federation: str) -> dict[str, Any]:
+    """Strategy arguments that would otherwise draw private randomness.
+
+    An auditor must recompute the round bit for bit, so the sketch coordinates of
+    :class:`strategies.TrustedFedAvg` come from the federation id
+    (:func:`flp2p.audit.recompute.public_sketch_seed`), not from the OS; the
+    central-DP noise already comes from the genesis ``seed``. A strategy that takes
+    no such argument ignores it (:func:`flp2p.config.build_strategy`).
+    """
+    return {"sketch_seed": public_sketch_seed(federation)}
+
+
 def peer_strategy(
     settings: RunSettings,
     peer: PeerRun,
@@ -490,6 +503,7 @@ def peer_strategy(
             ContributionAuthenticator(peer.federation), peer.start_round
         ),
         **(sampling or {}),
+        **auditable_seeds(peer.federation),
     }
     wrap = None
     if ledger is not None:

@@ -16,6 +16,12 @@ The holder's ledger blocks travel the same way (header ``{"kind": "ledger",
 signed by the aggregator that wrote it, so the receiver checks the blocks
 themselves — chain rules, and a signer the genesis names — rather than the sender.
 A standby that takes over then continues the chain it holds.
+
+An audit request (header ``{"kind": "audit", "federation", "size", "claim"}``, then
+the round's signed replies, :func:`flp2p.audit.recompute.encode_replies`) asks a
+committee member to re-run a round; it answers one line, the signed statement as
+JSON or ``refused: …`` with what differed (:func:`request_audit`). The header needs
+no signature: an auditor signs only what it computed itself.
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from flp2p.audit.recompute import MAX_AUDIT_BYTES
+from flp2p.audit.statements import AuditStatement, StatementError, verify_statement
 from flp2p.identity import Identity, node_id_of
 from flp2p.ledger import LedgerError
 from flp2p.ledger_broadcast import sync_replica
@@ -157,19 +165,86 @@ async def push_blocks(
     return await _push(address, header, body, timeout)
 
 
+AUDIT_KIND = "audit"
+"""``kind`` of a push asking a committee member to re-run a round."""
+AUDIT_TIMEOUT = 120.0
+"""Seconds an aggregator waits for one auditor's statement (it re-runs the round)."""
+AuditHandler = Callable[[Mapping[str, Any], bytes], Awaitable[str]]
+"""A receiver's auditor: claim and replies in, one answer line out (a statement's
+JSON, or ``refused: …``)."""
+
+
+async def request_audit(
+    address: str,
+    federation: str,
+    claim: Mapping[str, Any],
+    replies: bytes,
+    timeout: float = AUDIT_TIMEOUT,
+) -> AuditStatement | str:
+    """Ask the auditor at ``address`` to re-run a round and co-sign ``claim``.
+
+    ``claim`` names the round and the hashes it must reproduce (``round``,
+    ``previous_model_sha256``, ``model_sha256``, ``inputs_sha256``,
+    ``body_sha256``); ``replies`` are the round's signed replies.
+
+    Returns
+    -------
+    AuditStatement or str
+        The auditor's validly signed statement of exactly the claim, or why there
+        is none (its refusal, which an accusation quotes, or a network error).
+    """
+    header = {
+        "kind": AUDIT_KIND,
+        "federation": federation,
+        "size": len(replies),
+        "claim": dict(claim),
+    }
+    answer = await _exchange(address, header, replies, timeout)
+    if not answer.startswith("{"):
+        return f"{address}: {answer or 'no answer'}"
+    try:
+        statement = AuditStatement.from_json(json.loads(answer))
+    except (ValueError, StatementError) as error:
+        return f"{address}: malformed statement ({error})"
+    expected = (
+        federation,
+        claim.get("round"),
+        claim.get("inputs_sha256"),
+        claim.get("model_sha256"),
+        claim.get("body_sha256"),
+    )
+    signed = (
+        statement.federation,
+        statement.server_round,
+        statement.inputs_sha256,
+        statement.model_sha256,
+        statement.body_sha256,
+    )
+    if signed != expected or not verify_statement(statement):
+        return f"{address}: the statement does not sign the claim"
+    return statement
+
+
 async def _push(
     address: str, header: dict[str, object], body: bytes, timeout: float
 ) -> str | None:
     """Send one header line and ``body``; ``None`` if the receiver answered ok."""
+    answer = await _exchange(address, header, body, timeout)
+    return None if answer == "ok" else f"{address}: {answer or 'no answer'}"
+
+
+async def _exchange(
+    address: str, header: Mapping[str, object], body: bytes, timeout: float
+) -> str:
+    """Send one header line and ``body``; the answer line (or the network error)."""
     host, port = split_host_port(address)
     try:
-        answer = await asyncio.wait_for(
+        return await asyncio.wait_for(
             _send(host, port, json.dumps(header).encode() + b"\n" + body),
             timeout,
         )
     except (OSError, asyncio.TimeoutError) as error:
-        return f"{address}: {error or type(error).__name__}"
-    return None if answer == "ok" else f"{address}: {answer or 'no answer'}"
+        return f"{error or type(error).__name__}"
 
 
 async def _send(host: str, port: int, data: bytes) -> str:
@@ -200,6 +275,8 @@ class CheckpointReceiver:
         block pushes.
     block_signers
         Node ids whose blocks are accepted (the genesis' aggregators).
+    auditor
+        Answers audit requests (:data:`AuditHandler`); ``None`` refuses them.
     """
 
     def __init__(
@@ -209,12 +286,14 @@ class CheckpointReceiver:
         may_sign: Callable[[str], bool],
         ledger: Path | None = None,
         block_signers: Collection[str] = (),
+        auditor: AuditHandler | None = None,
     ) -> None:
         self.store = store
         self.federation = federation
         self.may_sign = may_sign
         self.ledger = ledger
         self.block_signers = frozenset(block_signers)
+        self.auditor = auditor
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -234,7 +313,11 @@ class CheckpointReceiver:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         try:
-            answer = await asyncio.wait_for(self._receive(reader), RECEIVE_TIMEOUT)
+            # Header and body each get RECEIVE_TIMEOUT; an audit then re-runs the
+            # round, within AUDIT_TIMEOUT.
+            answer = await asyncio.wait_for(
+                self._receive(reader), 2 * RECEIVE_TIMEOUT + AUDIT_TIMEOUT
+            )
         except (
             OSError,
             asyncio.TimeoutError,
@@ -248,7 +331,7 @@ class CheckpointReceiver:
             writer.close()
 
     async def _receive(self, reader: asyncio.StreamReader) -> str:
-        line = await reader.readuntil(b"\n")
+        line = await asyncio.wait_for(reader.readuntil(b"\n"), RECEIVE_TIMEOUT)
         if len(line) > MAX_HEADER_BYTES:
             return "refused: header too long"
         try:
@@ -256,9 +339,19 @@ class CheckpointReceiver:
             size = int(header["size"])
         except (ValueError, KeyError, TypeError):
             return "refused: malformed header"
-        if not 0 < size <= MAX_CHECKPOINT_BYTES:
+        audit = header.get("kind") == AUDIT_KIND
+        if audit and self.auditor is None:
+            return "refused: this peer audits no rounds"
+        if not 0 < size <= (MAX_AUDIT_BYTES if audit else MAX_CHECKPOINT_BYTES):
             return f"refused: size {size} out of range"
-        body = await reader.readexactly(size)
+        body = await asyncio.wait_for(reader.readexactly(size), RECEIVE_TIMEOUT)
+        if audit and self.auditor is not None:
+            if header.get("federation") != self.federation:
+                return "refused: an audit for another federation"
+            claim = header.get("claim")
+            if not isinstance(claim, dict):
+                return "refused: an audit request names no claim"
+            return await self.auditor(claim, body)
         if header.get("kind") == LEDGER_KIND:
             return await self._receive_blocks(header, body)
         try:
