@@ -15,7 +15,7 @@ import ctypes
 import os
 import subprocess
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -145,3 +145,20 @@ class Hosts:
     def asyncio_on(self, name: str) -> Callable[[Coroutine[Any, Any, T]], T]:
         """``asyncio.run`` on host ``name``."""
         return lambda coroutine: self.run_on(name, lambda: asyncio.run(coroutine))
+
+
+def hosts_or_skip(prefix: str, names: Sequence[str]) -> Iterator[Hosts]:
+    """Body of a pytest fixture: the namespaces ``names``, torn down afterwards (and
+    checked gone), or the test skipped with the reason they cannot be made."""
+    import pytest
+
+    made = Hosts(f"{prefix}{os.getpid()}", names)
+    try:
+        made.__enter__()
+    except NamespacesUnavailable as reason:
+        pytest.skip(f"cannot make network namespaces here: {reason}")
+    try:
+        yield made
+    finally:
+        made.close()
+        assert made.left_over() == []

@@ -12,14 +12,13 @@ with the reason otherwise.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_netns import Hosts, NamespacesUnavailable
+from helpers_netns import Hosts, hosts_or_skip
 from test_peer_localhost import (
     chain_of,
     example,
@@ -43,16 +42,7 @@ WILDCARD_LISTENERS = ("eligible-a", "eligible-b")
 
 @pytest.fixture
 def hosts() -> Iterator[Hosts]:
-    made = Hosts(f"flp2p{os.getpid()}", HOST_NAMES)
-    try:
-        made.__enter__()
-    except NamespacesUnavailable as reason:
-        pytest.skip(f"cannot make network namespaces here: {reason}")
-    try:
-        yield made
-    finally:
-        made.close()
-        assert made.left_over() == []
+    yield from hosts_or_skip("flp2p", HOST_NAMES)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers_netns import Hosts, NamespacesUnavailable
+from helpers_netns import Hosts, hosts_or_skip
 from test_peer_localhost import wait_until_none_left
 
 from flp2p.peer.processes import descendants, flower_environment, process_children
@@ -55,16 +55,7 @@ def test_the_readme_block_names_every_machine() -> None:
 
 @pytest.fixture
 def hosts() -> Iterator[Hosts]:
-    made = Hosts(f"flp2preadme{os.getpid()}", MACHINES)
-    try:
-        made.__enter__()
-    except NamespacesUnavailable as reason:
-        pytest.skip(f"cannot make network namespaces here: {reason}")
-    try:
-        yield made
-    finally:
-        made.close()
-        assert made.left_over() == []
+    yield from hosts_or_skip("flp2preadme", MACHINES)
 
 
 class Machines:
