@@ -28,13 +28,14 @@ import asyncio
 import dataclasses
 import logging
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flp2p.dht import AddressBook, Genesis, Lease
 from flp2p.dht.codec import JSONValue
+from flp2p.identity import Identity
 from flp2p.ledger import Ledger, LedgerError
 from flp2p.peer.addresses import LOOPBACK_HOST, join_host_port, local_host
 from flp2p.peer.app_folder import write_app
@@ -59,6 +60,12 @@ from flp2p.peer.processes import (
     free_port,
     superlink_command,
     wait_for_port,
+)
+from flp2p.peer.round_audit import (
+    AUDITORS_FILE_KEY,
+    BYZANTINE_KEY,
+    lie_from_environment,
+    write_auditors,
 )
 from flp2p.peer.standby_sync import push_blocks, push_checkpoint
 from flp2p.peer.tls import (
@@ -251,6 +258,38 @@ class AggregatorRole:
         self.blocks_sent: dict[str, int] = {}
         """Standby address → number of blocks it acknowledged (a prefix of the
         chain: pushes resume after it)."""
+        self.auditors_file = self.work_dir / "auditors.json"
+        """Where the ServerApp finds its committee's addresses (issue 15)."""
+
+    def update_auditors(
+        self, addresses: Mapping[str, str], revoked: Iterable[str] = ()
+    ) -> None:
+        """Tell the ServerApp where the other eligible peers take audit requests
+        and which aggregators were revoked (it records their bans)."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        write_auditors(self.auditors_file, addresses, revoked)
+
+    async def start_chain(self, standbys: list[str], last_round: int) -> None:
+        """Make sure the ledger has a genesis and that ``standbys`` hold the chain
+        up to ``last_round`` before the first audited round: its committee is drawn
+        from the chain's tip, by every peer alike."""
+        if self.identity_key is None or self.ledger is None:
+            return
+        key, ledger = self.identity_key, self.ledger
+
+        def start() -> None:
+            ledger.parent.mkdir(parents=True, exist_ok=True)
+            with Ledger.open(
+                ledger,
+                federation=self.federation_id,
+                signer=Identity.load(key),
+                allowed_signers=self.genesis.eligible,
+                create=True,
+            ) as chain:
+                chain.start_chain()
+
+        await asyncio.to_thread(start)
+        await self._push_blocks(standbys, last_round)
 
     @property
     def federation_id(self) -> str:
@@ -375,6 +414,10 @@ class AggregatorRole:
             self.genesis.eligible,
             start_file=start_file,
         )
+        config[AUDITORS_FILE_KEY] = str(self.auditors_file)
+        lie = lie_from_environment()
+        if lie is not None:
+            config[BYZANTINE_KEY] = lie
         tls = superlink.tls
         certificate = None if tls is None else tls.certificate
         app_dir, flwr_home = write_app(

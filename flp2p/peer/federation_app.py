@@ -70,6 +70,12 @@ from flp2p.ledger_broadcast import LedgerBroadcast
 from flp2p.local_training import client_evaluate, client_train
 from flp2p.peer.app_folder import flatten_parameters
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
+from flp2p.peer.round_audit import (
+    AuditedRounds,
+    AuditSetup,
+    ProposingLedger,
+    read_auditors,
+)
 from flp2p.peer.round_deadline import DeadlineGrid, RoundDeadline, peer_sampling
 from strategies.records import ReputationState, RoundReport
 
@@ -495,9 +501,12 @@ def peer_strategy(
     peer: PeerRun,
     ledger: Ledger | None,
     sampling: Mapping[str, int] | None = None,
+    audit: AuditSetup | None = None,
 ) -> Any:
     """The configured strategy with the peer runtime's authenticator and ledger
-    (and ``sampling``: :func:`flp2p.peer.round_deadline.peer_sampling`)."""
+    (and ``sampling``: :func:`flp2p.peer.round_deadline.peer_sampling`); with
+    ``audit`` (k > 0) every round's block waits for its committee
+    (:class:`flp2p.peer.round_audit.AuditedRounds`)."""
     extra: dict[str, Any] = {
         "authenticator": FederationRoundAuthenticator(
             ContributionAuthenticator(peer.federation), peer.start_round
@@ -508,7 +517,31 @@ def peer_strategy(
     wrap = None
     if ledger is not None:
         extra["recorder"] = FederationRoundLedger(ledger, peer.start_round)
-        if settings.ledger_replicate:
+        # -- verifiable aggregation (issue 15): propose, audit, append if final
+        audited = audit is not None and audit.committee_size > 0
+        if audited and audit is not None and peer.identity_key is not None:
+            _, revoked = read_auditors(audit.auditors_file)
+            recorder = ProposingLedger(extra["recorder"], ledger, revoked)
+            extra["recorder"] = recorder
+            checkpoints = CheckpointStore(peer.checkpoint_dir)
+            identity = Identity.load(peer.identity_key)
+            setup = audit
+
+            def wrap(strategy: Any) -> Any:
+                gated = AuditedRounds(
+                    strategy,
+                    recorder,
+                    identity,
+                    checkpoints,
+                    setup.committee_size,
+                    setup.auditors_file,
+                    setup.lie,
+                )
+                if settings.ledger_replicate:
+                    return LedgerBroadcast(gated, ledger)
+                return gated
+
+        elif settings.ledger_replicate:
 
             def wrap(strategy: Any) -> Any:
                 return LedgerBroadcast(strategy, ledger)
@@ -544,7 +577,13 @@ def run_peer_server(grid: Grid, context: Context) -> None:
     ledger = open_peer_ledger(peer, settings)
     try:
         strategy = peer_strategy(
-            settings, peer, ledger, peer_sampling(context.run_config)
+            settings,
+            peer,
+            ledger,
+            peer_sampling(context.run_config),
+            AuditSetup.from_run_config(
+                context.run_config, json.loads(str(context.run_config[SETTINGS_KEY]))
+            ),
         )
         strategy.start(
             grid=DeadlineGrid(

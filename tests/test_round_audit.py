@@ -1,0 +1,264 @@
+"""Audited rounds in process, over loopback TCP (issue 15, items 2–6).
+
+An aggregator's :class:`~flp2p.peer.round_audit.AuditedRounds` asks a committee of
+three real audit receivers (:func:`flp2p.peer.auditor.committee_auditor`, each with
+its own ledger copy and checkpoints) to co-sign round 1. An honest round becomes
+final with the co-signatures in the ledger; each Byzantine aggregator's round is
+refused, is not appended, and the members' accusations revoke its lease; one lying
+auditor neither stops an honest round nor revokes anybody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Message
+from helpers_messages import make_train_reply
+
+from flp2p.audit.revocation import revocation
+from flp2p.dht.codec import SignedRecord, sign_record
+from flp2p.dht.kinds import Accusation
+from flp2p.identity import ContributionAuthenticator, Identity
+from flp2p.ledger import Ledger
+from flp2p.ledger.reports import finality_report
+from flp2p.ledger_broadcast import sync_replica
+from flp2p.peer.auditor import committee_auditor
+from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
+from flp2p.peer.federation_app import FederationRoundLedger
+from flp2p.peer.round_audit import (
+    LIES,
+    AuditedRounds,
+    ProposingLedger,
+    RoundNotFinal,
+    audit_payload,
+    split_audit_payload,
+    write_auditors,
+)
+from flp2p.peer.standby_sync import CheckpointReceiver
+from flp2p.signatures import contribution_message
+from strategies import Median
+from strategies.records import InMemoryStore, update_sha256
+
+FEDERATION = "f" * 64
+MODEL = {
+    "w": np.linspace(-1.0, 1.0, 240, dtype=np.float32).reshape(12, 20),
+    "b": np.zeros(20, dtype=np.float32),
+}
+PARTICIPANTS = [Identity.generate() for _ in range(4)]
+
+
+def make_strategy(store: InMemoryStore) -> Median:
+    return Median(recorder=store, authenticator=ContributionAuthenticator(FEDERATION))
+
+
+def signed_replies(server_round: int = 1) -> list[Message]:
+    rng = np.random.default_rng(server_round)
+    replies = []
+    for index, participant in enumerate(PARTICIPANTS):
+        update = {
+            name: (value + 0.05 * rng.standard_normal(value.shape)).astype(np.float32)
+            for name, value in MODEL.items()
+        }
+        message = contribution_message(FEDERATION, server_round, update_sha256(update))
+        replies.append(
+            make_train_reply(
+                update,
+                30 + index,
+                node_id=index + 1,
+                identity=participant.node_id,
+                public_key=participant.public_key,
+                signature=participant.sign(message),
+            )
+        )
+    return replies
+
+
+@dataclass
+class Federation:
+    """An aggregator and three auditors, each with its own ledger and checkpoints."""
+
+    folder: Path
+    loop: asyncio.AbstractEventLoop
+    aggregator: Identity = field(default_factory=Identity.generate)
+    auditors: list[Identity] = field(
+        default_factory=lambda: [Identity.generate() for _ in range(3)]
+    )
+    accusations: list[SignedRecord] = field(default_factory=list)
+    receivers: list[CheckpointReceiver] = field(default_factory=list)
+
+    @property
+    def eligible(self) -> list[str]:
+        return [i.node_id for i in (self.aggregator, *self.auditors)]
+
+    def ledger(self, name: str, signer: Identity | None = None) -> Ledger:
+        return Ledger.open(
+            self.folder / f"{name}.db",
+            federation=FEDERATION,
+            signer=signer,
+            allowed_signers=self.eligible,
+            create=True,
+        )
+
+    def start(self, lying_auditor: int | None = None) -> None:
+        with self.ledger("aggregator", self.aggregator) as ledger:
+            genesis = ledger.start_chain().to_bytes()
+        CheckpointStore(self.folder / "aggregator").save(Checkpoint(0, MODEL))
+        addresses = {}
+        for index, auditor in enumerate(self.auditors):
+            name = f"auditor-{index}"
+            sync_replica(self.folder / f"{name}.db", FEDERATION, [genesis])
+            store = CheckpointStore(self.folder / name)
+            store.save(Checkpoint(0, MODEL))
+
+            async def accuse(accusation: Accusation, signer: Identity = auditor) -> None:
+                self.accusations.append(
+                    sign_record(
+                        signer,
+                        Accusation.KIND,
+                        accusation.subject,
+                        accusation.to_payload(),
+                        1,
+                        time.time() + 60,
+                    )
+                )
+
+            receiver = CheckpointReceiver(
+                store,
+                FEDERATION,
+                set(self.eligible).__contains__,
+                auditor=committee_auditor(
+                    auditor,
+                    FEDERATION,
+                    store,
+                    self.folder / f"{name}.db",
+                    make_strategy,
+                    accuse=accuse,
+                    lie="accuse" if index == lying_auditor else None,
+                    wait=2.0,
+                ),
+            )
+            self.receivers.append(receiver)
+            future = asyncio.run_coroutine_threadsafe(receiver.start(), self.loop)
+            addresses[auditor.node_id] = future.result(timeout=10)
+        write_auditors(self.folder / "auditors.json", addresses)
+
+    def aggregate(self, lie: str | None = None) -> tuple[bool, str]:
+        """Round 1 through AuditedRounds: (final, model hash handed to Flower)."""
+        with self.ledger("aggregator", self.aggregator) as ledger:
+            recorder = ProposingLedger(FederationRoundLedger(ledger, 0), ledger)
+            inner = Median(
+                recorder=recorder,
+                authenticator=ContributionAuthenticator(FEDERATION),
+            )
+            inner.set_reference(MODEL)
+            gate = AuditedRounds(
+                inner,
+                recorder,
+                self.aggregator,
+                CheckpointStore(self.folder / "aggregator"),
+                3,
+                self.folder / "auditors.json",
+                lie,
+            )
+            try:
+                arrays, _ = gate.aggregate_train(1, signed_replies())
+            except RoundNotFinal:
+                assert ledger.height == 0  # nothing appended
+                return False, ""
+            assert arrays is not None
+            return True, update_sha256({k: arrays[k].numpy() for k in arrays})
+
+    def revoked(self) -> bool:
+        with self.ledger("auditor-0") as ledger:
+            committee = ledger.next_committee(self.aggregator.node_id, 3)
+        assert committee is not None and len(committee.members) == 3
+        return revocation(FEDERATION, 1, committee, self.accusations).revoked
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator[Federation]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    running = Federation(tmp_path, loop)
+    try:
+        yield running
+    finally:
+        for receiver in running.receivers:
+            asyncio.run_coroutine_threadsafe(receiver.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_an_honest_round_is_final_with_its_committees_cosignatures(
+    federation: Federation,
+) -> None:
+    federation.start()
+
+    final, model = federation.aggregate()
+
+    assert final
+    with federation.ledger("aggregator") as ledger:
+        block = ledger.block(1)
+        assert block.aggregate_sha256 == model
+        (status,) = finality_report(ledger, 3)
+        assert status.is_final and status.finality is not None
+        assert status.finality.valid == 3
+    assert federation.accusations == []
+
+
+@pytest.mark.parametrize("lie", [lie for lie in LIES if lie != "drop"])
+def test_a_lying_aggregator_is_refused_and_revoked(
+    federation: Federation, lie: str
+) -> None:
+    federation.start()
+
+    final, _ = federation.aggregate(lie)
+
+    assert not final
+    assert len(federation.accusations) == 3
+    assert federation.revoked()
+
+
+def test_dropping_a_reply_from_auditors_too_is_not_theirs_to_see(
+    federation: Federation,
+) -> None:
+    # The aggregator withholds the reply from its committee as well: the round is
+    # consistent, so it is final; only the participant left out can tell
+    # (complaints, not wired yet: see the README's threat model).
+    federation.start()
+
+    final, _ = federation.aggregate("drop")
+
+    assert final
+    with federation.ledger("aggregator") as ledger:
+        assert len(ledger.block(1).contributions) == len(PARTICIPANTS) - 1
+
+
+def test_one_lying_auditor_neither_blocks_nor_revokes(federation: Federation) -> None:
+    federation.start(lying_auditor=0)
+
+    final, _ = federation.aggregate()
+
+    assert final
+    assert len(federation.accusations) == 1
+    assert not federation.revoked()
+    with federation.ledger("aggregator") as ledger:
+        (status,) = finality_report(ledger, 3)
+        assert status.is_final and status.finality is not None
+        assert status.finality.valid == 2
+
+
+def test_audit_payload_round_trips_and_refuses_a_truncated_block() -> None:
+    block, replies = b'{"block": 1}', b"replies"
+    assert split_audit_payload(audit_payload(block, replies)) == (block, replies)
+    with pytest.raises(ValueError, match="truncated"):
+        split_audit_payload(audit_payload(block, replies)[:10])
