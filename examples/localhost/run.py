@@ -151,7 +151,10 @@ class LocalFederation:
             ],
         )  # fmt: skip
         self.federation_id = self._read_federation_id(founder)
-        for name in self.eligible:
+        # The peer the election names first starts first, so that it is live (and
+        # wins) whenever the others look: the Byzantine aggregator is that one.
+        first = self.first_aggregator()
+        for name in sorted(self.eligible, key=lambda n: n != first):
             self._spawn(name, [*self._peer_args(name), "--aggregator-eligible"])
         for index in range(self.clients):
             partition = ["--partition-id", str(index), "--num-partitions"]

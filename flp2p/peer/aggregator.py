@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import subprocess
 from collections.abc import Iterable, Mapping
@@ -151,6 +152,26 @@ def certificate_hosts(advertise_host: str, local: str) -> tuple[str, ...]:
     SuperLink's own SuperExec, which dials loopback when it binds a wildcard)."""
     hosts = (advertise_host, local, LOOPBACK_HOST, "localhost")
     return tuple(dict.fromkeys(hosts))
+
+
+def cosignatures_up_to(
+    ledger_path: Path, federation: str, last_round: int
+) -> list[str]:
+    """The co-signatures (statements as JSON strings) of the blocks of
+    ``ledger_path`` up to federation round ``last_round``."""
+    if not ledger_path.exists():
+        return []
+    try:
+        with Ledger.open(ledger_path, federation=federation) as ledger:
+            return [
+                json.dumps(statement.to_json())
+                for block in ledger.blocks()
+                if 0 < block.server_round <= last_round
+                for statement in ledger.cosignatures(block.height)
+            ]
+    except LedgerError as error:
+        log.warning("cannot read the co-signatures to replicate them: %s", error)
+        return []
 
 
 def blocks_up_to(ledger_path: Path, federation: str, last_round: int) -> list[bytes]:
@@ -473,6 +494,13 @@ class AggregatorRole:
         await self.book.publish(lease)
         return newest
 
+    async def push_chain(self, standbys: list[str]) -> None:
+        """Hand standbys that joined since the last round the chain up to it
+        (they audit the next round, which continues that chain)."""
+        if self.holding is None or all(a in self.blocks_sent for a in standbys):
+            return
+        await self._push_blocks(standbys, self.holding.lease.last_round)
+
     async def _push_blocks(self, standbys: list[str], last_round: int) -> None:
         """Hand ``standbys`` the ledger blocks up to ``last_round`` they lack.
 
@@ -486,10 +514,15 @@ class AggregatorRole:
         )
         if not blocks:
             return
+        statements = await asyncio.to_thread(
+            cosignatures_up_to, self.ledger, self.federation_id, last_round
+        )
         sent = [self.blocks_sent.get(a, 0) for a in standbys]
         failures = await asyncio.gather(
             *(
-                push_blocks(a, self.federation_id, blocks[start:])
+                push_blocks(
+                    a, self.federation_id, blocks[start:], cosignatures=statements
+                )
                 for a, start in zip(standbys, sent, strict=True)
                 if start < len(blocks)
             )

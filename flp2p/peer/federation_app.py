@@ -60,6 +60,7 @@ from flp2p.client_mods import (
     SettingsOf,
     attack_mod,
     dpsgd_mod,
+    final_model_mod,
     ledger_sync_mod,
     signing_mod,
 )
@@ -74,6 +75,7 @@ from flp2p.peer.round_audit import (
     AuditedRounds,
     AuditSetup,
     ProposingLedger,
+    committee_size,
     read_auditors,
 )
 from flp2p.peer.round_deadline import DeadlineGrid, RoundDeadline, peer_sampling
@@ -229,8 +231,11 @@ class Participant:
         return LedgerReplica(self.ledger, self.federation, signer_ids=self.aggregators)
 
 
-def replica_from_node_config(node_config: Mapping[str, Any]) -> LedgerReplica | None:
-    """The participant's ledger copy its node config names (its key is not read)."""
+def replica_from_node_config(
+    node_config: Mapping[str, Any], committee_size: int = 0
+) -> LedgerReplica | None:
+    """The participant's ledger copy its node config names (its key is not read);
+    with ``committee_size`` k > 0 it appends only final round blocks."""
     ledger = node_config.get(LEDGER_NODE_KEY)
     if not ledger:
         return None
@@ -238,7 +243,15 @@ def replica_from_node_config(node_config: Mapping[str, Any]) -> LedgerReplica | 
         Path(str(ledger)),
         str(node_config[FEDERATION_NODE_KEY]),
         signer_ids=frozenset(split_ids(node_config.get(AGGREGATORS_NODE_KEY))),
+        committee_size=committee_size,
     )
+
+
+def audited_replica(context: Context) -> LedgerReplica | None:
+    """The participant's ledger copy, with the federation's k (issue 15)."""
+    raw = context.run_config.get(SETTINGS_KEY)
+    k = committee_size(json.loads(str(raw))) if raw is not None else 0
+    return replica_from_node_config(context.node_config, k)
 
 
 def participant_from_node_config(node_config: Mapping[str, Any]) -> Participant:
@@ -607,7 +620,8 @@ def peer_train_mods(settings_of: SettingsOf) -> list[Mod]:
         signing_mod(
             lambda context: participant_from_node_config(context.node_config).signer
         ),
-        ledger_sync_mod(lambda context: replica_from_node_config(context.node_config)),
+        final_model_mod(audited_replica),
+        ledger_sync_mod(audited_replica),
         attack_mod(settings_of),
         dpsgd_mod(settings_of),
     ]

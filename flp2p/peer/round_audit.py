@@ -332,26 +332,32 @@ class AuditedRounds(StrategyWrapper):
         """Statements of the members, asking again those that did not sign."""
         federation = self.recorder.ledger.federation
         signed: dict[str, AuditStatement] = {}
+        judged: set[str] = set()
         for attempt in range(AUDIT_ATTEMPTS):
             if attempt:
                 await asyncio.sleep(RETRY_SECONDS)
             addresses, _ = read_auditors(self.auditors_file)
-            asked = [m for m in committee.members if m not in signed and m in addresses]
+            asked = [
+                m
+                for m in committee.members
+                if m not in signed and m not in judged and m in addresses
+            ]
             answers = await asyncio.gather(
                 *(
                     request_audit(addresses[m], federation, claim, payload)
                     for m in asked
                 )
             )
-            refused = False
             for member, answer in zip(asked, answers, strict=True):
                 if isinstance(answer, AuditStatement):
                     signed[member] = answer
-                else:
-                    refused = refused or "refused:" in answer
-                    log.warning("auditor %s… did not sign: %s", member[:12], answer)
-            if len(signed) >= committee.threshold or refused:
-                # A refusal is a verdict, not a glitch: asking again changes nothing.
+                    continue
+                if is_verdict(answer):
+                    judged.add(member)  # asking again changes nothing
+                log.warning("auditor %s… did not sign: %s", member[:12], answer)
+            if len(signed) >= committee.threshold or len(signed) + len(judged) == len(
+                committee.members
+            ):
                 break
         return list(signed.values())
 
@@ -387,6 +393,12 @@ class AuditedRounds(StrategyWrapper):
             "Byzantine aggregator (%s) in round %d", self.lie, block.server_round
         )
         return arrays, block.signed_by(self.identity)
+
+
+def is_verdict(answer: str) -> bool:
+    """Whether an auditor's refusal says the round differs (not that it could not
+    audit yet: no previous model, another chain tip, a network error)."""
+    return "differs" in answer or "lying auditor" in answer
 
 
 def _without_one(replies: list[Message]) -> list[Message]:

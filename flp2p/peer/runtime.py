@@ -269,6 +269,7 @@ class Peer:
                     accuse=self.book.publish,
                     lie=os.environ.get(BYZANTINE_AUDITOR_ENV) or None,
                 ),
+                committee_size=self.committee_size,
             )
             bound = await self.receiver.start(
                 self.options.listen[0], self.options.sync_port
@@ -482,6 +483,7 @@ class Peer:
             return None
         addresses = await self._eligible_addresses()
         self.aggregator.update_auditors(addresses, self.revoked)
+        await self.aggregator.push_chain(list(addresses.values()))
         await self.aggregator.advertise_progress(list(addresses.values()))
         if self.aggregator.finished:
             await asyncio.sleep(FINISH_GRACE_SECONDS)
