@@ -23,6 +23,7 @@ federation or the one the participant joined.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -290,6 +291,74 @@ def _sync(
     )
 
 
+RECEIPTS_DIR = "sent-replies"
+"""Folder beside a participant's ledger copy: one receipt per round it replied to
+(identity, update digest, signature), until that round's block arrives."""
+COMPLAINTS_DIR = "complaints"
+"""Folder beside it: one complaint per round whose final block omits or alters the
+participant's reply; the peer runtime publishes them (issue 15)."""
+
+
+def receipt_mod(replica_of: Callable[[Context], LedgerReplica | None]) -> Mod:
+    """Keep a receipt of every signed reply (outermost: it sees the signature), so
+    that :func:`final_model_mod` can check the round's block for it."""
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        reply = call_next(msg, context)
+        replica = replica_of(context)
+        if reply.has_error() or replica is None or replica.committee_size == 0:
+            return reply
+        identity = reply.content.config_records.get(IDENTITY_KEY)
+        if identity is None or not isinstance(identity.get(IDENTITY_SIGNATURE), bytes):
+            return reply
+        arrays = record_to_arrays(reply.content.array_records[ARRAYS_KEY])
+        server_round = _federation_round(_instruction(msg))
+        folder = replica.path.parent / RECEIPTS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        receipt = {
+            "round": server_round,
+            "identity": str(identity[IDENTITY_ID]),
+            "update_sha256": update_sha256(arrays),
+            "signature": bytes(identity[IDENTITY_SIGNATURE]).hex(),  # type: ignore[arg-type]
+        }
+        (folder / f"round-{server_round:06d}.json").write_text(json.dumps(receipt))
+        return reply
+
+    return mod
+
+
+def check_receipts(replica: LedgerReplica) -> list[int]:
+    """Compare each receipt with its round's block in ``replica``; a block that
+    omits the reply or names another digest gets a complaint file. Returns the
+    rounds complained about (receipts of checked rounds are removed)."""
+    folder = replica.path.parent / RECEIPTS_DIR
+    if not folder.is_dir() or not replica.path.exists():
+        return []
+    with Ledger.open(replica.path, federation=replica.federation) as ledger:
+        blocks = {b.server_round: b for b in ledger.blocks() if b.server_round > 0}
+    complained = []
+    for path in sorted(folder.glob("round-*.json")):
+        receipt = json.loads(path.read_text())
+        block = blocks.get(int(receipt["round"]))
+        if block is None:
+            continue  # not final yet (or the round is re-run by a successor)
+        listed = {
+            str(row["identity"]): str(row["update_sha256"])
+            for row in block.contributions
+        }
+        if listed.get(receipt["identity"]) != receipt["update_sha256"]:
+            complaints = replica.path.parent / COMPLAINTS_DIR
+            complaints.mkdir(parents=True, exist_ok=True)
+            (complaints / path.name).write_text(json.dumps(receipt))
+            complained.append(int(receipt["round"]))
+            log.warning(
+                "the final block of round %s omits or alters this reply: complaining",
+                receipt["round"],
+            )
+        path.unlink()
+    return complained
+
+
 NOT_FINAL = 0x46494E  # "FIN"
 """Error code of a participant that refuses to train on a model whose block is
 not final."""
@@ -317,6 +386,7 @@ def final_model_mod(replica_of: Callable[[Context], LedgerReplica | None]) -> Mo
         try:
             if isinstance(blocks, list) and blocks:
                 _sync(replica, config, blocks)
+                check_receipts(replica)
             tip = _tip(replica)
         except LedgerError as refused:
             return _not_final(msg, f"refused a ledger block: {refused}")

@@ -11,6 +11,7 @@ auditor neither stops an honest round nor revokes anybody.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -23,14 +24,19 @@ from flwr.app import Message
 from helpers_messages import make_train_reply
 
 from flp2p.audit.revocation import revocation
+from flp2p.client_mods import RECEIPTS_DIR, LedgerReplica, check_receipts
+from flp2p.dht import Genesis
 from flp2p.dht.codec import SignedRecord, sign_record
-from flp2p.dht.kinds import Accusation
+from flp2p.dht.kinds import Accusation, Complaint
+from flp2p.dht.record_validation import RecordValidator
 from flp2p.identity import ContributionAuthenticator, Identity
 from flp2p.ledger import Ledger
 from flp2p.ledger.reports import finality_report
 from flp2p.ledger_broadcast import sync_replica
+from flp2p.local_training import record_to_arrays
 from flp2p.peer.auditor import committee_auditor
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
+from flp2p.peer.complaints import omission_auditor
 from flp2p.peer.federation_app import FederationRoundLedger
 from flp2p.peer.round_audit import (
     LIES,
@@ -44,9 +50,25 @@ from flp2p.peer.round_audit import (
 from flp2p.peer.standby_sync import CheckpointReceiver
 from flp2p.signatures import contribution_message
 from strategies import Median
-from strategies.records import InMemoryStore, update_sha256
+from strategies.records import (
+    ARRAYS_KEY,
+    IDENTITY_ID,
+    IDENTITY_KEY,
+    IDENTITY_SIGNATURE,
+    InMemoryStore,
+    update_sha256,
+)
 
-FEDERATION = "f" * 64
+FOUNDER = Identity.generate()
+AGGREGATOR = Identity.generate()
+AUDITORS = [Identity.generate() for _ in range(3)]
+GENESIS = Genesis(
+    founder=FOUNDER.node_id,
+    parameters={"rounds": 2},
+    eligible=tuple(i.node_id for i in (AGGREGATOR, *AUDITORS)),
+    created_at=time.time(),
+)
+FEDERATION = GENESIS.federation_id
 MODEL = {
     "w": np.linspace(-1.0, 1.0, 240, dtype=np.float32).reshape(12, 20),
     "b": np.zeros(20, dtype=np.float32),
@@ -86,10 +108,8 @@ class Federation:
 
     folder: Path
     loop: asyncio.AbstractEventLoop
-    aggregator: Identity = field(default_factory=Identity.generate)
-    auditors: list[Identity] = field(
-        default_factory=lambda: [Identity.generate() for _ in range(3)]
-    )
+    aggregator: Identity = AGGREGATOR
+    auditors: list[Identity] = field(default_factory=lambda: list(AUDITORS))
     accusations: list[SignedRecord] = field(default_factory=list)
     receivers: list[CheckpointReceiver] = field(default_factory=list)
 
@@ -117,7 +137,9 @@ class Federation:
             store = CheckpointStore(self.folder / name)
             store.save(Checkpoint(0, MODEL))
 
-            async def accuse(accusation: Accusation, signer: Identity = auditor) -> None:
+            async def accuse(
+                accusation: Accusation, signer: Identity = auditor
+            ) -> None:
                 self.accusations.append(
                     sign_record(
                         signer,
@@ -228,19 +250,112 @@ def test_a_lying_aggregator_is_refused_and_revoked(
     assert federation.revoked()
 
 
-def test_dropping_a_reply_from_auditors_too_is_not_theirs_to_see(
+def validator() -> RecordValidator:
+    """A DHT validator that knows the federation's genesis."""
+    checking = RecordValidator(clock=time.time)
+    record = sign_record(
+        FOUNDER,
+        Genesis.KIND,
+        GENESIS.subject,
+        GENESIS.to_payload(),
+        1,
+        time.time() + 600,
+    )
+    checking.check(record.dht_key, record.encode())
+    return checking
+
+
+def test_a_dropped_reply_is_final_but_its_complaint_revokes_the_lease(
     federation: Federation,
 ) -> None:
     # The aggregator withholds the reply from its committee as well: the round is
-    # consistent, so it is final; only the participant left out can tell
-    # (complaints, not wired yet: see the README's threat model).
+    # consistent for them, so it is final ...
     federation.start()
-
     final, _ = federation.aggregate("drop")
-
     assert final
     with federation.ledger("aggregator") as ledger:
-        assert len(ledger.block(1).contributions) == len(PARTICIPANTS) - 1
+        block = ledger.block(1)
+        chain = [b.to_bytes() for b in ledger.blocks()]
+        statements = ledger.cosignatures(1)
+    assert len(block.contributions) == len(PARTICIPANTS) - 1
+    # ... but the participant left out finds its receipt missing from the final
+    # block in its replica and complains, with its signed reply as evidence.
+    dropped = min(PARTICIPANTS, key=lambda p: p.node_id)
+    reply = next(
+        r
+        for r in signed_replies()
+        if r.content.config_records[IDENTITY_KEY][IDENTITY_ID] == dropped.node_id
+    )
+    identity = reply.content.config_records[IDENTITY_KEY]
+    digest = update_sha256(record_to_arrays(reply.content.array_records[ARRAYS_KEY]))
+    replica = LedgerReplica(
+        federation.folder / "participant" / "ledger.db", FEDERATION, committee_size=3
+    )
+    sync_replica(replica.path, FEDERATION, chain, None, statements, 3)
+    receipts = replica.path.parent / RECEIPTS_DIR
+    receipts.mkdir()
+    (receipts / "round-000001.json").write_text(
+        json.dumps(
+            {
+                "round": 1,
+                "identity": dropped.node_id,
+                "update_sha256": digest,
+                "signature": bytes(identity[IDENTITY_SIGNATURE]).hex(),  # type: ignore[arg-type]
+            }
+        )
+    )
+    assert check_receipts(replica) == [1]
+    complaint = Complaint(
+        FEDERATION,
+        1,
+        dropped.node_id,
+        digest,
+        bytes(identity[IDENTITY_SIGNATURE]),  # type: ignore[arg-type]
+    )
+    record = sign_record(
+        dropped,
+        Complaint.KIND,
+        complaint.subject,
+        complaint.to_payload(),
+        1,
+        time.time() + 60,
+    ).encode()
+    # Each committee member checks it against its own copy of the block and
+    # accuses: the lease is revoked for round 1.
+    for index, auditor in enumerate(federation.auditors):
+        path = federation.folder / f"auditor-{index}.db"
+        sync_replica(path, FEDERATION, chain, None, statements, 3)
+
+        async def accuse(accusation: Accusation, signer: Identity = auditor) -> None:
+            federation.accusations.append(
+                sign_record(
+                    signer,
+                    Accusation.KIND,
+                    accusation.subject,
+                    accusation.to_payload(),
+                    1,
+                    time.time() + 60,
+                )
+            )
+
+        handler = omission_auditor(auditor, FEDERATION, path, validator(), 3, accuse)
+        assert asyncio.run(handler(record)) == "ok"
+    assert federation.revoked()
+    # A complaint about a reply the block does list is refused.
+    listed = next(p for p in PARTICIPANTS if p is not dropped)
+    forged = Complaint(FEDERATION, 1, listed.node_id, digest, None)
+    wrong = sign_record(
+        listed, Complaint.KIND, forged.subject, forged.to_payload(), 1, time.time() + 60
+    ).encode()
+    handler = omission_auditor(
+        federation.auditors[0],
+        FEDERATION,
+        federation.folder / "auditor-0.db",
+        validator(),
+        3,
+        accuse,
+    )
+    assert asyncio.run(handler(wrong)).startswith("refused")
 
 
 def test_one_lying_auditor_neither_blocks_nor_revokes(federation: Federation) -> None:

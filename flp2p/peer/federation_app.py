@@ -62,6 +62,7 @@ from flp2p.client_mods import (
     dpsgd_mod,
     final_model_mod,
     ledger_sync_mod,
+    receipt_mod,
     signing_mod,
 )
 from flp2p.config import ConfigError, RunSettings, build_strategy, compose
@@ -617,6 +618,7 @@ def run_peer_server(grid: Grid, context: Context) -> None:
 def peer_train_mods(settings_of: SettingsOf) -> list[Mod]:
     """The peer runtime's training mods: the participant's key and ledger copy."""
     return [
+        receipt_mod(audited_replica),
         signing_mod(
             lambda context: participant_from_node_config(context.node_config).signer
         ),

@@ -18,6 +18,7 @@ from flp2p.audit.revocation import Revocation, revocation
 from flp2p.dht import AddressBook, Lease
 from flp2p.dht.kinds import Accusation, round_subject
 from flp2p.ledger import Ledger, LedgerError
+from flp2p.ledger.reports import finality_report
 
 
 def round_committee(
@@ -38,18 +39,53 @@ def round_committee(
     return committee if committee is not None and committee.members else None
 
 
+def final_round_committee(
+    ledger: Path, federation: str, lease: Lease, committee_size: int
+) -> Committee | None:
+    """The committee of the final block of ``lease.last_round`` when the holder
+    signed it (omissions are accused after the block is final)."""
+    if lease.last_round < 1 or not ledger.exists():
+        return None
+    try:
+        with Ledger.open(ledger, federation=federation) as chain:
+            statuses = finality_report(chain, committee_size)
+    except LedgerError:
+        return None
+    for status in reversed(statuses):
+        if status.server_round == lease.last_round:
+            committee = status.committee
+            if committee is None or committee.aggregator != lease.holder:
+                return None
+            return committee if committee.members else None
+    return None
+
+
 async def lease_revocation(
     book: AddressBook, ledger: Path, lease: Lease, committee_size: int
 ) -> Revocation | None:
-    """The committee's verdict on ``lease``'s holder for its round in progress
-    (``None`` when this peer cannot draw the committee)."""
+    """The committee's verdict on ``lease``'s holder: for its round in progress
+    (a mismatch) or, failing that, for its last final round (an omission);
+    ``None`` when this peer cannot draw either committee."""
     federation = lease.federation_id
-    committee = await asyncio.to_thread(
+    current = await asyncio.to_thread(
         round_committee, ledger, federation, lease, committee_size
     )
-    if committee is None:
-        return None
-    server_round = lease.last_round + 1
+    verdict = None
+    if current is not None:
+        verdict = await _verdict(book, federation, lease.last_round + 1, current)
+        if verdict.revoked:
+            return verdict
+    last = await asyncio.to_thread(
+        final_round_committee, ledger, federation, lease, committee_size
+    )
+    if last is not None:
+        return await _verdict(book, federation, lease.last_round, last)
+    return verdict
+
+
+async def _verdict(
+    book: AddressBook, federation: str, server_round: int, committee: Committee
+) -> Revocation:
     found = await asyncio.gather(
         *(
             book.server.get_record(

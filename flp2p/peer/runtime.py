@@ -31,6 +31,7 @@ from flp2p.peer.auditor import (
     committee_auditor,
 )
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore, resume_round
+from flp2p.peer.complaints import omission_auditor, pending_complaints, send_complaints
 from flp2p.peer.election import elect_successor
 from flp2p.peer.federation_app import (
     AGGREGATORS_NODE_KEY,
@@ -270,6 +271,14 @@ class Peer:
                     lie=os.environ.get(BYZANTINE_AUDITOR_ENV) or None,
                 ),
                 committee_size=self.committee_size,
+                complaints=omission_auditor(
+                    self.book.identity,
+                    federation,
+                    self.ledger,
+                    self.book.validator,
+                    self.committee_size,
+                    self.book.publish,
+                ),
             )
             bound = await self.receiver.start(
                 self.options.listen[0], self.options.sync_port
@@ -335,6 +344,13 @@ class Peer:
                 and not self._holding()
             ):
                 await self._follow(lease)
+            if self.follower is not None and pending_complaints(self.options.work_dir):
+                await send_complaints(
+                    self.book,
+                    self.options.work_dir,
+                    self.genesis.federation_id,
+                    list((await self._eligible_addresses()).values()),
+                )
             self._show_status()
             if lease is None and not self._holding():
                 started_waiting = started if lapsed_since is None else lapsed_since

@@ -258,6 +258,27 @@ async def request_audit(
     return statement
 
 
+COMPLAINT_KIND = "complaint"
+"""``kind`` of a push carrying a participant's signed complaint record (issue 15)."""
+MAX_COMPLAINT_BYTES = 8192
+ComplaintHandler = Callable[[bytes], Awaitable[str]]
+"""A receiver's handler of complaint records (one answer line)."""
+
+
+async def push_complaint(
+    address: str, federation: str, record: bytes, timeout: float = 10.0
+) -> str | None:
+    """Hand a signed complaint record to the eligible peer at ``address``.
+
+    Returns
+    -------
+    str or None
+        ``None`` if it took it, else why not.
+    """
+    header = {"kind": COMPLAINT_KIND, "federation": federation, "size": len(record)}
+    return await _push(address, header, record, timeout)
+
+
 async def _push(
     address: str, header: dict[str, object], body: bytes, timeout: float
 ) -> str | None:
@@ -310,6 +331,8 @@ class CheckpointReceiver:
         Node ids whose blocks are accepted (the genesis' aggregators).
     auditor
         Answers audit requests (:data:`AuditHandler`); ``None`` refuses them.
+    complaints
+        Judges pushed complaint records; ``None`` refuses them.
     committee_size
         k: pushed round blocks that have a committee are appended only if final
         (0: on the aggregator's signature alone).
@@ -324,8 +347,10 @@ class CheckpointReceiver:
         block_signers: Collection[str] = (),
         auditor: AuditHandler | None = None,
         committee_size: int = 0,
+        complaints: ComplaintHandler | None = None,
     ) -> None:
         self.committee_size = committee_size
+        self.complaints = complaints
         self.store = store
         self.federation = federation
         self.may_sign = may_sign
@@ -380,6 +405,8 @@ class CheckpointReceiver:
         audit = header.get("kind") == AUDIT_KIND
         if audit and self.auditor is None:
             return "refused: this peer audits no rounds"
+        if header.get("kind") == COMPLAINT_KIND:
+            return await self._receive_complaint(reader, header, size)
         if not 0 < size <= (MAX_AUDIT_BYTES if audit else MAX_CHECKPOINT_BYTES):
             return f"refused: size {size} out of range"
         body = await asyncio.wait_for(reader.readexactly(size), RECEIVE_TIMEOUT)
@@ -399,6 +426,18 @@ class CheckpointReceiver:
             return f"refused: {refused}"
         self.store.save(checkpoint)
         return "ok"
+
+    async def _receive_complaint(
+        self, reader: asyncio.StreamReader, header: Mapping[str, Any], size: int
+    ) -> str:
+        if self.complaints is None:
+            return "refused: this peer judges no complaints"
+        if header.get("federation") != self.federation:
+            return "refused: a complaint for another federation"
+        if not 0 < size <= MAX_COMPLAINT_BYTES:
+            return f"refused: size {size} out of range"
+        body = await asyncio.wait_for(reader.readexactly(size), RECEIVE_TIMEOUT)
+        return await self.complaints(body)
 
     async def _receive_blocks(self, header: dict[str, Any], body: bytes) -> str:
         if self.ledger is None:
