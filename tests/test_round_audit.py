@@ -20,20 +20,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Message
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from helpers_messages import make_train_reply
 
 from flp2p.audit.revocation import revocation
-from flp2p.client_mods import RECEIPTS_DIR, LedgerReplica, check_receipts
+from flp2p.client_mods import (
+    NOT_FINAL,
+    RECEIPTS_DIR,
+    LedgerReplica,
+    check_receipts,
+    final_model_mod,
+)
 from flp2p.dht import Genesis
 from flp2p.dht.codec import SignedRecord, sign_record
 from flp2p.dht.kinds import Accusation, Complaint
 from flp2p.dht.record_validation import RecordValidator
 from flp2p.identity import ContributionAuthenticator, Identity
-from flp2p.ledger import Ledger
+from flp2p.ledger import Ledger, LedgerError
 from flp2p.ledger.reports import finality_report
-from flp2p.ledger_broadcast import sync_replica
-from flp2p.local_training import record_to_arrays
+from flp2p.ledger_broadcast import (
+    LEDGER_BLOCKS_KEY,
+    LEDGER_COSIGNATURES_KEY,
+    sync_replica,
+)
+from flp2p.local_training import arrays_to_record, record_to_arrays
 from flp2p.peer.auditor import committee_auditor
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
 from flp2p.peer.complaints import omission_auditor
@@ -47,7 +57,7 @@ from flp2p.peer.round_audit import (
     split_audit_payload,
     write_auditors,
 )
-from flp2p.peer.standby_sync import CheckpointReceiver
+from flp2p.peer.standby_sync import CheckpointReceiver, ComplaintHandler
 from flp2p.signatures import contribution_message
 from strategies import Median
 from strategies.records import (
@@ -173,6 +183,13 @@ class Federation:
 
     def aggregate(self, lie: str | None = None) -> tuple[bool, str]:
         """Round 1 through AuditedRounds: (final, model hash handed to Flower)."""
+        final, model = self.aggregate_model(lie)
+        return final, "" if model is None else update_sha256(model)
+
+    def aggregate_model(
+        self, lie: str | None = None
+    ) -> tuple[bool, dict[str, np.ndarray] | None]:
+        """Round 1 through AuditedRounds: (final, model handed to Flower)."""
         with self.ledger("aggregator", self.aggregator) as ledger:
             recorder = ProposingLedger(FederationRoundLedger(ledger, 0), ledger)
             inner = Median(
@@ -193,9 +210,9 @@ class Federation:
                 arrays, _ = gate.aggregate_train(1, signed_replies())
             except RoundNotFinal:
                 assert ledger.height == 0  # nothing appended
-                return False, ""
+                return False, None
             assert arrays is not None
-            return True, update_sha256({k: arrays[k].numpy() for k in arrays})
+            return True, {k: arrays[k].numpy() for k in arrays}
 
     def revoked(self) -> bool:
         with self.ledger("auditor-0") as ledger:
@@ -263,6 +280,13 @@ def validator() -> RecordValidator:
     )
     checking.check(record.dht_key, record.encode())
     return checking
+
+
+def judge(handler: ComplaintHandler, record: bytes) -> str:
+    async def main() -> str:
+        return await handler(record)
+
+    return asyncio.run(main())
 
 
 def test_a_dropped_reply_is_final_but_its_complaint_revokes_the_lease(
@@ -339,7 +363,7 @@ def test_a_dropped_reply_is_final_but_its_complaint_revokes_the_lease(
             )
 
         handler = omission_auditor(auditor, FEDERATION, path, validator(), 3, accuse)
-        assert asyncio.run(handler(record)) == "ok"
+        assert judge(handler, record) == "ok"
     assert federation.revoked()
     # A complaint about a reply the block does list is refused.
     listed = next(p for p in PARTICIPANTS if p is not dropped)
@@ -355,7 +379,7 @@ def test_a_dropped_reply_is_final_but_its_complaint_revokes_the_lease(
         3,
         accuse,
     )
-    assert asyncio.run(handler(wrong)).startswith("refused")
+    assert judge(handler, wrong).startswith("refused")
 
 
 def test_one_lying_auditor_neither_blocks_nor_revokes(federation: Federation) -> None:
@@ -377,3 +401,62 @@ def test_audit_payload_round_trips_and_refuses_a_truncated_block() -> None:
     assert split_audit_payload(audit_payload(block, replies)) == (block, replies)
     with pytest.raises(ValueError, match="truncated"):
         split_audit_payload(audit_payload(block, replies)[:10])
+
+
+def test_replicas_and_participants_take_final_blocks_only(
+    federation: Federation,
+) -> None:
+    federation.start()
+    final, model = federation.aggregate_model()
+    assert final and model is not None
+    with federation.ledger("aggregator") as ledger:
+        chain = [b.to_bytes() for b in ledger.blocks()]
+        statements = [json.dumps(s.to_json()) for s in ledger.cosignatures(1)]
+    # Without its co-signatures the round block is refused ...
+    bare = federation.folder / "bare.db"
+    with pytest.raises(LedgerError, match="not final"):
+        sync_replica(bare, FEDERATION, chain, None, [], 3)
+    with Ledger.open(bare) as replica:
+        assert replica.height == 0
+    # ... and a participant then refuses to train on the round's model.
+    participant = LedgerReplica(
+        federation.folder / "p" / "ledger.db", FEDERATION, committee_size=3
+    )
+    trained: list[Message] = []
+
+    def train(msg: Message, _context: Context) -> Message:
+        trained.append(msg)
+        return msg
+
+    mod = final_model_mod(lambda _context: participant)
+    node = Context(
+        run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={}
+    )
+    reply = mod(instruction(model, chain, []), node, train)
+    assert reply.has_error() and reply.error.code == NOT_FINAL and not trained
+    # With them it is final: appended, co-signatures stored, trained on; an
+    # instruction with any other model is refused.
+    assert mod(instruction(model, chain, statements), node, train) is trained[-1]
+    with Ledger.open(participant.path) as replica:
+        (status,) = finality_report(replica, 3)
+        assert status.is_final and replica.height == 1
+    reply = mod(instruction(MODEL, chain, statements), node, train)
+    assert reply.has_error() and "not the one final block 1" in str(reply.error.reason)
+    assert len(trained) == 1
+
+
+def instruction(
+    model: dict[str, np.ndarray], blocks: list[bytes], statements: list[str]
+) -> Message:
+    config = ConfigRecord(
+        {
+            "server-round": 1,
+            LEDGER_BLOCKS_KEY: blocks,
+            **({LEDGER_COSIGNATURES_KEY: statements} if statements else {}),
+        }
+    )
+    return Message(
+        content=RecordDict({ARRAYS_KEY: arrays_to_record(model), "config": config}),
+        dst_node_id=1,
+        message_type=MessageType.TRAIN,
+    )
