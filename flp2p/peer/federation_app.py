@@ -344,7 +344,8 @@ class FederationRoundLedger:
         self.ledger = ledger
         self.round_offset = round_offset
 
-    def _to_ledger(self, state: ReputationState) -> ReputationState:
+    def to_ledger(self, state: ReputationState) -> ReputationState:
+        """``state`` in federation rounds (what the chain stores)."""
         offset = self.round_offset
         return state.evolve(
             first_round=state.first_round + offset,
@@ -368,7 +369,7 @@ class FederationRoundLedger:
 
     def put_reputations(self, states: Iterable[ReputationState]) -> None:
         """Store ``states`` in federation rounds."""
-        self.ledger.put_reputations(self._to_ledger(s) for s in states)
+        self.ledger.put_reputations(self.to_ledger(s) for s in states)
 
     def all_reputations(self) -> list[ReputationState]:
         """Every known state in this run's round count."""
@@ -382,7 +383,7 @@ class FederationRoundLedger:
             dataclasses.replace(
                 report, server_round=report.server_round + self.round_offset
             ),
-            [self._to_ledger(s) for s in reputations],
+            [self.to_ledger(s) for s in reputations],
         )
 
 

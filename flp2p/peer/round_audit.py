@@ -233,7 +233,7 @@ class ProposingLedger:
         """Sign the block of federation round ``offset + round``; append nothing."""
         offset = int(self.rounds.round_offset)
         shifted = replace(report, server_round=report.server_round + offset)
-        states = [self.rounds._to_ledger(s) for s in reputations]
+        states = [self.rounds.to_ledger(s) for s in reputations]
         self.proposed = self.ledger.propose_round(
             shifted, [*states, *self._bans(states)]
         )
