@@ -152,10 +152,10 @@ def block_difference(block: Block, recomputed: Recomputation) -> tuple[str, str,
     if recomputed.model_sha256 != claimed.model_sha256:
         return "model", recomputed.model_sha256, claimed.model_sha256
     if recomputed.inputs_sha256 != claimed.inputs_sha256:
-        return "inputs", recomputed.inputs_sha256, str(claimed.inputs_sha256)
+        return "input list", recomputed.inputs_sha256, str(claimed.inputs_sha256)
     rewards = expected_rewards(recomputed)
     if rewards != block.rewards:
-        return "rewards", _rows_sha256(rewards), _rows_sha256(block.rewards)
+        return "reward table", _rows_sha256(rewards), _rows_sha256(block.rewards)
     return "", "", ""
 
 
