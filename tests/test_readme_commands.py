@@ -199,16 +199,40 @@ def _superlinks_of(flwr_home: Path) -> list[int]:
     return pids
 
 
+def _start_local_superlink_patiently(env: dict[str, str]) -> None:
+    """Start the local SuperLink ``flwr run`` would start, with more patience.
+
+    Flower gives its managed SuperLink a fixed 15 s to answer, which a loaded CI
+    machine can exceed; starting it beforehand with Flower's own launcher and a
+    longer wait lets ``flwr run`` find it running and use it, as it would reuse one
+    a user started earlier.
+    """
+    launch = (
+        "import flwr.cli.local_superlink as local; "
+        "local.LOCAL_SUPERLINK_STARTUP_TIMEOUT = 120; "
+        "local._start_local_superlink()"
+    )
+    subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "-c", launch],
+        env=_env(**env, PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"),
+        capture_output=True,
+        timeout=150,
+        check=True,
+    )
+
+
 @contextlib.contextmanager
 def _own_local_superlink(folder: Path) -> Iterator[dict[str, str]]:
     """Environment giving ``flwr run`` a private local SuperLink, stopped on exit."""
     flwr_home = folder / "flwr-home"
+    env = {
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+    }
     try:
-        yield {
-            "FLWR_HOME": str(flwr_home),
-            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-            "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
-        }
+        _start_local_superlink_patiently(env)
+        yield env
     finally:
         for pid in _superlinks_of(flwr_home):
             os.kill(pid, signal.SIGTERM)
