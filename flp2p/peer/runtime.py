@@ -57,9 +57,11 @@ as a participant or standby, and those it signs while it aggregates."""
 
 FINISH_GRACE_SECONDS = 5.0
 """How long a finished aggregator keeps its lease so every client sees the end."""
-UNREACHABLE_REPORT_SECONDS = 8.0
-"""How long a lease's SuperLink may stay out of reach before the participant says so
-(a starting SuperLink answers within a few seconds)."""
+UNREACHABLE_REPORT_SECONDS = 5.0
+"""How long a lease's SuperLink may stay out of reach before the participant says so,
+counted from the first attempt (the holder publishes its lease once the SuperLink
+listens; a TLS dial gives up after 5 s, so even an address that swallows packets is
+reported within about 10 s)."""
 REPROBE_SECONDS = 0.3
 """Pause between two probes of a SuperLink that refused a connection."""
 RENEWAL_POLL_SECONDS = 1.0
@@ -498,6 +500,7 @@ class Peer:
 
     async def _follow(self, lease: Lease) -> None:
         assert self.follower is not None
+        tried_at = time.monotonic()
         try:
             await self.follower.follow(lease)
         except (FingerprintMismatch, InsecureLeaseRefused) as refused:
@@ -506,16 +509,16 @@ class Peer:
             log.info(
                 "SuperLink at %s not reachable yet: %s", lease.superlink_address, error
             )
-            self._report_unreachable(lease, str(error))
+            self._report_unreachable(lease, str(error), tried_at)
         else:
             self.unreachable_since.pop(lease.superlink_address, None)
 
-    def _report_unreachable(self, lease: Lease, error: str) -> None:
+    def _report_unreachable(self, lease: Lease, error: str, tried_at: float) -> None:
         """Say once, without ``--verbose``, that the lease's SuperLink stays out of
         reach: a holder that advertises an address or port others cannot reach
         (a firewall, a wrong ``--advertise``) shows up here within seconds."""
         address, now = lease.superlink_address, time.monotonic()
-        since = self.unreachable_since.setdefault(address, now)
+        since = self.unreachable_since.setdefault(address, tried_at)
         if now - since >= UNREACHABLE_REPORT_SECONDS and address not in self.reported:
             self.reported.add(address)
             log.warning(
