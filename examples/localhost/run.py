@@ -212,6 +212,12 @@ async def watch_lease(
         host, port = federation.bootstrap.rsplit(":", 1)
         await book.bootstrap([(host, int(port))])
         deadline = time.monotonic() + timeout
+        # Leases are checked against the genesis: fetch it first, as peers do (a
+        # genesis missed inside a lease check is only asked again 30 s later).
+        while await book.get_genesis(federation.federation_id) is None:
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.5)
         while time.monotonic() < deadline:
             lease = await book.get_lease(federation.federation_id)
             if lease is not None and wanted(lease):
