@@ -88,7 +88,7 @@ def one_run(hosts: Hosts, work_dir: Path) -> dict[str, Any]:
 def table(runs: list[dict[str, Any]]) -> str:
     """Markdown table: each measure's median (and range) over the runs."""
     lines = [
-        f"| after `kill -9` of the aggregator ({len(runs)} runs) | median s | range |",
+        f"| after `kill -9` of the aggregator | s, median of {len(runs)} | range |",
         "|---|---|---|",
     ]
     for key, label in MEASURES:
