@@ -170,8 +170,8 @@ async def _renewed_before_expiry(book: AddressBook, signed: SignedRecord) -> boo
     :data:`RENEWAL_WAIT_CAP_SECONDS`), one lookup per second.
     """
     deadline = min(signed.expires_at, book.clock() + RENEWAL_WAIT_CAP_SECONDS)
-    log.info("an earlier record of this identity: waiting up to %.0f s for a renewal",
-             deadline - book.clock())  # fmt: skip
+    wait = deadline - book.clock()
+    log.info("an earlier record of this identity: up to %.0f s for a renewal", wait)
     while book.clock() < deadline:
         await asyncio.sleep(min(RENEWAL_POLL_SECONDS, deadline - book.clock()))
         newest = await book.server.get_record(signed.kind, signed.subject)
