@@ -62,6 +62,9 @@ class LocalFederation:
     round in the ledger (Flower's built-in strategies do neither)."""
     insecure: bool = False
     lease_timeout: float = 120.0
+    record_ttl: float | None = None
+    """``--record-ttl`` of every peer: lifetime of node records and the lease, which
+    are renewed every sixth to third of it (``None``: the peers' default)."""
     placement: Callable[[str], tuple[Sequence[str], str]] = on_this_host
     """Process name → (command prefix that launches it, host it listens on): e.g.
     ``ip netns exec NS`` and that namespace's address, one "machine" per peer."""
@@ -142,6 +145,8 @@ class LocalFederation:
             "--listen", f"{self.placement(name)[1]}:0",
             "--lease-timeout", str(self.lease_timeout), "--verbose",
         ]  # fmt: skip
+        if self.record_ttl is not None:
+            args += ["--record-ttl", str(self.record_ttl)]
         return [*args, "--insecure"] if self.insecure else args
 
     def client_names(self) -> list[str]:
@@ -200,12 +205,19 @@ async def watch_lease(
     federation: LocalFederation, wanted: Callable[[Lease], bool], timeout: float
 ) -> Lease | None:
     """Read the lease as an observer until ``wanted`` holds for it."""
-    book = AddressBook(Identity.generate(), rpc_timeout=2.0)
+    # A DHT client: watching changes nobody's routing table.
+    book = AddressBook(Identity.generate(), rpc_timeout=2.0, client_only=True)
     await book.start(federation.placement("observer")[1])
     try:
         host, port = federation.bootstrap.rsplit(":", 1)
         await book.bootstrap([(host, int(port))])
         deadline = time.monotonic() + timeout
+        # Leases are checked against the genesis: fetch it first, as peers do (a
+        # genesis missed inside a lease check is only asked again 30 s later).
+        while await book.get_genesis(federation.federation_id) is None:
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.5)
         while time.monotonic() < deadline:
             lease = await book.get_lease(federation.federation_id)
             if lease is not None and wanted(lease):

@@ -19,9 +19,9 @@ import sys
 import time
 
 from flp2p.config import ConfigError, RunSettings
-from flp2p.dht import AddressBook, Genesis, Lease, NodeRecord
+from flp2p.dht import AddressBook, Genesis, Lease, NodeRecord, SignedRecord
 from flp2p.identity import Identity
-from flp2p.peer.addresses import join_host_port, split_host_port
+from flp2p.peer.addresses import join_host_port
 from flp2p.peer.aggregator import AGGREGATOR_ROLE, AggregatorError, AggregatorRole
 from flp2p.peer.aggregator import total_rounds as genesis_rounds
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore, resume_round
@@ -57,11 +57,18 @@ as a participant or standby, and those it signs while it aggregates."""
 
 FINISH_GRACE_SECONDS = 5.0
 """How long a finished aggregator keeps its lease so every client sees the end."""
-UNREACHABLE_REPORT_SECONDS = 8.0
-"""How long a lease's SuperLink may stay out of reach before the participant says so
-(a starting SuperLink answers within a few seconds)."""
+UNREACHABLE_REPORT_SECONDS = 5.0
+"""How long a lease's SuperLink may stay out of reach before the participant says so,
+counted from the first attempt (the holder publishes its lease once the SuperLink
+listens; a TLS dial gives up after 5 s, so even an address that swallows packets is
+reported within about 10 s)."""
 REPROBE_SECONDS = 0.3
 """Pause between two probes of a SuperLink that refused a connection."""
+RENEWAL_POLL_SECONDS = 1.0
+"""Pause between two lookups of an earlier node record of this identity."""
+RENEWAL_WAIT_CAP_SECONDS = 30.0
+"""Longest wait for such a record's renewal (its lifetime is ``--record-ttl``, 9 s
+unless changed; a live process renews it every third of that)."""
 
 
 def dht_address(book: AddressBook, options: PeerOptions) -> str:
@@ -96,14 +103,7 @@ async def join(book: AddressBook, options: PeerOptions) -> Genesis:
         genesis = await book.get_genesis(options.federation)
         if genesis is not None:
             await refuse_duplicate(book, options)
-            # Always shown: after the founder stops, this is how others get in.
-            address = dht_address(book, options)
-            print(
-                f"DHT node at {address} (UDP): others may join with "
-                f"--bootstrap {address}",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(joined_line(book, options), file=sys.stderr, flush=True)
             return genesis
         await asyncio.sleep(options.poll_interval)
     raise PeerError(
@@ -112,29 +112,46 @@ async def join(book: AddressBook, options: PeerOptions) -> Genesis:
     )
 
 
+def joined_line(book: AddressBook, options: PeerOptions) -> str:
+    """What a peer prints once it joined: where others may ``--bootstrap`` from
+    (after the founder stops, this is how they get in) — or, for a client-only
+    participant, that nobody can (it answers no requests)."""
+    if book.client_only:
+        return (
+            "DHT client-only node (outbound UDP only, in nobody's routing table): "
+            "others join through the founder or an aggregator-eligible peer"
+        )
+    address = dht_address(book, options)
+    return f"DHT node at {address} (UDP): others may join with --bootstrap {address}"
+
+
 async def refuse_duplicate(book: AddressBook, options: PeerOptions) -> None:
     """Refuse to take part if another live process publishes this identity.
 
     Two processes with one key sign replies the strategy cannot tell apart; it
     rejects the second as a duplicate identity, and which one comes second is
     chance, so the honest process may get no weight at all. A node record of this
-    identity is only in the way while its address answers: a crashed earlier run
-    leaves one behind for up to a record TTL, and that one must not block a
-    restart.
+    identity is only in the way while its process lives — an eligible peer's
+    checkpoint port answers, a participant keeps renewing the record: a crashed
+    earlier run leaves one behind for up to a record TTL, and that one must not
+    block a restart.
 
     Raises
     ------
     PeerError
-        If a record of this identity names another address that answers.
+        If a record of this identity names another address and its process lives.
     """
     me = book.identity.node_id
-    record = await book.get_node(me)
-    if record is None or record.address == dht_address(book, options):
+    signed = await book.server.get_record(NodeRecord.KIND, me)
+    if signed is None:
+        return
+    record = NodeRecord.from_payload(signed.payload)
+    if record.address == dht_address(book, options):
         return
     if AGGREGATOR_ROLE in record.roles:  # the checkpoint receiver's TCP port
         live = await probe_superlink(record.address, timeout=2.0) is True
-    else:  # a DHT node: does it answer a ping?
-        live = await _dht_answers(book, record.address)
+    else:  # a client-only participant answers nothing: is it still renewing?
+        live = await _renewed_before_expiry(book, signed)
     if live:
         raise PeerError(
             f"identity {me[:16]}… already takes part in this federation from "
@@ -143,11 +160,24 @@ async def refuse_duplicate(book: AddressBook, options: PeerOptions) -> None:
         )
 
 
-async def _dht_answers(book: AddressBook, address: str) -> bool:
-    host, port = split_host_port(address)
-    protocol = book.server.protocol
-    answered, _ = await protocol.ping((host, port), protocol.sender_id)
-    return bool(answered)
+async def _renewed_before_expiry(book: AddressBook, signed: SignedRecord) -> bool:
+    """Whether a newer version of ``signed`` appears before it expires.
+
+    A client-only participant cannot be asked whether it runs (it is out of reach
+    by design), but a live one republishes its node record every third of its
+    lifetime at most, and a dead one never does; so a restart right after a crash
+    waits out what is left of the old record's lifetime (at most
+    :data:`RENEWAL_WAIT_CAP_SECONDS`), one lookup per second.
+    """
+    deadline = min(signed.expires_at, book.clock() + RENEWAL_WAIT_CAP_SECONDS)
+    wait = deadline - book.clock()
+    log.info("an earlier record of this identity: up to %.0f s for a renewal", wait)
+    while book.clock() < deadline:
+        await asyncio.sleep(min(RENEWAL_POLL_SECONDS, deadline - book.clock()))
+        newest = await book.server.get_record(signed.kind, signed.subject)
+        if newest is not None and newest.seq > signed.seq:
+            return True
+    return False
 
 
 def peers_seen(book: AddressBook) -> int:
@@ -470,6 +500,7 @@ class Peer:
 
     async def _follow(self, lease: Lease) -> None:
         assert self.follower is not None
+        tried_at = time.monotonic()
         try:
             await self.follower.follow(lease)
         except (FingerprintMismatch, InsecureLeaseRefused) as refused:
@@ -478,16 +509,16 @@ class Peer:
             log.info(
                 "SuperLink at %s not reachable yet: %s", lease.superlink_address, error
             )
-            self._report_unreachable(lease, str(error))
+            self._report_unreachable(lease, str(error), tried_at)
         else:
             self.unreachable_since.pop(lease.superlink_address, None)
 
-    def _report_unreachable(self, lease: Lease, error: str) -> None:
+    def _report_unreachable(self, lease: Lease, error: str, tried_at: float) -> None:
         """Say once, without ``--verbose``, that the lease's SuperLink stays out of
         reach: a holder that advertises an address or port others cannot reach
         (a firewall, a wrong ``--advertise``) shows up here within seconds."""
         address, now = lease.superlink_address, time.monotonic()
-        since = self.unreachable_since.setdefault(address, now)
+        since = self.unreachable_since.setdefault(address, tried_at)
         if now - since >= UNREACHABLE_REPORT_SECONDS and address not in self.reported:
             self.reported.add(address)
             log.warning(
@@ -515,7 +546,15 @@ class Peer:
 async def run_peer(options: PeerOptions) -> str:
     """Join, take part until the end, clean up; return the summary line."""
     identity = Identity.load_or_create(options.identity)
-    book = AddressBook(identity, record_ttl=options.record_ttl, rpc_timeout=2.0)
+    # A plain participant joins as a DHT client: it needs outbound traffic only
+    # (behind NAT, no open port) and never sits in a routing table where lookups
+    # would wait for it. Eligible peers must be reachable anyway: full nodes.
+    book = AddressBook(
+        identity,
+        record_ttl=options.record_ttl,
+        rpc_timeout=2.0,
+        client_only=not options.aggregator_eligible,
+    )
     peer: Peer | None = None
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
