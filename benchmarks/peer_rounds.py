@@ -34,7 +34,8 @@ the participant whose reply came last it splits into
 
 **Overhead** = round time − slowest local training. The first round also waits for
 every participant to connect and the last has no next round to end it: both are
-left out, and the table shows medians over the others. Measured on whatever shares the machine: run it on a quiet one.
+left out, and the table shows medians over the others. Measured on whatever shares
+the machine: run it on a quiet one.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
+import itertools
 import json
 import os
 import statistics
@@ -106,6 +108,9 @@ class Measured:
     training: list[float] = field(default_factory=list)
     """Slowest participant's local training, per round."""
     phases: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    warm: int = 0
+    cold: int = 0
+    """ClientApps forked by the warm executor, and started cold (peer mode)."""
 
     def median(self, values: list[float]) -> float:
         return statistics.median(values) if values else float("nan")
@@ -116,7 +121,8 @@ class Measured:
 
     @property
     def overhead(self) -> float:
-        return self.median([r - t for r, t in zip(self.rounds, self.training)])
+        pairs = zip(self.rounds, self.training, strict=True)
+        return self.median([r - t for r, t in pairs])
 
 
 def simulate(dataset: str, rounds: int, work_dir: Path) -> Measured:
@@ -136,7 +142,7 @@ def simulate(dataset: str, rounds: int, work_dir: Path) -> Measured:
         del os.environ[TIMINGS_ENV]
     with (output / "metrics.csv").open() as stream:
         elapsed = [float(row["seconds"]) for row in csv.DictReader(stream)]
-    measured = Measured(rounds=[b - a for a, b in zip(elapsed, elapsed[1:])][1:])
+    measured = Measured(rounds=[b - a for a, b in itertools.pairwise(elapsed)][1:])
     trained: dict[str, list[float]] = defaultdict(list)
     ready: dict[tuple[str, Any], float] = {}
     for event in read_events(timings):
@@ -175,7 +181,10 @@ def peer_rounds(events: list[dict[str, Any]]) -> Measured:
         }:
             client[(e["round"], e["partition"])][e["event"]] = float(e["t"])
     measured = Measured()
-    for (start, label), (next_start, _) in zip(sent[1:], sent[2:]):
+    entries = [e for e in events if e["event"] == "clientapp-entry"]
+    measured.warm = sum(1 for e in entries if e.get("warm"))
+    measured.cold = len(entries) - measured.warm
+    for (start, label), (next_start, _) in itertools.pairwise(sent[1:]):
         stamps = [s for (r, _), s in client.items() if r == label and len(s) == 5]
         if not stamps or label not in received:
             continue
@@ -192,7 +201,7 @@ def peer_rounds(events: list[dict[str, Any]]) -> Measured:
             received[label],
             next_start,
         ]
-        for phase, (a, b) in zip(PHASES, zip(marks, marks[1:])):
+        for phase, (a, b) in zip(PHASES, itertools.pairwise(marks), strict=True):
             measured.phases[phase].append(b - a)
     return measured
 
@@ -256,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         results[dataset] = (sim, peers)
         print(
             f"{dataset}: simulation rounds {[round(r, 2) for r in sim.rounds]} s, "
-            f"peer rounds {[round(r, 2) for r in peers.rounds]} s",
+            f"peer rounds {[round(r, 2) for r in peers.rounds]} s "
+            f"({peers.warm} ClientApps forked warm, {peers.cold} started cold)",
             flush=True,
         )
     load = os.getloadavg()[0]

@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 TIMINGS_ENV = "FLP2P_TIMINGS"
+WARM_FORK_ENV = "FLP2P_WARM_FORK"
+"""Set to ``1`` in a ClientApp forked by the warm executor
+(:mod:`flp2p.peer.warm_clientapp`), so its time stamps say so."""
 
 
 def note(event: str, at: float | None = None, **fields: Any) -> None:
@@ -68,6 +71,7 @@ def message_fields(msg: Any, context: Any) -> dict[str, Any]:
         "round": instruction_round(msg),
         "type": str(msg.metadata.message_type),
         "partition": context.node_config.get("partition-id"),
+        "warm": os.environ.get(WARM_FORK_ENV) == "1",
     }
 
 

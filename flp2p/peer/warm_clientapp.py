@@ -42,6 +42,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from flp2p.round_timings import WARM_FORK_ENV
+
 PRELOAD = (
     "flwr.supernode.cli.flwr_clientapp",
     "flp2p.peer.federation_app",
@@ -215,6 +217,7 @@ def run_child(
     if isinstance(environment, dict):
         os.environ.clear()
         os.environ.update({str(k): str(v) for k, v in environment.items()})
+    os.environ[WARM_FORK_ENV] = "1"
     sys.argv = [str(a) for a in request["argv"]]
     threading.Thread(target=watch_shim, args=(link,), daemon=True).start()
     try:
