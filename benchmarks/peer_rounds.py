@@ -32,9 +32,13 @@ the participant whose reply came last it splits into
 * **aggregation**: → the next round's instructions (aggregation, central
   evaluation, checkpoint, ledger block).
 
-**Overhead** = round time − slowest local training. The first round also waits for
-every participant to connect and the last has no next round to end it: both are
-left out, and the table shows medians over the others. Measured on whatever shares
+**Overhead** = round time − slowest local training. The row below each data set
+gives the CPU seconds the slowest participant's ClientApp spent in each of its
+phases (a cold process counts its interpreter start in *start-up*): on a machine
+shared with other work, the part of the wall time that is this federation's own.
+The first round also waits for every participant to connect and the last has no
+next round to end it: both are left out, and the table shows medians over the
+others. Measured on whatever shares
 the machine: run it on a quiet one.
 """
 
@@ -108,6 +112,9 @@ class Measured:
     training: list[float] = field(default_factory=list)
     """Slowest participant's local training, per round."""
     phases: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    cpu: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    """CPU seconds of the ClientApp phases (start-up, data, training, reply) of the
+    slowest participant: what the wall times would shrink to on an idle machine."""
     warm: int = 0
     cold: int = 0
     """ClientApps forked by the warm executor, and started cold (peer mode)."""
@@ -169,6 +176,7 @@ def peer_rounds(events: list[dict[str, Any]]) -> Measured:
         if e["event"] == "round-received" and e["type"] == "train"
     }
     client: dict[tuple[str, Any], dict[str, float]] = defaultdict(dict)
+    cpu: dict[tuple[str, Any], dict[str, float]] = defaultdict(dict)
     for e in events:
         if e["event"].startswith("clientapp-") and e.get("type") != "train":
             continue
@@ -180,15 +188,26 @@ def peer_rounds(events: list[dict[str, Any]]) -> Measured:
             "clientapp-exit",
         }:
             client[(e["round"], e["partition"])][e["event"]] = float(e["t"])
+            if "cpu" in e:
+                cpu[(e["round"], e["partition"])][e["event"]] = float(e["cpu"])
     measured = Measured()
     entries = [e for e in events if e["event"] == "clientapp-entry"]
     measured.warm = sum(1 for e in entries if e.get("warm"))
     measured.cold = len(entries) - measured.warm
     for (start, label), (next_start, _) in itertools.pairwise(sent[1:]):
-        stamps = [s for (r, _), s in client.items() if r == label and len(s) == 5]
+        keys = [k for k, s in client.items() if k[0] == label and len(s) == 5]
+        stamps = [client[k] for k in keys]
         if not stamps or label not in received:
             continue
-        last = max(stamps, key=lambda s: s["clientapp-exit"])
+        slowest = max(keys, key=lambda k: client[k]["clientapp-exit"])
+        last = client[slowest]
+        used = cpu.get(slowest, {})
+        if len(used) == 4:  # every ClientApp stamp but the process start
+            steps = ["clientapp-entry", "data-ready", "trained", "clientapp-exit"]
+            values = [0.0, *(used[step] for step in steps)]
+            spans = itertools.pairwise(values)
+            for phase, (a, b) in zip(PHASES[1:5], spans, strict=True):
+                measured.cpu[phase].append(b - a)
         measured.rounds.append(next_start - start)
         measured.training.append(max(s["trained"] - s["data-ready"] for s in stamps))
         marks = [
@@ -242,6 +261,12 @@ def table(results: dict[str, tuple[Measured, Measured]]) -> str:
             f"{dataset:8} {sim.round_seconds:9.2f} {peers.round_seconds:10.2f} "
             f"{peers.overhead:8.2f} | {cells}"
         )
+        if peers.cpu:
+            cpu = " ".join(
+                f"{peers.median(peers.cpu[p]):11.2f}" if p in peers.cpu else " " * 11
+                for p in PHASES
+            )
+            lines.append(f"{'  CPU s':39} | {cpu}")
     return "\n".join(lines)
 
 

@@ -5,9 +5,10 @@ per event to it: the ServerApp when it sends a round's instructions and when the
 last reply arrived (:class:`TimedGrid`), each ClientApp when its process started,
 when its mods got the instruction and when they returned the reply
 (:func:`timing_mod`), and local training when the partition was ready and when
-training ended. Without the variable nothing is written and each call costs one
-dictionary lookup. Lines are short single ``write`` calls on an ``O_APPEND`` file,
-so processes writing at once do not interleave them.
+training ended, each with the CPU seconds the process used so far. Without the
+variable nothing is written and each call costs one dictionary lookup. Lines are
+short single ``write`` calls on an ``O_APPEND`` file, so processes writing at once
+do not interleave them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ def note(event: str, at: float | None = None, **fields: Any) -> None:
     if not path:
         return
     record = {"event": event, "t": time.time() if at is None else at}
-    record.update(pid=os.getpid(), **fields)
+    # CPU seconds this process has used so far: unlike wall time, hardly changed by
+    # whatever else shares the machine (a forked child starts from zero).
+    used = os.times()
+    record.update(pid=os.getpid(), cpu=round(used.user + used.system, 3), **fields)
     descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(descriptor, (json.dumps(record) + "\n").encode())
