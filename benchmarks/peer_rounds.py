@@ -147,6 +147,13 @@ def simulate(dataset: str, rounds: int, work_dir: Path) -> Measured:
         run_simulation(settings, output)
     finally:
         del os.environ[TIMINGS_ENV]
+    return simulation_rounds(work_dir, dataset)
+
+
+def simulation_rounds(work_dir: Path, dataset: str) -> Measured:
+    """Round times (``metrics.csv``) and training times of a finished simulation."""
+    output = work_dir / f"simulation-{dataset}"
+    timings = work_dir / f"simulation-{dataset}.jsonl"
     with (output / "metrics.csv").open() as stream:
         elapsed = [float(row["seconds"]) for row in csv.DictReader(stream)]
     measured = Measured(rounds=[b - a for a, b in itertools.pairwise(elapsed)][1:])
@@ -159,7 +166,7 @@ def simulate(dataset: str, rounds: int, work_dir: Path) -> Measured:
         elif event["event"] == "trained" and key in ready:
             trained[event["round"]].append(event["t"] - ready[key])
     # Sequential clients: a round trains them all, one after another.
-    measured.training = [sum(trained[str(r)]) for r in range(2, rounds + 1)]
+    measured.training = [sum(trained[str(r)]) for r in range(2, len(elapsed))]
     return measured
 
 
@@ -277,7 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=["digits", "fmnist"])
     parser.add_argument("--work-dir", type=Path)
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--analyze", action="store_true",
+        help="run nothing: print the table of the runs already in --work-dir",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.analyze and args.work_dir is None:
+        parser.error("--analyze needs --work-dir")
     if args.rounds < 3:
         parser.error("--rounds must be at least 3 (round 1 and the last are left out)")
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="flp2p-peer-rounds-"))
@@ -285,8 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, tuple[Measured, Measured]] = {}
     started = time.monotonic()
     for dataset in args.datasets:
-        sim = simulate(dataset, args.rounds, work_dir)
-        peers = peer(dataset, args.rounds, work_dir, args.timeout)
+        if args.analyze:
+            if not (work_dir / f"peer-{dataset}.jsonl").exists():
+                continue
+            sim = simulation_rounds(work_dir, dataset)
+            peers = peer_rounds(read_events(work_dir / f"peer-{dataset}.jsonl"))
+        else:
+            sim = simulate(dataset, args.rounds, work_dir)
+            peers = peer(dataset, args.rounds, work_dir, args.timeout)
         results[dataset] = (sim, peers)
         print(
             f"{dataset}: simulation rounds {[round(r, 2) for r in sim.rounds]} s, "
