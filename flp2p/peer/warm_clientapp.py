@@ -283,7 +283,13 @@ def fork_child(
     link.settimeout(None)
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # no memory or no pids left: this shim starts the app cold
+        for fd in fds:
+            os.close(fd)
+        link.close()
+        return
     if pid == 0:  # the child: never returns into the server loop
         code = 1
         try:
