@@ -103,11 +103,11 @@ class SuperNodeFollower:
         """
         if lease_target(lease) == self.target and self._running():
             return False
+        root = await self._trust(lease)  # a refused lease fails before the data
         if self.prepare is not None:
             prepare, self.prepare = self.prepare, None
             folder = await asyncio.to_thread(prepare)
             self.node_config[PARTITION_DIR_NODE_KEY] = str(folder)
-        root = await self._trust(lease)
         self.stop()
         self.process = ManagedProcess(
             supernode_command(
