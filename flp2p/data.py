@@ -37,6 +37,13 @@ FMNIST_CLASSES = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
 DATASETS = ("fmnist", "digits")
+DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
+    "fmnist": ((1, 28, 28), 10),
+    "digits": ((1, 8, 8), 10),
+}
+"""``(channels, height, width)`` of an image and the number of classes, per data
+set: what building the model needs, known without loading the data set (a
+ClientApp that trains on a prepared partition never loads it)."""
 PARTITION_SCHEMES = ("iid", "dirichlet")
 
 
@@ -178,6 +185,15 @@ def load_dataset(name: str, data_dir: str | None = None) -> TrainTest:
     if name == "digits":
         return load_digits()
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def dataset_shape(name: str) -> tuple[tuple[int, int, int], int]:
+    """Image shape and class count of data set ``name`` (:data:`DATASET_SHAPES`)."""
+    if name not in DATASET_SHAPES:
+        raise ValueError(
+            f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}"
+        )
+    return DATASET_SHAPES[name]
 
 
 def partition_indices(

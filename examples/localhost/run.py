@@ -70,6 +70,9 @@ class LocalFederation:
     ``ip netns exec NS`` and that namespace's address, one "machine" per peer."""
     bootstrap_port: int = 0
     """UDP port of the founder (0: one free on this host)."""
+    params: tuple[str, ...] = ()
+    """More genesis parameters (``KEY=VALUE`` Hydra overrides, e.g.
+    ``train.max_steps=20``)."""
     observe: Callable[[Coroutine[Any, Any, Any]], Any] = asyncio.run
     """Runs the observer's DHT lookups (from where the bootstrap peer is reachable)."""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -112,6 +115,7 @@ class LocalFederation:
                 "--param", f"dataset={self.dataset}",
                 "--param", f"strategy={self.strategy}",
                 "--param", "output.progress=false", "--param", "output.plot=false",
+                *(a for p in self.params for a in ("--param", p)),
             ],
         )  # fmt: skip
         self.federation_id = self._read_federation_id(founder)

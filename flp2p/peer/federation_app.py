@@ -70,7 +70,9 @@ from flp2p.ledger_broadcast import LedgerBroadcast
 from flp2p.local_training import client_evaluate, client_train
 from flp2p.peer.app_folder import flatten_parameters
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
+from flp2p.peer.reply_polling import PollingGrid
 from flp2p.peer.round_deadline import DeadlineGrid, RoundDeadline, peer_sampling
+from flp2p.round_timings import TimedGrid, timing_mod
 from strategies.records import ReputationState, RoundReport
 
 log = logging.getLogger(__name__)
@@ -548,7 +550,8 @@ def run_peer_server(grid: Grid, context: Context) -> None:
         )
         strategy.start(
             grid=DeadlineGrid(
-                grid,
+                # Replies pulled every 0.2 s, not every 3 s.
+                TimedGrid(PollingGrid(grid)),
                 RoundDeadline.from_run_config(context.run_config),
                 settings.clients,
             ),
@@ -563,8 +566,10 @@ def run_peer_server(grid: Grid, context: Context) -> None:
 
 
 def peer_train_mods(settings_of: SettingsOf) -> list[Mod]:
-    """The peer runtime's training mods: the participant's key and ledger copy."""
+    """The peer runtime's training mods: the participant's key and ledger copy
+    (outermost: the time stamps of ``$FLP2P_TIMINGS``, nothing without it)."""
     return [
+        timing_mod,
         signing_mod(
             lambda context: participant_from_node_config(context.node_config).signer
         ),

@@ -13,6 +13,7 @@ lease *advertises* refusing connections — never a service on its own loopback.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -36,6 +37,7 @@ from flp2p.peer.federation_app import (
 )
 from flp2p.peer.leases import LeaseWatch, probe_superlink
 from flp2p.peer.peer_options import PeerError, PeerOptions
+from flp2p.peer.prepared_data import prepare_partition
 from flp2p.peer.standby_sync import CheckpointReceiver
 from flp2p.peer.status_line import (
     AGGREGATOR,
@@ -233,7 +235,17 @@ class Peer:
             if options.data_dir:
                 node_config["data-dir"] = options.data_dir
             self.follower = SuperNodeFollower(
-                options.work_dir, node_config, allow_insecure=options.insecure
+                options.work_dir,
+                node_config,
+                allow_insecure=options.insecure,
+                prepare=functools.partial(
+                    prepare_partition,
+                    genesis.parameters,
+                    options.work_dir,
+                    options.partition_id,
+                    int(options.num_partitions or 0),
+                    options.data_dir,
+                ),
             )
 
     async def announce(self) -> None:
@@ -536,7 +548,7 @@ class Peer:
         if self.status_line is not None:
             self.status_line.close()
         if self.follower is not None:
-            self.follower.stop()
+            self.follower.close()
         if self.aggregator is not None:
             self.aggregator.stop()
         if self.receiver is not None:
