@@ -99,6 +99,30 @@ class RoundDeadline:
         self.durations.setdefault(kind, []).append(seconds)
 
 
+PEER_SETTINGS_GROUP = "peer"
+"""Group of the resolved settings (``conf/config.yaml``) holding the founder's choice
+of ``round-deadline`` and ``round-min-nodes``: genesis parameters such as
+``--param peer.round-deadline=60``."""
+
+
+def deadline_run_config(settings: Mapping[str, Any]) -> dict[str, float | int]:
+    """The ``peer`` group of the resolved settings as the run-config keys above
+    (unset values left out, so the defaults apply).
+
+    The genesis fixes them for the whole federation: every aggregator, the
+    successor after a failover included, runs rounds under the same rules.
+    """
+    group = settings.get(PEER_SETTINGS_GROUP) or {}
+    if not isinstance(group, Mapping):
+        raise ValueError(f"{PEER_SETTINGS_GROUP!r} must be a group of settings")
+    config: dict[str, float | int] = {}
+    for key in (ROUND_DEADLINE_KEY, ROUND_MIN_NODES_KEY):
+        value = group.get(key.removeprefix(f"{PEER_SETTINGS_GROUP}."))
+        if value is not None:
+            config[key] = value
+    return config
+
+
 def peer_sampling(run_config: Mapping[str, Any]) -> dict[str, int]:
     """Strategy arguments that keep sampling from waiting for absent nodes."""
     floor = int(run_config.get(ROUND_MIN_NODES_KEY, DEFAULT_MIN_NODES))
