@@ -34,10 +34,12 @@ log = logging.getLogger(__name__)
 
 ROUND_DEADLINE_KEY = "peer.round-deadline"
 """Run-config key: a fixed round deadline in seconds (default: derived, see
-:class:`RoundDeadline`)."""
+:class:`RoundDeadline`); the genesis parameter of the same name sets it
+(:func:`deadline_run_config`)."""
 ROUND_MIN_NODES_KEY = "peer.round-min-nodes"
 """Run-config key: fewest replies a round aggregates, hence the fewest connected
-nodes a round starts with (default :data:`DEFAULT_MIN_NODES`)."""
+nodes a round starts with (default :data:`DEFAULT_MIN_NODES`); from the genesis
+too."""
 DEFAULT_MIN_NODES = 1
 """A round runs with whoever is connected: waiting for a count that may never come
 back is what stalled peer federations."""
