@@ -132,8 +132,12 @@ def assert_participants_hold_the_end(
 ) -> None:
     """Every client's replica verifies and holds every round's block; its
     ``final_model.npz`` is the model the final lease names."""
+    from flp2p.cli import main as flp2p_main
+
     for name in federation.client_names():
         assert chain_of(federation, name) == chain, name
+        replica = federation.work_dir / name / "ledger.db"
+        assert flp2p_main(["ledger", "verify", "--db", str(replica)]) == 0, name
         assert final_model_sha256(federation.work_dir / name) == model, name
         assert "(hash matches)" in federation.log_tail(name, 1), name
 
