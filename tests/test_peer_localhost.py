@@ -26,7 +26,9 @@ from flp2p.peer.checkpoints import CheckpointStore, final_model_sha256
 from flp2p.reporting import METRICS_FILE, PLOT_FILE, SUMMARY_FILE
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "localhost" / "run.py"
-TIMEOUT = 420.0
+TIMEOUT = 900.0
+"""Bound on each wait (a quiet machine needs a fraction: 2 rounds took 6.7 min with
+~30 processes runnable on the two cores)."""
 ROUND_DEADLINE = "peer.round-deadline=300"
 """Genesis parameter for federations in which nobody goes missing mid-round: a
 round is never cut short, even on a machine so loaded that the first ClientApps

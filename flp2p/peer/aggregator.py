@@ -49,7 +49,6 @@ from flp2p.peer.federation_app import (
     AGGREGATORS_KEY,
     CHECKPOINT_DIR_KEY,
     FEDERATION_KEY,
-    FINAL_MODEL_TIMEOUT,
     IDENTITY_KEY_KEY,
     LEDGER_KEY,
     SETTINGS_KEY,
@@ -88,9 +87,10 @@ AGGREGATOR_ROLE = "aggregator-eligible"
 checkpoint pushes."""
 SUPERLINK_START_TIMEOUT = 60.0
 SUBMIT_TIMEOUT = 180.0
-RUN_END_TIMEOUT = FINAL_MODEL_TIMEOUT + 60.0
-"""Seconds a holder waits, after the last round, for its ServerApp to finish (the
-final model's delivery, then ``summary.json``)."""
+RUN_END_TIMEOUT = 600.0
+"""Seconds a holder waits at most, after the last round, for its ServerApp to finish
+(the final model's delivery, as long as a round's deadline, then
+``summary.json``)."""
 RUN_FOLDER = "run"
 """The aggregator's run folder, in its work folder: ``metrics.csv``,
 ``summary.json``, ``accuracy.png`` (:mod:`flp2p.reporting`)."""

@@ -131,8 +131,9 @@ LEDGER_NODE_KEY = "ledger"
 WORK_DIR_NODE_KEY = "work-dir"
 """Node-config key: the participant's work folder (the final model lands there)."""
 FINAL_MODEL_TIMEOUT = 120.0
-"""Seconds the ServerApp waits for participants to confirm the final model (each
-starts a ClientApp for it)."""
+"""Fewest seconds the ServerApp waits for participants to confirm the final model
+(each starts a ClientApp for it, as for a round: it waits at least a training
+round's deadline)."""
 
 
 def join_ids(node_ids: Iterable[str]) -> str:
@@ -493,7 +494,11 @@ def checkpointing_evaluator(
 
 
 def deliver_final_model(
-    grid: Any, final: Checkpoint, ledger: Ledger | None, federation: str
+    grid: Any,
+    final: Checkpoint,
+    ledger: Ledger | None,
+    federation: str,
+    timeout: float = FINAL_MODEL_TIMEOUT,
 ) -> int:
     """Send every connected participant the final model and the newest blocks.
 
@@ -506,7 +511,7 @@ def deliver_final_model(
     Returns
     -------
     int
-        How many participants confirmed within :data:`FINAL_MODEL_TIMEOUT`.
+        How many participants confirmed within ``timeout`` seconds.
     """
     height = None if ledger is None else ledger.height
     blocks = (
@@ -530,7 +535,7 @@ def deliver_final_model(
         Message(content=content, message_type=MessageType.QUERY, dst_node_id=node)
         for node in grid.get_node_ids()
     ]
-    replies = grid.send_and_receive(messages, timeout=FINAL_MODEL_TIMEOUT)
+    replies = grid.send_and_receive(messages, timeout=timeout)
     confirmed = sum(1 for reply in replies if not reply.has_error())
     log.info(
         "final model of round %d delivered to %d of %d participants",
@@ -642,13 +647,11 @@ def run_peer_server(grid: Grid, context: Context) -> None:
         offset = peer.start_round
         # The tap shows the reporter each reply's metrics (clients' ε) in
         # federation rounds; the deadline grid ends rounds that wait for the gone.
-        rounds_grid = DeadlineGrid(
-            ReplyTap(
-                grid, lambda r, metrics: reporter.train_replies(offset + r, metrics)
-            ),
-            RoundDeadline.from_run_config(context.run_config),
-            settings.clients,
+        tapped = ReplyTap(
+            grid, lambda r, metrics: reporter.train_replies(offset + r, metrics)
         )
+        deadline = RoundDeadline.from_run_config(context.run_config)
+        rounds_grid = DeadlineGrid(tapped, deadline, settings.clients)
         with reporter:
             strategy.start(
                 grid=rounds_grid,
@@ -660,7 +663,11 @@ def run_peer_server(grid: Grid, context: Context) -> None:
                 ),
             )
             deliver_final_model(
-                rounds_grid, store.load(settings.rounds), ledger, peer.federation
+                tapped,
+                store.load(settings.rounds),
+                ledger,
+                peer.federation,
+                max(FINAL_MODEL_TIMEOUT, deadline.seconds("train")),
             )
             if ledger is not None:
                 reporter.extra_summary["ledger_height"] = ledger.height

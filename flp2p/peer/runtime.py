@@ -69,7 +69,7 @@ UNREACHABLE_REPORT_SECONDS = 8.0
 (a starting SuperLink answers within a few seconds)."""
 REPROBE_SECONDS = 0.3
 """Pause between two probes of a SuperLink that refused a connection."""
-FINAL_MODEL_WAIT_SECONDS = 180.0
+FINAL_MODEL_WAIT_SECONDS = 300.0
 """How long a participant keeps its SuperNode, once the lease names the last round,
 for the final model and block (the ServerApp sends them after the last round), and
 a standby its receiver for the finished run folder."""
