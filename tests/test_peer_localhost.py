@@ -29,6 +29,8 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "localhost" / "r
 TIMEOUT = 900.0
 """Bound on each wait (a quiet machine needs a fraction: 2 rounds took 6.7 min with
 ~30 processes runnable on the two cores)."""
+LIVE_TEST_TIMEOUT = 1800
+"""pytest-timeout of a whole live federation (the suite's default is 600 s)."""
 ROUND_DEADLINE = "peer.round-deadline=300"
 """Genesis parameter for federations in which nobody goes missing mid-round: a
 round is never cut short, even on a machine so loaded that the first ClientApps
@@ -151,6 +153,7 @@ def assert_participants_hold_the_end(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(LIVE_TEST_TIMEOUT)
 def test_four_clients_train_two_rounds(federation: Any) -> None:
     federation.start()
     codes = federation.wait_clients(TIMEOUT)
@@ -186,6 +189,7 @@ def test_four_clients_train_two_rounds(federation: Any) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(LIVE_TEST_TIMEOUT)
 def test_training_completes_after_the_aggregator_is_killed(federation: Any) -> None:
     # Three rounds: the successor's first block reaches the clients with round 3.
     federation.rounds = 3
