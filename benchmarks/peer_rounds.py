@@ -242,7 +242,7 @@ def peer(dataset: str, rounds: int, work_dir: Path, timeout: float) -> Measured:
         clients=CLIENTS,
         rounds=rounds,
         dataset=dataset,
-        params=DATASET_PARAMS[dataset],
+        parameters=DATASET_PARAMS[dataset],
     )
     try:
         federation.start()

@@ -243,29 +243,7 @@ def _run_strategy(
     ledger: Ledger | None,
 ) -> dict[str, Any]:
     model = initial_model(settings)
-    title = (
-        f"{settings.strategy_name} · {settings.dataset} · {settings.clients} clients"
-    )
-    reporter = RunReporter(
-        output_dir,
-        settings.rounds,
-        title=title,
-        show_progress=settings.progress,
-        plot=settings.plot,
-        live_values=privacy_spent(strategy),
-        privacy_columns=PRIVACY_COLUMNS.get(settings.privacy_name, ()),
-        ledger=ledger,
-    )
-    reporter.extra_summary.update(
-        {
-            "strategy": settings.strategy_name,
-            "attack": settings.attack_name,
-            "privacy": settings.privacy_name,
-            "dataset": settings.dataset,
-            "clients": settings.clients,
-            "seed": settings.seed,
-        }
-    )
+    reporter = run_reporter(settings, output_dir, strategy, ledger)
     with reporter:
         strategy.start(
             # The tap shows the reporter every reply's metrics (each client's ε),
@@ -279,6 +257,42 @@ def _run_strategy(
         if ledger is not None:
             reporter.extra_summary["ledger_height"] = ledger.height
     return reporter.summary("completed")
+
+
+def run_reporter(
+    settings: RunSettings,
+    output_dir: Path,
+    strategy: Any,
+    ledger: Ledger | None,
+    resume_round: int = 0,
+) -> RunReporter:
+    """The reporter of a run of ``settings`` (simulation, or a peer aggregator that
+    continues the folder's files from ``resume_round``)."""
+    title = (
+        f"{settings.strategy_name} · {settings.dataset} · {settings.clients} clients"
+    )
+    reporter = RunReporter(
+        output_dir,
+        settings.rounds,
+        title=title,
+        show_progress=settings.progress,
+        plot=settings.plot,
+        live_values=privacy_spent(strategy),
+        privacy_columns=PRIVACY_COLUMNS.get(settings.privacy_name, ()),
+        ledger=ledger,
+        resume_round=resume_round,
+    )
+    reporter.extra_summary.update(
+        {
+            "strategy": settings.strategy_name,
+            "attack": settings.attack_name,
+            "privacy": settings.privacy_name,
+            "dataset": settings.dataset,
+            "clients": settings.clients,
+            "seed": settings.seed,
+        }
+    )
+    return reporter
 
 
 def privacy_spent(strategy: Any) -> Callable[[], dict[str, float]] | None:

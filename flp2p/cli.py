@@ -339,7 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.set_defaults(handler=cmd_dashboard)
 
     node_id = commands.add_parser(
-        "id", help="print a peer's node id (creates its key file if missing)"
+        "id",
+        help="print a peer's node id (creates its key file if missing)",
+        description=(
+            "Print the node id a key file signs as (what the founder's --eligible "
+            "takes), e.g. flp2p id --identity flp2p-peer/identity.key"
+        ),
     )
     node_id.add_argument(
         "--identity", required=True, metavar="PATH", help="the peer's key file"

@@ -487,6 +487,16 @@ def test_flp2p_status_dht_lists_live_peers_and_the_lease(
     assert dht.founder.node_id[:12] in out and "founder" in out
 
 
+def test_flp2p_id_help_shows_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    from flp2p.cli import main as flp2p_main
+
+    with pytest.raises(SystemExit) as exited:
+        flp2p_main(["id", "--help"])
+    assert exited.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the text
+    assert "e.g. flp2p id --identity " in out and "--eligible" in out
+
+
 def test_flp2p_status_dht_unknown_federation_is_one_line(
     dht: LoopbackDht, capsys: pytest.CaptureFixture[str]
 ) -> None:

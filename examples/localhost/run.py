@@ -70,12 +70,13 @@ class LocalFederation:
     ``ip netns exec NS`` and that namespace's address, one "machine" per peer."""
     bootstrap_port: int = 0
     """UDP port of the founder (0: one free on this host)."""
-    params: tuple[str, ...] = ()
-    """More genesis parameters (``KEY=VALUE`` Hydra overrides, e.g.
-    ``train.max_steps=20``)."""
     observe: Callable[[Coroutine[Any, Any, Any]], Any] = asyncio.run
     """Runs the observer's DHT lookups (from where the bootstrap peer is reachable)."""
+    parameters: Sequence[str] = ()
+    """More genesis parameters (``KEY=VALUE``), e.g. ``peer.round-deadline=60``."""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    """Process name → the arguments it was started with (:meth:`restart`)."""
     federation_id: str = ""
     bootstrap: str = ""
     eligible: dict[str, str] = field(default_factory=dict)
@@ -94,6 +95,7 @@ class LocalFederation:
         )
         log.close()
         self.processes[name] = process
+        self.commands[name] = args
         return process
 
     def start(self) -> None:
@@ -114,8 +116,8 @@ class LocalFederation:
                 "--param", f"clients={self.clients}",
                 "--param", f"dataset={self.dataset}",
                 "--param", f"strategy={self.strategy}",
-                "--param", "output.progress=false", "--param", "output.plot=false",
-                *(a for p in self.params for a in ("--param", p)),
+                "--param", "output.progress=false",
+                *(a for p in self.parameters for a in ("--param", p)),
             ],
         )  # fmt: skip
         self.federation_id = self._read_federation_id(founder)
@@ -183,6 +185,23 @@ class LocalFederation:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+    def restart(self, name: str, bootstrap: str | None = None) -> None:
+        """Start ``name`` again as it was (same identity, same work folder), joining
+        through ``bootstrap`` (``HOST:PORT`` of any live peer) if given."""
+        args = list(self.commands[name])
+        if bootstrap is not None:
+            args[args.index("--bootstrap") + 1] = bootstrap
+        self._spawn(name, args)
+
+    def dht_address_of(self, name: str) -> str:
+        """The DHT address ``name`` printed (others may ``--bootstrap`` from it)."""
+        text = (self.work_dir / f"{name}.log").read_text(errors="replace")
+        marker = "DHT node at "
+        for line in text.splitlines():
+            if marker in line:
+                return line.split(marker, 1)[1].split()[0]
+        raise RuntimeError(f"{name} printed no DHT address")
 
     def stop(self) -> None:
         """Terminate every process group still running (then kill stragglers)."""

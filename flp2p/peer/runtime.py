@@ -25,13 +25,20 @@ from flp2p.identity import Identity
 from flp2p.peer.addresses import join_host_port
 from flp2p.peer.aggregator import AGGREGATOR_ROLE, AggregatorError, AggregatorRole
 from flp2p.peer.aggregator import total_rounds as genesis_rounds
-from flp2p.peer.checkpoints import Checkpoint, CheckpointStore, resume_round
+from flp2p.peer.checkpoints import (
+    FINAL_MODEL_FILE,
+    Checkpoint,
+    CheckpointStore,
+    final_model_sha256,
+    resume_round,
+)
 from flp2p.peer.election import elect_successor
 from flp2p.peer.federation_app import (
     AGGREGATORS_NODE_KEY,
     FEDERATION_NODE_KEY,
     IDENTITY_NODE_KEY,
     LEDGER_NODE_KEY,
+    WORK_DIR_NODE_KEY,
     join_ids,
     resolve_genesis,
 )
@@ -71,6 +78,10 @@ RENEWAL_POLL_SECONDS = 1.0
 RENEWAL_WAIT_CAP_SECONDS = 30.0
 """Longest wait for such a record's renewal (its lifetime is ``--record-ttl``, 9 s
 unless changed; a live process renews it every third of that)."""
+FINAL_MODEL_WAIT_SECONDS = 300.0
+"""How long a participant keeps its SuperNode, once the lease names the last round,
+for the final model and block (the ServerApp sends them after the last round), and
+a standby its receiver for the finished run folder."""
 
 
 def dht_address(book: AddressBook, options: PeerOptions) -> str:
@@ -219,6 +230,9 @@ class Peer:
         self.aggregator: AggregatorRole | None = None
         self.follower: SuperNodeFollower | None = None
         self.ledger = (options.work_dir / LEDGER_FILE).resolve()
+        self.final_model = (options.work_dir / FINAL_MODEL_FILE).resolve()
+        self.last_round_seen: float | None = None
+        """When the lease first named the last round (the final model's wait)."""
         self.status_line = StatusLine() if options.status_line else None
         self._standing: tuple[int | None, PeerStanding | None] = (None, None)
         if options.partition_id is not None:
@@ -231,6 +245,7 @@ class Peer:
                 FEDERATION_NODE_KEY: genesis.federation_id,
                 AGGREGATORS_NODE_KEY: join_ids(genesis.eligible),
                 LEDGER_NODE_KEY: str(self.ledger),
+                WORK_DIR_NODE_KEY: str(options.work_dir.resolve()),
             }
             if options.data_dir:
                 node_config["data-dir"] = options.data_dir
@@ -283,6 +298,7 @@ class Peer:
                 eligible.__contains__,
                 ledger=self.ledger,
                 block_signers=eligible,
+                results_dir=self.aggregator.run_dir,
             )
             bound = await self.receiver.start(
                 self.options.listen[0], self.options.sync_port
@@ -317,7 +333,11 @@ class Peer:
             if lease is not None:
                 self.last_lease, lapsed_since = lease, None
                 self.advertised[lease.last_round] = lease.model_sha256
-                if lease.last_round >= self.rounds and not self._holding():
+                if (
+                    lease.last_round >= self.rounds
+                    and not self._holding()
+                    and not self._awaiting_the_end(lease)
+                ):
                     return self._finished(lease)
             elif self.last_lease is not None and lapsed_since is None:
                 lapsed_since = now
@@ -409,12 +429,43 @@ class Peer:
     def _holding(self) -> bool:
         return self.aggregator is not None and self.aggregator.holding is not None
 
+    def _awaiting_the_end(self, lease: Lease) -> bool:
+        """Whether this peer still waits, once ``lease`` names the last round, for
+        what the holder sends after it (at most :data:`FINAL_MODEL_WAIT_SECONDS`):
+        a participant for the final model and block, a standby for the finished
+        run folder."""
+        model_pending = self.follower is not None and not self._final_model_received(
+            lease
+        )
+        folder_pending = self.aggregator is not None and not self.aggregator.run_ended()
+        if not (model_pending or folder_pending):
+            return False
+        now = time.monotonic()
+        if self.last_round_seen is None:
+            self.last_round_seen = now
+        if now - self.last_round_seen < FINAL_MODEL_WAIT_SECONDS:
+            return True
+        log.warning(
+            "the %s did not arrive within %.0f s",
+            "final model" if model_pending else "finished run folder",
+            FINAL_MODEL_WAIT_SECONDS,
+        )
+        return False
+
+    def _final_model_received(self, lease: Lease) -> bool:
+        return final_model_sha256(self.final_model.parent) == lease.model_sha256
+
     def _finished(self, lease: Lease) -> str:
-        return (
+        line = (
             f"federation {self.genesis.federation_id[:12]} finished: round "
             f"{lease.last_round}, model {lease.model_sha256[:12]}, lease epoch "
             f"{lease.epoch}"
         )
+        if self.follower is None:
+            return line
+        if self._final_model_received(lease):
+            return f"{line}; final model in {self.final_model} (hash matches)"
+        return f"{line}; the final model did not arrive"
 
     def _no_lease_reason(self) -> str:
         timeout = self.options.lease_timeout
@@ -464,6 +515,7 @@ class Peer:
             return None
         await self.aggregator.advertise_progress(await self._standby_addresses())
         if self.aggregator.finished:
+            await self.aggregator.wait_for_run_end(await self._standby_addresses())
             await asyncio.sleep(FINISH_GRACE_SECONDS)
             finished = self.aggregator.holding.lease
             self.aggregator.stop()
