@@ -34,14 +34,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
-import importlib.util
 import json
 import logging
 import platform
-import sys
 import time
-import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,8 +55,9 @@ from flwr.supercore.task_identity import TaskIdentity
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
+from benchmarks.byzfl_pipeline import load_byzfl_aggregators
 from flp2p.app import arrays_to_record, record_to_arrays
 from flp2p.attacks import Attack, AttackContext, SybilWave, build_attack
 from strategies import aggregators as ours
@@ -297,32 +294,6 @@ def our_contenders(n: int, f: int) -> list[Contender]:
         Contender(name, "flp2p", stateless(rule))
         for name, rule in {**rules, **composed}.items()
     ]
-
-
-def load_byzfl_aggregators() -> types.ModuleType | None:
-    """``byzfl.aggregators``, or ``None`` when ByzFL is not installed.
-
-    ``byzfl/__init__`` also imports its training framework, which imports
-    torchvision; a torchvision wheel built for another torch (the CUDA wheel next to
-    a CPU torch) fails there. The aggregators need only numpy, torch and scipy, so
-    then the package is registered without running its ``__init__``.
-    """
-    loaded = sys.modules.get("byzfl.aggregators")
-    if loaded is not None:
-        return loaded
-    spec = importlib.util.find_spec("byzfl")
-    if spec is None:
-        return None
-    try:
-        return importlib.import_module("byzfl.aggregators")
-    except (ImportError, RuntimeError):
-        for name in [m for m in sys.modules if m == "byzfl" or m.startswith("byzfl.")]:
-            del sys.modules[name]
-    package = types.ModuleType("byzfl")
-    package.__path__ = list(spec.submodule_search_locations or [])
-    package.__spec__ = spec
-    sys.modules["byzfl"] = package
-    return importlib.import_module("byzfl.aggregators")
 
 
 def byzfl_contenders(n: int, f: int) -> list[Contender]:
