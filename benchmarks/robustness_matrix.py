@@ -366,13 +366,14 @@ def write_markdown(rows: list[dict[str, object]], path: Path) -> None:
             "",
         ]
         ours = [s for s in strategies if any(k[0] == s for k in shares)]
-        lines.append("| strategy | " + " | ".join(attacks[1:]) + " |")
-        lines.append("|---" * len(attacks) + "|")
+        attacked = [a for a in attacks if a != "none"]
+        lines.append("| strategy | " + " | ".join(attacked) + " |")
+        lines.append("|---" * (len(attacked) + 1) + "|")
         for strategy in ours:
             cells = [
                 f"{100 * shares[(strategy, a)]:.1f} %" if (strategy, a) in shares
                 else "–"
-                for a in attacks[1:]
+                for a in attacked
             ]  # fmt: skip
             lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
     goals = goal_table(rows)
