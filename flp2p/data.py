@@ -189,6 +189,9 @@ class DatasetSpec:
     """
 
     name: ClassVar[str]
+    model_shape: ClassVar[tuple[tuple[int, int, int], int]]
+    """``(channels, height, width)`` of an image and the number of classes: what
+    building the model needs, known without loading the data set."""
     data_dir: str | None = None
     """Where the data set's files are (``None``: its default place). A peer's own
     ``--data-dir`` replaces it (:meth:`with_data_dir`)."""
@@ -207,6 +210,7 @@ class FashionMNIST(DatasetSpec):
     """Fashion-MNIST (``conf/dataset/fmnist.yaml``): :func:`load_fmnist`."""
 
     name: ClassVar[str] = "fmnist"
+    model_shape: ClassVar[tuple[tuple[int, int, int], int]] = ((1, 28, 28), 10)
 
     def load(self) -> TrainTest:
         return load_fmnist(self.data_dir)
@@ -220,6 +224,7 @@ class Digits(DatasetSpec):
     """
 
     name: ClassVar[str] = "digits"
+    model_shape: ClassVar[tuple[tuple[int, int, int], int]] = ((1, 8, 8), 10)
     test_fraction: float = 0.2
     split_seed: int = 0
     """Seed of the train/test split (fixed: every run and peer sees the same)."""

@@ -185,7 +185,9 @@ def test_dataset_configs_name_typed_specs_through_target() -> None:
 
     digits = RunSettings.from_config(compose(["dataset=digits"]))
     assert digits.data == Digits() and digits.dataset == "digits"
-    assert digits.data.load().name == "digits"
+    loaded = digits.data.load()
+    assert loaded.name == "digits"
+    assert Digits.model_shape == (loaded.image_shape, loaded.num_classes)
     fmnist = RunSettings.from_config(compose([]))
     assert fmnist.data == FashionMNIST() and fmnist.data_dir is None
     tuned = RunSettings.from_config(
