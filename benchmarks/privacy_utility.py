@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from flp2p.config import RunSettings, compose
-from flp2p.data import load_dataset
 from flp2p.models import build_model
 from flp2p.simulate import completed_summary, simulate
 
@@ -75,7 +74,8 @@ def opacus_overhead(
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.set_num_threads(1)
-    data = load_dataset(dataset)
+    # The data set as its conf/dataset/<name>.yaml describes it (one registry).
+    data = RunSettings.from_config(compose([f"dataset={dataset}"])).data.load()
     n = steps * batch_size
     dataset_ = TensorDataset(
         torch.from_numpy(data.train.images[:n]), torch.from_numpy(data.train.labels[:n])

@@ -43,7 +43,6 @@ from flp2p.client_mods import (
     simulated_signing_key,
 )
 from flp2p.config import RunSettings, build_strategy, compose
-from flp2p.data import load_dataset
 from flp2p.identity import Identity
 from flp2p.ledger import Ledger
 from flp2p.ledger_broadcast import LedgerBroadcast
@@ -137,7 +136,7 @@ def central_evaluator(
     settings: RunSettings, on_round: Callable[[int, float, float], None] | None = None
 ) -> Callable[[int, ArrayRecord], MetricRecord]:
     """``evaluate_fn`` for :meth:`Strategy.start`: global model on the test set."""
-    data = load_dataset(settings.dataset, settings.data_dir)
+    data = settings.data.load()
     model = build_model(data.image_shape, data.num_classes)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:

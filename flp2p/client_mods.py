@@ -37,7 +37,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from flp2p.attacks import AttackContext, SybilWave
 from flp2p.config import RunSettings
-from flp2p.data import ArrayDataset, load_dataset
+from flp2p.data import ArrayDataset
 from flp2p.dpsgd import (
     ACCOUNTANT_STATE_KEY,
     DPSGD_KEY,
@@ -347,7 +347,7 @@ def attack_mod(
                 reply_to=msg,
             )
         local = node_data(settings, context, partitions)
-        num_classes = load_dataset(settings.dataset, settings.data_dir).num_classes
+        num_classes = settings.data.load().num_classes
         images, labels = attack.poison_data(local.images, local.labels, num_classes)
         if images is not local.images or labels is not local.labels:
             poisoned = training_data_record(ArrayDataset(images, labels))

@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from flp2p.attacks import AttackSettings
-from flp2p.data import DATASETS, PARTITION_SCHEMES
+from flp2p.data import PARTITION_SCHEMES, DatasetSpec, build_dataset
 from flp2p.privacy_settings import PrivacySettings, build_privacy
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -51,8 +51,9 @@ class TrainSettings:
 class RunSettings:
     """Everything a federation run needs, validated.
 
-    ``attack`` and ``privacy`` are typed (:class:`~flp2p.attacks.AttackSettings`;
-    one of :class:`~flp2p.privacy_settings.NoPrivacy`,
+    ``data``, ``attack`` and ``privacy`` are typed (a
+    :class:`~flp2p.data.DatasetSpec`; :class:`~flp2p.attacks.AttackSettings`; one
+    of :class:`~flp2p.privacy_settings.NoPrivacy`,
     :class:`~flp2p.dpsgd.DPSGDSettings`,
     :class:`~flp2p.privacy_settings.CentralPrivacy`), built once from the config
     groups' ``_target_``.
@@ -61,8 +62,8 @@ class RunSettings:
     rounds: int
     clients: int
     seed: int
-    dataset: str
-    data_dir: str | None
+    data: DatasetSpec
+    """The data set (``conf/dataset/<name>.yaml``)."""
     partition_scheme: str
     alpha: float
     fraction_train: float
@@ -90,6 +91,16 @@ class RunSettings:
         if self.backend == "in_process":
             return self.num_cpus or os.cpu_count() or 1
         return max(1, int(self.cpus_per_client))
+
+    @property
+    def dataset(self) -> str:
+        """Short name of the data set (``fmnist``, ``digits``)."""
+        return self.data.name
+
+    @property
+    def data_dir(self) -> str | None:
+        """Where the data set's files are read (``None``: its default place)."""
+        return self.data.data_dir
 
     @property
     def strategy_name(self) -> str:
@@ -134,7 +145,6 @@ class RunSettings:
 def _settings_from_plain(cfg: dict[str, Any]) -> RunSettings:
     train_cfg = dict(cfg.get("train") or {})
     partition = dict(cfg.get("partition") or {})
-    dataset = dict(cfg.get("dataset") or {})
     simulation = dict(cfg.get("simulation") or {})
     output = dict(cfg.get("output") or {})
     ledger = dict(cfg.get("ledger") or {})
@@ -142,8 +152,7 @@ def _settings_from_plain(cfg: dict[str, Any]) -> RunSettings:
         rounds=_int(cfg, "rounds", minimum=1),
         clients=_int(cfg, "clients", minimum=1),
         seed=_int(cfg, "seed", minimum=0),
-        dataset=str(dataset.get("name", "fmnist")),
-        data_dir=dataset.get("data_dir"),
+        data=_dataset(cfg.get("dataset")),
         partition_scheme=str(partition.get("scheme", "dirichlet")),
         alpha=float(partition.get("alpha", 0.5)),
         fraction_train=float(cfg.get("fraction_train", 1.0)),
@@ -194,6 +203,13 @@ def _attack(spec: Mapping[str, Any]) -> AttackSettings:
         raise ConfigError(f"attack {spec.get('name', 'none')!r}: {err}") from None
 
 
+def _dataset(spec: Mapping[str, Any] | None) -> DatasetSpec:
+    try:
+        return build_dataset(spec)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+
+
 def _privacy(spec: Mapping[str, Any]) -> PrivacySettings:
     try:
         return build_privacy(spec)
@@ -202,10 +218,6 @@ def _privacy(spec: Mapping[str, Any]) -> PrivacySettings:
 
 
 def _check(s: RunSettings) -> None:
-    if s.dataset not in DATASETS:
-        raise ConfigError(
-            f"unknown dataset {s.dataset!r}: choose one of {', '.join(DATASETS)}"
-        )
     if s.partition_scheme not in PARTITION_SCHEMES:
         raise ConfigError(
             f"partition.scheme must be one of {', '.join(PARTITION_SCHEMES)}, "

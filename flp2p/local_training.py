@@ -35,7 +35,7 @@ from flwr.app import (
 )
 
 from flp2p.config import RunSettings, TrainSettings
-from flp2p.data import ArrayDataset, client_partition, dataset_shape, load_dataset
+from flp2p.data import ArrayDataset, client_partition
 from flp2p.dpsgd import (
     DPSGD_KEY,
     PrivateTraining,
@@ -86,7 +86,7 @@ def federation_name(settings: RunSettings) -> str:
 def initial_model(settings: RunSettings) -> torch.nn.Module:
     """The global model of round 0, identical for a given seed."""
     torch.manual_seed(settings.seed)
-    return build_model(*dataset_shape(settings.dataset))
+    return build_model(*settings.data.model_shape)
 
 
 def partition_data(
@@ -97,16 +97,15 @@ def partition_data(
 ) -> ArrayDataset:
     """The training examples of one partition (from ``partitions`` when given)."""
     if partitions is not None:
-        data = load_dataset(settings.dataset, settings.data_dir)
+        data = settings.data.load()
         return data.train.subset(partitions[partition_id])
     return client_partition(
-        settings.dataset,
+        settings.data,
         partition_id,
         num_partitions,
         settings.partition_scheme,
         settings.alpha,
         settings.seed,
-        settings.data_dir,
     )
 
 
@@ -222,7 +221,7 @@ def train_locally(
     accumulates the spend (raising :class:`~flp2p.dpsgd.PrivacyBudgetExceeded`
     before a round over budget).
     """
-    model = build_model(*dataset_shape(settings.dataset))
+    model = build_model(*settings.data.model_shape)
     set_weights(model, task.global_arrays)
     hyper = task.train
     schedule: dict[str, Any] = {
@@ -310,7 +309,7 @@ def client_evaluate(
     """Evaluate the received global model on this client's partition."""
     torch.set_num_threads(settings.client_threads)
     local = node_data(settings, context, partitions)
-    model = build_model(*dataset_shape(settings.dataset))
+    model = build_model(*settings.data.model_shape)
     set_weights(model, record_to_arrays(msg.content.array_records[ARRAYS_KEY]))
     loss, accuracy = evaluate(model, local.images, local.labels)
     metrics = MetricRecord(

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flp2p.app import LEDGER_FILE, REPLICA_DIR, make_client_app, make_server_app
 from flp2p.config import CONF_DIR, ConfigError, RunSettings, build_strategy
-from flp2p.data import DatasetNotFoundError, load_dataset, partition_indices
+from flp2p.data import DatasetNotFoundError, partition_indices
 from flp2p.engine import run_federation, run_federation_in_process
 from flp2p.reporting import SUMMARY_FILE
 from flp2p.tracking import TrackingSettings, record_run
@@ -62,7 +62,7 @@ def simulate(settings: RunSettings, output_dir: Path) -> dict[str, Any]:
     ConfigError, DatasetNotFoundError
         Before anything runs, when the settings or the data set are unusable.
     """
-    data = load_dataset(settings.dataset, settings.data_dir)
+    data = settings.data.load()
     if settings.clients > len(data.train):
         raise ConfigError(
             f"clients={settings.clients} exceeds the {len(data.train)} training "

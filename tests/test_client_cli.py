@@ -7,116 +7,21 @@ forged leases); the client's ``main`` runs in the test thread against it.
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
-from kademlia.storage import ForgetfulStorage
+from helpers_dht import LoopbackDht
 
-from flp2p.dht import (
-    AddressBook,
-    Genesis,
-    Lease,
-    NodeRecord,
-    RecordServer,
-    RecordValidator,
-    sign_record,
-)
+from flp2p.dht import NodeRecord
 from flp2p.identity import Identity
 from flp2p.peer.participant import PeerError, build_parser, main, options_from_args
 from flp2p.peer.tls import INSECURE_FINGERPRINT, make_self_signed_certificate
-
-T = TypeVar("T")
-
-
-class LoopbackDht:
-    """A founder's DHT node (plus helpers) on an event loop in its own thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.founder = Identity.generate()
-        self.eligible = Identity.generate()
-        self.genesis = Genesis(
-            founder=self.founder.node_id,
-            parameters={"rounds": 2, "dataset": "digits", "clients": 2},
-            eligible=(self.eligible.node_id,),
-            created_at=time.time(),
-        )
-        self.books: list[AddressBook] = []
-        self.evil: RecordServer | None = None
-        book = self.call(self._book(self.founder))
-        self.address = "{}:{}".format(*book.address)
-        self.call(book.publish(self.genesis))
-
-    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
-
-    async def _book(self, identity: Identity, **options: Any) -> AddressBook:
-        book = AddressBook(identity, rpc_timeout=1.0, **options)
-        await book.start()
-        if self.books:
-            await book.bootstrap([self.books[0].address])
-        self.books.append(book)
-        return book
-
-    def publish_lease(self, address: str, fingerprint: str) -> None:
-        """A valid lease by the eligible peer."""
-        lease = self.lease(self.eligible, address, fingerprint)
-        book = self.call(self._book(self.eligible))
-        self.call(book.publish(lease))
-
-    def lease(self, holder: Identity, address: str, fingerprint: str) -> Lease:
-        return Lease(
-            federation_id=self.genesis.federation_id,
-            holder=holder.node_id,
-            superlink_address=address,
-            tls_fingerprint=fingerprint,
-            epoch=1,
-            last_round=0,
-            model_sha256="cd" * 32,
-        )
-
-    def serve_forged_lease(self, signer: Identity, break_signature: bool) -> None:
-        """A node speaking flp2p's protocol (so it answers client-only askers, as
-        stock kademlia does not) that validates nothing, holding a forged lease."""
-        lease = self.lease(signer, "127.0.0.1:9", "ab" * 32)
-        record = sign_record(
-            signer, Lease.KIND, lease.subject, lease.to_payload(), 1, time.time() + 600
-        )
-        if break_signature:
-            record = dataclasses.replace(record, signature=bytes(64))
-
-        async def start() -> RecordServer:
-            evil = RecordServer(RecordValidator())
-            evil.storage = ForgetfulStorage()  # type: ignore[assignment]
-            await evil.listen(0, interface="127.0.0.1")
-            await evil.bootstrap([self.books[0].address])
-            evil.storage[record.dht_key] = record.encode()
-            return evil
-
-        self.evil = self.call(start())
-
-    def close(self) -> None:
-        async def stop() -> None:
-            for book in self.books:
-                await book.stop()
-            if self.evil is not None:
-                await self.evil.close()
-
-        self.call(stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from flwr.app import Context, RecordDict
 
 import flp2p.local_training as local_training
-from flp2p.data import ArrayDataset, client_partition, dataset_shape, load_dataset
+from flp2p.data import ArrayDataset, Digits, FashionMNIST, client_partition
 from flp2p.local_training import PARTITION_DIR_NODE_KEY, node_data, partition_key
 from flp2p.partition_files import (
     IMAGES_FILE,
@@ -38,7 +38,7 @@ def _digits_key(partition_id: int = 1) -> PartitionKey:
 
 
 def _digits_partition(partition_id: int = 1) -> ArrayDataset:
-    return client_partition("digits", partition_id, 4, "dirichlet", 0.5, 0)
+    return client_partition(Digits(), partition_id, 4, "dirichlet", 0.5, 0)
 
 
 def _stamps(directory: Path) -> dict[str, tuple[int, int]]:
@@ -128,22 +128,18 @@ def test_a_clientapp_whose_settings_differ_computes_its_own(tmp_path: Path) -> N
     local = node_data(settings, _client_context(folder, None))
     assert not isinstance(local.images, np.memmap)
     key = partition_key(settings, 1, 4)
-    expected = client_partition(
-        "digits", 1, 4, key.scheme, key.alpha, key.seed, key.data_dir
-    )
+    expected = client_partition(Digits(), 1, 4, key.scheme, key.alpha, key.seed)
     np.testing.assert_array_equal(local.labels, expected.labels)
 
 
-def test_dataset_shape_is_the_loaded_data_sets() -> None:
-    digits = load_dataset("digits")
-    assert dataset_shape("digits") == (digits.image_shape, digits.num_classes)
-    with pytest.raises(ValueError, match="unknown dataset"):
-        dataset_shape("cifar")
+def test_model_shape_is_the_loaded_data_sets() -> None:
+    digits = Digits().load()
+    assert Digits.model_shape == (digits.image_shape, digits.num_classes)
 
 
-def test_dataset_shape_of_fashion_mnist() -> None:
+def test_model_shape_of_fashion_mnist() -> None:
     try:
-        fmnist = load_dataset("fmnist")
+        fmnist = FashionMNIST().load()
     except FileNotFoundError:
         pytest.skip("Fashion-MNIST is not installed")
-    assert dataset_shape("fmnist") == (fmnist.image_shape, fmnist.num_classes)
+    assert FashionMNIST.model_shape == (fmnist.image_shape, fmnist.num_classes)

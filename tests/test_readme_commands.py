@@ -102,6 +102,7 @@ PEER_COMMANDS = (
     ".venv/bin/flp2p found ",
     ".venv/bin/flp2p join ",
     ".venv/bin/flp2p status --dht ",
+    ".venv/bin/flp2p dashboard --db flp2p-peer/ledger.db --dht ",
     # "Three machines": tests/test_peer_readme.py runs that block as written.
     "python -m flp2p.peer.founder ",
     "python -m flp2p.client ",
@@ -111,7 +112,7 @@ PEER_SKIP = Check(
     skip="peer mode needs keys, node ids and several processes; "
     "tests/test_peer_localhost.py runs these commands through examples/localhost, "
     "tests/test_peer_readme.py the Three machines block, tests/test_client_cli.py "
-    "flp2p join, found and status --dht"
+    "flp2p join, found and status --dht, tests/test_dashboard.py dashboard --dht"
 )
 
 

@@ -30,6 +30,7 @@ under ``peer.`` configure this wrapper.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -368,6 +369,10 @@ class FederationRoundLedger:
             banned_until=max(0, state.banned_until - offset),
         )
 
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """The ledger's all-or-nothing scope (:meth:`Ledger.transaction`)."""
+        return self.ledger.transaction()
+
     def get_reputation(self, identity: str) -> ReputationState | None:
         """State of ``identity`` in this run's round count (``None``: unknown)."""
         state = self.ledger.get_reputation(identity)
@@ -461,7 +466,9 @@ def experiment_settings(
     settings = RunSettings.from_config(resolved)
     data_dir = (node_config or {}).get(DATA_DIR_NODE_KEY)
     if data_dir:
-        settings = dataclasses.replace(settings, data_dir=str(data_dir))
+        settings = dataclasses.replace(
+            settings, data=settings.data.with_data_dir(str(data_dir))
+        )
     return settings
 
 

@@ -48,7 +48,9 @@ def prepare_partition(
     except ConfigError as error:
         raise PeerError(f"the federation's genesis: {error}") from None
     if data_dir:
-        settings = dataclasses.replace(settings, data_dir=data_dir)
+        settings = dataclasses.replace(
+            settings, data=settings.data.with_data_dir(data_dir)
+        )
     directory = work_dir / PARTITION_DIR
     key = partition_key(settings, partition_id, num_partitions)
     try:
