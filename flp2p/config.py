@@ -256,6 +256,13 @@ def _check(s: RunSettings) -> None:
         raise ConfigError(f"train.momentum must lie in [0, 1), got {s.train.momentum}")
     if s.cpus_per_client <= 0:
         raise ConfigError("simulation.cpus_per_client must be > 0")
+    if s.ray_address is not None and s.num_cpus is not None:
+        raise ConfigError(
+            "simulation.num_cpus must be null with simulation.ray_address: the "
+            "cluster's nodes bring their own CPUs"
+        )
+    if s.ray_address is not None and s.backend != "ray":
+        raise ConfigError("simulation.ray_address needs simulation.backend=ray")
     if s.backend not in SIMULATION_BACKENDS:
         raise ConfigError(
             f"simulation.backend must be one of {', '.join(SIMULATION_BACKENDS)}, "
