@@ -67,7 +67,12 @@ def simulate(settings: RunSettings, output_dir: Path) -> dict[str, Any]:
     ------
     ConfigError, DatasetNotFoundError
         Before anything runs, when the settings or the data set are unusable.
+    RayClusterUnreachable
+        Before anything runs, when ``simulation.ray_address`` names a head
+        nobody answers at.
     """
+    if settings.backend == "ray" and settings.ray_address not in (None, "auto"):
+        check_ray_head(str(settings.ray_address))
     data = load_dataset(settings.dataset, settings.data_dir)
     if settings.clients > len(data.train):
         raise ConfigError(
@@ -75,8 +80,6 @@ def simulate(settings: RunSettings, output_dir: Path) -> dict[str, Any]:
             f"examples of {settings.dataset}"
         )
     build_strategy(settings)  # fail on a bad strategy before Ray starts
-    if settings.backend == "ray" and settings.ray_address not in (None, "auto"):
-        check_ray_head(str(settings.ray_address))
     discard_unfinished_run(output_dir)
     partitions = tuple(
         partition_indices(
