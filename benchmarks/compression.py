@@ -105,6 +105,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--codecs", default="none,int8,topk")
     parser.add_argument("--topk-fraction", type=float, default=0.01)
+    parser.add_argument(
+        "--max-steps", type=int, default=0, help="local steps per round (0: an epoch)"
+    )
     parser.add_argument("--strategy", default="trusted")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -117,6 +120,7 @@ def main() -> None:
         f"clients={args.clients}",
         f"strategy={args.strategy}",
         f"seed={args.seed}",
+        f"train.max_steps={args.max_steps or 'null'}",
         "simulation.backend=in_process",
         "output.progress=false",
         "output.plot=false",
