@@ -33,7 +33,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from flp2p.client_mods import (
     SettingsOf,
+    StateResidual,
     attack_mod,
+    compression_mod,
     dpsgd_mod,
     ledger_sync_mod,
     signing_mod,
@@ -81,9 +83,11 @@ def simulation_train_mods(
     partitions: PartitionTable | None = None,
     replica_dir: Path | None = None,
 ) -> list[Mod]:
-    """The simulation's training mods: partition keys, a replica per partition."""
+    """The simulation's training mods: partition keys, a replica per partition,
+    error-feedback residuals in each node's context state."""
     return [
         signing_mod(simulated_signer(settings_of)),
+        compression_mod(settings_of, lambda _context: StateResidual()),
         ledger_sync_mod(simulated_replicas(settings_of, replica_dir)),
         attack_mod(settings_of, partitions),
         dpsgd_mod(settings_of),
@@ -286,6 +290,7 @@ def run_reporter(
             "strategy": settings.strategy_name,
             "attack": settings.attack_name,
             "privacy": settings.privacy_name,
+            "compression": settings.compression.name,
             "dataset": settings.dataset,
             "clients": settings.clients,
             "seed": settings.seed,

@@ -55,6 +55,11 @@ class Check:
 
 
 SIMULATE = ".venv/bin/python -m flp2p.simulate"
+RAY_SKIP = Check(
+    skip="a Ray cluster on fixed ports, stopped with `ray stop` (every Ray of the "
+    "user); tests/test_ray_cluster.py runs the three commands on free ports, in "
+    "their own temp folders and sessions"
+)
 QUICK_CHECK = f"{SIMULATE} dataset=digits rounds=2 clients=4"
 CHECKS: dict[str, Check] = {
     # setup.sh is not run: it installs into the environment the tests run in.
@@ -79,6 +84,16 @@ CHECKS: dict[str, Check] = {
         cwd="app",
         local_superlink=True,
     ),
+    f"{SIMULATE} dataset=digits compression=int8": Check(
+        variant=f"{SIMULATE} compression=int8 {QUICK}"
+    ),
+    f"{SIMULATE} dataset=digits compression=topk compression.fraction=0.05": Check(
+        variant=f"{SIMULATE} compression=topk compression.fraction=0.05 {QUICK}"
+    ),
+    ".venv/bin/ray start --head --port 6379 --num-cpus 1": RAY_SKIP,
+    ".venv/bin/ray start --address HEAD:6379 --num-cpus 1": RAY_SKIP,
+    f"{SIMULATE} simulation.ray_address=HEAD:6379 dataset=digits rounds=2 "
+    "clients=2": RAY_SKIP,
     ".venv/bin/flp2p leaderboard --db outputs/<date>/<time>/ledger.db": Check(),
     ".venv/bin/flp2p ledger verify --db outputs/<date>/<time>/ledger.db": Check(),
     ".venv/bin/flp2p ledger export --csv contributions.csv --db ...": Check(),

@@ -65,10 +65,14 @@ from flp2p.app import (
 )
 from flp2p.audit.recompute import public_sketch_seed
 from flp2p.client_mods import (
+    FileResidual,
     LedgerReplica,
     ReplySigner,
+    ResidualStore,
     SettingsOf,
+    StateResidual,
     attack_mod,
+    compression_mod,
     dpsgd_mod,
     ledger_sync_mod,
     signing_mod,
@@ -137,6 +141,9 @@ FINAL_MODEL_TIMEOUT = 120.0
 """Fewest seconds the ServerApp waits for participants to confirm the final model
 (each starts a ClientApp for it, as for a round: it waits at least a training
 round's deadline)."""
+RESIDUAL_NODE_KEY = "compression-residual"
+"""Node-config key: the file of the participant's error-feedback residual (in its
+``--work-dir``), which outlives SuperNode restarts and aggregator changes."""
 
 
 def join_ids(node_ids: Iterable[str]) -> str:
@@ -261,6 +268,13 @@ def replica_from_node_config(node_config: Mapping[str, Any]) -> LedgerReplica | 
         str(node_config[FEDERATION_NODE_KEY]),
         signer_ids=frozenset(split_ids(node_config.get(AGGREGATORS_NODE_KEY))),
     )
+
+
+def residual_from_node_config(node_config: Mapping[str, Any]) -> ResidualStore:
+    """Where the participant keeps its error-feedback residual (its node config's
+    file; a SuperNode started without one keeps it in its context state)."""
+    path = node_config.get(RESIDUAL_NODE_KEY)
+    return FileResidual(Path(str(path))) if path else StateResidual()
 
 
 def participant_from_node_config(node_config: Mapping[str, Any]) -> Participant:
@@ -688,12 +702,16 @@ def run_peer_server(grid: Grid, context: Context) -> None:
 
 
 def peer_train_mods(settings_of: SettingsOf) -> list[Mod]:
-    """The peer runtime's training mods: the participant's key and ledger copy
-    (outermost: the time stamps of ``$FLP2P_TIMINGS``, nothing without it)."""
+    """The peer runtime's training mods: the participant's key, ledger copy and
+    error-feedback residual (outermost: the time stamps of ``$FLP2P_TIMINGS``,
+    nothing without it)."""
     return [
         timing_mod,
         signing_mod(
             lambda context: participant_from_node_config(context.node_config).signer
+        ),
+        compression_mod(
+            settings_of, lambda context: residual_from_node_config(context.node_config)
         ),
         ledger_sync_mod(lambda context: replica_from_node_config(context.node_config)),
         attack_mod(settings_of),

@@ -38,6 +38,7 @@ from flp2p.peer.federation_app import (
     FEDERATION_NODE_KEY,
     IDENTITY_NODE_KEY,
     LEDGER_NODE_KEY,
+    RESIDUAL_NODE_KEY,
     WORK_DIR_NODE_KEY,
     join_ids,
     resolve_genesis,
@@ -63,6 +64,9 @@ log = logging.getLogger("flp2p.client")
 LEDGER_FILE = "ledger.db"
 """This peer's copy of the federation's ledger, in ``--work-dir``: blocks it received
 as a participant or standby, and those it signs while it aggregates."""
+RESIDUAL_FILE = "compression-residual.npy"
+"""This participant's error-feedback residual, in ``--work-dir`` (``compression``
+codecs with error feedback; see :func:`flp2p.client_mods.compression_mod`)."""
 
 FINISH_GRACE_SECONDS = 5.0
 """How long a finished aggregator keeps its lease so every client sees the end."""
@@ -246,6 +250,7 @@ class Peer:
                 AGGREGATORS_NODE_KEY: join_ids(genesis.eligible),
                 LEDGER_NODE_KEY: str(self.ledger),
                 WORK_DIR_NODE_KEY: str(options.work_dir.resolve()),
+                RESIDUAL_NODE_KEY: str((options.work_dir / RESIDUAL_FILE).resolve()),
             }
             if options.data_dir:
                 node_config["data-dir"] = options.data_dir
