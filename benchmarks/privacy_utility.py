@@ -11,6 +11,14 @@ training of the same model, side by side in this process, as a ratio.
     .venv/bin/python -m benchmarks.privacy_utility --max-steps 0         # full epochs
     .venv/bin/python -m benchmarks.privacy_utility --dataset digits --rounds 3 \\
         --epsilons 3 8 --clients 6                                         # small
+    .venv/bin/python -m benchmarks.privacy_utility --modes central --attack none \\
+        --participants 20 200 1000 --epsilons 8                 # central DP at scale
+
+``--participants`` is the participants-per-round axis of central DP (user-level
+DP-FedAvg works when many users share each round: the noise per coordinate is
+``z · 2 · max_share · C`` with ``max_share = 2 / participants``). Each point runs
+``⌈participants / sampling⌉`` clients with ``fraction_train = sampling`` (the
+sampling rate the accountant amplifies by), beside its own non-private run.
 
 Writes ``benchmarks/results/privacy/privacy_utility.{csv,json,png}``.
 """
@@ -20,13 +28,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 from flp2p.config import RunSettings, compose
-from flp2p.data import load_dataset
 from flp2p.models import build_model
 from flp2p.simulate import completed_summary, simulate
 
@@ -75,7 +83,8 @@ def opacus_overhead(
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.set_num_threads(1)
-    data = load_dataset(dataset)
+    # The data set as its conf/dataset/<name>.yaml describes it (one registry).
+    data = RunSettings.from_config(compose([f"dataset={dataset}"])).data.load()
     n = steps * batch_size
     dataset_ = TensorDataset(
         torch.from_numpy(data.train.images[:n]), torch.from_numpy(data.train.labels[:n])
@@ -129,15 +138,22 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         "central": ("s-", "#e15759"),
         "central+attack": ("^--", "#b07aa1"),
     }
+    counts = sorted({r.get("participants", 0) for r in rows if r["mode"] == "central"})
     for mode, (marker, color) in styles.items():
-        points = sorted(
-            (r["epsilon"], r["final_accuracy"])
-            for r in rows
-            if r["mode"] == mode and r["final_accuracy"] is not None
-        )
-        if points:
-            eps, acc = zip(*points, strict=True)
-            ax.plot(eps, [100 * a for a in acc], marker, color=color, label=mode)
+        for participants in counts if mode == "central" else [None]:
+            points = sorted(
+                (r["epsilon"], r["final_accuracy"])
+                for r in rows
+                if r["mode"] == mode
+                and r["final_accuracy"] is not None
+                and (participants is None or r.get("participants") == participants)
+            )
+            if points:
+                eps, acc = zip(*points, strict=True)
+                label = (
+                    mode if participants is None else f"{mode}, {participants}/round"
+                )
+                ax.plot(eps, [100 * a for a in acc], marker, color=color, label=label)
     if baseline is not None:
         ax.axhline(
             100 * baseline["final_accuracy"],
@@ -182,14 +198,28 @@ def main() -> None:
         default=None,
         help="torch threads per client (default: all cores)",
     )
+    parser.add_argument(
+        "--participants",
+        type=int,
+        nargs="+",
+        default=None,
+        help="central DP: participants per round (default: --clients)",
+    )
+    parser.add_argument(
+        "--sampling",
+        type=float,
+        default=1.0,
+        help="share of clients sampled per round at each --participants point",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if not 0.0 < args.sampling <= 1.0:
+        parser.error("--sampling must lie in (0, 1]")
     args.out.mkdir(parents=True, exist_ok=True)
 
     base = [
         f"dataset={args.dataset}",
         f"rounds={args.rounds}",
-        f"clients={args.clients}",
         f"strategy={args.strategy}",
         f"train.max_steps={args.max_steps or 'null'}",
         "simulation.backend=in_process",
@@ -199,11 +229,28 @@ def main() -> None:
         base.append(f"simulation.num_cpus={args.threads}")
     rows: list[dict[str, Any]] = []
 
-    def record(mode: str, epsilon: float, name: str, overrides: list[str]) -> None:
-        summary = run(args.out, name, [*base, *overrides])
+    def population(participants: int) -> list[str]:
+        """Overrides for ``participants`` clients per round."""
+        if participants == args.clients and args.sampling == 1.0:
+            return [f"clients={args.clients}"]
+        clients = math.ceil(participants / args.sampling)
+        return [f"clients={clients}", f"fraction_train={args.sampling}"]
+
+    def record(
+        mode: str,
+        epsilon: float,
+        name: str,
+        overrides: list[str],
+        participants: int | None = None,
+    ) -> None:
+        per_round = args.clients if participants is None else participants
+        if per_round != args.clients or args.sampling != 1.0:
+            name = f"{name}-p{per_round}-q{args.sampling:g}"
+        summary = run(args.out, name, [*base, *population(per_round), *overrides])
         rows.append(
             {
                 "mode": mode,
+                "participants": per_round,
                 "epsilon": epsilon,
                 "final_accuracy": summary.get("final_accuracy"),
                 "reported_epsilon": summary.get("epsilon")
@@ -211,9 +258,14 @@ def main() -> None:
                 "seconds": summary.get("seconds"),
             }
         )
-        print(f"{mode:>15} ε={epsilon:<6g} accuracy {summary.get('final_accuracy')}")
+        print(
+            f"{mode:>15} {per_round:>5} per round ε={epsilon:<6g} "
+            f"accuracy {summary.get('final_accuracy')}"
+        )
 
-    record("none", float("inf"), "none", [])
+    participants_axis = args.participants or [args.clients]
+    if "dpsgd" in args.modes or args.clients in participants_axis:
+        record("none", float("inf"), "none", [])
     for eps in args.epsilons if "dpsgd" in args.modes else []:
         record(
             "dpsgd",
@@ -225,13 +277,17 @@ def main() -> None:
                 f"privacy.target_epsilon={eps}",
             ],
         )
-    for eps in args.epsilons if "central" in args.modes else []:
-        record(
-            "central",
-            eps,
-            f"central-{eps:g}",
-            ["privacy=central", f"privacy.target_epsilon={eps}"],
-        )
+    for participants in participants_axis if "central" in args.modes else []:
+        if participants != args.clients or args.sampling != 1.0:
+            record("none", float("inf"), "none", [], participants)
+        for eps in args.epsilons:
+            record(
+                "central",
+                eps,
+                f"central-{eps:g}",
+                ["privacy=central", f"privacy.target_epsilon={eps}"],
+                participants,
+            )
     if args.attack != "none" and "central" in args.modes:
         for eps in args.epsilons:
             record(
@@ -246,7 +302,8 @@ def main() -> None:
                 ],
             )
 
-    overhead = opacus_overhead(args.dataset)
+    # Opacus' step cost only matters beside DP-SGD runs.
+    overhead = opacus_overhead(args.dataset) if "dpsgd" in args.modes else None
     with (args.out / "privacy_utility.csv").open("w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -265,11 +322,12 @@ def main() -> None:
         args.out / "privacy_utility.png",
         f"{args.dataset}, {args.clients} clients, {args.rounds} rounds",
     )
-    print(
-        f"Opacus DP-SGD step: {overhead['overhead_ratio']:.2f}x plain "
-        f"({overhead['seconds_per_step_dpsgd'] * 1e3:.1f} ms vs "
-        f"{overhead['seconds_per_step_plain'] * 1e3:.1f} ms)"
-    )
+    if overhead is not None:
+        print(
+            f"Opacus DP-SGD step: {overhead['overhead_ratio']:.2f}x plain "
+            f"({overhead['seconds_per_step_dpsgd'] * 1e3:.1f} ms vs "
+            f"{overhead['seconds_per_step_plain'] * 1e3:.1f} ms)"
+        )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from flp2p.client_mods import (
     SettingsOf,
+    StateResidual,
     attack_mod,
+    compression_mod,
     dpsgd_mod,
     ledger_sync_mod,
     signing_mod,
@@ -43,7 +45,6 @@ from flp2p.client_mods import (
     simulated_signing_key,
 )
 from flp2p.config import RunSettings, build_strategy, compose
-from flp2p.data import load_dataset
 from flp2p.identity import Identity
 from flp2p.ledger import Ledger
 from flp2p.ledger_broadcast import LedgerBroadcast
@@ -82,9 +83,11 @@ def simulation_train_mods(
     partitions: PartitionTable | None = None,
     replica_dir: Path | None = None,
 ) -> list[Mod]:
-    """The simulation's training mods: partition keys, a replica per partition."""
+    """The simulation's training mods: partition keys, a replica per partition,
+    error-feedback residuals in each node's context state."""
     return [
         signing_mod(simulated_signer(settings_of)),
+        compression_mod(settings_of, lambda _context: StateResidual()),
         ledger_sync_mod(simulated_replicas(settings_of, replica_dir)),
         attack_mod(settings_of, partitions),
         dpsgd_mod(settings_of),
@@ -137,7 +140,7 @@ def central_evaluator(
     settings: RunSettings, on_round: Callable[[int, float, float], None] | None = None
 ) -> Callable[[int, ArrayRecord], MetricRecord]:
     """``evaluate_fn`` for :meth:`Strategy.start`: global model on the test set."""
-    data = load_dataset(settings.dataset, settings.data_dir)
+    data = settings.data.load()
     model = build_model(data.image_shape, data.num_classes)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -243,29 +246,7 @@ def _run_strategy(
     ledger: Ledger | None,
 ) -> dict[str, Any]:
     model = initial_model(settings)
-    title = (
-        f"{settings.strategy_name} · {settings.dataset} · {settings.clients} clients"
-    )
-    reporter = RunReporter(
-        output_dir,
-        settings.rounds,
-        title=title,
-        show_progress=settings.progress,
-        plot=settings.plot,
-        live_values=privacy_spent(strategy),
-        privacy_columns=PRIVACY_COLUMNS.get(settings.privacy_name, ()),
-        ledger=ledger,
-    )
-    reporter.extra_summary.update(
-        {
-            "strategy": settings.strategy_name,
-            "attack": settings.attack_name,
-            "privacy": settings.privacy_name,
-            "dataset": settings.dataset,
-            "clients": settings.clients,
-            "seed": settings.seed,
-        }
-    )
+    reporter = run_reporter(settings, output_dir, strategy, ledger)
     with reporter:
         strategy.start(
             # The tap shows the reporter every reply's metrics (each client's ε),
@@ -279,6 +260,43 @@ def _run_strategy(
         if ledger is not None:
             reporter.extra_summary["ledger_height"] = ledger.height
     return reporter.summary("completed")
+
+
+def run_reporter(
+    settings: RunSettings,
+    output_dir: Path,
+    strategy: Any,
+    ledger: Ledger | None,
+    resume_round: int = 0,
+) -> RunReporter:
+    """The reporter of a run of ``settings`` (simulation, or a peer aggregator that
+    continues the folder's files from ``resume_round``)."""
+    title = (
+        f"{settings.strategy_name} · {settings.dataset} · {settings.clients} clients"
+    )
+    reporter = RunReporter(
+        output_dir,
+        settings.rounds,
+        title=title,
+        show_progress=settings.progress,
+        plot=settings.plot,
+        live_values=privacy_spent(strategy),
+        privacy_columns=PRIVACY_COLUMNS.get(settings.privacy_name, ()),
+        ledger=ledger,
+        resume_round=resume_round,
+    )
+    reporter.extra_summary.update(
+        {
+            "strategy": settings.strategy_name,
+            "attack": settings.attack_name,
+            "privacy": settings.privacy_name,
+            "compression": settings.compression.name,
+            "dataset": settings.dataset,
+            "clients": settings.clients,
+            "seed": settings.seed,
+        }
+    )
+    return reporter
 
 
 def privacy_spent(strategy: Any) -> Callable[[], dict[str, float]] | None:

@@ -21,8 +21,10 @@ emulated by each attacker training on every malicious partition (cached per work
 
 from __future__ import annotations
 
+import hashlib
 import math
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from statistics import NormalDist
@@ -506,6 +508,10 @@ class Mimic(Attack):
         return benign[self.target(benign)] + own_noise(ctx, benign, self.noise)
 
 
+_SHARED_GAMMAS: OrderedDict[tuple[object, ...], float] = OrderedDict()
+"""The colluders' agreed ``γ`` by attack, benign rows and counts (the latest 64)."""
+
+
 class DetectorAware(Attack):
     """An adaptive attack that knows flp2p's detectors (:mod:`strategies.detection`).
 
@@ -584,7 +590,26 @@ class DetectorAware(Attack):
         )
 
     def gamma(self, ctx: AttackContext, benign: np.ndarray) -> float:
-        """The ``γ`` every colluder uses this round."""
+        """The ``γ`` every colluder uses this round.
+
+        Every colluder runs the same search on the same benign rows; in one process
+        (simulation, benchmarks) the first one's answer is reused
+        (:data:`_SHARED_GAMMAS`), which changes no result.
+        """
+        key = (
+            repr(self),
+            benign.shape,
+            hashlib.sha256(np.ascontiguousarray(benign).tobytes()).digest(),
+            ctx.num_malicious,
+            ctx.num_clients,
+        )
+        if key not in _SHARED_GAMMAS:
+            _SHARED_GAMMAS[key] = self._search_gamma(ctx, benign)
+            while len(_SHARED_GAMMAS) > 64:
+                _SHARED_GAMMAS.popitem(last=False)
+        return _SHARED_GAMMAS[key]
+
+    def _search_gamma(self, ctx: AttackContext, benign: np.ndarray) -> float:
         mean = benign.mean(axis=0)
         direction = perturbation_direction(benign, self.perturbation)
         count = max(

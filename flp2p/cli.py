@@ -25,7 +25,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from flp2p.dashboard.peer_polling import PeerViewPoller
+    from flp2p.dashboard.readings import PeerView
     from flp2p.ledger import Ledger
+    from flp2p.peer.federation_status import FederationStatus
 
 DEFAULT_LEDGER = "flp2p-ledger.db"
 LEDGER_ENV = "FLP2P_LEDGER"
@@ -166,8 +169,34 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def dashboard_usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the dashboard's options (``None``: nothing); checked
+    before Dash, Plotly or the DHT code is imported."""
+    if args.dht and not args.federation:
+        return "dashboard --dht needs --federation ID"
+    if args.federation and not args.dht:
+        return "dashboard --federation needs --dht HOST:PORT (a live peer)"
+    if args.federation and not is_hex(args.federation):
+        return f"--federation must be a hex federation id, got {args.federation!r}"
+    if not 0 < args.port < 65536:
+        return f"--port must lie in 1..65535, got {args.port}"
+    if not args.refresh > 0:
+        return f"--refresh must be > 0 seconds, got {args.refresh:g}"
+    return None
+
+
+def is_hex(text: str) -> bool:
+    """Whether ``text`` is a non-empty string of hex digits."""
+    return bool(text) and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
 def cmd_dashboard(args: argparse.Namespace, console: Console) -> int:
-    """Serve the live, read-only web page over the ledger (and the run folder)."""
+    """Serve the live, read-only web page over the ledger (and the run folder); with
+    ``--dht``, the federation's lease holder, epoch and live peers as well."""
+    problem = dashboard_usage_problem(args)
+    if problem is not None:
+        print(f"flp2p: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     # Imported here: Dash and Plotly take a second to import, the other commands
     # need neither.
     from flp2p.dashboard import create_app, serve
@@ -181,10 +210,67 @@ def cmd_dashboard(args: argparse.Namespace, console: Console) -> int:
     run_dir = Path(args.run) if args.run else None
     if run_dir is not None and not run_dir.is_dir():
         raise OSError(f"no run folder at {run_dir}")
-    app = create_app(db, run_dir, refresh_ms=int(args.refresh * 1000))
+    peer_view = (
+        dht_peer_view(args.dht, args.federation.lower(), every_s=args.refresh)
+        if args.dht
+        else None
+    )
+    app = create_app(
+        db, run_dir, peer_view=peer_view, refresh_ms=int(args.refresh * 1000)
+    )
     console.print(f"flp2p dashboard on http://{args.host}:{args.port}/ (Ctrl-C stops)")
-    serve(app, args.host, args.port)
+    try:
+        serve(app, args.host, args.port)
+    finally:
+        if peer_view is not None:
+            peer_view.stop(timeout=1)
     return EXIT_OK
+
+
+def dht_peer_view(
+    bootstrap: Sequence[tuple[str, int]],
+    federation: str,
+    every_s: float,
+    rpc_timeout: float = 2.0,
+) -> PeerViewPoller:
+    """A started poller that looks the federation up in its DHT (as ``flp2p status
+    --dht`` does) every ``every_s`` seconds, for the dashboard's peer panel."""
+    import asyncio
+
+    from flp2p.dashboard.peer_polling import PeerViewPoller
+    from flp2p.peer.addresses import join_host_port
+    from flp2p.peer.federation_status import federation_status
+
+    def look() -> PeerView:
+        report = asyncio.run(federation_status(bootstrap, federation, rpc_timeout))
+        return peer_view_of(report)
+
+    asked = ", ".join(join_host_port(host, port) for host, port in bootstrap)
+    return PeerViewPoller(look, every_s, describe=f"the DHT at {asked}").start()
+
+
+def peer_view_of(report: FederationStatus) -> PeerView:
+    """What the dashboard's peer panel shows of one look at the DHT."""
+    from flp2p.dashboard.readings import PeerContact, PeerView
+
+    if report.genesis is None:
+        return PeerView(None, None, problem=report.problem or "nothing found")
+    rounds = report.genesis.parameters.get("rounds")
+    contacts = tuple(
+        PeerContact(peer.node_id_prefix, peer.address, peer.roles)
+        for peer in report.peers
+    )
+    lease = report.lease
+    return PeerView(
+        lease_holder=None if lease is None else lease.holder,
+        epoch=None if lease is None else lease.epoch,
+        live_peers=tuple(contact.node_id for contact in contacts),
+        contacts=contacts,
+        superlink=None if lease is None else lease.superlink_address,
+        last_round=None if lease is None else lease.last_round,
+        rounds=rounds if isinstance(rounds, int) else None,
+        problem=report.problem,
+    )
 
 
 def cmd_id(args: argparse.Namespace, console: Console) -> int:
@@ -320,7 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=cmd_export)
 
     dashboard = commands.add_parser(
-        "dashboard", parents=[db_option], help="live read-only web page over a ledger"
+        "dashboard",
+        parents=[db_option],
+        help="live read-only web page over a ledger",
+        description="A live, read-only web page over a ledger file (--db) and its run "
+        "folder (--run); in peer mode, over a participant's replica with the "
+        "federation's lease holder, epoch and live peers from its DHT, e.g. "
+        "flp2p dashboard --db work/ledger.db --dht 10.77.0.2:9401 "
+        "--federation $(cat federation.id)",
     )
     dashboard.add_argument(
         "--run", metavar="RUN_DIR", help="run folder whose metrics.csv to plot"
@@ -336,10 +429,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often the page re-reads the ledger (default: 2)",
     )
+    dashboard.add_argument(
+        "--dht", type=_dht_addresses, action="append", metavar="HOST:PORT",
+        help="peer mode: show the lease holder, epoch and live peers, asking the "
+        "federation's DHT through this peer (repeat for more)",
+    )  # fmt: skip
+    dashboard.add_argument(
+        "--federation", metavar="ID", help="federation id (with --dht)"
+    )
     dashboard.set_defaults(handler=cmd_dashboard)
 
     node_id = commands.add_parser(
-        "id", help="print a peer's node id (creates its key file if missing)"
+        "id",
+        help="print a peer's node id (creates its key file if missing)",
+        description=(
+            "Print the node id a key file signs as (what the founder's --eligible "
+            "takes), e.g. flp2p id --identity flp2p-peer/identity.key"
+        ),
     )
     node_id.add_argument(
         "--identity", required=True, metavar="PATH", help="the peer's key file"

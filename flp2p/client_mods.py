@@ -4,20 +4,25 @@ A mod has Flower's signature ``(Message, Context, call_next) -> Message`` (see
 ``flwr.clientapp.mod.fixedclipping_mod``): it may change the instruction before
 ``call_next`` and the reply after it. The training ClientApp of flp2p is::
 
-    @app.train(mods=[signing_mod(...), ledger_sync_mod(...), attack_mod(...),
-                     dpsgd_mod(...)])
+    @app.train(mods=[signing_mod(...), compression_mod(...), ledger_sync_mod(...),
+                     attack_mod(...), dpsgd_mod(...)])
     def train(msg, context): return client_train(msg, context, settings)
 
 Order matters and is this one: the first mod is the outermost, so the signature
 covers the final update, attacks included, and the DP-SGD accountant is charged for
-the data the client actually trained on. Every mod passes an error reply through
+the data the client actually trained on. Compression sits right inside signing: it
+replaces the model by a compressed delta, and signing signs the update that payload
+decodes to (:func:`strategies.update_codecs.decoded_update`, the function the
+aggregator's validation decodes it with), so the signature covers exactly what the
+aggregator verifies, whatever the codec. Every mod passes an error reply through
 untouched (a client out of privacy budget neither syncs, attacks nor signs).
 
 The simulation (:func:`flp2p.app.make_client_app`) and the peer runtime
-(:func:`flp2p.peer.federation_app.make_peer_client_app`) use the same four mods and
+(:func:`flp2p.peer.federation_app.make_peer_client_app`) use the same five mods and
 differ only in what they give them: a simulated partition key or the participant's
 own identity, a replica per partition or the participant's ledger, the instruction's
-federation or the one the participant joined.
+federation or the one the participant joined, an error-feedback residual in the
+node's context state or in the participant's work folder.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -39,7 +45,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from flp2p.attacks import AttackContext, SybilWave
 from flp2p.config import RunSettings
-from flp2p.data import ArrayDataset, load_dataset
+from flp2p.data import ArrayDataset
 from flp2p.dpsgd import (
     ACCOUNTANT_STATE_KEY,
     DPSGD_KEY,
@@ -83,6 +89,7 @@ from strategies.records import (
     NUM_EXAMPLES_KEY,
     update_sha256,
 )
+from strategies.update_codecs import decoded_update, model_from_delta, tensor_sizes
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +99,8 @@ SYBIL_NOT_JOINED = 4_002
 """Error code of an evaluation Sybil asked before its identity joined."""
 PREVIOUS_DELTA_KEY = "flp2p-attack-previous"
 """ArrayRecord in an attacker's context state: the delta it sent last time."""
+RESIDUAL_KEY = "flp2p-compression-residual"
+"""ArrayRecord in a simulated node's context state: its error-feedback residual."""
 
 SettingsOf = Callable[[Context], RunSettings]
 """How a mod finds the run's settings for the node it serves."""
@@ -181,7 +190,9 @@ def signing_mod(signer_of: Callable[[Context], ReplySigner]) -> Mod:
     The ``identity`` record it adds lets aggregation attribute, weigh and reward the
     contribution (:mod:`strategies.records`). The round is the federation's count
     (``round-offset`` + Flower's round), so a reply cannot be replayed into a later
-    run whose Flower round has the same number.
+    run whose Flower round has the same number. A compressed reply is signed for
+    the model its payload decodes to against the instruction's global model, which
+    is what the aggregator checks the signature against.
     """
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -190,7 +201,10 @@ def signing_mod(signer_of: Callable[[Context], ReplySigner]) -> Mod:
         if reply.has_error():
             return reply
         config = _instruction(msg)
-        arrays = record_to_arrays(reply.content.array_records[ARRAYS_KEY])
+        arrays = decoded_update(
+            record_to_arrays(reply.content.array_records[ARRAYS_KEY]),
+            record_to_arrays(msg.content.array_records[ARRAYS_KEY]),
+        )
         reply.content[IDENTITY_KEY] = identity_record(
             signer.key,
             signer.federation_for(config),
@@ -211,6 +225,99 @@ def simulated_signer(settings_of: SettingsOf) -> Callable[[Context], ReplySigner
         return ReplySigner(key, federation_name(settings), trust_instruction=True)
 
     return signer_of
+
+
+# -------------------------------------------------------------------- compression
+
+
+class ResidualStore(Protocol):
+    """Where a participant keeps its error-feedback residual between rounds."""
+
+    def load(self, context: Context) -> np.ndarray | None:
+        """The flat float64 residual, ``None`` when there is none yet."""
+        ...
+
+    def save(self, context: Context, residual: np.ndarray) -> None:
+        """Keep ``residual`` for this node's next round."""
+        ...
+
+
+@dataclass(frozen=True)
+class StateResidual:
+    """The residual in the node's context state (simulation: one per partition,
+    which Flower keeps across the rounds of a run)."""
+
+    def load(self, context: Context) -> np.ndarray | None:
+        record = context.state.array_records.get(RESIDUAL_KEY)
+        return None if record is None else record["residual"].numpy()
+
+    def save(self, context: Context, residual: np.ndarray) -> None:
+        context.state[RESIDUAL_KEY] = arrays_to_record({"residual": residual})
+
+
+@dataclass(frozen=True)
+class FileResidual:
+    """The residual in a ``.npy`` file (a participant's work folder: it outlives
+    the SuperNode's process and a change of aggregator)."""
+
+    path: Path
+
+    def load(self, context: Context) -> np.ndarray | None:
+        if not self.path.exists():
+            return None
+        try:
+            return np.asarray(np.load(self.path, allow_pickle=False), np.float64)
+        except (OSError, ValueError) as unreadable:
+            log.warning("ignoring residual %s: %s", self.path, unreadable)
+            return None
+
+    def save(self, context: Context, residual: np.ndarray) -> None:
+        partial = self.path.with_name(self.path.name + ".partial")
+        with partial.open("wb") as handle:
+            np.save(handle, residual, allow_pickle=False)
+        os.replace(partial, self.path)  # never a half-written residual
+
+
+def compression_mod(
+    settings_of: SettingsOf, residual_of: Callable[[Context], ResidualStore]
+) -> Mod:
+    """Send the trained update as the configured codec's payload
+    (:mod:`strategies.update_codecs`; ``compression=none`` passes through).
+
+    The delta ``δ = x − o`` against the instruction's global model is encoded;
+    with error feedback the node first adds the residual it kept, ``u = δ + e``,
+    and keeps ``e' = u − sent`` where ``sent`` is the delta the aggregator will
+    decode (``x̂ − o``, float32 rounding of ``x̂`` included), so over the rounds
+    ``Σ sent + e`` is ``Σ δ``. A residual of another model's size is dropped.
+    Adds ``update-bytes`` (the payload's size) to the reply's metrics.
+    """
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        codec = settings_of(context).compression
+        reply = call_next(msg, context)
+        if reply.has_error() or not codec.compresses:
+            return reply
+        reference = record_to_arrays(msg.content.array_records[ARRAYS_KEY])
+        trained = record_to_arrays(reply.content.array_records[ARRAYS_KEY])
+        origin = flatten_arrays(reference)
+        wanted = flatten_arrays(trained, list(reference)) - origin
+        store = residual_of(context) if codec.error_feedback else None
+        residual = None if store is None else store.load(context)
+        if residual is not None and residual.shape == wanted.shape:
+            wanted += residual
+        sizes = tensor_sizes(reference)
+        payload = codec.encode(wanted, sizes)
+        if store is not None:
+            sent = flatten_arrays(
+                model_from_delta(reference, codec.decode(payload, sizes))
+            )
+            store.save(context, wanted - (sent - origin))
+        reply.content[ARRAYS_KEY] = arrays_to_record(payload)
+        metrics = reply.content.metric_records[METRICS_KEY]
+        metrics["update-bytes"] = sum(int(a.nbytes) for a in payload.values())
+        return reply
+
+    return mod
 
 
 # ----------------------------------------------------------------- ledger replica
@@ -493,7 +600,7 @@ def attack_mod(
                 reply_to=msg,
             )
         local = node_data(settings, context, partitions)
-        num_classes = load_dataset(settings.dataset, settings.data_dir).num_classes
+        num_classes = settings.data.load().num_classes
         images, labels = attack.poison_data(local.images, local.labels, num_classes)
         if images is not local.images or labels is not local.labels:
             poisoned = training_data_record(ArrayDataset(images, labels))

@@ -13,15 +13,16 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from flp2p.attacks import AttackSettings
-from flp2p.data import DATASETS, PARTITION_SCHEMES
+from flp2p.data import PARTITION_SCHEMES, DatasetSpec, build_dataset
 from flp2p.privacy_settings import PrivacySettings, build_privacy
+from strategies.update_codecs import NoCompression, UpdateCodec, build_codec
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 """The Hydra config directory of a source checkout (``conf/`` beside the package)."""
@@ -51,18 +52,21 @@ class TrainSettings:
 class RunSettings:
     """Everything a federation run needs, validated.
 
-    ``attack`` and ``privacy`` are typed (:class:`~flp2p.attacks.AttackSettings`;
-    one of :class:`~flp2p.privacy_settings.NoPrivacy`,
+    ``data``, ``attack``, ``privacy`` and ``compression`` are typed (a
+    :class:`~flp2p.data.DatasetSpec`; :class:`~flp2p.attacks.AttackSettings`; one
+    of :class:`~flp2p.privacy_settings.NoPrivacy`,
     :class:`~flp2p.dpsgd.DPSGDSettings`,
-    :class:`~flp2p.privacy_settings.CentralPrivacy`), built once from the config
-    groups' ``_target_``.
+    :class:`~flp2p.privacy_settings.CentralPrivacy`; an
+    :class:`~strategies.update_codecs.UpdateCodec`), built once from the config
+    groups' ``_target_``. ``ray_address`` names an existing Ray cluster
+    (``auto`` or ``HOST:PORT``; ``None`` starts a local one).
     """
 
     rounds: int
     clients: int
     seed: int
-    dataset: str
-    data_dir: str | None
+    data: DatasetSpec
+    """The data set (``conf/dataset/<name>.yaml``)."""
     partition_scheme: str
     alpha: float
     fraction_train: float
@@ -71,9 +75,11 @@ class RunSettings:
     strategy: Mapping[str, Any]
     attack: AttackSettings
     privacy: PrivacySettings
+    compression: UpdateCodec = field(default_factory=NoCompression)
     cpus_per_client: float = 1.0
     num_cpus: int | None = None
     backend: str = "ray"
+    ray_address: str | None = None
     plot: bool = True
     progress: bool = True
     ledger_enabled: bool = True
@@ -90,6 +96,16 @@ class RunSettings:
         if self.backend == "in_process":
             return self.num_cpus or os.cpu_count() or 1
         return max(1, int(self.cpus_per_client))
+
+    @property
+    def dataset(self) -> str:
+        """Short name of the data set (``fmnist``, ``digits``)."""
+        return self.data.name
+
+    @property
+    def data_dir(self) -> str | None:
+        """Where the data set's files are read (``None``: its default place)."""
+        return self.data.data_dir
 
     @property
     def strategy_name(self) -> str:
@@ -134,7 +150,6 @@ class RunSettings:
 def _settings_from_plain(cfg: dict[str, Any]) -> RunSettings:
     train_cfg = dict(cfg.get("train") or {})
     partition = dict(cfg.get("partition") or {})
-    dataset = dict(cfg.get("dataset") or {})
     simulation = dict(cfg.get("simulation") or {})
     output = dict(cfg.get("output") or {})
     ledger = dict(cfg.get("ledger") or {})
@@ -142,8 +157,7 @@ def _settings_from_plain(cfg: dict[str, Any]) -> RunSettings:
         rounds=_int(cfg, "rounds", minimum=1),
         clients=_int(cfg, "clients", minimum=1),
         seed=_int(cfg, "seed", minimum=0),
-        dataset=str(dataset.get("name", "fmnist")),
-        data_dir=dataset.get("data_dir"),
+        data=_dataset(cfg.get("dataset")),
         partition_scheme=str(partition.get("scheme", "dirichlet")),
         alpha=float(partition.get("alpha", 0.5)),
         fraction_train=float(cfg.get("fraction_train", 1.0)),
@@ -162,9 +176,11 @@ def _settings_from_plain(cfg: dict[str, Any]) -> RunSettings:
         strategy=dict(cfg.get("strategy") or {"name": "fedavg"}),
         attack=_attack(dict(cfg.get("attack") or {"name": "none"})),
         privacy=_privacy(dict(cfg.get("privacy") or {"name": "none"})),
+        compression=_compression(dict(cfg.get("compression") or {"name": "none"})),
         cpus_per_client=float(simulation.get("cpus_per_client", 1)),
         num_cpus=simulation.get("num_cpus"),
         backend=str(simulation.get("backend", "ray")),
+        ray_address=_ray_address(simulation.get("ray_address")),
         plot=bool(output.get("plot", True)),
         progress=bool(output.get("progress", True)),
         ledger_enabled=bool(ledger.get("enabled", True)),
@@ -194,6 +210,13 @@ def _attack(spec: Mapping[str, Any]) -> AttackSettings:
         raise ConfigError(f"attack {spec.get('name', 'none')!r}: {err}") from None
 
 
+def _dataset(spec: Mapping[str, Any] | None) -> DatasetSpec:
+    try:
+        return build_dataset(spec)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+
+
 def _privacy(spec: Mapping[str, Any]) -> PrivacySettings:
     try:
         return build_privacy(spec)
@@ -201,11 +224,29 @@ def _privacy(spec: Mapping[str, Any]) -> PrivacySettings:
         raise ConfigError(f"privacy {spec.get('name', 'none')!r}: {err}") from None
 
 
-def _check(s: RunSettings) -> None:
-    if s.dataset not in DATASETS:
+def _compression(spec: Mapping[str, Any]) -> UpdateCodec:
+    try:
+        return build_codec(spec)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"compression {spec.get('name', 'none')!r}: {err}") from None
+
+
+def _ray_address(value: Any) -> str | None:
+    """``simulation.ray_address``: ``None``, ``auto`` or ``HOST:PORT``."""
+    if value is None or value == "":
+        return None
+    address = str(value)
+    if address == "auto":
+        return address
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(
-            f"unknown dataset {s.dataset!r}: choose one of {', '.join(DATASETS)}"
+            f"simulation.ray_address must be auto or HOST:PORT, got {address!r}"
         )
+    return address
+
+
+def _check(s: RunSettings) -> None:
     if s.partition_scheme not in PARTITION_SCHEMES:
         raise ConfigError(
             f"partition.scheme must be one of {', '.join(PARTITION_SCHEMES)}, "
@@ -227,6 +268,13 @@ def _check(s: RunSettings) -> None:
         raise ConfigError(f"train.momentum must lie in [0, 1), got {s.train.momentum}")
     if s.cpus_per_client <= 0:
         raise ConfigError("simulation.cpus_per_client must be > 0")
+    if s.ray_address is not None and s.num_cpus is not None:
+        raise ConfigError(
+            "simulation.num_cpus must be null with simulation.ray_address: the "
+            "cluster's nodes bring their own CPUs"
+        )
+    if s.ray_address is not None and s.backend != "ray":
+        raise ConfigError("simulation.ray_address needs simulation.backend=ray")
     if s.backend not in SIMULATION_BACKENDS:
         raise ConfigError(
             f"simulation.backend must be one of {', '.join(SIMULATION_BACKENDS)}, "
@@ -276,6 +324,8 @@ def build_strategy(
     """
     from hydra.utils import get_class
 
+    from strategies.base import ScreenedFedAvg
+
     params = {k: v for k, v in settings.strategy.items() if k not in {"name"}}
     target = params.pop("_target_")
     try:
@@ -289,8 +339,6 @@ def build_strategy(
         # flp2p strategies forward ScreenedFedAvg's (hence FedAvg's) arguments
         # through **options; intermediate classes may fix some of their own.
         from flwr.serverapp.strategy import FedAvg
-
-        from strategies.base import ScreenedFedAvg
 
         forwarded = ScreenedFedAvg if issubclass(cls, ScreenedFedAvg) else FedAvg
         accepted.update(inspect.signature(forwarded).parameters)
@@ -318,6 +366,14 @@ def build_strategy(
         raise ConfigError(
             f"strategy {settings.strategy_name!r}: {cls.__name__} takes no "
             f"argument(s) {', '.join(unknown)}"
+        )
+    if settings.compression.compresses and not (
+        isinstance(cls, type) and issubclass(cls, ScreenedFedAvg)
+    ):
+        raise ConfigError(
+            f"compression={settings.compression.name} needs an flp2p strategy (it "
+            f"decodes the replies), not {cls.__name__}: use strategy=screened_fedavg "
+            "(FedAvg semantics) or strategy=trusted"
         )
     central = settings.privacy_name == "central"
     privacy = _central_dp_variant(settings, cls) if central else None

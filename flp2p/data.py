@@ -7,18 +7,28 @@ Two data sets, both available without any download at run time:
   named by the caller or by ``$FLP2P_FMNIST_DIR``;
 * scikit-learn's **digits** (1,797 8×8 images), a tiny set for fast tests.
 
+Each is a typed spec (:class:`FashionMNIST`, :class:`Digits`, both
+:class:`DatasetSpec`) that ``conf/dataset/<name>.yaml`` names with ``_target_`` —
+Hydra's idiom, as strategies, rules, attacks and privacy mechanisms use it — and
+:func:`build_dataset` builds, so ``dataset=digits`` picks a config file, never a name
+looked up here. A new data set is a spec class (anywhere importable) plus its config
+file.
+
 Partitioning is delegated to flwr-datasets' partitioners (IID and Dirichlet over the
 labels, Hsu et al. 2019), seeded so that every client of a run computes the same split.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -36,7 +46,6 @@ FMNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
-DATASETS = ("fmnist", "digits")
 PARTITION_SCHEMES = ("iid", "dirichlet")
 
 
@@ -171,13 +180,100 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> TrainTest:
     )
 
 
-def load_dataset(name: str, data_dir: str | None = None) -> TrainTest:
-    """Load a data set by name: ``"fmnist"`` or ``"digits"``."""
-    if name == "fmnist":
-        return load_fmnist(data_dir)
-    if name == "digits":
-        return load_digits()
-    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Base of the typed data-set choices; ``name`` is the data set's short name
+    (in run labels, summaries and the federation id of a simulation).
+
+    Frozen, hence hashable: partitions are cached per spec.
+    """
+
+    name: ClassVar[str]
+    model_shape: ClassVar[tuple[tuple[int, int, int], int]]
+    """``(channels, height, width)`` of an image and the number of classes: what
+    building the model needs, known without loading the data set."""
+    data_dir: str | None = None
+    """Where the data set's files are (``None``: its default place). A peer's own
+    ``--data-dir`` replaces it (:meth:`with_data_dir`)."""
+
+    def load(self) -> TrainTest:
+        """Train and test splits (cached per process)."""
+        raise NotImplementedError
+
+    def with_data_dir(self, data_dir: str | None) -> DatasetSpec:
+        """The same data set read from ``data_dir``."""
+        return dataclasses.replace(self, data_dir=data_dir)
+
+
+@dataclass(frozen=True)
+class FashionMNIST(DatasetSpec):
+    """Fashion-MNIST (``conf/dataset/fmnist.yaml``): :func:`load_fmnist`."""
+
+    name: ClassVar[str] = "fmnist"
+    model_shape: ClassVar[tuple[tuple[int, int, int], int]] = ((1, 28, 28), 10)
+
+    def load(self) -> TrainTest:
+        return load_fmnist(self.data_dir)
+
+
+@dataclass(frozen=True)
+class Digits(DatasetSpec):
+    """scikit-learn's digits (``conf/dataset/digits.yaml``): :func:`load_digits`.
+
+    The images ship inside scikit-learn, so ``data_dir`` is not read.
+    """
+
+    name: ClassVar[str] = "digits"
+    model_shape: ClassVar[tuple[tuple[int, int, int], int]] = ((1, 8, 8), 10)
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    """Seed of the train/test split (fixed: every run and peer sees the same)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(
+                f"test_fraction must lie in (0, 1), got {self.test_fraction}"
+            )
+
+    def load(self) -> TrainTest:
+        return load_digits(self.test_fraction, self.split_seed)
+
+
+def build_dataset(spec: Mapping[str, Any] | None) -> DatasetSpec:
+    """The data set a ``dataset`` config names (``_target_``: its spec class, the
+    other keys but ``name`` its fields); no config at all is the default,
+    Fashion-MNIST.
+
+    Raises
+    ------
+    ValueError, TypeError
+        No ``_target_``, a class that cannot be imported or is no
+        :class:`DatasetSpec`, or a bad field (the message names it).
+    """
+    from hydra.utils import get_class
+
+    if not spec:
+        return FashionMNIST()
+    name = str(spec.get("name", "?"))
+    params = {k: v for k, v in spec.items() if k != "name"}
+    target = params.pop("_target_", None)
+    if target is None:
+        raise ValueError(
+            f"dataset {name!r} has no _target_: name its spec class in "
+            f"conf/dataset/{name}.yaml"
+        )
+    try:
+        cls = get_class(str(target))
+    except Exception:  # Hydra wraps import errors in several types
+        raise ValueError(f"dataset {name!r}: cannot import {target!r}") from None
+    if not (isinstance(cls, type) and issubclass(cls, DatasetSpec)):
+        raise ValueError(f"dataset {name!r}: {target!r} is no flp2p.data.DatasetSpec")
+    try:
+        built = cls(**params)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"dataset {name!r}: {err}") from None
+    assert isinstance(built, DatasetSpec)
+    return built
 
 
 def partition_indices(
@@ -255,30 +351,27 @@ def partition_indices(
 
 @lru_cache(maxsize=8)
 def client_partition(
-    dataset: str,
+    dataset: DatasetSpec,
     partition_id: int,
     num_partitions: int,
     scheme: str,
     alpha: float,
     seed: int,
-    data_dir: str | None = None,
 ) -> ArrayDataset:
     """The training examples of one client (cached per process)."""
-    data = load_dataset(dataset, data_dir)
-    parts = _cached_partitions(dataset, num_partitions, scheme, alpha, seed, data_dir)
-    return data.train.subset(parts[partition_id])
+    parts = _cached_partitions(dataset, num_partitions, scheme, alpha, seed)
+    return dataset.load().train.subset(parts[partition_id])
 
 
 @lru_cache(maxsize=4)
 def _cached_partitions(
-    dataset: str,
+    dataset: DatasetSpec,
     num_partitions: int,
     scheme: str,
     alpha: float,
     seed: int,
-    data_dir: str | None,
 ) -> tuple[np.ndarray, ...]:
-    labels = load_dataset(dataset, data_dir).train.labels
+    labels = dataset.load().train.labels
     return tuple(partition_indices(labels, num_partitions, scheme, alpha, seed))
 
 

@@ -42,6 +42,7 @@ def run_federation(
     cpus_per_client: float = 1.0,
     num_cpus: int | None = None,
     verbose: bool = False,
+    ray_address: str | None = None,
 ) -> None:
     """Run ``server_app`` against ``num_clients`` virtual ClientApps on Ray.
 
@@ -59,7 +60,14 @@ def run_federation(
         CPUs Ray may use; all cores when ``None``.
     verbose : bool
         Keep Flower's INFO logs (one line per message batch) instead of warnings only.
+    ray_address : str, optional
+        An existing Ray cluster to run the ClientApps on (``auto`` or
+        ``HOST:PORT`` of its head, as ``ray.init(address=...)`` takes it); its
+        nodes bring their own CPUs, so ``num_cpus`` must then be ``None``.
+        ``None`` starts a Ray instance on this machine for the run.
     """
+    if ray_address is not None and num_cpus is not None:
+        raise ValueError("num_cpus is the cluster's to say when joining one")
     # Telemetry would try the network on every event; these machines have none.
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -70,6 +78,8 @@ def run_federation(
     init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": verbose}
     if num_cpus is not None:
         init_args["num_cpus"] = num_cpus
+    if ray_address is not None:
+        init_args["address"] = ray_address
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
         "init_args": init_args,

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from flwr.app import (
 )
 
 from flp2p.config import RunSettings, TrainSettings
-from flp2p.data import ArrayDataset, client_partition, load_dataset
+from flp2p.data import ArrayDataset, client_partition
 from flp2p.dpsgd import (
     DPSGD_KEY,
     PrivateTraining,
@@ -50,6 +51,8 @@ from flp2p.models import (
     set_weights,
     train,
 )
+from flp2p.partition_files import PartitionKey, open_partition
+from flp2p.round_timings import note
 from strategies.records import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
 
 CONFIG_KEY = "config"
@@ -59,6 +62,10 @@ TRAINING_DATA_KEY = "flp2p-training-data"
 to train on instead of the client's partition (a data-poisoning attack's)."""
 PartitionTable = tuple[np.ndarray, ...]
 """One index array per client into the training split, computed once by a driver."""
+PARTITION_DIR_NODE_KEY = "partition-dir"
+"""Node-config key: a folder holding this node's partition, prepared once by the
+long-lived peer process (:mod:`flp2p.partition_files`); the ClientApp maps it
+instead of loading and splitting the data set every round."""
 
 
 def arrays_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -78,9 +85,8 @@ def federation_name(settings: RunSettings) -> str:
 
 def initial_model(settings: RunSettings) -> torch.nn.Module:
     """The global model of round 0, identical for a given seed."""
-    data = load_dataset(settings.dataset, settings.data_dir)
     torch.manual_seed(settings.seed)
-    return build_model(data.image_shape, data.num_classes)
+    return build_model(*settings.data.model_shape)
 
 
 def partition_data(
@@ -91,16 +97,30 @@ def partition_data(
 ) -> ArrayDataset:
     """The training examples of one partition (from ``partitions`` when given)."""
     if partitions is not None:
-        data = load_dataset(settings.dataset, settings.data_dir)
+        data = settings.data.load()
         return data.train.subset(partitions[partition_id])
     return client_partition(
-        settings.dataset,
+        settings.data,
         partition_id,
         num_partitions,
         settings.partition_scheme,
         settings.alpha,
         settings.seed,
-        settings.data_dir,
+    )
+
+
+def partition_key(
+    settings: RunSettings, partition_id: int, num_partitions: int
+) -> PartitionKey:
+    """The key of partition ``partition_id`` of ``num_partitions`` (``settings``)."""
+    return PartitionKey(
+        dataset=settings.dataset,
+        partition_id=partition_id,
+        num_partitions=num_partitions,
+        scheme=settings.partition_scheme,
+        alpha=float(settings.alpha),
+        seed=settings.seed,
+        data_dir=settings.data_dir,
     )
 
 
@@ -112,9 +132,16 @@ def partition_id_of(context: Context) -> int:
 def node_data(
     settings: RunSettings, context: Context, partitions: PartitionTable | None = None
 ) -> ArrayDataset:
-    """This node's partition of the training split."""
+    """This node's partition of the training split: the prepared one its node
+    config names (:data:`PARTITION_DIR_NODE_KEY`) when it matches, else computed."""
     num_partitions = int(context.node_config.get("num-partitions", settings.clients))
     partition_id = partition_id_of(context)
+    prepared = context.node_config.get(PARTITION_DIR_NODE_KEY)
+    if prepared and partitions is None:
+        key = partition_key(settings, partition_id, num_partitions)
+        stored = open_partition(Path(str(prepared)), key)
+        if stored is not None:
+            return stored
     return partition_data(settings, partition_id, num_partitions, partitions)
 
 
@@ -194,8 +221,7 @@ def train_locally(
     accumulates the spend (raising :class:`~flp2p.dpsgd.PrivacyBudgetExceeded`
     before a round over budget).
     """
-    data = load_dataset(settings.dataset, settings.data_dir)
-    model = build_model(data.image_shape, data.num_classes)
+    model = build_model(*settings.data.model_shape)
     set_weights(model, task.global_arrays)
     hyper = task.train
     schedule: dict[str, Any] = {
@@ -213,8 +239,10 @@ def train_locally(
         dp = private.settings
         result = train_dpsgd(
             model,
-            local.images,
-            local.labels,
+            # Opacus wraps the arrays as tensors: a memory-mapped partition is
+            # read-only, so hand it a copy.
+            np.array(local.images),
+            np.array(local.labels),
             **schedule,
             noise_multiplier=planned_noise_multiplier(
                 dp,
@@ -252,7 +280,13 @@ def client_train(
         if task.training_data is None
         else task.training_data
     )
+    stamp: dict[str, Any] = {
+        "round": str(task.server_round),
+        "partition": partition_id_of(context),
+    }
+    note("data-ready", **stamp)
     arrays, result = train_locally(settings, task, local, partition_id_of(context))
+    note("trained", **stamp)
     metrics = MetricRecord(
         {
             "train-loss-before": result.loss_before,
@@ -275,8 +309,7 @@ def client_evaluate(
     """Evaluate the received global model on this client's partition."""
     torch.set_num_threads(settings.client_threads)
     local = node_data(settings, context, partitions)
-    data = load_dataset(settings.dataset, settings.data_dir)
-    model = build_model(data.image_shape, data.num_classes)
+    model = build_model(*settings.data.model_shape)
     set_weights(model, record_to_arrays(msg.content.array_records[ARRAYS_KEY]))
     loss, accuracy = evaluate(model, local.images, local.labels)
     metrics = MetricRecord(

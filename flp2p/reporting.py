@@ -173,6 +173,11 @@ class RunReporter:
     ledger: Ledger | None = None
     """The run's ledger: each round's verdicts, and the closing leaderboard."""
     verdict_totals: VerdictCounts = field(default_factory=VerdictCounts)
+    resume_round: int = 0
+    """Rounds before this one are kept from the ``metrics.csv`` already in the folder
+    (a peer aggregator continuing a federation after a failover), and their verdicts
+    counted from the ledger; ``seconds`` goes on from the last kept row. 0: a new
+    file."""
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -181,8 +186,29 @@ class RunReporter:
         self._progress: Progress | None = None
         self._task: Any = None
         self._client_privacy: dict[int, dict[str, float]] = {}
+        header = (*METRICS_COLUMNS, *self.privacy_columns)
+        kept = kept_metrics(self.output_dir / METRICS_FILE, self.resume_round)
         with (self.output_dir / METRICS_FILE).open("w", newline="") as stream:
-            csv.writer(stream).writerow((*METRICS_COLUMNS, *self.privacy_columns))
+            writer = csv.writer(stream)
+            writer.writerow(header)
+            writer.writerows([line.get(c, "") for c in header] for line in kept)
+        self.rows = [
+            RoundRow(
+                int(line["round"]),
+                float(line["accuracy"]),
+                float(line["loss"]),
+                float(line["seconds"]),
+            )
+            for line in kept
+        ]
+        self._seconds_before = self.rows[-1].seconds if self.rows else 0.0
+        if self.ledger is not None and self.resume_round > 0:
+            for block in self.ledger.blocks():
+                if 0 < block.server_round < self.resume_round:
+                    self.verdict_totals += VerdictCounts.of(
+                        (str(row["verdict"]), str(row["reason"]))
+                        for row in block.contributions
+                    )
 
     def __enter__(self) -> RunReporter:
         self._start = time.perf_counter()
@@ -206,8 +232,8 @@ class RunReporter:
 
     @property
     def elapsed(self) -> float:
-        """Seconds since the run started."""
-        return time.perf_counter() - self._start
+        """Seconds since the run started (after the kept rows' last, when resumed)."""
+        return self._seconds_before + time.perf_counter() - self._start
 
     def train_replies(
         self, server_round: int, metrics: Sequence[Mapping[str, float]]
@@ -294,9 +320,10 @@ class RunReporter:
                     self.console.print(f"  {command}", soft_wrap=True, markup=False)
         status = "completed" if exc is None else "failed"
         error = None if exc is None else f"{type(exc).__name__}: {exc}"
-        write_json_atomic(self.output_dir / SUMMARY_FILE, self.summary(status, error))
         if self.plot and self.rows:
             plot_accuracy(self.rows, self.output_dir / PLOT_FILE, self.title)
+        # Last: whoever sees the summary sees the finished folder.
+        write_json_atomic(self.output_dir / SUMMARY_FILE, self.summary(status, error))
 
     def closing_report(self) -> Group:
         """The short table printed at the end, and where to look further."""
@@ -359,6 +386,29 @@ class RunReporter:
             return str(path.resolve().relative_to(Path.cwd()))
         except ValueError:
             return str(path)
+
+
+def kept_metrics(path: Path, before_round: int) -> list[dict[str, str]]:
+    """Lines of an existing ``metrics.csv`` for rounds before ``before_round``
+    (none when there is no such file or ``before_round`` is 0).
+
+    A line that does not parse ends what is kept: a resumed run never continues
+    from a row it cannot read.
+    """
+    if before_round <= 0 or not path.exists():
+        return []
+    kept: list[dict[str, str]] = []
+    with path.open(newline="") as stream:
+        for line in csv.DictReader(stream):
+            try:
+                server_round = int(line["round"])
+                float(line["accuracy"]), float(line["loss"]), float(line["seconds"])
+            except (KeyError, TypeError, ValueError):
+                break
+            if server_round >= before_round:
+                break
+            kept.append(line)
+    return kept
 
 
 def _csv_value(value: float | None) -> str:

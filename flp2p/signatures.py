@@ -48,6 +48,8 @@ DHT_RECORD_DOMAIN = b"flp2p/dht-record/v1\n"
 """A DHT record's canonical envelope, signature excluded."""
 AUDIT_STATEMENT_DOMAIN = b"flp2p/audit-statement/v1\n"
 """An auditor's co-signature of a round it re-ran (:mod:`flp2p.audit.statements`)."""
+RUN_RESULTS_DOMAIN = b"flp2p/run-results/v1\n"
+"""The run folder's files (``metrics.csv`` …) the lease holder pushes to standbys."""
 
 SIGNING_DOMAINS: Mapping[str, bytes] = {
     "contribution": CONTRIBUTION_DOMAIN,
@@ -55,6 +57,7 @@ SIGNING_DOMAINS: Mapping[str, bytes] = {
     "ledger-block": LEDGER_BLOCK_DOMAIN,
     "dht-record": DHT_RECORD_DOMAIN,
     "audit-statement": AUDIT_STATEMENT_DOMAIN,
+    "run-results": RUN_RESULTS_DOMAIN,
 }
 """Every domain tag a flp2p key signs under; a new kind of signed message adds one."""
 
@@ -76,6 +79,15 @@ def checkpoint_message(federation: str, server_round: int, digest: str) -> bytes
     :data:`CHECKPOINT_DOMAIN` ``+ federation + "\\n" + round + "\\n" + model hash``.
     """
     return CHECKPOINT_DOMAIN + f"{federation}\n{server_round}\n{digest}".encode()
+
+
+def run_results_message(federation: str, server_round: int, digest: str) -> bytes:
+    """The exact bytes the lease holder signs for the run files it pushes.
+
+    :data:`RUN_RESULTS_DOMAIN` ``+ federation + "\\n" + round + "\\n" +`` SHA-256 of
+    the pushed body.
+    """
+    return RUN_RESULTS_DOMAIN + f"{federation}\n{server_round}\n{digest}".encode()
 
 
 def audit_statement_message(

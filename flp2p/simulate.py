@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from flp2p.app import LEDGER_FILE, REPLICA_DIR, make_client_app, make_server_app
 from flp2p.config import CONF_DIR, ConfigError, RunSettings, build_strategy
-from flp2p.data import DatasetNotFoundError, load_dataset, partition_indices
+from flp2p.data import DatasetNotFoundError, partition_indices
 from flp2p.engine import run_federation, run_federation_in_process
 from flp2p.reporting import SUMMARY_FILE
 from flp2p.tracking import TrackingSettings, record_run
 
+
+class RayClusterUnreachable(RuntimeError):
+    """``simulation.ray_address`` names a Ray head nobody answers at."""
+
+
 USER_ERRORS = (ConfigError, DatasetNotFoundError)
-CONFIG_GROUPS = ("strategy", "attack", "privacy", "dataset", "logger")
+CONFIG_GROUPS = ("strategy", "attack", "privacy", "compression", "dataset", "logger")
 
 
 def check_group_choices(argv: list[str], config_dir: Path = CONF_DIR) -> None:
@@ -61,8 +67,13 @@ def simulate(settings: RunSettings, output_dir: Path) -> dict[str, Any]:
     ------
     ConfigError, DatasetNotFoundError
         Before anything runs, when the settings or the data set are unusable.
+    RayClusterUnreachable
+        Before anything runs, when ``simulation.ray_address`` names a head
+        nobody answers at.
     """
-    data = load_dataset(settings.dataset, settings.data_dir)
+    if settings.backend == "ray" and settings.ray_address not in (None, "auto"):
+        check_ray_head(str(settings.ray_address))
+    data = settings.data.load()
     if settings.clients > len(data.train):
         raise ConfigError(
             f"clients={settings.clients} exceeds the {len(data.train)} training "
@@ -96,9 +107,24 @@ def simulate(settings: RunSettings, output_dir: Path) -> dict[str, Any]:
             num_clients=settings.clients,
             cpus_per_client=settings.cpus_per_client,
             num_cpus=settings.num_cpus,
+            ray_address=settings.ray_address,
         )
     summary: dict[str, Any] = json.loads((output_dir / SUMMARY_FILE).read_text())
     return summary
+
+
+def check_ray_head(address: str, timeout: float = 5.0) -> None:
+    """Fail in one line, before anything runs, if no Ray head listens at
+    ``HOST:PORT`` (Ray itself would retry for a minute, then print a traceback)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except OSError as err:
+        raise RayClusterUnreachable(
+            f"no Ray head answers at {address} ({err.strerror or err}): start one "
+            "with `ray start --head --port PORT` or fix simulation.ray_address"
+        ) from None
 
 
 def discard_unfinished_run(output_dir: Path) -> None:
@@ -158,6 +184,10 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         _discard_if_empty(output_dir)
         print(f"flp2p.simulate: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except RayClusterUnreachable as err:
+        _discard_if_empty(output_dir)
+        print(f"flp2p.simulate: error: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 def cli() -> None:

@@ -45,6 +45,7 @@ from strategies.records import (
     RoundRecorder,
     RoundReport,
     Tier,
+    Transactional,
     Verdict,
 )
 from strategies.reputation import ReputationPolicy
@@ -86,6 +87,7 @@ __all__ = [
     "ScreenedFedAvgOptions",
     "StrategyWrapper",
     "Tier",
+    "Transactional",
     "TrimmedMean",
     "TrustedFedAvg",
     "TrustedMedianFedAvg",

@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from strategies.delta_matrix import DeltaMatrix, Deltas
+from strategies.delta_matrix import DeltaMatrix, Deltas, accumulate_rows
 
 UpdatesLike = npt.ArrayLike | Sequence[Any] | Any
 """An ``(n, d)`` array, an ``(n, d)`` torch tensor, or ``n`` one-dimensional vectors."""
@@ -206,7 +206,9 @@ def weighted_sum(matrix: Deltas, coefficients: np.ndarray) -> np.ndarray:
     the aggregator's model. A BLAS product is not (its kernel, blocking and use of
     FMA depend on the CPU and the library build) and at 20 × 1M float64 saves only
     ~40 % of the time. Rows with coefficient 0 are skipped (their rows are finite,
-    adding ``0 · x`` changes nothing). No float64 copy of the batch is made.
+    adding ``0 · x`` changes nothing). One kernel for arrays and
+    :class:`DeltaMatrix` alike (:func:`strategies.delta_matrix.accumulate_rows`).
+    No float64 copy of the batch is made.
     """
     if isinstance(matrix, DeltaMatrix):
         return matrix.weighted_sum(coefficients)
@@ -215,12 +217,12 @@ def weighted_sum(matrix: Deltas, coefficients: np.ndarray) -> np.ndarray:
     scratch = np.empty(min(d, BLOCK_ELEMENTS))
     for start in range(0, d, BLOCK_ELEMENTS):
         stop = min(start + BLOCK_ELEMENTS, d)
-        accumulated, product = total[start:stop], scratch[: stop - start]
-        for coefficient, row in zip(coefficients, matrix[:, start:stop], strict=True):
-            if coefficient == 0.0:
-                continue
-            np.multiply(row, coefficient, out=product, dtype=np.float64)
-            np.add(accumulated, product, out=accumulated)
+        accumulate_rows(
+            total[start:stop],
+            coefficients,
+            matrix[:, start:stop],
+            scratch[: stop - start],
+        )
     return total
 
 

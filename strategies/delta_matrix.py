@@ -46,6 +46,32 @@ GATHER_ELEMENTS = 1 << 20
 _WORKERS = min(8, len(os.sched_getaffinity(0)))
 
 
+def accumulate_rows(
+    out: np.ndarray,
+    coefficients: np.ndarray,
+    rows: Any,
+    scratch: np.ndarray | None = None,
+) -> np.ndarray:
+    """``out = Σ_i c_i r_i`` over ``rows`` (any real dtype) in float64: the one
+    fixed-order weighted-sum kernel.
+
+    Each coordinate is ``((c_0 r_0 + c_1 r_1) + c_2 r_2) + …``, rows added in
+    index order, every product and sum rounded once (IEEE-754 float64, no fused
+    multiply-add): the same bits on every machine and thread count, so an auditor
+    re-running a round gets the aggregator's model. Rows with coefficient 0 are
+    skipped (finite rows: adding ``0 · r`` changes nothing). ``scratch`` (as long
+    as ``out``) holds each product; one is allocated when not given.
+    """
+    product = np.empty_like(out) if scratch is None else scratch
+    out[:] = 0.0
+    for coefficient, row in zip(coefficients, rows, strict=True):
+        if coefficient == 0.0:
+            continue
+        np.multiply(row, coefficient, out=product, dtype=np.float64)
+        np.add(out, product, out=out)
+    return out
+
+
 class DeltaMatrix:  # pylint: disable=too-many-instance-attributes
     """``(k, d)`` float64 matrix ``M · diag(s) · (X_R − 1 oᵀ)``, evaluated lazily.
 
@@ -342,15 +368,10 @@ class DeltaMatrix:  # pylint: disable=too-many-instance-attributes
         total = np.empty(self.shape[1])
 
         def reduce(start: int, stop: int, scratch: np.ndarray) -> None:
-            # Rows added in index order, each product and sum rounded once: the
-            # same bits on every machine and thread count (no BLAS reduction), so
-            # an auditor re-running the round gets this aggregate.
+            # The fixed-order kernel (no BLAS reduction): an auditor re-running
+            # the round gets these bits.
             block = self._base_block(start, stop, scratch)
-            out = total[start:stop]
-            out[:] = 0.0
-            for coefficient, row in zip(values, block, strict=True):
-                if coefficient != 0.0:
-                    out += coefficient * row
+            accumulate_rows(total[start:stop], values, block)
 
         self._stream(reduce)
         return total

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Protocol, runtime_checkable
@@ -155,6 +156,23 @@ class ReputationStore(Protocol):
 
     def all_reputations(self) -> list[ReputationState]:
         """Every known state."""
+        ...
+
+
+@runtime_checkable
+class Transactional(Protocol):
+    """A store or recorder whose writes can be grouped so they land together.
+
+    ``transaction()`` opens a scope in which every write of the object commits at
+    its end or not at all, and which may be entered again inside itself (the inner
+    scope joins the outer). :meth:`strategies.reputation.ReputationBook.commit`
+    opens one on the store and on the recorder around a round's writes, so where
+    they are one file (the SQLite ledger) the round's reputations and its block are
+    one transaction; nothing checks whether they are one object.
+    """
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """A re-entrant all-or-nothing scope for this object's writes."""
         ...
 
 

@@ -53,6 +53,7 @@ together late share that cap too (one late joiner alone rarely reaches it).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -65,6 +66,7 @@ from strategies.records import (
     RoundRecorder,
     RoundReport,
     Tier,
+    Transactional,
     Verdict,
 )
 
@@ -581,8 +583,16 @@ class ReputationBook:
         The store is written first, so a recorder that reads reputations sees the
         new ones. A recorder that persists them too (the SQLite ledger keeps them
         in the round's block) writes the same states again, which changes nothing:
-        whether store and recorder are one object does not matter.
+        whether store and recorder are one object does not matter. Both writes run
+        inside the :class:`~strategies.records.Transactional` scopes the store and
+        the recorder offer, so where both are one ledger a crash leaves the round's
+        reputations and its block together or neither (the scopes are re-entrant:
+        entering the same ledger twice joins one transaction).
         """
-        self.store.put_reputations(states)
-        if recorder is not None:
-            recorder.record_round(report, states)
+        with contextlib.ExitStack() as scope:
+            for part in (self.store, recorder):
+                if isinstance(part, Transactional):
+                    scope.enter_context(part.transaction())
+            self.store.put_reputations(states)
+            if recorder is not None:
+                recorder.record_round(report, states)

@@ -19,8 +19,15 @@ The rule is Nearest-Neighbour Mixing followed by the Covariance-bound Agnostic F
    Untrusted Participants", ICML 2025): start from ``c = 1``; while ``Σ c > n − 2f``,
    take the weighted mean ``μ_c``, the top eigenpair ``(λ, v)`` of the weighted
    covariance ``Σ_c = Σ_i (c_i / Σc)(y_i − μ_c)(y_i − μ_c)ᵀ``, and shrink
-   ``c_i ← c_i (1 − τ_i / max_j τ_j)`` with ``τ_i = ((y_i − μ_c)ᵀ v)²``; return the
-   ``μ_c`` of the smallest ``λ`` seen. Its error is ``O(√(f/n) · σ)`` with no
+   ``c_i ← c_i (1 − τ_i / max_{j: c_j > 0} τ_j)`` with ``τ_i = ((y_i − μ_c)ᵀ v)²``;
+   return the ``μ_c`` of the smallest ``λ`` seen. The maximum runs over the rows
+   still in play: a row already at ``c_j = 0`` is far along ``v`` exactly when it
+   was filtered out, and letting it set the step (as ByzFL's transcription does)
+   shrinks every other row by ``τ_i / τ_j ≈ 0`` per iteration, so the loop crawls
+   (thousands of eigendecompositions in one round of identical IPM rows). Over the
+   support, each iteration zeroes at least one row: at most ``n`` iterations, and
+   each step still removes weight in proportion to ``c_i τ_i``, which is what the
+   filter's guarantee rests on. Its error is ``O(√(f/n) · σ)`` with no
    assumption on the covariance (σ² the honest spread); NNM brings heterogeneous
    honest rows together first, which is what the "fixing by mixing" bound needs.
 
@@ -104,7 +111,8 @@ def covariance_filter(squared_distances: np.ndarray, f: int) -> np.ndarray:
     See the module docstring; the top eigenpair of ``Σ_c`` comes from the ``n × n``
     matrix ``S K S`` (``S = diag(√p)``): if ``S K S u = λ u`` then ``v ∝ Dᵀ S u`` and
     the projections are ``(x_i − μ)ᵀ v = (K S u)_i / √λ``. Stops early when the
-    remaining rows coincide (``λ = 0``).
+    remaining rows coincide (``λ = 0``); otherwise after at most ``n`` iterations
+    (each zeroes the row of largest ``τ`` among those with ``c > 0``).
     """
     n = squared_distances.shape[0]
     if not 0 <= 2 * f < n:
@@ -122,7 +130,7 @@ def covariance_filter(squared_distances: np.ndarray, f: int) -> np.ndarray:
         if eigenvalue <= 0.0:
             break
         projections = (gram @ (root * eigenvectors[:, -1])) ** 2 / eigenvalue
-        largest = float(projections.max())
+        largest = float(projections[c > 0.0].max())
         if largest <= 0.0:
             break
         c = c * (1.0 - projections / largest)
@@ -245,14 +253,20 @@ def weights_within_bound(
     if caps[live].sum() <= 1.0:
         return np.where(live, caps, 0.0)
     # Raise λ through the breakpoints caps_i / wanted_i, fixing rows at their caps.
-    ratios = np.full(robust.shape, np.inf)
-    with np.errstate(over="ignore"):  # a tiny wanted weight: a ratio of inf
-        ratios[live] = caps[live] / wanted[live]
-    order = np.argsort(ratios, kind="stable")[: int(live.sum())]
+    # Ordered by log ratio and scaled through normalised shares: a subnormal wanted
+    # weight would overflow both the ratio and λ itself.
+    order = np.flatnonzero(live)
+    order = order[
+        np.argsort(np.log(caps[order]) - np.log(wanted[order]), kind="stable")
+    ]
     for step, index in enumerate(order):
         # Sums recomputed, not updated: a subtraction would cancel tiny weights.
         fixed = float(caps[order[:step]].sum())
-        scale = (1.0 - fixed) / float(wanted[order[step:]].sum())
-        if scale <= ratios[index]:
-            return np.minimum(caps, scale * wanted)
+        free = order[step:]
+        shares = (1.0 - fixed) * (wanted[free] / wanted[free].sum())
+        if shares[0] <= caps[index]:
+            weights = np.zeros_like(robust)
+            weights[order[:step]] = caps[order[:step]]
+            weights[free] = np.minimum(caps[free], shares)
+            return weights
     return np.where(live, caps, 0.0)

@@ -9,8 +9,11 @@ reply at a time against the global model the server sent, and turns every proble
 into a :class:`RejectedReply` with a short human reason.
 
 What validation checks is *form*: records present, example count, array names,
-shapes, dtypes, finite values and (in peer mode) the signature. Whether a well-formed
-update is *plausible* (norms, directions) is for the detectors and robust rules.
+shapes, dtypes, finite values and (in peer mode) the signature. A compressed reply
+(:mod:`strategies.update_codecs`) is decoded first, to the model it stands for, and
+every check, the digest and the signature are about that decoded update. Whether a
+well-formed update is *plausible* (norms, directions) is for the detectors and
+robust rules.
 
 Nothing here mutates the reply: arrays are read-only views on the reply's own bytes
 (no copy of the payload, see ``_decode``).
@@ -44,6 +47,7 @@ from strategies.records import (
     ReplyAuthenticator,
     update_sha256,
 )
+from strategies.update_codecs import decoded_update, is_payload, max_payload_bytes
 
 RecordT = TypeVar("RecordT", ArrayRecord, MetricRecord)
 
@@ -72,7 +76,7 @@ class ValidReply:
     arrays : Mapping[str, np.ndarray]
         The model the client sent, name → read-only view on the reply's bytes, in
         the reference's key order (or the reply's order when there is no
-        reference).
+        reference); for a compressed reply, the decoded model (new arrays).
     update_digest : str
         :func:`strategies.records.update_sha256` of ``arrays``.
     metrics : Mapping[str, float]
@@ -154,7 +158,7 @@ def validate_reply(
         array_record = _single_record(content.array_records, "ArrayRecord")
         metric_record = _single_record(content.metric_records, "MetricRecord")
         num_examples = _num_examples(metric_record, weighted_by_key)
-        arrays = _read_arrays(array_record, reference)
+        arrays = _read_update(array_record, reference)
         digest = update_sha256(arrays)
         if authenticator is not None:
             _authenticate(
@@ -310,6 +314,35 @@ def _num_examples(record: MetricRecord, key: str) -> int:
     if number <= 0:
         raise _Rejection(f"metric '{key}' must be positive, got {value}")
     return int(value)
+
+
+def _read_update(
+    record: ArrayRecord, reference: Mapping[str, np.ndarray] | None
+) -> dict[str, np.ndarray]:
+    """The model a reply carries: its arrays, or its compressed payload decoded."""
+    names = list(record.keys())
+    if not is_payload(names) or (reference is not None and names == list(reference)):
+        return _read_arrays(record, reference)
+    if reference is None:
+        raise _Rejection("a compressed update needs the global model to decode")
+    limit = max_payload_bytes(reference) + _NPY_HEADER_ALLOWANCE
+    payload: dict[str, np.ndarray] = {}
+    for name in names:
+        array = record[name]
+        if len(array.data) > limit:
+            raise _Rejection(f"array '{name}' payload is larger than the model allows")
+        payload[name] = _read_array(name, array, None)
+    try:
+        model = decoded_update(payload, reference)
+    except ValueError as error:
+        raise _Rejection(f"compressed update cannot be decoded: {error}") from None
+    for name, values in model.items():
+        expected = np.asarray(reference[name])
+        _check_form(name, str(values.dtype), values.shape, expected)
+        if values.dtype.kind == "f" and not all_finite(values):
+            raise _Rejection(f"decoded array '{name}' contains NaN or Inf")
+        values.setflags(write=False)
+    return model
 
 
 def _read_arrays(

@@ -1,112 +1,27 @@
 """``python -m flp2p.client``: each failure a participant can act on is one line.
 
 A real DHT runs on loopback in a background thread (the founder, optionally an
-eligible peer publishing a lease and a stock, non-validating kademlia node serving
+eligible peer publishing a lease and a non-validating node serving
 forged leases); the client's ``main`` runs in the test thread against it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
-from kademlia.network import Server
+from helpers_dht import LoopbackDht
 
-from flp2p.dht import AddressBook, Genesis, Lease, NodeRecord, sign_record
+from flp2p.dht import NodeRecord
 from flp2p.identity import Identity
 from flp2p.peer.participant import PeerError, build_parser, main, options_from_args
 from flp2p.peer.tls import INSECURE_FINGERPRINT, make_self_signed_certificate
-
-T = TypeVar("T")
-
-
-class LoopbackDht:
-    """A founder's DHT node (plus helpers) on an event loop in its own thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.founder = Identity.generate()
-        self.eligible = Identity.generate()
-        self.genesis = Genesis(
-            founder=self.founder.node_id,
-            parameters={"rounds": 2, "dataset": "digits", "clients": 2},
-            eligible=(self.eligible.node_id,),
-            created_at=time.time(),
-        )
-        self.books: list[AddressBook] = []
-        self.evil: Server | None = None
-        book = self.call(self._book(self.founder))
-        self.address = "{}:{}".format(*book.address)
-        self.call(book.publish(self.genesis))
-
-    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
-
-    async def _book(self, identity: Identity) -> AddressBook:
-        book = AddressBook(identity, rpc_timeout=1.0)
-        await book.start()
-        if self.books:
-            await book.bootstrap([self.books[0].address])
-        self.books.append(book)
-        return book
-
-    def publish_lease(self, address: str, fingerprint: str) -> None:
-        """A valid lease by the eligible peer."""
-        lease = self.lease(self.eligible, address, fingerprint)
-        book = self.call(self._book(self.eligible))
-        self.call(book.publish(lease))
-
-    def lease(self, holder: Identity, address: str, fingerprint: str) -> Lease:
-        return Lease(
-            federation_id=self.genesis.federation_id,
-            holder=holder.node_id,
-            superlink_address=address,
-            tls_fingerprint=fingerprint,
-            epoch=1,
-            last_round=0,
-            model_sha256="cd" * 32,
-        )
-
-    def serve_forged_lease(self, signer: Identity, break_signature: bool) -> None:
-        """A stock kademlia node (no validation) holding a forged lease."""
-        lease = self.lease(signer, "127.0.0.1:9", "ab" * 32)
-        record = sign_record(
-            signer, Lease.KIND, lease.subject, lease.to_payload(), 1, time.time() + 600
-        )
-        if break_signature:
-            record = dataclasses.replace(record, signature=bytes(64))
-
-        async def start() -> Server:
-            evil = Server()
-            await evil.listen(0, interface="127.0.0.1")
-            await evil.bootstrap([self.books[0].address])
-            evil.storage[record.dht_key] = record.encode()
-            return evil
-
-        self.evil = self.call(start())
-
-    def close(self) -> None:
-        async def stop() -> None:
-            for book in self.books:
-                await book.stop()
-            if self.evil is not None:
-                self.evil.stop()
-
-        self.call(stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 @pytest.fixture
@@ -134,7 +49,7 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     lines = [
         line
         for line in err.splitlines()
-        if line.strip() and not line.startswith(("DHT node at ", "federation "))
+        if line.strip() and not line.startswith(("DHT ", "federation "))
     ]
     assert "Traceback" not in err
     assert len(lines) == 1, err
@@ -377,19 +292,15 @@ def test_address_not_on_this_host(tmp_path: Path) -> None:
     assert seconds < ARGUMENT_CHECK_SECONDS
 
 
-def _publish_identity_at(dht: LoopbackDht, identity: Identity, address: str) -> None:
-    book = dht.call(dht._book(identity))
-    dht.call(book.publish(NodeRecord(identity.node_id, address, ("client",))))
-
-
 def test_second_live_process_with_the_same_identity_is_refused(
     dht: LoopbackDht, tmp_path: Path
 ) -> None:
     twin = Identity.generate()
     key = tmp_path / "twin.key"
     twin.save(key)
-    # The first process: a DHT node that answers at the address its record names.
-    first = dht.call(dht._book(twin))
+    # The first process: a client-only participant (it answers nothing) that keeps
+    # renewing its node record, as every live peer does.
+    first = dht.call(dht._book(twin, client_only=True, record_ttl=3.0))
     address = "{}:{}".format(*first.address)
     dht.call(first.publish(NodeRecord(twin.node_id, address, ("client",))))
     code, stderr, _ = run_command(
@@ -409,21 +320,36 @@ def test_record_left_by_a_dead_process_does_not_block_a_restart(
 ) -> None:
     restarted = Identity.generate()
     restarted.save(tmp_path / "id.key")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
-        silent.bind(("127.0.0.1", 0))  # where the crashed run was: nobody answers
-        _publish_identity_at(dht, restarted, f"127.0.0.1:{silent.getsockname()[1]}")
-        # It gets as far as waiting for a lease (none is published here).
-        assert run_client(tmp_path, dht.address, dht.genesis.federation_id) == 1
+    crashed = dht.call(dht._book(restarted, client_only=True))
+    record = NodeRecord(restarted.node_id, "127.0.0.1:9", ("client",))
+    dht.call(crashed.publish(record, ttl=3.0))
+    crashed.withdraw(record)  # it crashed: nobody renews the record any more
+    # It gets as far as waiting for a lease (none is published here).
+    assert run_client(tmp_path, dht.address, dht.genesis.federation_id) == 1
     assert "no valid aggregator lease within 2 s" in one_error_line(capsys)
 
 
-def test_every_peer_prints_its_dht_address(
+def test_every_peer_says_whether_others_may_join_through_it(
     dht: LoopbackDht, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # A plain participant is a DHT client: nobody can bootstrap from it.
     assert run_client(tmp_path, dht.address, dht.genesis.federation_id) == 1
     err = capsys.readouterr().err
-    printed = [line for line in err.splitlines() if line.startswith("DHT node at ")]
+    printed = [line for line in err.splitlines() if line.startswith("DHT ")]
+    assert len(printed) == 1 and printed[0].startswith("DHT client-only node"), err
+    # An eligible peer is a full DHT node: it prints where others may join.
+    code = main(
+        [
+            "--bootstrap", dht.address, "--federation", dht.genesis.federation_id,
+            "--identity", str(tmp_path / "other.key"),
+            "--work-dir", str(tmp_path / "e"), "--aggregator-eligible",
+        ]
+    )  # fmt: skip
+    assert code == 1  # its key is not the genesis' eligible one
+    err = capsys.readouterr().err
+    printed = [line for line in err.splitlines() if line.startswith("DHT ")]
     assert len(printed) == 1 and "--bootstrap 127.0.0.1:" in printed[0], err
+    assert "is not aggregator-eligible" in err
 
 
 def test_after_the_founder_stops_a_new_peer_joins_through_any_live_one(
@@ -464,6 +390,16 @@ def test_flp2p_status_dht_lists_live_peers_and_the_lease(
     assert "live peers   2 answering the DHT" in out
     assert f"{live}" in out and "aggregator (epoch 1)" in out
     assert dht.founder.node_id[:12] in out and "founder" in out
+
+
+def test_flp2p_id_help_shows_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    from flp2p.cli import main as flp2p_main
+
+    with pytest.raises(SystemExit) as exited:
+        flp2p_main(["id", "--help"])
+    assert exited.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the text
+    assert "e.g. flp2p id --identity " in out and "--eligible" in out
 
 
 def test_flp2p_status_dht_unknown_federation_is_one_line(

@@ -170,3 +170,26 @@ def test_bad_privacy_or_attack_is_one_config_error(
     with pytest.raises(ConfigError, match=message) as raised:
         RunSettings.from_config(compose(overrides))
     assert "\n" not in str(raised.value)
+
+
+def test_a_trusted_rule_is_chosen_by_target_not_by_name() -> None:
+    from strategies import aggregators
+
+    settings = RunSettings.from_config(
+        compose(
+            [
+                "dataset=digits",
+                "strategy=trusted",
+                "strategy.robust_rule={_target_: strategies.aggregators.TrimmedMean,"
+                " beta: 0.1}",
+            ]
+        )
+    )
+    strategy = build_strategy(settings)
+    assert strategy.rule == aggregators.TrimmedMean(beta=0.1)
+    assert strategy.stage is None
+    named = RunSettings.from_config(
+        compose(["strategy=trusted", "strategy.robust_rule=median"])
+    )
+    with pytest.raises(ConfigError, match="unknown robust_rule 'median': give one"):
+        build_strategy(named)

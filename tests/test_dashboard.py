@@ -10,6 +10,7 @@ reach would be one).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_dht import LoopbackDht
 from helpers_ledger import (
     FEDERATION,
     KeySigner,
@@ -37,10 +40,20 @@ from websockets.sync.client import ClientConnection, connect
 from flp2p import cli
 from flp2p.dashboard import read_snapshot
 from flp2p.dashboard.figures import leaderboard_rows
+from flp2p.dht import NodeRecord
 from flp2p.ledger import Ledger
+from flp2p.peer.addresses import parse_address
+from flp2p.peer.tls import INSECURE_FINGERPRINT
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium")
+
+
+@pytest.fixture
+def dht() -> Iterator[LoopbackDht]:
+    network = LoopbackDht()
+    yield network
+    network.close()
 
 
 def _ledger(path: Path, rounds: list[int], peers: int = 4) -> None:
@@ -142,6 +155,163 @@ def test_peer_mode_shows_lease_epoch_and_live_peers(tmp_path: Path) -> None:
     text = peer_view_text(read_snapshot(db, peer_view=lambda: view))
     assert "lease      aaaaaaaaaaaa (epoch 3)" in text
     assert "live peers bbbbbbbbbbbb, cccccccccccc" in text
+
+
+def test_peer_panel_lists_contacts_with_roles_and_says_why_it_is_stale(
+    tmp_path: Path,
+) -> None:
+    from flp2p.dashboard import PeerView
+    from flp2p.dashboard.page import peer_problem_text, peer_view_text
+    from flp2p.dashboard.readings import PeerContact
+
+    db = tmp_path / "ledger.db"
+    _ledger(db, [1])
+    founder = PeerContact("f" * 40, "10.0.0.1:9400", ("founder",))
+    aggregator = PeerContact("a" * 40, "10.0.0.2:9401", ("eligible", "aggregator"))
+    view = PeerView(
+        "a" * 64,
+        epoch=4,
+        contacts=(founder, aggregator, PeerContact("c" * 40, "10.0.0.3:9402")),
+        superlink="10.0.0.2:9092",
+        last_round=7,
+        rounds=10,
+        seen_at=time.mktime((2026, 1, 2, 13, 14, 15, 0, 0, -1)),
+    )
+    snapshot = read_snapshot(db, peer_view=lambda: view)
+    assert peer_view_text(snapshot).splitlines() == [
+        "lease      aaaaaaaaaaaa (epoch 4)",
+        "           round 7/10, SuperLink 10.0.0.2:9092",
+        "live peers 3 answering the DHT",
+        "  10.0.0.1:9400          ffffffffffff  founder",
+        "  10.0.0.2:9401          aaaaaaaaaaaa  eligible, aggregator",
+        "  10.0.0.3:9402          cccccccccccc  participant",
+        "seen       13:14:15",
+    ]
+    assert peer_problem_text(snapshot) == ""
+    stale = dataclasses.replace(view, problem="no DHT peer answered at 10.0.0.1:9400")
+    snapshot = read_snapshot(db, peer_view=lambda: stale)
+    assert peer_problem_text(snapshot) == (
+        "federation not visible: no DHT peer answered at 10.0.0.1:9400 "
+        "(showing the DHT's answer of 13:14:15)"
+    )
+    nothing = PeerView(None, None, problem="no genesis of federation ab… in the DHT")
+    snapshot = read_snapshot(db, peer_view=lambda: nothing)
+    assert peer_view_text(snapshot).startswith("lease      none live")
+    assert peer_problem_text(snapshot) == (
+        "federation not visible: no genesis of federation ab… in the DHT"
+    )
+    assert peer_problem_text(read_snapshot(db)) == ""  # not in peer mode
+
+
+def test_poller_turns_failures_into_the_panel_message_and_keeps_looking() -> None:
+    from flp2p.dashboard import PeerView
+    from flp2p.dashboard.peer_polling import PeerViewPoller
+
+    answers: list[PeerView | Exception] = [
+        PeerView("a" * 64, epoch=1),
+        OSError("network is unreachable"),
+        PeerView(None, None, problem="no DHT peer answered at 10.0.0.1:9400"),
+        PeerView("a" * 64, epoch=2),
+    ]
+    looked = threading.Event()
+
+    def look() -> PeerView:
+        answer = answers.pop(0) if answers else PeerView("a" * 64, epoch=2)
+        if not answers:
+            looked.set()
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    poller = PeerViewPoller(look, every_s=60, describe="the DHT at 10.0.0.1:9400")
+    first = poller()
+    assert first.problem == "no answer yet from the DHT at 10.0.0.1:9400 (asking)"
+    seen = poller.poll_once()
+    assert (seen.epoch, seen.problem) == (1, None) and seen.seen_at is not None
+    failed = poller.poll_once()
+    assert failed.problem == "the DHT at 10.0.0.1:9400: network is unreachable"
+    assert (failed.lease_holder, failed.epoch, failed.seen_at) == (
+        "a" * 64,
+        1,
+        seen.seen_at,
+    )  # the last view that worked, marked stale
+    assert poller.poll_once().problem == "no DHT peer answered at 10.0.0.1:9400"
+    assert poller() is poller._latest
+    # The thread does the same, one look after another.
+    poller = PeerViewPoller(look, every_s=0.01, describe="x").start()
+    try:
+        assert looked.wait(5)
+        deadline = time.monotonic() + 5
+        while poller().epoch != 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (poller().epoch, poller().problem) == (2, None)
+    finally:
+        poller.stop(timeout=5)
+
+
+def test_dht_peer_view_reads_holder_epoch_and_peers_from_a_real_dht(
+    dht: LoopbackDht,
+) -> None:
+    federation = dht.genesis.federation_id
+    poller = cli.dht_peer_view([parse_address(dht.address)], federation, every_s=60)
+    poller.stop(timeout=10)  # the test drives the looks itself
+    dht.publish_lease("127.0.0.1:9092", INSECURE_FINGERPRINT, epoch=3)
+    deadline = time.monotonic() + 30
+    view = poller.poll_once()
+    while view.epoch is None and time.monotonic() < deadline:
+        view = poller.poll_once()  # a loaded DHT may miss a fresh record once
+    assert view.problem is None
+    assert (view.lease_holder, view.epoch) == (dht.eligible.node_id, 3)
+    assert (view.superlink, view.last_round, view.rounds) == ("127.0.0.1:9092", 0, 2)
+    roles = {c.address: c.roles for c in view.contacts}
+    assert roles[dht.address] == ("founder",)
+    holder = dht.eligible_book
+    assert holder is not None
+    assert roles["{}:{}".format(*holder.address)] == (
+        "eligible",
+        "aggregator (epoch 3)",
+    )
+    assert view.live_peers == tuple(c.node_id for c in view.contacts)
+    unknown = cli.dht_peer_view([parse_address(dht.address)], "ab", every_s=60)
+    unknown.stop(timeout=10)
+    assert unknown.poll_once().problem == "no genesis of federation ab… in the DHT"
+    dht.stop_nodes()
+    gone = poller.poll_once()
+    assert gone.problem == f"no DHT peer answered at {dht.address}"
+    assert gone.epoch == 3  # the last answer, shown as stale
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--dht", "127.0.0.1:9400"], "dashboard --dht needs --federation ID"),
+        (["--federation", "ab"], "dashboard --federation needs --dht HOST:PORT"),
+        (
+            ["--dht", "127.0.0.1:9400", "--federation", "xyz"],
+            "--federation must be a hex federation id, got 'xyz'",
+        ),
+        (["--refresh", "0"], "--refresh must be > 0 seconds, got 0"),
+        (["--port", "70000"], "--port must lie in 1..65535, got 70000"),
+    ],
+)
+def test_cli_dashboard_usage_errors_are_one_line_before_dash_loads(
+    tmp_path: Path, extra: list[str], message: str
+) -> None:
+    script = (
+        "import sys; from flp2p import cli; "
+        f"code = cli.main({['dashboard', '--db', str(tmp_path / 'l.db'), *extra]!r}); "
+        "print(code, 'dash' in sys.modules, 'flp2p.dht' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.stdout.split() == [str(cli.EXIT_USAGE), "False", "False"]
+    assert done.stderr.startswith(f"flp2p: error: {message}")
+    assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_cli_dashboard_refuses_a_foreign_file(
@@ -246,22 +416,18 @@ class DevTools:
             time.sleep(0.2)
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.skipif(
-    CHROMIUM is None, reason="needs Debian's chromium (scripts/setup.sh)"
-)
-def test_page_in_headless_chromium_shows_peers_and_follows_the_ledger(
-    tmp_path: Path,
-) -> None:
-    db = tmp_path / "ledger.db"
-    _ledger(db, [1, 2])
-    (tmp_path / "metrics.csv").write_text(
-        "round,accuracy,loss,seconds\n0,0.1,2.3,0.0\n1,0.5,1.2,1.0\n2,0.7,0.9,2.0\n"
-    )
+@contextlib.contextmanager
+def _dashboard_in_chromium(
+    dashboard_args: list[str], tmp_path: Path
+) -> Iterator[tuple[DevTools, str]]:
+    """``flp2p dashboard ARGS`` served on a free port and headless Chromium on it:
+    yields the page's DevTools (navigated there) and the page's URL."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    server_args = [sys.executable, "-m", "flp2p.cli", "dashboard", "--db", str(db)]
-    server_args += ["--run", str(tmp_path), "--port", str(port), "--refresh", "0.5"]
+    server_args = [sys.executable, "-m", "flp2p.cli", "dashboard", *dashboard_args]
+    # Dash drops an answer a newer tick superseded: the refresh must outlast a
+    # callback on a busy machine.
+    server_args += ["--port", str(port), "--refresh", "1"]
     page_url = f"http://127.0.0.1:{port}/"
     assert CHROMIUM is not None
     devtools_port = _free_port()
@@ -274,30 +440,91 @@ def test_page_in_headless_chromium_shows_peers_and_follows_the_ledger(
         _process(browser_args, **quiet),
     ):
         targets_url = f"http://127.0.0.1:{devtools_port}/json/list"
-        _wait_http(targets_url, timeout=20)
+        _wait_http(targets_url, timeout=60)
         with urllib.request.urlopen(targets_url, timeout=5) as reply:
             targets = json.load(reply)
         page = next(t for t in targets if t["type"] == "page")
-        _wait_http(page_url, timeout=20)
+        _wait_http(page_url, timeout=60)  # Dash imports slowly on a busy machine
         with connect(page["webSocketDebuggerUrl"], max_size=None) as socket:
             tools = DevTools(socket)
             for domain in ("Runtime", "Log", "Page", "Network"):
                 tools.call(f"{domain}.enable")
             tools.call("Page.navigate", url=page_url)
-            text = tools.wait_for_text(r"peer-003", timeout=15)
-            for peer in ("peer-000", "peer-001", "peer-002", "peer-003"):
-                assert peer in text
-            assert "round 2" in text and "chain: ok, 3 blocks verified" in text
-            assert "norm outlier" in text
-            assert "peer-004" not in text
+            yield tools, page_url
 
-            with Ledger.open(db, signer=KeySigner(1)) as ledger:
-                report = make_report(3, peers=5)
-                ledger.record_round(report, make_reputations(report))
-            text = tools.wait_for_text(r"peer-004", timeout=10)
-            assert "round 3" in text and "chain: ok, 4 blocks verified" in text
-            tools.text()  # drain events that arrived meanwhile
-            assert tools.errors == []
-            assert any(url.endswith(".js") or ".js?" in url for url in tools.requested)
-            remote = [u for u in tools.requested if "://" in u.split(",")[0]]
-            assert [u for u in remote if not u.startswith(page_url)] == []
+
+def _assert_clean(tools: DevTools, page_url: str) -> None:
+    """No console error, and every resource came from the dashboard itself."""
+    tools.text()  # drain events that arrived meanwhile
+    assert tools.errors == []
+    assert any(url.endswith(".js") or ".js?" in url for url in tools.requested)
+    remote = [u for u in tools.requested if "://" in u.split(",")[0]]
+    assert [u for u in remote if not u.startswith(page_url)] == []
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="needs Debian's chromium (scripts/setup.sh)"
+)
+def test_page_in_headless_chromium_shows_peers_and_follows_the_ledger(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "ledger.db"
+    _ledger(db, [1, 2])
+    (tmp_path / "metrics.csv").write_text(
+        "round,accuracy,loss,seconds\n0,0.1,2.3,0.0\n1,0.5,1.2,1.0\n2,0.7,0.9,2.0\n"
+    )
+    args = ["--db", str(db), "--run", str(tmp_path)]
+    with _dashboard_in_chromium(args, tmp_path) as (tools, page_url):
+        text = tools.wait_for_text(r"peer-003", timeout=30)
+        for peer in ("peer-000", "peer-001", "peer-002", "peer-003"):
+            assert peer in text
+        assert "round 2" in text and "chain: ok, 3 blocks verified" in text
+        assert "norm outlier" in text
+        assert "peer-004" not in text
+
+        with Ledger.open(db, signer=KeySigner(1)) as ledger:
+            report = make_report(3, peers=5)
+            ledger.record_round(report, make_reputations(report))
+        text = tools.wait_for_text(r"peer-004", timeout=10)
+        assert "round 3" in text and "chain: ok, 4 blocks verified" in text
+        assert "lease" not in text  # not in peer mode: no federation panel
+        _assert_clean(tools, page_url)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="needs Debian's chromium (scripts/setup.sh)"
+)
+def test_peer_mode_page_follows_the_lease_in_a_real_dht(
+    dht: LoopbackDht, tmp_path: Path
+) -> None:
+    db = tmp_path / "ledger.db"
+    _ledger(db, [1])
+    dht.publish_lease("127.0.0.1:9092", INSECURE_FINGERPRINT, epoch=1)
+    holder = dht.eligible_book
+    assert holder is not None
+    holder_address = "{}:{}".format(*holder.address)
+    record = NodeRecord(dht.eligible.node_id, holder_address, ("aggregator",))
+    dht.call(holder.publish(record))
+    args = ["--db", str(db), "--dht", dht.address]
+    args += ["--federation", dht.genesis.federation_id]
+    short_holder = dht.eligible.node_id[:12]
+    with _dashboard_in_chromium(args, tmp_path) as (tools, page_url):
+        text = tools.wait_for_text(rf"lease +{short_holder} \(epoch 1\)", timeout=30)
+        assert "SuperLink 127.0.0.1:9092" in text
+        assert "live peers 2 answering the DHT" in text
+        assert holder_address in text and "aggregator (epoch 1)" in text
+        assert dht.address in text and "founder" in text
+        assert "chain: ok, 2 blocks verified" in text  # the ledger part still works
+
+        dht.publish_lease("127.0.0.1:9093", INSECURE_FINGERPRINT, epoch=2)
+        text = tools.wait_for_text(rf"lease +{short_holder} \(epoch 2\)", timeout=20)
+        assert "SuperLink 127.0.0.1:9093" in text and "(epoch 1)" not in text
+
+        # The DHT goes away: the panel says so and keeps the last answer.
+        dht.stop_nodes()
+        text = tools.wait_for_text(r"federation not visible: .*no DHT peer", 20)
+        assert f"lease      {short_holder} (epoch 2)" in text
+        assert "chain: ok, 2 blocks verified" in text
+        _assert_clean(tools, page_url)

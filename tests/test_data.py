@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import struct
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -14,6 +16,11 @@ from flp2p.data import (
     FMNIST_ENV_VAR,
     FMNIST_FILES,
     DatasetNotFoundError,
+    Digits,
+    FashionMNIST,
+    TrainTest,
+    build_dataset,
+    client_partition,
     find_fmnist_dir,
     label_skew,
     load_digits,
@@ -156,3 +163,90 @@ def test_bad_partition_arguments_are_refused() -> None:
         partition_indices(labels, 2, "pathological")
     with pytest.raises(ValueError, match="cannot split"):
         partition_indices(labels, 21, "iid")
+
+
+# ------------------------------------------------ data sets as typed configs
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstHundredDigits(Digits):
+    """A data set defined outside the library: a spec class and a ``_target_``."""
+
+    name: ClassVar[str] = "digits100"
+
+    def load(self) -> TrainTest:
+        full = super().load()
+        first = np.arange(100)
+        return dataclasses.replace(full, name=self.name, train=full.train.subset(first))
+
+
+def test_dataset_configs_name_typed_specs_through_target() -> None:
+    from flp2p.config import RunSettings, compose
+
+    digits = RunSettings.from_config(compose(["dataset=digits"]))
+    assert digits.data == Digits() and digits.dataset == "digits"
+    loaded = digits.data.load()
+    assert loaded.name == "digits"
+    assert Digits.model_shape == (loaded.image_shape, loaded.num_classes)
+    fmnist = RunSettings.from_config(compose([]))
+    assert fmnist.data == FashionMNIST() and fmnist.data_dir is None
+    tuned = RunSettings.from_config(
+        compose(["dataset=digits", "dataset.test_fraction=0.5"])
+    )
+    assert tuned.data == Digits(test_fraction=0.5)
+    assert len(tuned.data.load().test) == round(0.5 * 1797)
+    # A new data set is a class plus a config naming it; nothing to register.
+    custom = RunSettings.from_config(
+        compose(["dataset=digits", f"dataset._target_={__name__}.FirstHundredDigits"])
+    )
+    assert isinstance(custom.data, FirstHundredDigits)
+    assert len(custom.data.load().train) == 100 and custom.dataset == "digits100"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"name": "digits"}, "dataset 'digits' has no _target_: name its spec class"),
+        (
+            {"name": "x", "_target_": "flp2p.data.ArrayDataset"},
+            "dataset 'x': 'flp2p.data.ArrayDataset' is no flp2p.data.DatasetSpec",
+        ),
+        ({"name": "x", "_target_": "flp2p.data.Nope"}, "cannot import"),
+        (
+            {"name": "digits", "_target_": "flp2p.data.Digits", "colour": "red"},
+            "dataset 'digits': .*unexpected keyword argument 'colour'",
+        ),
+        (
+            {"name": "digits", "_target_": "flp2p.data.Digits", "test_fraction": 1.5},
+            r"dataset 'digits': test_fraction must lie in \(0, 1\), got 1.5",
+        ),
+    ],
+)
+def test_bad_dataset_configs_are_named(spec: dict[str, object], message: str) -> None:
+    from flp2p.config import ConfigError, RunSettings, compose
+
+    with pytest.raises((ValueError, TypeError), match=message):
+        build_dataset(spec)
+    plain = RunSettings.from_config(compose(["dataset=digits"]))
+    assert plain.dataset == "digits"
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(compose(["dataset=digits"]), resolve=True)
+    assert isinstance(cfg, dict)
+    with pytest.raises(ConfigError, match=message):
+        RunSettings.from_config(
+            {**{str(k): v for k, v in cfg.items()}, "dataset": spec}
+        )
+
+
+def test_a_peers_data_dir_replaces_the_configs_and_partitions_follow_the_spec() -> None:
+    spec = FashionMNIST()
+    assert spec.with_data_dir("/data/mine") == FashionMNIST(data_dir="/data/mine")
+    digits = Digits()
+    first = client_partition(digits, 0, 4, "iid", 0.5, 0)
+    again = client_partition(Digits(), 0, 4, "iid", 0.5, 0)
+    assert first is again  # cached per spec: equal specs are one data set
+    parts = partition_indices(digits.load().train.labels, 4, "iid", seed=0)
+    np.testing.assert_array_equal(first.labels, digits.load().train.labels[parts[0]])
+    other = client_partition(Digits(test_fraction=0.5), 0, 4, "iid", 0.5, 0)
+    assert len(other) < len(first)

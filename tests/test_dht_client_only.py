@@ -155,3 +155,20 @@ def test_server_answers_a_client_only_asker_without_adding_it() -> None:
     # A sender id that is neither kind is refused (the datagram goes unanswered).
     with pytest.raises(ValueError, match="sender id"):
         server.rpc_ping(asker, b"\x03" * 5)
+
+
+def test_a_client_whose_every_contact_stalled_still_asks_them() -> None:
+    async def scenario(full: list[AddressBook], thin: list[AddressBook]) -> None:
+        [client] = thin
+        await full[0].publish(node_record(full[0].identity, 7002))
+        protocol = client.server.protocol
+        contacts = [c for b in protocol.router.buckets for c in b.nodes.values()]
+        assert contacts
+        for contact in contacts:  # e.g. each missed one answer on a loaded host
+            protocol.mark_suspect(contact)
+        # Nobody talks to a client unasked, so nothing would ever clear them.
+        found = await client.get_node(full[0].identity.node_id)
+        assert found == node_record(full[0].identity, 7002)
+        assert not any(protocol.is_suspect(c) for c in contacts)
+
+    run(3, 1, scenario)

@@ -436,7 +436,7 @@ def brute_force_caf(rows: np.ndarray, f: int) -> np.ndarray:
         if values[-1] <= 0:
             break
         tau = (diffs @ vectors[:, -1]) ** 2
-        c = c * (1 - tau / tau.max())
+        c = c * (1 - tau / tau[c > 0].max())
     return best
 
 

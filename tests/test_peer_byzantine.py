@@ -53,7 +53,7 @@ def federation(tmp_path: Path) -> Iterator[Any]:
         strategy="median",
         insecure=True,
         eligible_peers=4,
-        params=(f"audit.committee_size={K}",),
+        parameters=(f"audit.committee_size={K}",),
     )
     try:
         yield running

@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 
 from flp2p.peer.checkpoints import (
+    FINAL_MODEL_FILE,
     Checkpoint,
     CheckpointError,
     CheckpointStore,
     decode_arrays,
     encode_arrays,
+    final_model_sha256,
     resume_round,
+    write_final_model,
 )
 from strategies.records import update_sha256
 
@@ -88,3 +91,15 @@ def test_resume_round(
     held: dict[int, str], advertised: dict[int, str], expected: int | None
 ) -> None:
     assert resume_round(held, advertised) == expected
+
+
+def test_the_final_model_is_kept_under_the_hash_the_lease_names(
+    tmp_path: Path,
+) -> None:
+    assert final_model_sha256(tmp_path) is None  # not yet received
+    arrays = {"w": np.arange(4, dtype=np.float32)}
+    path = write_final_model(tmp_path, arrays)
+    assert path == tmp_path / FINAL_MODEL_FILE
+    assert final_model_sha256(tmp_path) == Checkpoint(3, arrays).sha256
+    path.write_bytes(b"not an archive")
+    assert final_model_sha256(tmp_path) is None

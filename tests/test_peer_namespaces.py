@@ -1,6 +1,6 @@
 """The peer runtime across machines: every peer in a network namespace of its own.
 
-Six "hosts" on one bridge (:mod:`helpers_netns`): the founder, two
+Six "hosts" on one bridge (:mod:`benchmarks.netns_hosts`): the founder, two
 aggregator-eligible peers listening on the wildcard (so they advertise the address
 that routes to the founder) and three participants. Loopback is private to each
 host, so a round completes only if every service binds where it is told and every
@@ -20,13 +20,18 @@ from typing import Any
 import pytest
 from helpers_netns import Hosts, hosts_or_skip
 from test_peer_localhost import (
+    assert_participants_hold_the_end,
     chain_of,
     example,
+    final_leases,
     final_lines,
     identity_of,
     wait_until_none_left,
 )
 
+from benchmarks.netns_hosts import namespace_federation
+from flp2p.dht import AddressBook
+from flp2p.identity import Identity
 from flp2p.peer.checkpoints import CheckpointStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +42,6 @@ TIMEOUT = 420.0
 HOST_NAMES = ["founder", "eligible-a", "eligible-b"] + [
     f"client-{i}" for i in range(CLIENTS)
 ]
-WILDCARD_LISTENERS = ("eligible-a", "eligible-b")
 
 
 @pytest.fixture
@@ -50,20 +54,7 @@ def federation(
     hosts: Hosts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Any]:
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the peers import this checkout
-
-    def placement(name: str) -> tuple[Sequence[str], str]:
-        host = "founder" if name == "observer" else name
-        listen = "0.0.0.0" if name in WILDCARD_LISTENERS else hosts.address[host]
-        return hosts.launcher(host), listen
-
-    running = example.LocalFederation(
-        tmp_path,
-        clients=CLIENTS,
-        rounds=ROUNDS,
-        placement=placement,
-        observe=hosts.asyncio_on("founder"),
-        bootstrap_port=9400,
-    )
+    running = namespace_federation(hosts, tmp_path, clients=CLIENTS, rounds=ROUNDS)
     try:
         yield running
     finally:
@@ -71,11 +62,59 @@ def federation(
         assert wait_until_none_left(tmp_path) == []
 
 
+def kademlia_id(identity: Identity) -> bytes:
+    """A peer's DHT id: the first 160 bits of its node id (AddressBook)."""
+    return bytes.fromhex(identity.node_id)[:20]
+
+
+async def dht_view(
+    federation: Any, targets: Sequence[bytes]
+) -> tuple[set[bytes], set[bytes]]:
+    """Kademlia ids of the DHT nodes a client-only observer meets through the
+    bootstrap peer, and every id those nodes name when asked for their contacts
+    closest to each of ``targets`` (a contact at distance 0 is always named)."""
+    book = AddressBook(Identity.generate(), rpc_timeout=2.0, client_only=True)
+    await book.start(federation.placement("observer")[1])
+    try:
+        host, port = federation.bootstrap.rsplit(":", 1)
+        await book.bootstrap([(host, int(port))])
+        protocol = book.server.protocol
+        contacts = [c for b in protocol.router.buckets for c in b.nodes.values()]
+        named: set[bytes] = set()
+        for contact in contacts:
+            for target in targets:
+                address = (contact.ip, contact.port)
+                answered, nodes = await protocol.find_node(
+                    address, protocol.sender_id, target
+                )
+                assert answered, f"{address} did not answer"
+                named |= {bytes(node[0]) for node in nodes}
+        return {bytes(c.id) for c in contacts}, named
+    finally:
+        await book.stop()
+
+
 def test_three_participants_on_other_hosts_survive_the_aggregator(
     federation: Any, hosts: Hosts
 ) -> None:
     started = time.monotonic()
     federation.start()
+    # Once a round finished, the participants (which trained it) are in nobody's
+    # routing table: they joined as DHT clients. The founder and both eligible
+    # peers are full nodes, and each knows the others.
+    federation.observe(
+        example.watch_lease(federation, lambda x: x.last_round >= 1, TIMEOUT)
+    )
+    participants = [
+        kademlia_id(identity_of(federation, n)) for n in federation.client_names()
+    ]
+    full_nodes = {
+        kademlia_id(Identity.load(federation.work_dir / "founder.key")),
+        *(kademlia_id(identity_of(federation, n)) for n in federation.eligible),
+    }
+    contacts, named = federation.observe(dht_view(federation, participants))
+    assert contacts == full_nodes
+    assert named == full_nodes and not named & set(participants)
     failover = example.kill_holder_and_watch(federation, KILL_AFTER_ROUND, TIMEOUT)
     codes = federation.wait_clients(TIMEOUT)
     took = time.monotonic() - started
@@ -96,8 +135,7 @@ def test_three_participants_on_other_hosts_survive_the_aggregator(
     assert failover.resumed_from_round == KILL_AFTER_ROUND
     assert moved is not None and 0 < moved < TIMEOUT  # every client followed
     final = CheckpointStore(federation.work_dir / survivor / "checkpoints").load(ROUNDS)
-    lines = set(final_lines(federation).values())
-    assert lines == {
+    assert final_leases(federation) == {
         f"federation {federation.federation_id[:12]} finished: round {ROUNDS}, "
         f"model {final.sha256[:12]}, lease epoch 2"
     }
@@ -114,6 +152,7 @@ def test_three_participants_on_other_hosts_survive_the_aggregator(
         identity_of(federation, n).node_id for n in federation.client_names()
     )
     assert all(ids == clients for _, _, ids in chain[1:])
-    for name in [failover.victim, *federation.client_names()]:
-        copy = chain_of(federation, name)
-        assert copy == chain[: len(copy)] and len(copy) >= KILL_AFTER_ROUND + 1
+    copy = chain_of(federation, failover.victim)
+    assert copy == chain[: len(copy)] and len(copy) >= KILL_AFTER_ROUND + 1
+    # The clients hold all of it, and the final model (sent after the last round).
+    assert_participants_hold_the_end(federation, chain, final.sha256)

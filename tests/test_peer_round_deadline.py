@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,6 +16,7 @@ from flp2p.peer.round_deadline import (
     FIRST_ROUND_SECONDS,
     DeadlineGrid,
     RoundDeadline,
+    deadline_run_config,
     peer_sampling,
 )
 
@@ -143,3 +145,35 @@ def test_strategy_samples_only_connected_nodes_without_waiting() -> None:
     floor = peer_sampling({})["min_available_nodes"]
     sampled, connected = sample_nodes(grid, floor, 3)  # type: ignore[arg-type]
     assert sorted(sampled) == [1, 2, 4] and sorted(connected) == [1, 2, 4]
+
+
+def test_the_founders_genesis_sets_the_deadline_and_minimum_of_every_run(
+    tmp_path: Path,
+) -> None:
+    """``--param peer.round-deadline=45`` in the genesis reaches each submitted
+    run's config, so every aggregator (a successor too) applies it."""
+    from flp2p.peer.aggregator import peer_run_config
+    from flp2p.peer.federation_app import resolve_genesis
+
+    resolved = resolve_genesis(
+        {"rounds": 2, "dataset": "digits", "peer.round-deadline": 45}
+    )
+    config = peer_run_config(resolved, "fe" * 32, 0, tmp_path, tmp_path)
+    assert RoundDeadline.from_run_config(config).seconds("train") == 45.0
+    assert peer_sampling(config)["min_train_nodes"] == 1  # not set: the default
+    nested = resolve_genesis({"rounds": 2, "peer": {"round-min-nodes": 2}})
+    assert deadline_run_config(nested) == {"peer.round-min-nodes": 2}
+    assert (
+        peer_sampling(peer_run_config(nested, "fe" * 32, 0, tmp_path, tmp_path))[
+            "min_train_nodes"
+        ]
+        == 2
+    )
+
+
+def test_a_genesis_with_a_bad_deadline_is_refused_by_name() -> None:
+    from flp2p.config import ConfigError
+    from flp2p.peer.federation_app import resolve_genesis
+
+    with pytest.raises(ConfigError, match=r"peer\.round-deadline must be positive"):
+        resolve_genesis({"rounds": 2, "peer.round-deadline": 0})

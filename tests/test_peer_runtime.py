@@ -328,3 +328,39 @@ def test_a_superlink_out_of_reach_is_reported_once_within_seconds(
     assert len(warnings) == 1
     assert "SuperLink at 10.77.0.9:9402 (lease epoch 1)" in warnings[0]
     assert "must accept TCP on that port" in warnings[0]
+
+
+class Clock:
+    """Monotonic seconds that only move when told (``time`` for the runtime)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class SwallowingFollower:
+    """A SuperNode follower whose SuperLink's host drops packets: each attempt
+    gives up only after the TLS dial's 5 s timeout."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    async def follow(self, lease: Lease) -> bool:
+        self.clock.now += 5.0
+        raise TimeoutError("timed out")
+
+
+def test_a_superlink_that_swallows_packets_is_reported_within_ten_seconds(
+    peer: Peer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr("flp2p.peer.runtime.time", clock)
+    peer.follower = SwallowingFollower(clock)  # type: ignore[assignment]
+    lease = _lease_at(peer, "10.77.0.9:9402")
+    started = clock.now
+    asyncio.run(peer._follow(lease))  # the first attempt: 5 s, then given up
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and clock.now - started <= 10.0
+    assert "not been reachable from here for 5 s: timed out" in warnings[0]

@@ -55,6 +55,11 @@ class Check:
 
 
 SIMULATE = ".venv/bin/python -m flp2p.simulate"
+RAY_SKIP = Check(
+    skip="a Ray cluster on fixed ports, stopped with `ray stop` (every Ray of the "
+    "user); tests/test_ray_cluster.py runs the three commands on free ports, in "
+    "their own temp folders and sessions"
+)
 QUICK_CHECK = f"{SIMULATE} dataset=digits rounds=2 clients=4"
 CHECKS: dict[str, Check] = {
     # setup.sh is not run: it installs into the environment the tests run in.
@@ -79,6 +84,16 @@ CHECKS: dict[str, Check] = {
         cwd="app",
         local_superlink=True,
     ),
+    f"{SIMULATE} dataset=digits compression=int8": Check(
+        variant=f"{SIMULATE} compression=int8 {QUICK}"
+    ),
+    f"{SIMULATE} dataset=digits compression=topk compression.fraction=0.05": Check(
+        variant=f"{SIMULATE} compression=topk compression.fraction=0.05 {QUICK}"
+    ),
+    ".venv/bin/ray start --head --port 6379 --num-cpus 1": RAY_SKIP,
+    ".venv/bin/ray start --address HEAD:6379 --num-cpus 1": RAY_SKIP,
+    f"{SIMULATE} simulation.ray_address=HEAD:6379 dataset=digits rounds=2 "
+    "clients=2": RAY_SKIP,
     ".venv/bin/flp2p leaderboard --db outputs/<date>/<time>/ledger.db": Check(),
     ".venv/bin/flp2p ledger verify --db outputs/<date>/<time>/ledger.db": Check(),
     ".venv/bin/flp2p ledger export --csv contributions.csv --db ...": Check(),
@@ -102,6 +117,7 @@ PEER_COMMANDS = (
     ".venv/bin/flp2p found ",
     ".venv/bin/flp2p join ",
     ".venv/bin/flp2p status --dht ",
+    ".venv/bin/flp2p dashboard --db flp2p-peer/ledger.db --dht ",
     # "Three machines": tests/test_peer_readme.py runs that block as written.
     "python -m flp2p.peer.founder ",
     "python -m flp2p.client ",
@@ -111,7 +127,7 @@ PEER_SKIP = Check(
     skip="peer mode needs keys, node ids and several processes; "
     "tests/test_peer_localhost.py runs these commands through examples/localhost, "
     "tests/test_peer_readme.py the Three machines block, tests/test_client_cli.py "
-    "flp2p join, found and status --dht"
+    "flp2p join, found and status --dht, tests/test_dashboard.py dashboard --dht"
 )
 
 
@@ -199,16 +215,40 @@ def _superlinks_of(flwr_home: Path) -> list[int]:
     return pids
 
 
+def _start_local_superlink_patiently(env: dict[str, str]) -> None:
+    """Start the local SuperLink ``flwr run`` would start, with more patience.
+
+    Flower gives its managed SuperLink a fixed 15 s to answer, which a loaded CI
+    machine can exceed; starting it beforehand with Flower's own launcher and a
+    longer wait lets ``flwr run`` find it running and use it, as it would reuse one
+    a user started earlier.
+    """
+    launch = (
+        "import flwr.cli.local_superlink as local; "
+        "local.LOCAL_SUPERLINK_STARTUP_TIMEOUT = 120; "
+        "local._start_local_superlink()"
+    )
+    subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "-c", launch],
+        env=_env(**env, PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"),
+        capture_output=True,
+        timeout=150,
+        check=True,
+    )
+
+
 @contextlib.contextmanager
 def _own_local_superlink(folder: Path) -> Iterator[dict[str, str]]:
     """Environment giving ``flwr run`` a private local SuperLink, stopped on exit."""
     flwr_home = folder / "flwr-home"
+    env = {
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+    }
     try:
-        yield {
-            "FLWR_HOME": str(flwr_home),
-            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-            "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
-        }
+        _start_local_superlink_patiently(env)
+        yield env
     finally:
         for pid in _superlinks_of(flwr_home):
             os.kill(pid, signal.SIGTERM)

@@ -35,7 +35,7 @@ def brute_force_caf(x: np.ndarray, f: int) -> np.ndarray:
         if values[-1] <= 0:
             break
         tau = (diffs @ vectors[:, -1]) ** 2
-        c = c * (1 - tau / tau.max())
+        c = c * (1 - tau / tau[c > 0].max())
     return best
 
 
@@ -80,6 +80,31 @@ def test_stage_weights_are_a_weighted_mean_that_ignores_far_outliers() -> None:
     assert np.linalg.norm(weights @ rows - honest.mean(axis=0)) < 0.1
     assert CovarianceFilter(6, mix=True)(rows) == pytest.approx(weights @ rows)
     assert "f = 6 of n = 20" in stage.describe(20)
+
+
+def test_filtered_rows_do_not_stall_the_filter(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Six identical IPM rows (−½ the honest mean) among 14 heterogeneous honest
+    # ones, mixed by NNM: once the filter has zeroed the attackers they stay the
+    # farthest along v; taking τ_max over them made each step shrink the honest
+    # rows by almost nothing (over 500 iterations here, unbounded in general).
+    rng = np.random.default_rng(0)
+    shared = rng.standard_normal(50)
+    own = rng.standard_normal((14, 50))
+    honest = (
+        shared / np.linalg.norm(shared)
+        + own / np.linalg.norm(own, axis=1, keepdims=True)
+        + 0.3 * rng.standard_normal((14, 50)) / np.sqrt(50)
+    )
+    rows = np.vstack([np.repeat(-0.5 * honest.mean(axis=0)[None], 6, axis=0), honest])
+    distances = pairwise_squared_distances(rows)
+    mixed = mixed_squared_distances(distances, mixing_matrix(distances, 6))
+    calls = []
+    eigh = np.linalg.eigh
+    monkeypatch.setattr(np.linalg, "eigh", lambda a: calls.append(1) or eigh(a))
+    p = covariance_filter(mixed, 6)
+    assert len(calls) <= 20  # every iteration zeroes a row still in play
+    assert p.sum() == pytest.approx(1.0)
+    assert np.all(p <= 1 / (20 - 12) + 1e-12)
 
 
 @settings(max_examples=60, deadline=None)

@@ -168,6 +168,58 @@ def test_reporter_lines_carry_verdicts_and_epsilon(tmp_path: Path) -> None:
     assert summary["verdicts"] == {"accepted": 6, "downweighted": 0, "rejected": 2}
 
 
+def test_a_resumed_reporter_continues_the_folders_files(tmp_path: Path) -> None:
+    """A successor aggregator resumes from round 2: it keeps rows 0 and 1 as they
+    were, writes round 2 itself (it evaluates the model it resumes from), and its
+    totals count every round's verdicts once."""
+    run = tmp_path / "run"
+    quiet = Console(file=open(tmp_path / "console.txt", "w"))  # noqa: SIM115
+    with Ledger.open(
+        tmp_path / "ledger.db", federation=FEDERATION, signer=KeySigner(1), create=True
+    ) as ledger:
+        columns = PRIVACY_COLUMNS["dpsgd"]
+        first = RunReporter(
+            run, 3, plot=False, console=quiet, privacy_columns=columns, ledger=ledger
+        )
+        with first:
+            first.round_done(0, 0.1, 2.3)
+            for server_round in (1, 2):
+                first.train_replies(server_round, [{"dp-epsilon": 1.5}])
+                record_rounds(ledger, [server_round])
+                first.round_done(server_round, 0.2 * server_round, 1.0)
+        before = read_rows(run / "metrics.csv")
+        successor = RunReporter(
+            run,
+            3,
+            plot=False,
+            console=quiet,
+            privacy_columns=columns,
+            ledger=ledger,
+            resume_round=2,
+        )
+        with successor:
+            successor.round_done(2, 0.45, 0.9)
+            record_rounds(ledger, [3])
+            successor.round_done(3, 0.6, 0.8)
+    quiet.file.close()
+    rows = read_rows(run / "metrics.csv")
+    assert [r["round"] for r in rows] == ["0", "1", "2", "3"]
+    assert rows[:2] == before[:2]  # ε of round 1 included
+    assert rows[2]["accuracy"] == "0.450000"
+    assert float(rows[2]["seconds"]) >= float(rows[1]["seconds"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rounds_completed"] == 3 and summary["final_accuracy"] == 0.6
+    assert summary["verdicts"] == {"accepted": 9, "downweighted": 0, "rejected": 3}
+
+
+def test_a_fresh_reporter_starts_the_file_over(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("round,accuracy,loss,seconds\n0,0.1,2.0,1.0\n")
+    RunReporter(run, 2, show_progress=False)
+    assert read_rows(run / "metrics.csv") == []
+
+
 FAST = [
     "dataset=digits",
     "rounds=2",

@@ -22,6 +22,7 @@ from flp2p.signatures import (
     CONTRIBUTION_DOMAIN,
     DHT_RECORD_DOMAIN,
     LEDGER_BLOCK_DOMAIN,
+    RUN_RESULTS_DOMAIN,
     SIGNING_DOMAINS,
     NotCanonicalJSON,
     Signer,
@@ -31,6 +32,7 @@ from flp2p.signatures import (
     checkpoint_message,
     contribution_message,
     json_float_map,
+    run_results_message,
     verify_ed25519,
 )
 from strategies.records import Contribution, Verdict
@@ -73,6 +75,7 @@ def test_every_signed_message_starts_with_its_domain() -> None:
         AUDIT_STATEMENT_DOMAIN: audit_statement_message(
             "f", 1, "ab" * 32, "cd" * 32, "ef" * 32
         ),
+        RUN_RESULTS_DOMAIN: run_results_message("f", 1, "ab"),
     }
     assert set(signed) == set(SIGNING_DOMAINS.values())
     for domain, message in signed.items():

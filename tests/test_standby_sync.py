@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,14 @@ from flp2p.peer.checkpoints import (
 from flp2p.peer.standby_sync import (
     CheckpointReceiver,
     check_pushed,
+    check_results,
     checkpoint_header,
     push_checkpoint,
+    push_results,
+    results_body,
+    run_files,
 )
+from flp2p.signatures import run_results_message
 
 FEDERATION = "fe" * 32
 HOLDER = Identity.generate()
@@ -137,3 +143,92 @@ def test_receiver_answers_garbage_without_storing(
 
     assert asyncio.run(main()) == answer
     assert store.rounds() == []
+
+
+# -- run files (metrics.csv …) ------------------------------------------------------
+
+RUN_FILES = {"metrics.csv": b"round,accuracy\n0,0.1\n", "accuracy.png": b"\x89PNG"}
+
+
+def _push_results(
+    pusher: Identity,
+    results_dir: Path | None,
+    pushes: list[tuple[int, dict[str, bytes]]],
+    federation: str = FEDERATION,
+) -> list[str | None]:
+    async def main() -> list[str | None]:
+        receiver = CheckpointReceiver(
+            CheckpointStore(Path("unused")),
+            FEDERATION,
+            _eligible,
+            results_dir=results_dir,
+        )
+        address = await receiver.start()
+        try:
+            return [
+                await push_results(address, pusher, federation, r, files)
+                for r, files in pushes
+            ]
+        finally:
+            await receiver.stop()
+
+    return asyncio.run(main())
+
+
+def test_the_holders_run_files_are_stored_byte_for_byte(tmp_path: Path) -> None:
+    assert _push_results(HOLDER, tmp_path, [(1, RUN_FILES)]) == [None]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == RUN_FILES
+    assert run_files(tmp_path) == RUN_FILES
+
+
+def test_run_files_of_an_older_round_do_not_overwrite_newer_ones(
+    tmp_path: Path,
+) -> None:
+    newer = {"metrics.csv": b"round\n0\n1\n2\n"}
+    answers = _push_results(HOLDER, tmp_path, [(2, newer), (1, RUN_FILES)])
+    assert answers[0] is None and answers[1] is not None and "round 2" in answers[1]
+    assert (tmp_path / "metrics.csv").read_bytes() == newer["metrics.csv"]
+
+
+@pytest.mark.parametrize(
+    ("pusher", "results_dir", "files", "federation", "reason"),
+    [
+        (OUTSIDER, True, RUN_FILES, FEDERATION, "may not push"),
+        (HOLDER, True, RUN_FILES, "ab" * 32, "another federation"),
+        (HOLDER, True, {"../identity.key": b"x"}, FEDERATION, "not a run file"),
+        (HOLDER, False, RUN_FILES, FEDERATION, "keeps no run folder"),
+    ],
+)
+def test_run_files_are_refused_unless_authentic_and_named(
+    tmp_path: Path,
+    pusher: Identity,
+    results_dir: bool,
+    files: dict[str, bytes],
+    federation: str,
+    reason: str,
+) -> None:
+    folder = tmp_path / "run"
+    (answer,) = _push_results(
+        pusher, folder if results_dir else None, [(1, files)], federation
+    )
+    assert answer is not None and reason in answer
+    assert not folder.exists()
+
+
+def test_run_files_that_differ_from_the_signed_hash_are_refused() -> None:
+    body = results_body(RUN_FILES)
+    header = {
+        "federation": FEDERATION,
+        "round": 1,
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "public_key": HOLDER.public_key.hex(),
+        "signature": HOLDER.sign(
+            run_results_message(FEDERATION, 1, hashlib.sha256(body).hexdigest())
+        ).hex(),
+    }
+    assert check_results(header, body, FEDERATION, _eligible)[1] == RUN_FILES
+    with pytest.raises(ValueError, match="signed hash"):
+        swapped = results_body({**RUN_FILES, "metrics.csv": b"round\n"})
+        check_results(header, swapped, FEDERATION, _eligible)
+    with pytest.raises(ValueError, match="bad signature"):
+        check_results({**header, "round": 2}, body, FEDERATION, _eligible)

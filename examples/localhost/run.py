@@ -71,6 +71,9 @@ class LocalFederation:
     round in the ledger (Flower's built-in strategies do neither)."""
     insecure: bool = False
     lease_timeout: float = 120.0
+    record_ttl: float | None = None
+    """``--record-ttl`` of every peer: lifetime of node records and the lease, which
+    are renewed every sixth to third of it (``None``: the peers' default)."""
     placement: Callable[[str], tuple[Sequence[str], str]] = on_this_host
     """Process name → (command prefix that launches it, host it listens on): e.g.
     ``ip netns exec NS`` and that namespace's address, one "machine" per peer."""
@@ -78,7 +81,11 @@ class LocalFederation:
     """UDP port of the founder (0: one free on this host)."""
     observe: Callable[[Coroutine[Any, Any, Any]], Any] = asyncio.run
     """Runs the observer's DHT lookups (from where the bootstrap peer is reachable)."""
+    parameters: Sequence[str] = ()
+    """More genesis parameters (``KEY=VALUE``), e.g. ``peer.round-deadline=60``."""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    """Process name → the arguments it was started with (:meth:`restart`)."""
     federation_id: str = ""
     bootstrap: str = ""
     eligible: dict[str, str] = field(default_factory=dict)
@@ -89,8 +96,6 @@ class LocalFederation:
     """The lie the first aggregator tells (one of LIES), or None."""
     byzantine_auditor: bool = False
     """Whether one eligible peer other than the first aggregator accuses falsely."""
-    params: tuple[str, ...] = ()
-    """More genesis parameters (``key=value``), e.g. ``audit.committee_size=3``."""
 
     def first_aggregator(self) -> str:
         """Process name of the peer the first election names."""
@@ -122,6 +127,7 @@ class LocalFederation:
         )
         log.close()
         self.processes[name] = process
+        self.commands[name] = args
         return process
 
     def start(self) -> None:
@@ -146,8 +152,8 @@ class LocalFederation:
                 "--param", f"clients={self.clients}",
                 "--param", f"dataset={self.dataset}",
                 "--param", f"strategy={self.strategy}",
-                "--param", "output.progress=false", "--param", "output.plot=false",
-                *(a for p in self.params for a in ("--param", p)),
+                "--param", "output.progress=false",
+                *(a for p in self.parameters for a in ("--param", p)),
             ],
         )  # fmt: skip
         self.federation_id = self._read_federation_id(founder)
@@ -184,6 +190,8 @@ class LocalFederation:
             "--listen", f"{self.placement(name)[1]}:0",
             "--lease-timeout", str(self.lease_timeout), "--verbose",
         ]  # fmt: skip
+        if self.record_ttl is not None:
+            args += ["--record-ttl", str(self.record_ttl)]
         return [*args, "--insecure"] if self.insecure else args
 
     def client_names(self) -> list[str]:
@@ -217,6 +225,23 @@ class LocalFederation:
                 os.kill(pid, signal.SIGKILL)
         process.wait(timeout=10)
 
+    def restart(self, name: str, bootstrap: str | None = None) -> None:
+        """Start ``name`` again as it was (same identity, same work folder), joining
+        through ``bootstrap`` (``HOST:PORT`` of any live peer) if given."""
+        args = list(self.commands[name])
+        if bootstrap is not None:
+            args[args.index("--bootstrap") + 1] = bootstrap
+        self._spawn(name, args)
+
+    def dht_address_of(self, name: str) -> str:
+        """The DHT address ``name`` printed (others may ``--bootstrap`` from it)."""
+        text = (self.work_dir / f"{name}.log").read_text(errors="replace")
+        marker = "DHT node at "
+        for line in text.splitlines():
+            if marker in line:
+                return line.split(marker, 1)[1].split()[0]
+        raise RuntimeError(f"{name} printed no DHT address")
+
     def stop(self) -> None:
         """Terminate every process group still running (then kill stragglers)."""
         for process in self.processes.values():
@@ -242,12 +267,19 @@ async def watch_lease(
     federation: LocalFederation, wanted: Callable[[Lease], bool], timeout: float
 ) -> Lease | None:
     """Read the lease as an observer until ``wanted`` holds for it."""
-    book = AddressBook(Identity.generate(), rpc_timeout=2.0)
+    # A DHT client: watching changes nobody's routing table.
+    book = AddressBook(Identity.generate(), rpc_timeout=2.0, client_only=True)
     await book.start(federation.placement("observer")[1])
     try:
         host, port = federation.bootstrap.rsplit(":", 1)
         await book.bootstrap([(host, int(port))])
         deadline = time.monotonic() + timeout
+        # Leases are checked against the genesis: fetch it first, as peers do (a
+        # genesis missed inside a lease check is only asked again 30 s later).
+        while await book.get_genesis(federation.federation_id) is None:
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.5)
         while time.monotonic() < deadline:
             lease = await book.get_lease(federation.federation_id)
             if lease is not None and wanted(lease):
@@ -366,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         eligible_peers=args.eligible,
         byzantine_aggregator=args.byzantine_aggregator,
         byzantine_auditor=args.byzantine_auditor,
-        params=tuple(args.param),
+        parameters=tuple(args.param),
     )
     started = time.monotonic()
     try:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
-from dash import Dash, Input, Output, dcc, html
+from dash import Dash, Input, Output, State, dcc, html
 
 # dash.dash_table re-exports its class untyped ("type: ignore"); its module is typed.
 from dash.dash_table.DataTable import DataTable
+from dash.exceptions import PreventUpdate
 
 from . import figures
+from .figures import short_id
 from .readings import DashboardSnapshot, PeerViewSource, read_snapshot
 
 DEFAULT_REFRESH_MS = 2000
@@ -58,6 +62,7 @@ def layout(refresh_ms: int) -> html.Div:
             html.Div(id="problem", style={"color": "#c62828"}),
             html.Pre(id="chain-head"),
             html.Div(id="chain-check"),
+            html.Div(id="peer-problem", style={"color": "#c62828"}),
             html.Pre(id="peer-view"),
             html.Div(
                 style={"display": "grid", "gridTemplateColumns": "1fr 1fr"},
@@ -74,8 +79,15 @@ def layout(refresh_ms: int) -> html.Div:
             html.H3("down-weighted and rejected replies"),
             _table("judgements", _JUDGEMENT_COLUMNS, page_size=15),
             dcc.Interval(id="refresh", interval=refresh_ms),
+            dcc.Store(id="figures-shown"),
         ],
     )
+
+
+def figures_fingerprint(snapshot: DashboardSnapshot) -> str:
+    """SHA-256 of everything the figures are drawn from (same data, same figures)."""
+    drawn = (snapshot.metrics, snapshot.verdicts, snapshot.reputations)
+    return hashlib.sha256(repr(drawn).encode()).hexdigest()
 
 
 def chain_head_text(snapshot: DashboardSnapshot) -> str:
@@ -99,14 +111,59 @@ def chain_head_text(snapshot: DashboardSnapshot) -> str:
 
 
 def peer_view_text(snapshot: DashboardSnapshot) -> str:
-    """Lease holder, epoch and live peers (empty outside peer mode)."""
+    """Lease holder, epoch and live peers (empty outside peer mode).
+
+    Live peers are listed with address and roles when the view has them (what the
+    DHT answered), else by node id.
+    """
     peer = snapshot.peer
     if peer is None:
         return ""
-    holder = "-" if peer.lease_holder is None else figures.short_id(peer.lease_holder)
-    epoch = "-" if peer.epoch is None else str(peer.epoch)
-    live = ", ".join(figures.short_id(p) for p in peer.live_peers) or "-"
-    return f"lease      {holder} (epoch {epoch})\nlive peers {live}"
+    if peer.lease_holder is None and peer.epoch is None:
+        lines = ["lease      none live (no aggregator right now)"]
+    else:
+        holder = "-" if peer.lease_holder is None else short_id(peer.lease_holder)
+        epoch = "-" if peer.epoch is None else str(peer.epoch)
+        lines = [f"lease      {holder} (epoch {epoch})"]
+    details = []
+    if peer.last_round is not None:
+        rounds = "?" if peer.rounds is None else str(peer.rounds)
+        details.append(f"round {peer.last_round}/{rounds}")
+    if peer.superlink is not None:
+        details.append(f"SuperLink {peer.superlink}")
+    if details:
+        lines.append(f"           {', '.join(details)}")
+    if peer.contacts:
+        lines.append(f"live peers {len(peer.contacts)} answering the DHT")
+        for contact in peer.contacts:
+            roles = ", ".join(contact.roles) or "participant"
+            lines.append(
+                f"  {contact.address:<22} {short_id(contact.node_id)}  {roles}"
+            )
+    else:
+        live = ", ".join(short_id(p) for p in peer.live_peers) or "-"
+        lines.append(f"live peers {live}")
+    if peer.seen_at is not None:
+        lines.append(f"seen       {_clock(peer.seen_at)}")
+    return "\n".join(lines)
+
+
+def peer_problem_text(snapshot: DashboardSnapshot) -> str:
+    """Why the federation cannot be seen now (empty when it can, or outside peer
+    mode); says how old the view shown instead is."""
+    peer = snapshot.peer
+    if peer is None or peer.problem is None:
+        return ""
+    if peer.seen_at is None:
+        return f"federation not visible: {peer.problem}"
+    return (
+        f"federation not visible: {peer.problem} "
+        f"(showing the DHT's answer of {_clock(peer.seen_at)})"
+    )
+
+
+def _clock(unix_time: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(unix_time))
 
 
 def create_app(
@@ -117,8 +174,9 @@ def create_app(
 ) -> Dash:
     """The dashboard over ``ledger_path`` (and ``run_dir/metrics.csv`` if given).
 
-    ``peer_view`` is the peer-mode seam: a participant's runtime passes a callable
-    returning its :class:`~flp2p.dashboard.readings.PeerView`.
+    ``peer_view`` is the peer-mode seam: a callable returning the federation's
+    :class:`~flp2p.dashboard.readings.PeerView` at once (``flp2p dashboard --dht``
+    passes a :class:`~flp2p.dashboard.peer_polling.PeerViewPoller`).
     """
     # serve_locally: Dash's and Plotly's JavaScript come from the installed package,
     # never a CDN; update_title="" keeps the tab title steady during refreshes.
@@ -130,23 +188,31 @@ def create_app(
     )
     app.layout = layout(refresh_ms)
 
+    # Three callbacks on one timer, so that what is cheap never waits for what is
+    # not: Dash drops an answer that a newer tick superseded, so one callback
+    # slower than the refresh (Plotly figures take over a second on a loaded
+    # machine) would leave everything it outputs blank for ever.
+    @app.callback(
+        Output("peer-problem", "children"),
+        Output("peer-view", "children"),
+        Input("refresh", "n_intervals"),
+    )
+    def refresh_peer_view(_: int | None) -> tuple[str, str]:
+        peer = peer_view() if peer_view is not None else None
+        snapshot = DashboardSnapshot(ledger_path, peer=peer)
+        return peer_problem_text(snapshot), peer_view_text(snapshot)
+
     @app.callback(
         Output("problem", "children"),
         Output("chain-head", "children"),
         Output("chain-check", "children"),
         Output("chain-check", "style"),
-        Output("peer-view", "children"),
-        Output("accuracy-graph", "figure"),
-        Output("verdicts-graph", "figure"),
-        Output("reputation-graph", "figure"),
-        Output("tier-graph", "figure"),
-        Output("epsilon-graph", "figure"),
         Output("leaderboard", "data"),
         Output("judgements", "data"),
         Input("refresh", "n_intervals"),
     )
-    def refresh(_: int | None) -> tuple[Any, ...]:
-        snapshot = read_snapshot(ledger_path, run_dir, peer_view)
+    def refresh_ledger(_: int | None) -> tuple[Any, ...]:
+        snapshot = read_snapshot(ledger_path, run_dir)
         chain = snapshot.chain
         if chain is None:
             check, colour = "chain: not verified", "#777"
@@ -159,14 +225,34 @@ def create_app(
             chain_head_text(snapshot),
             check,
             {"color": colour, "fontWeight": "bold"},
-            peer_view_text(snapshot),
+            figures.leaderboard_rows(snapshot),
+            figures.judgement_rows(snapshot),
+        )
+
+    @app.callback(
+        Output("accuracy-graph", "figure"),
+        Output("verdicts-graph", "figure"),
+        Output("reputation-graph", "figure"),
+        Output("tier-graph", "figure"),
+        Output("epsilon-graph", "figure"),
+        Output("figures-shown", "data"),
+        Input("refresh", "n_intervals"),
+        State("figures-shown", "data"),
+    )
+    def refresh_figures(_: int | None, shown: str | None) -> tuple[Any, ...]:
+        snapshot = read_snapshot(ledger_path, run_dir, verify=False)
+        # The page tells which data its figures show: unchanged data costs no new
+        # figures (building them is what takes time), and no state is kept here.
+        fingerprint = figures_fingerprint(snapshot)
+        if fingerprint == shown:
+            raise PreventUpdate
+        return (
             figures.accuracy_figure(snapshot),
             figures.verdicts_figure(snapshot),
             figures.reputation_figure(snapshot),
             figures.tier_figure(snapshot),
             figures.epsilon_figure(snapshot),
-            figures.leaderboard_rows(snapshot),
-            figures.judgement_rows(snapshot),
+            fingerprint,
         )
 
     return app

@@ -83,21 +83,49 @@ class ChainCheck:
 
 
 @dataclass(frozen=True)
-class PeerView:
-    """The federation as a participant sees it (peer mode only).
+class PeerContact:
+    """One DHT node that answered, with what the federation's records say of it."""
 
-    Filled by whoever knows it — the peer runtime's lease watcher — and passed to
-    :func:`flp2p.dashboard.create_app` as a callable; the run-folder dashboard has
-    none and the page then omits the section.
+    node_id: str
+    """Its node id, or the prefix of it the DHT shows (a kademlia id)."""
+    address: str
+    roles: tuple[str, ...] = ()
+    """``founder``, ``eligible``, ``aggregator (epoch N)``; empty for a participant."""
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """The federation as its DHT shows it (peer mode only).
+
+    Filled by whoever can look — ``flp2p dashboard --dht`` asks the DHT through
+    :mod:`flp2p.peer.federation_status`, on a timer (:class:`~flp2p.dashboard.
+    peer_polling.PeerViewPoller`) — and passed to :func:`flp2p.dashboard.create_app`
+    as a callable; the run-folder dashboard has none and the page then omits the
+    section.
     """
 
     lease_holder: str | None
     epoch: int | None
     live_peers: tuple[str, ...] = ()
+    """Node ids of live peers, when nothing more is known of them."""
+    contacts: tuple[PeerContact, ...] = ()
+    """Live peers with address and roles (what the DHT answered), when known."""
+    superlink: str | None = None
+    """The lease holder's SuperLink address."""
+    last_round: int | None = None
+    """The last federation round the lease holder announced."""
+    rounds: int | None = None
+    """Rounds the genesis asks for."""
+    problem: str | None = None
+    """Why the federation cannot be seen right now (the DHT does not answer, no
+    genesis, …). The other fields then hold the last view that worked, if any."""
+    seen_at: float | None = None
+    """Unix time of the answer the other fields come from."""
 
 
 PeerViewSource = Callable[[], PeerView | None]
-"""Read at each refresh; returns ``None`` while nothing is known yet."""
+"""Read at each refresh (so it must answer at once); ``None`` while nothing is
+known yet."""
 
 
 @dataclass(frozen=True)
@@ -163,8 +191,11 @@ ORDER BY s.height, s.identity
 """
 
 
-def read_ledger(ledger: Ledger, snapshot: DashboardSnapshot) -> DashboardSnapshot:
-    """``snapshot`` with the ledger's part filled in, read in one transaction."""
+def read_ledger(
+    ledger: Ledger, snapshot: DashboardSnapshot, verify: bool = True
+) -> DashboardSnapshot:
+    """``snapshot`` with the ledger's part filled in, read in one transaction; the
+    whole chain re-verified unless ``verify`` is false (``chain`` is then ``None``)."""
     db = ledger.db
     db.conn.execute("BEGIN")
     try:
@@ -187,10 +218,12 @@ def read_ledger(ledger: Ledger, snapshot: DashboardSnapshot) -> DashboardSnapsho
         board = tuple(leaderboard(ledger))
     finally:
         db.conn.execute("ROLLBACK")
-    try:
-        chain = ChainCheck(True, f"{ledger.verify()} blocks verified")
-    except LedgerError as error:
-        chain = ChainCheck(False, " ".join(str(error).split()))
+    chain = None
+    if verify:
+        try:
+            chain = ChainCheck(True, f"{ledger.verify()} blocks verified")
+        except LedgerError as error:
+            chain = ChainCheck(False, " ".join(str(error).split()))
     return replace(
         snapshot,
         status=status,
@@ -239,8 +272,10 @@ def read_snapshot(
     ledger_path: Path,
     run_dir: Path | None = None,
     peer_view: PeerViewSource | None = None,
+    verify: bool = True,
 ) -> DashboardSnapshot:
-    """One refresh: ledger, run metrics and (in peer mode) the peer's view."""
+    """One refresh: ledger, run metrics and (in peer mode) the peer's view
+    (``verify``: see :func:`read_ledger`)."""
     snapshot = DashboardSnapshot(
         ledger_path,
         metrics=read_metrics(run_dir),
@@ -251,7 +286,7 @@ def read_snapshot(
     except (LedgerError, sqlite3.DatabaseError) as error:
         return replace(snapshot, problem=" ".join(str(error).split()))
     try:
-        return read_ledger(ledger, snapshot)
+        return read_ledger(ledger, snapshot, verify)
     except sqlite3.DatabaseError as error:
         return replace(snapshot, problem=f"{ledger_path} could not be read ({error})")
     finally:

@@ -154,6 +154,12 @@ class Lookup:
         self._without_value: list[Node] = []
         self._values: list[tuple[SignedRecord, bytes]] = []
         self._add(peers)
+        if self._known and self._out >= self._known.keys():
+            # Every contact stalled once and stayed silent since. A full node hears
+            # from its contacts unprompted, which clears them; a client-only node
+            # hears only answers to what it asks, so skipping all of them would
+            # keep it from ever asking again (and from finding anything): ask.
+            self._out.clear()
 
     # -- public --------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ verifies and appends the blocks the aggregator sends. In an audited federation
 round's committee co-signs it, and everyone appends it only once final
 (:meth:`Ledger.append_final_block`), co-signatures included. Every block is written
 in one ``BEGIN IMMEDIATE`` transaction, so a crash leaves either the whole round or
-none.
+none; :meth:`Ledger.transaction` widens that transaction to the round's reputations
+too, where the ledger is both the strategy's store and its recorder.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ class Ledger:
         )
         self.policy = policy if policy is not None else RewardPolicy()
         self._tip: ChainTip | None = None
+        self._depth = 0
+        """Open :meth:`transaction` scopes (0: none, 1: the outermost, …)."""
 
     @classmethod
     def open(
@@ -178,17 +181,45 @@ class Ledger:
     # -- transactions -------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _write_transaction(self) -> Iterator[None]:
-        """One ``BEGIN IMMEDIATE`` transaction: the write lock is taken up front, so
-        two writers queue instead of failing halfway with "database is locked"."""
-        self._db.conn.execute("BEGIN IMMEDIATE")
+    def transaction(self) -> Iterator[None]:
+        """A scope whose writes to this ledger all land, or none (re-entrant).
+
+        The outermost scope is one ``BEGIN IMMEDIATE`` transaction: the write lock
+        is taken up front, so two writers queue instead of failing halfway with
+        "database is locked". A scope opened inside it (every writing method opens
+        one) is a ``SAVEPOINT``: its failure undoes its own writes and propagates,
+        and nothing is on disk before the outermost scope commits. The strategy's
+        round commit (:meth:`strategies.reputation.ReputationBook.commit`) holds one
+        around the reputations and the block, so a crash cannot leave standings
+        that no block records.
+        """
+        conn = self._db.conn
+        if self._depth:
+            savepoint = f"flp2p_{self._depth}"
+            conn.execute(f"SAVEPOINT {savepoint}")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                conn.execute(f"ROLLBACK TO {savepoint}")
+                conn.execute(f"RELEASE {savepoint}")
+                self._tip = None  # whatever was cached may describe undone rows
+                raise
+            finally:
+                self._depth -= 1
+            conn.execute(f"RELEASE {savepoint}")
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
         try:
             yield
         except BaseException:
-            self._db.conn.execute("ROLLBACK")
+            conn.execute("ROLLBACK")
             self._tip = None  # whatever was cached may describe rolled-back rows
             raise
-        self._db.conn.execute("COMMIT")
+        finally:
+            self._depth = 0
+        conn.execute("COMMIT")
 
     @contextlib.contextmanager
     def _read_snapshot(self) -> Iterator[None]:
@@ -215,7 +246,7 @@ class Ledger:
         :meth:`record_round`.
         """
         rows = [reputation_row(state) for state in states]
-        with self._write_transaction():
+        with self.transaction():
             self._upsert_reputations(rows, updated_height=None)
 
     def all_reputations(self) -> list[ReputationState]:
@@ -240,7 +271,7 @@ class Ledger:
         LedgerError
             If this ledger has no signer, or its signer is not allowed by the genesis.
         """
-        with self._write_transaction():
+        with self.transaction():
             tip = self._genesis_tip()
             self._insert_block(self._round_block(report, reputations, tip), tip)
 
@@ -258,7 +289,7 @@ class Ledger:
         LedgerError
             As :meth:`record_round`.
         """
-        with self._write_transaction():
+        with self.transaction():
             tip = self._genesis_tip()
             block = self._round_block(report, reputations, tip)
             check_successor(block, tip, self.federation)
@@ -274,7 +305,7 @@ class Ledger:
         LedgerError
             As :meth:`record_round`.
         """
-        with self._write_transaction():
+        with self.transaction():
             return self._genesis_tip().last
 
     def _genesis_tip(self) -> ChainTip:
@@ -364,7 +395,7 @@ class Ledger:
             The block does not follow this chain; nothing was written.
         """
         block = Block.from_bytes(bytes(block_bytes))
-        with self._write_transaction():
+        with self.transaction():
             self._insert_block(block, self._load_tip())
         return block
 
@@ -460,7 +491,7 @@ class Ledger:
                 )
             rows.append(_cosignature_row(height, statement))
         added = 0
-        with self._write_transaction():
+        with self.transaction():
             for row in rows:
                 held = self._db.execute(
                     "SELECT signature, inputs_sha256 FROM cosignatures "
@@ -573,7 +604,7 @@ class Ledger:
         """
         block = Block.from_bytes(bytes(block_bytes))
         statements = list(statements)
-        with self._write_transaction():
+        with self.transaction():
             tip = self._load_tip()
             check_successor(block, tip, self.federation)
             aggregator = signer_node_id(block.signer) or block.signer

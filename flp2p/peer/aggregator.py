@@ -15,11 +15,15 @@ after the holder's lease lapsed. It then
 3. runs the peer Flower App (:mod:`flp2p.peer.federation_app`) resuming from that
    round's checkpoint: the run was submitted with ``flwr run`` ahead of need and waits,
    its ServerApp started, until released with the round to resume from;
-4. as each round finishes (a new checkpoint appears), pushes the model and the
-   ledger blocks up to that round to the other eligible peers
-   (:mod:`flp2p.peer.standby_sync`) and only then advertises the round in the lease
-   — so a successor always holds the model the last lease names, and the chain up
-   to it, which its own ServerApp extends under its own signature.
+4. as each round finishes (a new checkpoint appears), pushes the model, the
+   ledger blocks up to that round and the run folder's files (``metrics.csv`` …)
+   to the other eligible peers (:mod:`flp2p.peer.standby_sync`) and only then
+   advertises the round in the lease — so a successor always holds the model the
+   last lease names, and the chain up to it, which its own ServerApp extends under
+   its own signature, and continues the same ``metrics.csv``;
+5. after the last round, keeps its SuperLink until the ServerApp has handed every
+   participant the final model and block and written ``summary.json``
+   (:meth:`AggregatorRole.wait_for_run_end`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import dataclasses
 import json
 import logging
 import subprocess
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,12 +73,19 @@ from flp2p.peer.round_audit import (
     lie_from_environment,
     write_auditors,
 )
-from flp2p.peer.standby_sync import push_blocks, push_checkpoint
+from flp2p.peer.round_deadline import deadline_run_config
+from flp2p.peer.standby_sync import (
+    push_blocks,
+    push_checkpoint,
+    push_results,
+    run_files,
+)
 from flp2p.peer.tls import (
     INSECURE_FINGERPRINT,
     TlsFiles,
     make_self_signed_certificate,
 )
+from flp2p.reporting import SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +94,13 @@ AGGREGATOR_ROLE = "aggregator-eligible"
 checkpoint pushes."""
 SUPERLINK_START_TIMEOUT = 60.0
 SUBMIT_TIMEOUT = 180.0
+RUN_END_TIMEOUT = 600.0
+"""Seconds a holder waits at most, after the last round, for its ServerApp to finish
+(the final model's delivery, as long as a round's deadline, then
+``summary.json``)."""
+RUN_FOLDER = "run"
+"""The aggregator's run folder, in its work folder: ``metrics.csv``,
+``summary.json``, ``accuracy.png`` (:mod:`flp2p.reporting`)."""
 
 
 class AggregatorError(RuntimeError):
@@ -130,6 +149,7 @@ def peer_run_config(
         CHECKPOINT_DIR_KEY: str(checkpoint_dir),
         FEDERATION_KEY: federation_id,
         "output-dir": str(output_dir),
+        **deadline_run_config(settings),
     }
     if start_file is None:
         config[START_ROUND_KEY] = start_round
@@ -234,7 +254,8 @@ class AggregatorRole:
     store
         This peer's checkpoints; the ServerApp writes new rounds here.
     work_dir
-        Folder for certificates, the app, logs and run outputs.
+        Folder for certificates, the app, logs and the run folder
+        (:attr:`run_dir`, which standbys receive pushes into as well).
     use_tls
         Serve the SuperLink over TLS with a pinned self-signed certificate.
     identity_key, ledger
@@ -271,6 +292,7 @@ class AggregatorRole:
         # Absolute: the SuperLink runs in a folder below it and reads its
         # certificate by path.
         self.work_dir = work_dir.resolve()
+        self.run_dir = self.work_dir / RUN_FOLDER
         self.use_tls = use_tls
         self.identity_key = identity_key
         self.ledger = ledger
@@ -429,7 +451,7 @@ class AggregatorRole:
             self.federation_id,
             None,
             self.store.directory,
-            superlink.directory / "run",
+            self.run_dir,
             self.identity_key,
             self.ledger,
             self.genesis.eligible,
@@ -487,6 +509,7 @@ class AggregatorRole:
             log.warning("standby did not take round %d: %s", newest, failure)
         took = [a for a, failure in zip(standbys, failures, strict=True) if not failure]
         await self._push_blocks(took, newest)
+        await self.push_run_files(took, newest)
         lease = dataclasses.replace(
             self.holding.lease, last_round=newest, model_sha256=checkpoint.sha256
         )
@@ -533,6 +556,55 @@ class AggregatorRole:
                 log.warning("standby did not take the ledger: %s", failure)
             else:
                 self.blocks_sent[address] = len(blocks)
+
+    async def push_run_files(self, standbys: list[str], server_round: int) -> None:
+        """Hand ``standbys`` the run folder's files as of ``server_round``.
+
+        The row of the round just advertised may not be written yet (the ServerApp
+        evaluates after it saves the model); a successor evaluates the model it
+        resumes from itself, so it needs only the rows before it.
+        """
+        files = run_files(self.run_dir)
+        if not files or not standbys:
+            return
+        failures = await asyncio.gather(
+            *(
+                push_results(
+                    a, self.book.identity, self.federation_id, server_round, files
+                )
+                for a in standbys
+            )
+        )
+        for failure in filter(None, failures):
+            log.warning("standby did not take the run files: %s", failure)
+
+    def run_ended(self) -> bool:
+        """Whether this holder's ServerApp finished the federation: its
+        ``summary.json``, written last, reports every round completed."""
+        try:
+            summary = json.loads((self.run_dir / SUMMARY_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+        return (
+            isinstance(summary, dict)
+            and summary.get("status") == "completed"
+            and summary.get("rounds_completed") == total_rounds(self.genesis)
+        )
+
+    async def wait_for_run_end(
+        self, standbys: list[str], timeout: float = RUN_END_TIMEOUT
+    ) -> bool:
+        """After the last round: wait until the ServerApp delivered the final model
+        and wrote ``summary.json`` (or ``timeout``, or the SuperLink exits), then
+        push the finished run folder to ``standbys``; whether it ended in time."""
+        deadline = time.monotonic() + timeout
+        while not self.run_ended():
+            if time.monotonic() > deadline or not self.superlink_alive():
+                log.warning("the ServerApp did not finish within %.0f s", timeout)
+                return False
+            await asyncio.sleep(0.5)
+        await self.push_run_files(standbys, total_rounds(self.genesis))
+        return True
 
     def superlink_alive(self) -> bool:
         """Whether the SuperLink this peer started still runs."""

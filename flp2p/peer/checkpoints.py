@@ -4,6 +4,8 @@ The aggregator's ServerApp writes one checkpoint per finished round; standby
 aggregators receive copies (:mod:`flp2p.peer.standby_sync`). A successor resumes from
 the newest round whose model hash equals the hash a lease advertised for that round
 (:func:`resume_round`), so a peer never continues from a model nobody vouched for.
+A participant keeps the federation's final model the same way
+(:func:`write_final_model`), checked against the last lease's hash.
 """
 
 from __future__ import annotations
@@ -128,3 +130,27 @@ class CheckpointStore:
     def hashes(self) -> dict[int, str]:
         """Round → model hash of every checkpoint held."""
         return {r: self.load(r).sha256 for r in self.rounds()}
+
+
+FINAL_MODEL_FILE = "final_model.npz"
+"""A participant's copy of the federation's final model, in its work folder."""
+
+
+def write_final_model(work_dir: Path, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write the final model to ``work_dir`` (atomically: the peer runtime polls it)."""
+    target = Path(work_dir) / FINAL_MODEL_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".{os.getpid()}.partial")
+    partial.write_bytes(encode_arrays(arrays))
+    os.replace(partial, target)
+    return target
+
+
+def final_model_sha256(work_dir: Path) -> str | None:
+    """Hash of the final model in ``work_dir`` (:func:`update_sha256`, as the lease
+    names it), ``None`` while there is none or it does not read."""
+    path = Path(work_dir) / FINAL_MODEL_FILE
+    try:
+        return update_sha256(decode_arrays(path.read_bytes()))
+    except (OSError, CheckpointError):
+        return None

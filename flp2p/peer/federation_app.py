@@ -30,6 +30,7 @@ under ``peer.`` configure this wrapper.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -39,9 +40,17 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from flwr.serverapp import Grid, ServerApp
@@ -51,14 +60,19 @@ from flp2p.app import (
     central_evaluator,
     record_to_arrays,
     records_rounds,
+    run_reporter,
     train_config,
 )
 from flp2p.audit.recompute import public_sketch_seed
 from flp2p.client_mods import (
+    FileResidual,
     LedgerReplica,
     ReplySigner,
+    ResidualStore,
     SettingsOf,
+    StateResidual,
     attack_mod,
+    compression_mod,
     dpsgd_mod,
     final_model_mod,
     ledger_sync_mod,
@@ -68,10 +82,15 @@ from flp2p.client_mods import (
 from flp2p.config import ConfigError, RunSettings, build_strategy, compose
 from flp2p.identity import ContributionAuthenticator, Identity
 from flp2p.ledger import Ledger
-from flp2p.ledger_broadcast import LedgerBroadcast
-from flp2p.local_training import client_evaluate, client_train
+from flp2p.ledger_broadcast import CATCH_UP_BLOCKS, LEDGER_BLOCKS_KEY, LedgerBroadcast
+from flp2p.local_training import CONFIG_KEY, client_evaluate, client_train
 from flp2p.peer.app_folder import flatten_parameters
-from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
+from flp2p.peer.checkpoints import (
+    Checkpoint,
+    CheckpointStore,
+    write_final_model,
+)
+from flp2p.peer.reply_polling import PollingGrid
 from flp2p.peer.round_audit import (
     AuditedRounds,
     AuditSetup,
@@ -79,8 +98,15 @@ from flp2p.peer.round_audit import (
     committee_size,
     read_auditors,
 )
-from flp2p.peer.round_deadline import DeadlineGrid, RoundDeadline, peer_sampling
-from strategies.records import ReputationState, RoundReport
+from flp2p.peer.round_deadline import (
+    DeadlineGrid,
+    RoundDeadline,
+    deadline_run_config,
+    peer_sampling,
+)
+from flp2p.reply_tap import ReplyTap
+from flp2p.round_timings import TimedGrid, timing_mod
+from strategies.records import ARRAYS_KEY, METRICS_KEY, ReputationState, RoundReport
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +144,15 @@ AGGREGATORS_NODE_KEY = "aggregators"
 """Node-config key: comma-separated node ids whose ledger blocks it accepts."""
 LEDGER_NODE_KEY = "ledger"
 """Node-config key: the participant's copy of the ledger."""
+WORK_DIR_NODE_KEY = "work-dir"
+"""Node-config key: the participant's work folder (the final model lands there)."""
+FINAL_MODEL_TIMEOUT = 120.0
+"""Fewest seconds the ServerApp waits for participants to confirm the final model
+(each starts a ClientApp for it, as for a round: it waits at least a training
+round's deadline)."""
+RESIDUAL_NODE_KEY = "compression-residual"
+"""Node-config key: the file of the participant's error-feedback residual (in its
+``--work-dir``), which outlives SuperNode restarts and aggregator changes."""
 
 
 def join_ids(node_ids: Iterable[str]) -> str:
@@ -255,6 +290,13 @@ def audited_replica(context: Context) -> LedgerReplica | None:
     return replica_from_node_config(context.node_config, k)
 
 
+def residual_from_node_config(node_config: Mapping[str, Any]) -> ResidualStore:
+    """Where the participant keeps its error-feedback residual (its node config's
+    file; a SuperNode started without one keeps it in its context state)."""
+    path = node_config.get(RESIDUAL_NODE_KEY)
+    return FileResidual(Path(str(path))) if path else StateResidual()
+
+
 def participant_from_node_config(node_config: Mapping[str, Any]) -> Participant:
     """The participant a peer's SuperNode runs for, from its node config.
 
@@ -362,6 +404,10 @@ class FederationRoundLedger:
             banned_until=max(0, state.banned_until - offset),
         )
 
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """The ledger's all-or-nothing scope (:meth:`Ledger.transaction`)."""
+        return self.ledger.transaction()
+
     def get_reputation(self, identity: str) -> ReputationState | None:
         """State of ``identity`` in this run's round count (``None``: unknown)."""
         state = self.ledger.get_reputation(identity)
@@ -416,6 +462,12 @@ def resolve_genesis(parameters: Mapping[str, Any]) -> dict[str, Any]:
     assert isinstance(container, dict)
     resolved = {str(key): value for key, value in container.items()}
     RunSettings.from_config(resolved)  # refuse a bad genesis before any run
+    rounds = deadline_run_config(resolved)
+    try:
+        RoundDeadline.from_run_config(rounds)
+        peer_sampling(rounds)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     return resolved
 
 
@@ -449,7 +501,9 @@ def experiment_settings(
     settings = RunSettings.from_config(resolved)
     data_dir = (node_config or {}).get(DATA_DIR_NODE_KEY)
     if data_dir:
-        settings = dataclasses.replace(settings, data_dir=str(data_dir))
+        settings = dataclasses.replace(
+            settings, data=settings.data.with_data_dir(str(data_dir))
+        )
     return settings
 
 
@@ -457,22 +511,83 @@ def checkpointing_evaluator(
     evaluate: Callable[[int, ArrayRecord], MetricRecord],
     store: CheckpointStore,
     start_round: int,
+    on_round: Callable[[int, float, float], None] | None = None,
 ) -> Callable[[int, ArrayRecord], MetricRecord]:
     """Wrap ``evaluate_fn`` so each new global model is saved before it is used.
 
     Flower calls ``evaluate_fn`` with round 0 (the starting model) and then after
     every aggregation, immediately before the next round's instructions go out; the
     Flower round ``r`` of a run resumed at ``start_round`` is the federation's round
-    ``start_round + r``.
+    ``start_round + r``. ``on_round`` receives the federation round, accuracy and
+    loss (:meth:`flp2p.reporting.RunReporter.round_done`): a successor's round 0 is
+    the row of the round it resumed from.
     """
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        global_round = start_round + server_round
         if server_round > 0:
-            global_round = start_round + server_round
             store.save(Checkpoint(global_round, record_to_arrays(arrays)))
-        return evaluate(server_round, arrays)
+        metrics = evaluate(server_round, arrays)
+        if on_round is not None:
+            accuracy, loss = metrics["accuracy"], metrics["loss"]
+            assert isinstance(accuracy, int | float) and isinstance(loss, int | float)
+            on_round(global_round, float(accuracy), float(loss))
+        return metrics
 
     return evaluate_fn
+
+
+def deliver_final_model(
+    grid: Any,
+    final: Checkpoint,
+    ledger: Ledger | None,
+    federation: str,
+    timeout: float = FINAL_MODEL_TIMEOUT,
+) -> int:
+    """Send every connected participant the final model and the newest blocks.
+
+    Blocks otherwise ride on the next round's instruction, so without this message
+    no participant would hold the last round's block nor the model itself (only its
+    hash, from the lease). The participant's ClientApp writes the model to its work
+    folder and appends the blocks to its ledger copy (the same verification as every
+    block); the peer runtime checks the model's hash against the lease.
+
+    Returns
+    -------
+    int
+        How many participants confirmed within ``timeout`` seconds.
+    """
+    height = None if ledger is None else ledger.height
+    blocks = (
+        []
+        if ledger is None or height is None
+        else ledger.blocks_bytes_after(height - CATCH_UP_BLOCKS)
+    )
+    content = RecordDict(
+        {
+            ARRAYS_KEY: arrays_to_record(dict(final.arrays)),
+            CONFIG_KEY: ConfigRecord(
+                {
+                    "federation": federation,
+                    "server-round": final.server_round,
+                    LEDGER_BLOCKS_KEY: blocks,
+                }
+            ),
+        }
+    )
+    messages = [
+        Message(content=content, message_type=MessageType.QUERY, dst_node_id=node)
+        for node in grid.get_node_ids()
+    ]
+    replies = grid.send_and_receive(messages, timeout=timeout)
+    confirmed = sum(1 for reply in replies if not reply.has_error())
+    log.info(
+        "final model of round %d delivered to %d of %d participants",
+        final.server_round,
+        confirmed,
+        len(messages),
+    )
+    return confirmed
 
 
 def open_peer_ledger(peer: PeerRun, settings: RunSettings) -> Ledger | None:
@@ -600,28 +715,58 @@ def run_peer_server(grid: Grid, context: Context) -> None:
                 context.run_config, json.loads(str(context.run_config[SETTINGS_KEY]))
             ),
         )
-        strategy.start(
-            grid=DeadlineGrid(
-                grid,
-                RoundDeadline.from_run_config(context.run_config),
-                settings.clients,
-            ),
-            initial_arrays=arrays_to_record(dict(start.arrays)),
-            num_rounds=remaining,
-            train_config=train_config(settings, peer.federation, peer.start_round),
-            evaluate_fn=checkpointing_evaluator(evaluate, store, peer.start_round),
+        # The run folder outlives this aggregator: a successor keeps the rows
+        # before the round it resumes from (pushed with the checkpoints).
+        reporter = run_reporter(
+            settings, output_dir, strategy, ledger, resume_round=peer.start_round
         )
+        reporter.extra_summary["federation"] = peer.federation
+        offset = peer.start_round
+        # The tap shows the reporter each reply's metrics (clients' ε) in
+        # federation rounds; the deadline grid ends rounds that wait for the gone.
+        tapped = ReplyTap(
+            # Replies pulled every 0.2 s, not every 3 s.
+            cast(Grid, TimedGrid(PollingGrid(grid))),
+            lambda r, metrics: reporter.train_replies(offset + r, metrics),
+        )
+        deadline = RoundDeadline.from_run_config(context.run_config)
+        rounds_grid = DeadlineGrid(tapped, deadline, settings.clients)
+        with reporter:
+            strategy.start(
+                grid=rounds_grid,
+                initial_arrays=arrays_to_record(dict(start.arrays)),
+                num_rounds=remaining,
+                train_config=train_config(settings, peer.federation, offset),
+                evaluate_fn=checkpointing_evaluator(
+                    evaluate, store, offset, reporter.round_done
+                ),
+            )
+            deliver_final_model(
+                tapped,
+                store.load(settings.rounds),
+                ledger,
+                peer.federation,
+                max(FINAL_MODEL_TIMEOUT, deadline.seconds("train")),
+            )
+            if ledger is not None:
+                reporter.extra_summary["ledger_height"] = ledger.height
     finally:
         if ledger is not None:
             ledger.close()
 
 
 def peer_train_mods(settings_of: SettingsOf) -> list[Mod]:
-    """The peer runtime's training mods: the participant's key and ledger copy."""
+    """The peer runtime's training mods: the participant's key, ledger copy and
+    error-feedback residual (outermost: the time stamps of ``$FLP2P_TIMINGS``,
+    nothing without it)."""
     return [
+        timing_mod,
         receipt_mod(audited_replica),
         signing_mod(
             lambda context: participant_from_node_config(context.node_config).signer
+        ),
+        compression_mod(
+            settings_of, lambda context: residual_from_node_config(context.node_config)
         ),
         final_model_mod(audited_replica),
         ledger_sync_mod(audited_replica),
@@ -664,7 +809,29 @@ def make_peer_client_app(settings: RunSettings | None = None) -> ClientApp:
     def _evaluate(msg: Message, context: Context) -> Message:
         return client_evaluate(msg, context, settings_of(context))
 
+    @app.query(
+        mods=[
+            ledger_sync_mod(
+                lambda context: replica_from_node_config(context.node_config)
+            )
+        ]
+    )
+    def _final_model(msg: Message, context: Context) -> Message:
+        return receive_final_model(msg, context)
+
     return app
+
+
+def receive_final_model(msg: Message, context: Context) -> Message:
+    """Keep the final model :func:`deliver_final_model` sent, in the work folder
+    (the ledger sync mod around this handler appends the blocks)."""
+    work_dir = context.node_config.get(WORK_DIR_NODE_KEY)
+    metrics = MetricRecord({"final-model": 0})
+    if work_dir:
+        arrays = record_to_arrays(msg.content.array_records[ARRAYS_KEY])
+        write_final_model(Path(str(work_dir)), arrays)
+        metrics["final-model"] = 1
+    return Message(content=RecordDict({METRICS_KEY: metrics}), reply_to=msg)
 
 
 server_app = ServerApp()

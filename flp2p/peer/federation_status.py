@@ -107,7 +107,16 @@ async def federation_status(
         lease = await book.get_lease(federation_id)
         eligible = list(genesis.eligible)
         records = await asyncio.gather(*(book.get_node(n) for n in eligible))
-        contacts = await book.server.lookup(book.server.node.id).find_nodes()
+        found = await book.server.lookup(book.server.node.id).find_nodes()
+        # Every node that answered one of this look's requests joined the routing
+        # table: a lookup may settle before a slow (loaded) peer's answer arrives,
+        # and that peer is live all the same.
+        answered = [
+            contact
+            for bucket in book.server.protocol.router.buckets
+            for contact in bucket.nodes.values()
+        ]
+        contacts = {node.id: node for node in [*found, *answered]}.values()
         peers = sorted(
             {
                 LivePeer(

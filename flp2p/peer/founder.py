@@ -10,7 +10,12 @@ genesis, until SIGTERM or Ctrl-C::
         --eligible <node id> --eligible <node id> \\
         --param rounds=2 --param dataset=digits --param clients=4
 
-Peers bootstrap from the advertised host and the listen port (UDP). A listen or
+Peers bootstrap from the advertised host and the listen port (UDP). While it runs,
+the founder also dials the SuperLink the aggregator lease advertises, from its side
+of the network, and says in one line on stderr — within
+:data:`UNREACHABLE_REPORT_SECONDS` plus one probe — when that address does not accept
+connections (a firewall, a wrong ``--advertise`` or ``--superlink-port`` on the
+holder): participants could not train there either. A listen or
 advertise address this host does not have, and an ``--identity`` that is no usable
 key file, are refused with one line and exit code 2 before the DHT (and Flower with
 it) is imported.
@@ -25,7 +30,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,9 +46,19 @@ from flp2p.peer.addresses import (
 from flp2p.peer.participant import UsageError, check_identity_file
 
 if TYPE_CHECKING:
+    from flp2p.dht import AddressBook, Genesis, Lease
     from flp2p.dht.codec import JSONValue
 
 EXIT_USAGE = 2
+PROBE_SECONDS = 2.0
+"""Pause between two looks at the lease's SuperLink, and the timeout of one dial."""
+UNREACHABLE_REPORT_SECONDS = 4.0
+"""How long one lease's SuperLink may stay out of reach before the founder says so.
+
+The holder publishes its lease only once the SuperLink listens, so a live holder's
+answers at once; the margin covers a failover, in which the dead holder's lease
+names a closed port until the successor's (about a second later) supersedes it.
+"""
 
 
 def parse_parameter(text: str) -> tuple[str, JSONValue]:
@@ -125,6 +140,59 @@ def bootstrap_address(options: argparse.Namespace) -> str:
     return join_host_port(advertised_host, advertised_port or port)
 
 
+def unreachable_line(lease: Lease, seconds: float, answer: bool | None) -> str:
+    """The founder's one line about a lease whose SuperLink it cannot reach."""
+    why = "connection refused" if answer is False else "no answer"
+    return (
+        f"warning: the aggregator's SuperLink at {lease.superlink_address} (lease "
+        f"epoch {lease.epoch}, holder {lease.holder[:12]}…) has not accepted "
+        f"connections from this bootstrap peer for {seconds:.0f} s ({why}): "
+        "participants cannot train there; its host must accept TCP on that port at "
+        "the address it advertises (--advertise, --superlink-port)"
+    )
+
+
+async def watch_superlinks(
+    book: AddressBook,
+    genesis: Genesis,
+    report: Callable[[str], None],
+    probe_seconds: float = PROBE_SECONDS,
+) -> None:
+    """Dial each lease's advertised SuperLink every ``probe_seconds`` and
+    ``report`` once per lease (epoch and address) that stays out of reach for
+    :data:`UNREACHABLE_REPORT_SECONDS`; runs until cancelled.
+
+    A lease that advertises the federation's last round is left alone: its holder
+    closes the SuperLink once every client saw the end, and the lease lapses.
+    """
+    from flp2p.peer.leases import probe_superlink
+
+    rounds = genesis.parameters.get("rounds")
+    last_round = rounds if isinstance(rounds, int) else None
+    failing_since: dict[tuple[int, str], float] = {}
+    reported: set[tuple[int, str]] = set()
+    while True:
+        lease = await book.get_lease(genesis.federation_id)
+        finished = (
+            last_round is not None
+            and lease is not None
+            and (lease.last_round >= last_round)
+        )
+        if lease is not None and not finished:
+            key = (lease.epoch, lease.superlink_address)
+            started = time.monotonic()
+            answer = await probe_superlink(lease.superlink_address, probe_seconds)
+            if answer is True:
+                failing_since.pop(key, None)
+            else:
+                since = failing_since.setdefault(key, started)
+                failing = time.monotonic() - since
+                if failing >= UNREACHABLE_REPORT_SECONDS and key not in reported:
+                    reported.add(key)
+                    report(unreachable_line(lease, failing, answer))
+        await asyncio.sleep(probe_seconds)
+
+
 async def found(options: argparse.Namespace) -> None:
     """Publish the genesis and serve the DHT until cancelled."""
     from flp2p.dht import AddressBook, Genesis
@@ -148,9 +216,18 @@ async def found(options: argparse.Namespace) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        watch = asyncio.ensure_future(watch_superlinks(book, genesis, say))
         await stop.wait()
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
     finally:
         await book.stop()
+
+
+def say(line: str) -> None:
+    """One line on stderr, at once (the founder's output may be a pipe or file)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def main(

@@ -18,7 +18,9 @@ also keeps copies of the global model and takes the aggregator role
 Every service binds the ``--listen`` host; node records and the lease carry the
 ``--advertise`` host (:mod:`flp2p.peer.addresses`). An aggregator-eligible peer must
 be reachable there on ``--superlink-port`` and ``--sync-port`` (TCP) and the listen
-port (UDP); a plain participant only dials out (and answers the DHT on UDP).
+port (UDP). A plain participant only dials out: it joins the DHT as a client-only
+node (:class:`flp2p.dht.AddressBook`, ``client_only``; never a contact in anyone's
+routing table) and its SuperNode dials the SuperLink, so it works behind NAT.
 
 Bad options — inconsistent flags, an address or port this host cannot bind or
 advertise, an ``--identity`` that is no usable key file (a folder, a key others can

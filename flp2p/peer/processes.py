@@ -31,6 +31,17 @@ host dials it, so it never listens beyond loopback (the SuperNode itself dials o
 the SuperLink)."""
 STOP_GRACE_SECONDS = 5.0
 """How long a child may take to exit after SIGTERM before it is killed."""
+SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+"""Flower's own setting: seconds between two SuperExec requests for a task to
+launch (default 1 s), i.e. how long a ClientApp or ServerApp waits to be started."""
+SUPEREXEC_POLL_SECONDS = 0.1
+"""What flp2p sets it to: a round waits at most this long for each ClientApp start,
+for one cheap local request ten times a second."""
+SUPERNODE_POLL_ENV = "FLP2P_SUPERNODE_POLL_INTERVAL"
+"""Seconds a SuperNode waits between two pulls that found no message
+(:mod:`flp2p.peer.supernode_polling`; Flower hard-codes 3 s)."""
+SUPERNODE_POLL_SECONDS = 0.2
+"""What flp2p sets it to: each pull is one small request to the SuperLink."""
 
 
 def flower_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -44,6 +55,9 @@ def flower_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]
     environment["PATH"] = bin_dir + os.pathsep + environment.get("PATH", "")
     environment["FLWR_TELEMETRY_ENABLED"] = "0"
     environment["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    # Flower's fixed polls otherwise add seconds to every round.
+    environment[SUPEREXEC_POLL_ENV] = str(SUPEREXEC_POLL_SECONDS)
+    environment[SUPERNODE_POLL_ENV] = str(SUPERNODE_POLL_SECONDS)
     environment.update(extra or {})
     return environment
 
@@ -148,7 +162,11 @@ def supernode_command(
     runtime_port: int,
     node_config: Mapping[str, int | str],
 ) -> list[str]:
-    """``flower-supernode`` for one partition; ``root_certificate=None``: no TLS."""
+    """``flower-supernode`` for one partition; ``root_certificate=None``: no TLS.
+
+    It runs through :mod:`flp2p.peer.supernode_polling` (the same CLI, polling the
+    SuperLink every :data:`SUPERNODE_POLL_SECONDS` instead of every 3 s).
+    """
     config = " ".join(
         f"{k}={v}" if isinstance(v, int) else f'{k}="{v}"'
         for k, v in node_config.items()
@@ -159,7 +177,9 @@ def supernode_command(
         else ["--root-certificates", str(root_certificate)]
     )
     return [
-        flower_executable("flower-supernode"),
+        sys.executable,
+        "-m",
+        "flp2p.peer.supernode_polling",
         "--superlink",
         superlink_address,
         *trust,

@@ -34,10 +34,12 @@ log = logging.getLogger(__name__)
 
 ROUND_DEADLINE_KEY = "peer.round-deadline"
 """Run-config key: a fixed round deadline in seconds (default: derived, see
-:class:`RoundDeadline`)."""
+:class:`RoundDeadline`); the genesis parameter of the same name sets it
+(:func:`deadline_run_config`)."""
 ROUND_MIN_NODES_KEY = "peer.round-min-nodes"
 """Run-config key: fewest replies a round aggregates, hence the fewest connected
-nodes a round starts with (default :data:`DEFAULT_MIN_NODES`)."""
+nodes a round starts with (default :data:`DEFAULT_MIN_NODES`); from the genesis
+too."""
 DEFAULT_MIN_NODES = 1
 """A round runs with whoever is connected: waiting for a count that may never come
 back is what stalled peer federations."""
@@ -97,6 +99,30 @@ class RoundDeadline:
     def record(self, kind: str, seconds: float) -> None:
         """Remember a complete round's duration."""
         self.durations.setdefault(kind, []).append(seconds)
+
+
+PEER_SETTINGS_GROUP = "peer"
+"""Group of the resolved settings (``conf/config.yaml``) holding the founder's choice
+of ``round-deadline`` and ``round-min-nodes``: genesis parameters such as
+``--param peer.round-deadline=60``."""
+
+
+def deadline_run_config(settings: Mapping[str, Any]) -> dict[str, float | int]:
+    """The ``peer`` group of the resolved settings as the run-config keys above
+    (unset values left out, so the defaults apply).
+
+    The genesis fixes them for the whole federation: every aggregator, the
+    successor after a failover included, runs rounds under the same rules.
+    """
+    group = settings.get(PEER_SETTINGS_GROUP) or {}
+    if not isinstance(group, Mapping):
+        raise ValueError(f"{PEER_SETTINGS_GROUP!r} must be a group of settings")
+    config: dict[str, float | int] = {}
+    for key in (ROUND_DEADLINE_KEY, ROUND_MIN_NODES_KEY):
+        value = group.get(key.removeprefix(f"{PEER_SETTINGS_GROUP}."))
+        if value is not None:
+            config[key] = value
+    return config
 
 
 def peer_sampling(run_config: Mapping[str, Any]) -> dict[str, int]:

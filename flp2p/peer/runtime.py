@@ -13,6 +13,7 @@ lease *advertises* refusing connections — never a service on its own loopback.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -20,9 +21,9 @@ import sys
 import time
 
 from flp2p.config import ConfigError, RunSettings
-from flp2p.dht import AddressBook, Genesis, Lease, NodeRecord
+from flp2p.dht import AddressBook, Genesis, Lease, NodeRecord, SignedRecord
 from flp2p.identity import Identity
-from flp2p.peer.addresses import join_host_port, split_host_port
+from flp2p.peer.addresses import join_host_port
 from flp2p.peer.aggregator import AGGREGATOR_ROLE, AggregatorError, AggregatorRole
 from flp2p.peer.aggregator import total_rounds as genesis_rounds
 from flp2p.peer.auditor import (
@@ -30,7 +31,13 @@ from flp2p.peer.auditor import (
     auditor_strategy_factory,
     committee_auditor,
 )
-from flp2p.peer.checkpoints import Checkpoint, CheckpointStore, resume_round
+from flp2p.peer.checkpoints import (
+    FINAL_MODEL_FILE,
+    Checkpoint,
+    CheckpointStore,
+    final_model_sha256,
+    resume_round,
+)
 from flp2p.peer.complaints import omission_auditor, pending_complaints, send_complaints
 from flp2p.peer.election import elect_successor
 from flp2p.peer.federation_app import (
@@ -38,11 +45,14 @@ from flp2p.peer.federation_app import (
     FEDERATION_NODE_KEY,
     IDENTITY_NODE_KEY,
     LEDGER_NODE_KEY,
+    RESIDUAL_NODE_KEY,
+    WORK_DIR_NODE_KEY,
     join_ids,
     resolve_genesis,
 )
 from flp2p.peer.leases import LeaseWatch, probe_superlink
 from flp2p.peer.peer_options import PeerError, PeerOptions
+from flp2p.peer.prepared_data import prepare_partition
 from flp2p.peer.revocation_watch import lease_revocation
 from flp2p.peer.round_audit import committee_size
 from flp2p.peer.standby_sync import CheckpointReceiver
@@ -63,14 +73,28 @@ log = logging.getLogger("flp2p.client")
 LEDGER_FILE = "ledger.db"
 """This peer's copy of the federation's ledger, in ``--work-dir``: blocks it received
 as a participant or standby, and those it signs while it aggregates."""
+RESIDUAL_FILE = "compression-residual.npy"
+"""This participant's error-feedback residual, in ``--work-dir`` (``compression``
+codecs with error feedback; see :func:`flp2p.client_mods.compression_mod`)."""
 
 FINISH_GRACE_SECONDS = 5.0
 """How long a finished aggregator keeps its lease so every client sees the end."""
-UNREACHABLE_REPORT_SECONDS = 8.0
-"""How long a lease's SuperLink may stay out of reach before the participant says so
-(a starting SuperLink answers within a few seconds)."""
+UNREACHABLE_REPORT_SECONDS = 5.0
+"""How long a lease's SuperLink may stay out of reach before the participant says so,
+counted from the first attempt (the holder publishes its lease once the SuperLink
+listens; a TLS dial gives up after 5 s, so even an address that swallows packets is
+reported within about 10 s)."""
 REPROBE_SECONDS = 0.3
 """Pause between two probes of a SuperLink that refused a connection."""
+RENEWAL_POLL_SECONDS = 1.0
+"""Pause between two lookups of an earlier node record of this identity."""
+RENEWAL_WAIT_CAP_SECONDS = 30.0
+"""Longest wait for such a record's renewal (its lifetime is ``--record-ttl``, 9 s
+unless changed; a live process renews it every third of that)."""
+FINAL_MODEL_WAIT_SECONDS = 300.0
+"""How long a participant keeps its SuperNode, once the lease names the last round,
+for the final model and block (the ServerApp sends them after the last round), and
+a standby its receiver for the finished run folder."""
 
 
 def dht_address(book: AddressBook, options: PeerOptions) -> str:
@@ -105,14 +129,7 @@ async def join(book: AddressBook, options: PeerOptions) -> Genesis:
         genesis = await book.get_genesis(options.federation)
         if genesis is not None:
             await refuse_duplicate(book, options)
-            # Always shown: after the founder stops, this is how others get in.
-            address = dht_address(book, options)
-            print(
-                f"DHT node at {address} (UDP): others may join with "
-                f"--bootstrap {address}",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(joined_line(book, options), file=sys.stderr, flush=True)
             return genesis
         await asyncio.sleep(options.poll_interval)
     raise PeerError(
@@ -121,29 +138,46 @@ async def join(book: AddressBook, options: PeerOptions) -> Genesis:
     )
 
 
+def joined_line(book: AddressBook, options: PeerOptions) -> str:
+    """What a peer prints once it joined: where others may ``--bootstrap`` from
+    (after the founder stops, this is how they get in) — or, for a client-only
+    participant, that nobody can (it answers no requests)."""
+    if book.client_only:
+        return (
+            "DHT client-only node (outbound UDP only, in nobody's routing table): "
+            "others join through the founder or an aggregator-eligible peer"
+        )
+    address = dht_address(book, options)
+    return f"DHT node at {address} (UDP): others may join with --bootstrap {address}"
+
+
 async def refuse_duplicate(book: AddressBook, options: PeerOptions) -> None:
     """Refuse to take part if another live process publishes this identity.
 
     Two processes with one key sign replies the strategy cannot tell apart; it
     rejects the second as a duplicate identity, and which one comes second is
     chance, so the honest process may get no weight at all. A node record of this
-    identity is only in the way while its address answers: a crashed earlier run
-    leaves one behind for up to a record TTL, and that one must not block a
-    restart.
+    identity is only in the way while its process lives — an eligible peer's
+    checkpoint port answers, a participant keeps renewing the record: a crashed
+    earlier run leaves one behind for up to a record TTL, and that one must not
+    block a restart.
 
     Raises
     ------
     PeerError
-        If a record of this identity names another address that answers.
+        If a record of this identity names another address and its process lives.
     """
     me = book.identity.node_id
-    record = await book.get_node(me)
-    if record is None or record.address == dht_address(book, options):
+    signed = await book.server.get_record(NodeRecord.KIND, me)
+    if signed is None:
+        return
+    record = NodeRecord.from_payload(signed.payload)
+    if record.address == dht_address(book, options):
         return
     if AGGREGATOR_ROLE in record.roles:  # the checkpoint receiver's TCP port
         live = await probe_superlink(record.address, timeout=2.0) is True
-    else:  # a DHT node: does it answer a ping?
-        live = await _dht_answers(book, record.address)
+    else:  # a client-only participant answers nothing: is it still renewing?
+        live = await _renewed_before_expiry(book, signed)
     if live:
         raise PeerError(
             f"identity {me[:16]}… already takes part in this federation from "
@@ -152,11 +186,24 @@ async def refuse_duplicate(book: AddressBook, options: PeerOptions) -> None:
         )
 
 
-async def _dht_answers(book: AddressBook, address: str) -> bool:
-    host, port = split_host_port(address)
-    protocol = book.server.protocol
-    answered, _ = await protocol.ping((host, port), protocol.sender_id)
-    return bool(answered)
+async def _renewed_before_expiry(book: AddressBook, signed: SignedRecord) -> bool:
+    """Whether a newer version of ``signed`` appears before it expires.
+
+    A client-only participant cannot be asked whether it runs (it is out of reach
+    by design), but a live one republishes its node record every third of its
+    lifetime at most, and a dead one never does; so a restart right after a crash
+    waits out what is left of the old record's lifetime (at most
+    :data:`RENEWAL_WAIT_CAP_SECONDS`), one lookup per second.
+    """
+    deadline = min(signed.expires_at, book.clock() + RENEWAL_WAIT_CAP_SECONDS)
+    wait = deadline - book.clock()
+    log.info("an earlier record of this identity: up to %.0f s for a renewal", wait)
+    while book.clock() < deadline:
+        await asyncio.sleep(min(RENEWAL_POLL_SECONDS, deadline - book.clock()))
+        newest = await book.server.get_record(signed.kind, signed.subject)
+        if newest is not None and newest.seq > signed.seq:
+            return True
+    return False
 
 
 def peers_seen(book: AddressBook) -> int:
@@ -200,6 +247,9 @@ class Peer:
         self.aggregator: AggregatorRole | None = None
         self.follower: SuperNodeFollower | None = None
         self.ledger = (options.work_dir / LEDGER_FILE).resolve()
+        self.final_model = (options.work_dir / FINAL_MODEL_FILE).resolve()
+        self.last_round_seen: float | None = None
+        """When the lease first named the last round (the final model's wait)."""
         self.status_line = StatusLine() if options.status_line else None
         self._standing: tuple[int | None, PeerStanding | None] = (None, None)
         if options.partition_id is not None:
@@ -212,11 +262,23 @@ class Peer:
                 FEDERATION_NODE_KEY: genesis.federation_id,
                 AGGREGATORS_NODE_KEY: join_ids(genesis.eligible),
                 LEDGER_NODE_KEY: str(self.ledger),
+                WORK_DIR_NODE_KEY: str(options.work_dir.resolve()),
+                RESIDUAL_NODE_KEY: str((options.work_dir / RESIDUAL_FILE).resolve()),
             }
             if options.data_dir:
                 node_config["data-dir"] = options.data_dir
             self.follower = SuperNodeFollower(
-                options.work_dir, node_config, allow_insecure=options.insecure
+                options.work_dir,
+                node_config,
+                allow_insecure=options.insecure,
+                prepare=functools.partial(
+                    prepare_partition,
+                    genesis.parameters,
+                    options.work_dir,
+                    options.partition_id,
+                    int(options.num_partitions or 0),
+                    options.data_dir,
+                ),
             )
 
     async def announce(self) -> None:
@@ -279,6 +341,7 @@ class Peer:
                     self.committee_size,
                     self.book.publish,
                 ),
+                results_dir=self.aggregator.run_dir,
             )
             bound = await self.receiver.start(
                 self.options.listen[0], self.options.sync_port
@@ -313,7 +376,11 @@ class Peer:
             if lease is not None:
                 self.last_lease, lapsed_since = lease, None
                 self.advertised[lease.last_round] = lease.model_sha256
-                if lease.last_round >= self.rounds and not self._holding():
+                if (
+                    lease.last_round >= self.rounds
+                    and not self._holding()
+                    and not self._awaiting_the_end(lease)
+                ):
                     return self._finished(lease)
             elif self.last_lease is not None and lapsed_since is None:
                 lapsed_since = now
@@ -433,12 +500,43 @@ class Peer:
     def _holding(self) -> bool:
         return self.aggregator is not None and self.aggregator.holding is not None
 
+    def _awaiting_the_end(self, lease: Lease) -> bool:
+        """Whether this peer still waits, once ``lease`` names the last round, for
+        what the holder sends after it (at most :data:`FINAL_MODEL_WAIT_SECONDS`):
+        a participant for the final model and block, a standby for the finished
+        run folder."""
+        model_pending = self.follower is not None and not self._final_model_received(
+            lease
+        )
+        folder_pending = self.aggregator is not None and not self.aggregator.run_ended()
+        if not (model_pending or folder_pending):
+            return False
+        now = time.monotonic()
+        if self.last_round_seen is None:
+            self.last_round_seen = now
+        if now - self.last_round_seen < FINAL_MODEL_WAIT_SECONDS:
+            return True
+        log.warning(
+            "the %s did not arrive within %.0f s",
+            "final model" if model_pending else "finished run folder",
+            FINAL_MODEL_WAIT_SECONDS,
+        )
+        return False
+
+    def _final_model_received(self, lease: Lease) -> bool:
+        return final_model_sha256(self.final_model.parent) == lease.model_sha256
+
     def _finished(self, lease: Lease) -> str:
-        return (
+        line = (
             f"federation {self.genesis.federation_id[:12]} finished: round "
             f"{lease.last_round}, model {lease.model_sha256[:12]}, lease epoch "
             f"{lease.epoch}"
         )
+        if self.follower is None:
+            return line
+        if self._final_model_received(lease):
+            return f"{line}; final model in {self.final_model} (hash matches)"
+        return f"{line}; the final model did not arrive"
 
     def _no_lease_reason(self) -> str:
         timeout = self.options.lease_timeout
@@ -502,6 +600,7 @@ class Peer:
         await self.aggregator.push_chain(list(addresses.values()))
         await self.aggregator.advertise_progress(list(addresses.values()))
         if self.aggregator.finished:
+            await self.aggregator.wait_for_run_end(await self._standby_addresses())
             await asyncio.sleep(FINISH_GRACE_SECONDS)
             finished = self.aggregator.holding.lease
             self.aggregator.stop()
@@ -553,6 +652,7 @@ class Peer:
 
     async def _follow(self, lease: Lease) -> None:
         assert self.follower is not None
+        tried_at = time.monotonic()
         try:
             await self.follower.follow(lease)
         except (FingerprintMismatch, InsecureLeaseRefused) as refused:
@@ -561,16 +661,16 @@ class Peer:
             log.info(
                 "SuperLink at %s not reachable yet: %s", lease.superlink_address, error
             )
-            self._report_unreachable(lease, str(error))
+            self._report_unreachable(lease, str(error), tried_at)
         else:
             self.unreachable_since.pop(lease.superlink_address, None)
 
-    def _report_unreachable(self, lease: Lease, error: str) -> None:
+    def _report_unreachable(self, lease: Lease, error: str, tried_at: float) -> None:
         """Say once, without ``--verbose``, that the lease's SuperLink stays out of
         reach: a holder that advertises an address or port others cannot reach
         (a firewall, a wrong ``--advertise``) shows up here within seconds."""
         address, now = lease.superlink_address, time.monotonic()
-        since = self.unreachable_since.setdefault(address, now)
+        since = self.unreachable_since.setdefault(address, tried_at)
         if now - since >= UNREACHABLE_REPORT_SECONDS and address not in self.reported:
             self.reported.add(address)
             log.warning(
@@ -588,7 +688,7 @@ class Peer:
         if self.status_line is not None:
             self.status_line.close()
         if self.follower is not None:
-            self.follower.stop()
+            self.follower.close()
         if self.aggregator is not None:
             self.aggregator.stop()
         if self.receiver is not None:
@@ -598,7 +698,15 @@ class Peer:
 async def run_peer(options: PeerOptions) -> str:
     """Join, take part until the end, clean up; return the summary line."""
     identity = Identity.load_or_create(options.identity)
-    book = AddressBook(identity, record_ttl=options.record_ttl, rpc_timeout=2.0)
+    # A plain participant joins as a DHT client: it needs outbound traffic only
+    # (behind NAT, no open port) and never sits in a routing table where lookups
+    # would wait for it. Eligible peers must be reachable anyway: full nodes.
+    book = AddressBook(
+        identity,
+        record_ttl=options.record_ttl,
+        rpc_timeout=2.0,
+        client_only=not options.aggregator_eligible,
+    )
     peer: Peer | None = None
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()

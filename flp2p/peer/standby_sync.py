@@ -17,6 +17,13 @@ signed by the aggregator that wrote it, so the receiver checks the blocks
 themselves — chain rules, and a signer the genesis names — rather than the sender.
 A standby that takes over then continues the chain it holds.
 
+The run folder's files (``metrics.csv``, ``summary.json``, ``accuracy.png``) follow
+each round's model (header ``{"kind": "results", "federation", "round", "size",
+"sha256", "public_key", "signature"}``, the signature over
+``b"flp2p/run-results/v1\n" + federation + "\n" + round + "\n" + sha256`` of the
+body, a JSON object of file name → base64 content), so a successor continues the
+same files (:func:`push_results`).
+
 An audit request (header ``{"kind": "audit", "federation", "size", "claim"}``, then
 the round's signed replies, :func:`flp2p.audit.recompute.encode_replies`) asks a
 committee member to re-run a round; it answers one line, the signed statement as
@@ -27,9 +34,12 @@ no signature: an auditor signs only what it computed itself.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +57,8 @@ from flp2p.peer.checkpoints import (
     decode_arrays,
     encode_arrays,
 )
-from flp2p.signatures import checkpoint_message, verify_ed25519
+from flp2p.reporting import METRICS_FILE, PLOT_FILE, SUMMARY_FILE
+from flp2p.signatures import checkpoint_message, run_results_message, verify_ed25519
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +209,101 @@ async def push_blocks(
     return await _push(address, header, body, timeout)
 
 
+RESULTS_KIND = "results"
+"""``kind`` of a push that carries the run folder's files."""
+RESULT_FILES = (METRICS_FILE, SUMMARY_FILE, PLOT_FILE)
+"""The only files a results push may carry (written into the receiver's run folder)."""
+MAX_RESULTS_BYTES = 16 * 1024 * 1024
+
+
+def run_files(run_dir: Path) -> dict[str, bytes]:
+    """The :data:`RESULT_FILES` present in ``run_dir``."""
+    found = {}
+    for name in RESULT_FILES:
+        with contextlib.suppress(OSError):
+            found[name] = (run_dir / name).read_bytes()
+    return found
+
+
+def results_body(files: Mapping[str, bytes]) -> bytes:
+    """File name → content as one JSON object (contents in base64)."""
+    encoded = {n: base64.b64encode(data).decode() for n, data in sorted(files.items())}
+    return json.dumps(encoded, sort_keys=True).encode()
+
+
+def check_results(
+    header: Mapping[str, Any],
+    body: bytes,
+    federation: str,
+    may_sign: Callable[[str], bool],
+) -> tuple[int, dict[str, bytes]]:
+    """Round and files of a results push, if authentic; else :class:`ValueError`.
+
+    As :func:`check_pushed`: the federation, the signer's entitlement, the
+    signature over the body's hash; then only :data:`RESULT_FILES` by name.
+    """
+    try:
+        public_key = bytes.fromhex(str(header["public_key"]))
+        signature = bytes.fromhex(str(header["signature"]))
+        server_round, digest = int(header["round"]), str(header["sha256"])
+    except (KeyError, ValueError, TypeError) as error:
+        raise ValueError(f"malformed header: {error}") from None
+    if header.get("federation") != federation:
+        raise ValueError("results for another federation")
+    try:
+        signer = node_id_of(public_key)
+    except ValueError:
+        raise ValueError("malformed signer key") from None
+    if not may_sign(signer):
+        raise ValueError(f"signer {signer[:12]}… may not push results")
+    message = run_results_message(federation, server_round, digest)
+    if not verify_ed25519(public_key, signature, message):
+        raise ValueError("bad signature")
+    if hashlib.sha256(body).hexdigest() != digest:
+        raise ValueError("files do not match the signed hash")
+    try:
+        decoded = json.loads(body)
+        files = {
+            str(n): base64.b64decode(str(d), validate=True) for n, d in decoded.items()
+        }
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"malformed files: {error}") from None
+    unknown = sorted(set(files) - set(RESULT_FILES))
+    if unknown:
+        raise ValueError(f"not a run file: {unknown[0]!r}")
+    return server_round, files
+
+
+async def push_results(
+    address: str,
+    identity: Identity,
+    federation: str,
+    server_round: int,
+    files: Mapping[str, bytes],
+    timeout: float = 10.0,
+) -> str | None:
+    """Send the run folder's ``files`` (as of ``server_round``) to ``address``.
+
+    Returns
+    -------
+    str or None
+        ``None`` if the receiver stored them, else why not.
+    """
+    body = results_body(files)
+    digest = hashlib.sha256(body).hexdigest()
+    signature = identity.sign(run_results_message(federation, server_round, digest))
+    header = {
+        "kind": RESULTS_KIND,
+        "federation": federation,
+        "round": server_round,
+        "size": len(body),
+        "sha256": digest,
+        "public_key": identity.public_key.hex(),
+        "signature": signature.hex(),
+    }
+    return await _push(address, header, body, timeout)
+
+
 AUDIT_KIND = "audit"
 """``kind`` of a push asking a committee member to re-run a round."""
 AUDIT_TIMEOUT = 120.0
@@ -336,6 +442,9 @@ class CheckpointReceiver:
     committee_size
         k: pushed round blocks that have a committee are appended only if final
         (0: on the aggregator's signature alone).
+    results_dir
+        The run folder pushed run files are written to (the one this peer's own
+        ServerApp continues if it takes over); ``None`` refuses them.
     """
 
     def __init__(
@@ -348,6 +457,7 @@ class CheckpointReceiver:
         auditor: AuditHandler | None = None,
         committee_size: int = 0,
         complaints: ComplaintHandler | None = None,
+        results_dir: Path | None = None,
     ) -> None:
         self.committee_size = committee_size
         self.complaints = complaints
@@ -357,6 +467,9 @@ class CheckpointReceiver:
         self.ledger = ledger
         self.block_signers = frozenset(block_signers)
         self.auditor = auditor
+        self.results_dir = results_dir
+        self.results_round = -1
+        """Round of the newest results stored (an older push never overwrites)."""
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -419,6 +532,8 @@ class CheckpointReceiver:
             return await self.auditor(claim, body)
         if header.get("kind") == LEDGER_KIND:
             return await self._receive_blocks(header, body)
+        if header.get("kind") == RESULTS_KIND:
+            return self._receive_results(header, body)
         try:
             checkpoint = check_pushed(header, body, self.federation, self.may_sign)
         except CheckpointError as refused:
@@ -438,6 +553,28 @@ class CheckpointReceiver:
             return f"refused: size {size} out of range"
         body = await asyncio.wait_for(reader.readexactly(size), RECEIVE_TIMEOUT)
         return await self.complaints(body)
+
+    def _receive_results(self, header: dict[str, Any], body: bytes) -> str:
+        if self.results_dir is None:
+            return "refused: this peer keeps no run folder"
+        if len(body) > MAX_RESULTS_BYTES:
+            return f"refused: size {len(body)} out of range"
+        try:
+            server_round, files = check_results(
+                header, body, self.federation, self.may_sign
+            )
+        except ValueError as refused:
+            log.warning("refused pushed run files: %s", refused)
+            return f"refused: {refused}"
+        if server_round < self.results_round:
+            return f"refused: holds the run files of round {self.results_round}"
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            partial = self.results_dir / f"{name}.{os.getpid()}.partial"
+            partial.write_bytes(data)
+            os.replace(partial, self.results_dir / name)
+        self.results_round = server_round
+        return "ok"
 
     async def _receive_blocks(self, header: dict[str, Any], body: bytes) -> str:
         if self.ledger is None:

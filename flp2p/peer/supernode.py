@@ -4,20 +4,42 @@ Whenever the lease names another SuperLink (a new holder, address or epoch), the
 SuperNode is stopped and a new one started against the new address, trusting only
 the certificate the lease pins — or, for a lease without TLS, only if the participant
 passed ``--insecure``.
+
+Before its first SuperNode starts, the follower has the participant's partition
+prepared (``prepare``, :func:`flp2p.peer.prepared_data.prepare_partition`, run once in
+a worker thread) and names the folder in the node config, so no ClientApp loads or
+splits the data set. It also starts the warm ClientApp executor
+(:mod:`flp2p.peer.warm_clientapp`) once and puts its ``flwr-clientapp`` first on the
+SuperNode's ``PATH``; ``FLP2P_WARM_CLIENTAPP=0`` turns that off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from flp2p.dht import Lease
-from flp2p.peer.processes import ManagedProcess, free_port, supernode_command
+from flp2p.local_training import PARTITION_DIR_NODE_KEY
+from flp2p.peer.processes import (
+    ManagedProcess,
+    flower_environment,
+    flower_executable,
+    free_port,
+    supernode_command,
+)
 from flp2p.peer.tls import INSECURE_FINGERPRINT, fetch_pinned_certificate
+from flp2p.peer.warm_clientapp import COMMAND, write_shim
 
 log = logging.getLogger(__name__)
+
+WARM_CLIENTAPP_ENV = "FLP2P_WARM_CLIENTAPP"
+"""``0`` starts every ClientApp cold (Flower's own ``flwr-clientapp``)."""
 
 
 class InsecureLeaseRefused(ConnectionError):
@@ -40,6 +62,9 @@ class SuperNodeFollower:
         Flower node config (``partition-id``, ``num-partitions``, ``data-dir``).
     allow_insecure
         Accept leases whose SuperLink runs without TLS.
+    prepare
+        Writes this participant's partition and returns its folder (blocking; run
+        once, in a thread, before the first SuperNode starts).
     """
 
     def __init__(
@@ -47,10 +72,14 @@ class SuperNodeFollower:
         work_dir: Path,
         node_config: Mapping[str, int | str],
         allow_insecure: bool = False,
+        prepare: Callable[[], Path] | None = None,
     ) -> None:
         self.work_dir = work_dir
         self.node_config = dict(node_config)
         self.allow_insecure = allow_insecure
+        self.prepare = prepare
+        self.warm_executor: ManagedProcess | None = None
+        self._warm_dir: Path | None = None
         self.target: tuple[str, str, int] | None = None
         self.process: ManagedProcess | None = None
         self.restarts = 0
@@ -74,13 +103,18 @@ class SuperNodeFollower:
         """
         if lease_target(lease) == self.target and self._running():
             return False
-        root = await self._trust(lease)
+        root = await self._trust(lease)  # a refused lease fails before the data
+        if self.prepare is not None:
+            prepare, self.prepare = self.prepare, None
+            folder = await asyncio.to_thread(prepare)
+            self.node_config[PARTITION_DIR_NODE_KEY] = str(folder)
         self.stop()
         self.process = ManagedProcess(
             supernode_command(
                 lease.superlink_address, root, free_port(), self.node_config
             ),
             self.work_dir / "supernode.log",
+            environment=self._environment(),
             cwd=self.work_dir,
         )
         self.target = lease_target(lease)
@@ -104,6 +138,37 @@ class SuperNodeFollower:
         path.write_text(pem)
         return path
 
+    def _environment(self) -> dict[str, str]:
+        """The SuperNode's environment: with the warm executor's ``flwr-clientapp``
+        first on ``PATH`` (the executor started if it is not running)."""
+        environment = flower_environment()
+        if os.environ.get(WARM_CLIENTAPP_ENV, "1") == "0":
+            return environment
+        if self.warm_executor is None or not self.warm_executor.running():
+            self._stop_warm_executor()
+            # A private folder (0700) with a short path: a Unix socket's path is
+            # limited to 107 bytes, and only this user may ask for a fork.
+            self._warm_dir = Path(tempfile.mkdtemp(prefix="flp2p-warm-"))
+            socket_path = self._warm_dir / "clientapp.sock"
+            write_shim(self._warm_dir / "bin", socket_path, flower_executable(COMMAND))
+            self.warm_executor = ManagedProcess(
+                [sys.executable, "-m", "flp2p.peer.warm_clientapp", str(socket_path)],
+                self.work_dir / "warm-clientapp.log",
+                cwd=self.work_dir,
+            )
+        assert self._warm_dir is not None
+        bin_dir = str(self._warm_dir / "bin")
+        environment["PATH"] = bin_dir + os.pathsep + environment["PATH"]
+        return environment
+
+    def _stop_warm_executor(self) -> None:
+        if self.warm_executor is not None:
+            self.warm_executor.stop()
+            self.warm_executor = None
+        if self._warm_dir is not None:
+            shutil.rmtree(self._warm_dir, ignore_errors=True)
+            self._warm_dir = None
+
     def _running(self) -> bool:
         return self.process is not None and self.process.running()
 
@@ -113,3 +178,8 @@ class SuperNodeFollower:
             self.process.stop()
             self.process = None
             self.target = None
+
+    def close(self) -> None:
+        """Stop the SuperNode and the warm ClientApp executor."""
+        self.stop()
+        self._stop_warm_executor()

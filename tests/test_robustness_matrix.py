@@ -1,0 +1,93 @@
+"""The robustness matrix's worst case (ByzFL's methodology) and its ByzFL bridge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from benchmarks.byzfl_pipeline import ByzFLPipeline, load_byzfl_aggregators
+from benchmarks.robustness_matrix import ATTACK_ORDER, worst_cases, write_markdown
+from flp2p.config import CONF_DIR
+from strategies import aggregators
+from strategies.preaggregation import NearestNeighbourMixing, compose
+
+
+def cell(strategy: str, attack: str, accuracy: float, std: float = 0.01) -> dict:
+    return {
+        "strategy": strategy,
+        "attack": attack,
+        "seeds": 3,
+        "accuracy_mean": accuracy,
+        "accuracy_min": accuracy - std,
+        "accuracy_max": accuracy + std,
+        "accuracy_std": std,
+        "final_round_accuracy_mean": accuracy,
+        "gap_to_clean_fedavg_pp": None,
+        "attacker_weight_share": None,
+    }
+
+
+ROWS = [
+    cell("fedavg", "none", 0.88),
+    cell("fedavg", "alie", 0.50),
+    cell("fedavg", "minmax", 0.30),
+    cell("trusted", "none", 0.87),
+    cell("trusted", "alie", 0.80),
+    cell("trusted", "minmax", 0.85),
+    cell("byzfl_nnm_median", "none", 0.86),
+    cell("byzfl_nnm_median", "alie", 0.70),
+    cell("byzfl_nnm_median", "minmax", 0.84),
+    cell("fedmedian", "alie", 0.60),  # did not run every attack: no worst case
+]
+
+
+def test_worst_case_is_the_minimum_over_attacks_without_the_clean_run() -> None:
+    worst = worst_cases(ROWS)
+    assert worst["fedavg"] == ("minmax", pytest.approx(30.0))
+    assert worst["trusted"] == ("alie", pytest.approx(80.0))
+    assert worst["byzfl_nnm_median"] == ("alie", pytest.approx(70.0))
+    assert "fedmedian" not in worst
+
+
+def test_markdown_has_the_spread_the_worst_case_and_its_goals(tmp_path: Path) -> None:
+    path = tmp_path / "robustness.md"
+    write_markdown(ROWS, path)
+    text = path.read_text()
+    assert "| worst case |" in text
+    row = "| trusted | 87.0 ±1.0 | **80.0 ±1.0** | **85.0 ±1.0** | 80.0 (alie) |"
+    assert row in text
+    # trusted 80.0 vs fedavg 30.0 + 10 pp: met; vs byzfl_nnm_median 70.0: met.
+    assert "✅ worst case of `trusted` 80.0 % vs the best Flower built-in" in text
+    assert "✅ worst case of `trusted` 80.0 % vs the best ByzFL pipeline" in text
+
+
+def test_the_sweep_runs_every_new_attack_on_three_seeds_with_byzfl() -> None:
+    sweep = yaml.safe_load((CONF_DIR / "sweep" / "robustness.yaml").read_text())
+    params = sweep["hydra"]["sweeper"]["params"]
+    attacks = params["attack"].split(",")
+    for attack in ("minmax", "minsum", "mimic", "adaptive", "sleeper", "sybil_wave"):
+        assert attack in attacks and attack in ATTACK_ORDER
+        assert (CONF_DIR / "attack" / f"{attack}.yaml").is_file()
+    assert len(params["seed"].split(",")) >= 3
+    strategies = params["strategy"].split(",")
+    assert "trusted" in strategies
+    for name in [s for s in strategies if s.startswith("byzfl_")]:
+        assert (CONF_DIR / "strategy" / f"{name}.yaml").is_file()
+    assert sweep["resume"] is True
+
+
+def test_byzfl_pipeline_is_byzfl_nnm_then_median_with_f_from_the_fraction() -> None:
+    if load_byzfl_aggregators() is None:
+        pytest.skip("ByzFL is not installed (dev extra)")
+    rows = np.random.default_rng(3).standard_normal((10, 7))
+    rows[:3] = 40.0  # three far attackers: f = ⌊0.3 · 10⌋ = 3
+    ours = compose(NearestNeighbourMixing(3), aggregators.CoordinateMedian())
+    pipeline = ByzFLPipeline(steps=["NNM", "Median"], byzantine_fraction=0.3)
+    before = rows.copy()
+    np.testing.assert_allclose(pipeline(rows), ours(rows), rtol=1e-12)
+    np.testing.assert_array_equal(rows, before)  # ByzFL's steps work on a copy
+    with pytest.raises(ValueError, match="unknown ByzFL steps"):
+        ByzFLPipeline(steps=["NoSuchRule"])
