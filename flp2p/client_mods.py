@@ -28,12 +28,13 @@ node's context state or in the participant's work folder.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -54,8 +55,13 @@ from flp2p.dpsgd import (
     load_accountant,
 )
 from flp2p.identity import Identity, node_id_of
-from flp2p.ledger import LedgerError
-from flp2p.ledger_broadcast import LEDGER_BLOCKS_KEY, sync_replica
+from flp2p.ledger import Block, Ledger, LedgerError
+from flp2p.ledger_broadcast import (
+    LEDGER_BLOCKS_KEY,
+    LEDGER_COSIGNATURES_KEY,
+    decode_cosignatures,
+    sync_replica,
+)
 from flp2p.local_training import (
     CONFIG_KEY,
     TRAINING_DATA_KEY,
@@ -330,6 +336,9 @@ class LedgerReplica:
     federation: str
     trust_instruction: bool = False
     signer_ids: frozenset[str] | None = None
+    committee_size: int = 0
+    """k: round blocks that have a committee are appended only if final (peer
+    mode; 0 appends on the aggregator's signature alone)."""
 
     def federation_for(self, instruction: ConfigRecord) -> str:
         """The federation the replica belongs to, for blocks in ``instruction``."""
@@ -358,12 +367,7 @@ def ledger_sync_mod(replica_of: Callable[[Context], LedgerReplica | None]) -> Mo
             return reply
         metrics = reply.content.metric_records[METRICS_KEY]
         try:
-            height = sync_replica(
-                replica.path,
-                replica.federation_for(config),
-                [b for b in blocks if isinstance(b, bytes)],
-                replica.signer_ids,
-            )
+            height = _sync(replica, config, blocks)
         except LedgerError as refused:
             log.warning(
                 "client %d refused a ledger block: %s",
@@ -377,6 +381,147 @@ def ledger_sync_mod(replica_of: Callable[[Context], LedgerReplica | None]) -> Mo
         return reply
 
     return mod
+
+
+def _sync(
+    replica: LedgerReplica, config: ConfigRecord, blocks: list[Any]
+) -> int | None:
+    """Append the instruction's blocks (and co-signatures) to ``replica``."""
+    statements = config.get(LEDGER_COSIGNATURES_KEY)
+    return sync_replica(
+        replica.path,
+        replica.federation_for(config),
+        [b for b in blocks if isinstance(b, bytes)],
+        replica.signer_ids,
+        decode_cosignatures(statements if isinstance(statements, list) else []),
+        replica.committee_size,
+    )
+
+
+RECEIPTS_DIR = "sent-replies"
+"""Folder beside a participant's ledger copy: one receipt per round it replied to
+(identity, update digest, signature), until that round's block arrives."""
+COMPLAINTS_DIR = "complaints"
+"""Folder beside it: one complaint per round whose final block omits or alters the
+participant's reply; the peer runtime publishes them (issue 15)."""
+
+
+def receipt_mod(replica_of: Callable[[Context], LedgerReplica | None]) -> Mod:
+    """Keep a receipt of every signed reply (outermost: it sees the signature), so
+    that :func:`final_model_mod` can check the round's block for it."""
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        reply = call_next(msg, context)
+        replica = replica_of(context)
+        if reply.has_error() or replica is None or replica.committee_size == 0:
+            return reply
+        identity = reply.content.config_records.get(IDENTITY_KEY)
+        if identity is None or not isinstance(identity.get(IDENTITY_SIGNATURE), bytes):
+            return reply
+        arrays = record_to_arrays(reply.content.array_records[ARRAYS_KEY])
+        server_round = _federation_round(_instruction(msg))
+        folder = replica.path.parent / RECEIPTS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        receipt = {
+            "round": server_round,
+            "identity": str(identity[IDENTITY_ID]),
+            "update_sha256": update_sha256(arrays),
+            "signature": bytes(identity[IDENTITY_SIGNATURE]).hex(),  # type: ignore[arg-type]
+        }
+        (folder / f"round-{server_round:06d}.json").write_text(json.dumps(receipt))
+        return reply
+
+    return mod
+
+
+def check_receipts(replica: LedgerReplica) -> list[int]:
+    """Compare each receipt with its round's block in ``replica``; a block that
+    omits the reply or names another digest gets a complaint file. Returns the
+    rounds complained about (receipts of checked rounds are removed)."""
+    folder = replica.path.parent / RECEIPTS_DIR
+    if not folder.is_dir() or not replica.path.exists():
+        return []
+    with Ledger.open(replica.path, federation=replica.federation) as ledger:
+        blocks = {b.server_round: b for b in ledger.blocks() if b.server_round > 0}
+    complained = []
+    for path in sorted(folder.glob("round-*.json")):
+        receipt = json.loads(path.read_text())
+        block = blocks.get(int(receipt["round"]))
+        if block is None:
+            continue  # not final yet (or the round is re-run by a successor)
+        listed = {
+            str(row["identity"]): str(row["update_sha256"])
+            for row in block.contributions
+        }
+        if listed.get(receipt["identity"]) != receipt["update_sha256"]:
+            complaints = replica.path.parent / COMPLAINTS_DIR
+            complaints.mkdir(parents=True, exist_ok=True)
+            (complaints / path.name).write_text(json.dumps(receipt))
+            complained.append(int(receipt["round"]))
+            log.warning(
+                "the final block of round %s omits or alters this reply: complaining",
+                receipt["round"],
+            )
+        path.unlink()
+    return complained
+
+
+NOT_FINAL = 0x46494E  # "FIN"
+"""Error code of a participant that refuses to train on a model whose block is
+not final."""
+
+
+def final_model_mod(replica_of: Callable[[Context], LedgerReplica | None]) -> Mod:
+    """Train only on a model that a final block of this node's chain names (issue
+    15: participants never train on a non-final round).
+
+    Before training, appends the instruction's blocks (each round block with a
+    committee only if its co-signatures make it final) and compares the model the
+    instruction carries with the newest block's ``aggregate_sha256``; a model no
+    final block names gets an error reply :data:`NOT_FINAL` instead of training.
+    Nothing is checked while the chain holds only its genesis (round 1 trains on
+    the seed's initial model, which every peer computes itself) or without a
+    replica or a committee (``committee_size`` 0).
+    """
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        replica = replica_of(context)
+        if replica is None or replica.committee_size == 0:
+            return call_next(msg, context)
+        config = _instruction(msg)
+        blocks = config.get(LEDGER_BLOCKS_KEY)
+        try:
+            if isinstance(blocks, list) and blocks:
+                _sync(replica, config, blocks)
+                check_receipts(replica)
+            tip = _tip(replica)
+        except LedgerError as refused:
+            return _not_final(msg, f"refused a ledger block: {refused}")
+        if tip is None or tip.server_round == 0:
+            return call_next(msg, context)
+        record = msg.content.array_records.get(ARRAYS_KEY)
+        model = None if record is None else update_sha256(record_to_arrays(record))
+        if model != tip.aggregate_sha256:
+            return _not_final(
+                msg,
+                f"the model is not the one final block {tip.height} (round "
+                f"{tip.server_round}) names",
+            )
+        return call_next(msg, context)
+
+    return mod
+
+
+def _tip(replica: LedgerReplica) -> Block | None:
+    if not replica.path.exists():
+        return None
+    with Ledger.open(replica.path, federation=replica.federation) as ledger:
+        return ledger.latest_block()
+
+
+def _not_final(msg: Message, reason: str) -> Message:
+    log.warning("refusing to train: %s", reason)
+    return Message(Error(code=NOT_FINAL, reason=reason), reply_to=msg)
 
 
 def simulated_replicas(

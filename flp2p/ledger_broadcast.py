@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from flp2p.audit.statements import AuditStatement, StatementError
 from flp2p.ledger import Block, ChainError, Ledger, LedgerError
 from flp2p.ledger.verify import signer_node_id
 from strategies.wrapping import StrategyWrapper
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 
 LEDGER_BLOCKS_KEY = "ledger-blocks"
 """Field of the training instruction holding the newest blocks (list of bytes)."""
+LEDGER_COSIGNATURES_KEY = "ledger-cosignatures"
+"""Field of the training instruction holding those blocks' co-signatures (list of
+audit statements as JSON strings; issue 15)."""
 CATCH_UP_BLOCKS = 8
 """Blocks sent with each instruction: enough for a client that sat out a few rounds
 to catch up, small enough to keep instructions light (a 20-client block is ~8 KB)."""
@@ -65,6 +69,14 @@ class LedgerBroadcast(StrategyWrapper):
         )
         with_blocks = ConfigRecord(dict(config.items()))
         with_blocks[LEDGER_BLOCKS_KEY] = blocks
+        if height is not None:
+            statements = [
+                json.dumps(statement.to_json())
+                for h in range(max(1, height + 1 - CATCH_UP_BLOCKS), height + 1)
+                for statement in self.ledger.cosignatures(h)
+            ]
+            if statements:
+                with_blocks[LEDGER_COSIGNATURES_KEY] = statements
         return self.strategy.configure_train(server_round, arrays, with_blocks, grid)
 
 
@@ -76,16 +88,33 @@ def block_height(block_bytes: bytes) -> int:
     return height
 
 
+def decode_cosignatures(values: Iterable[object]) -> list[AuditStatement]:
+    """Audit statements from their JSON strings; malformed ones are left out (they
+    could not count anyway)."""
+    statements = []
+    for value in values:
+        try:
+            statements.append(AuditStatement.from_json(json.loads(str(value))))
+        except (ValueError, StatementError):
+            log.warning("left out a malformed co-signature")
+    return statements
+
+
 def sync_replica(
     path: Path,
     federation: str,
     blocks: Sequence[bytes],
     signer_ids: Collection[str] | None = None,
+    cosignatures: Sequence[AuditStatement] = (),
+    committee_size: int = 0,
 ) -> int | None:
     """Append the blocks this replica lacks; return its height afterwards.
 
     Blocks at or below the replica's height are skipped (already held); each new
-    one is verified by :meth:`Ledger.append_block`.
+    one is verified by :meth:`Ledger.append_block`. With ``committee_size`` k > 0 a
+    round block that has a committee is appended only if final, with the
+    ``cosignatures`` that count (:meth:`Ledger.append_final_block`); co-signatures
+    of other blocks are stored beside them.
 
     Parameters
     ----------
@@ -121,5 +150,23 @@ def sync_replica(
                         f"signer {parsed.signer[:16]}… is not an aggregator of the "
                         "federation",
                     )
-            replica.append_block(block)
+            parsed = Block.from_bytes(bytes(block))
+            own = [
+                s
+                for s in cosignatures
+                if (s.server_round, s.body_sha256)
+                == (parsed.server_round, parsed.body_sha256)
+            ]
+            aggregator = signer_node_id(parsed.signer) or parsed.signer
+            committee = (
+                replica.next_committee(aggregator, committee_size)
+                if committee_size > 0 and parsed.height > 0
+                else None
+            )
+            if committee is not None and committee.members:
+                replica.append_final_block(block, own, committee_size)
+            else:
+                replica.append_block(block)
+                if own:
+                    replica.add_cosignatures(parsed.height, own)
         return replica.height

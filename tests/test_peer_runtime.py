@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +46,20 @@ class RecordingAggregator:
 
     async def advertise_progress(self, standbys: list[str]) -> None:
         self.progress_calls += 1
+
+    def update_auditors(
+        self, addresses: Mapping[str, str], revoked: Iterable[str] = ()
+    ) -> None:
+        self.auditors = dict(addresses)
+
+    async def start_chain(self, standbys: list[str], last_round: int) -> None:
+        self.chain_started = last_round
+
+    async def push_chain(self, standbys: list[str]) -> None:
+        pass
+
+    auditors: dict[str, str] = field(default_factory=dict)
+    chain_started: int | None = None
 
     finished = False
 

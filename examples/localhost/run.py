@@ -5,11 +5,17 @@ aggregator-eligible peers and N clients, each its own ``python -m`` process.
 
     .venv/bin/python examples/localhost/run.py --clients 4 --rounds 2
     .venv/bin/python examples/localhost/run.py --kill-aggregator-after 1   # failover
+    .venv/bin/python examples/localhost/run.py --eligible 4 --byzantine-aggregator alter
 
 Every process logs to ``<work dir>/<name>.log``. With ``--kill-aggregator-after R`` the
 lease holder's whole process group (peer, SuperLink, ServerApp) gets SIGKILL as soon
 as its lease advertises round R; the other eligible peer takes over and the clients
-follow it. Exit code 0 when every client reports the federation finished.
+follow it. With ``--byzantine-aggregator {alter,drop,reward,replay}`` the first
+aggregator lies in every round it aggregates (tests of verifiable aggregation: its
+committee refuses to co-sign and revokes its lease; an honest peer continues from
+the last final block); ``--byzantine-auditor`` makes one other eligible peer accuse
+falsely. ``--eligible 4`` gives the aggregator a committee of three. Exit code 0
+when every client reports the federation finished.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from typing import Any
 
 from flp2p.dht import AddressBook, Lease
 from flp2p.identity import Identity
+from flp2p.peer.auditor import BYZANTINE_AUDITOR_ENV
+from flp2p.peer.election import elect_successor
 from flp2p.peer.participant import configure_logging
 from flp2p.peer.processes import (
     descendants,
@@ -38,6 +46,7 @@ from flp2p.peer.processes import (
     free_port,
     process_children,
 )
+from flp2p.peer.round_audit import BYZANTINE_AGGREGATOR_ENV, LIES
 
 PYTHON = sys.executable
 LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S,%f"
@@ -81,6 +90,29 @@ class LocalFederation:
     bootstrap: str = ""
     eligible: dict[str, str] = field(default_factory=dict)
     """Process name → node id of the aggregator-eligible peers."""
+    eligible_peers: int = 2
+    """How many aggregator-eligible peers (4: the holder has a committee of 3)."""
+    byzantine_aggregator: str | None = None
+    """The lie the first aggregator tells (one of LIES), or None."""
+    byzantine_auditor: bool = False
+    """Whether one eligible peer other than the first aggregator accuses falsely."""
+
+    def first_aggregator(self) -> str:
+        """Process name of the peer the first election names."""
+        first = elect_successor(self.eligible.values(), self.eligible.values())
+        return next(n for n, node_id in self.eligible.items() if node_id == first)
+
+    def lying_auditor(self) -> str:
+        """Process name of the peer that accuses falsely (``byzantine_auditor``)."""
+        return next(n for n in self.eligible if n != self.first_aggregator())
+
+    def _environment(self, name: str) -> dict[str, str]:
+        extra = {}
+        if self.byzantine_aggregator and name == self.first_aggregator():
+            extra[BYZANTINE_AGGREGATOR_ENV] = self.byzantine_aggregator
+        if self.byzantine_auditor and name == self.lying_auditor():
+            extra[BYZANTINE_AUDITOR_ENV] = "accuse"
+        return flower_environment(extra)
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = (self.work_dir / f"{name}.log").open("ab")
@@ -90,7 +122,7 @@ class LocalFederation:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=flower_environment(),
+            env=self._environment(name),
             start_new_session=True,  # one group per peer: kill -9 takes its children
         )
         log.close()
@@ -101,7 +133,11 @@ class LocalFederation:
     def start(self) -> None:
         """Found the federation, then start the eligible peers and the clients."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("eligible-a", "eligible-b"):
+        if self.byzantine_aggregator not in (None, *LIES):
+            raise ValueError(f"byzantine_aggregator must be one of {LIES}")
+        for name in (
+            f"eligible-{chr(ord('a') + i)}" for i in range(self.eligible_peers)
+        ):
             key = self.work_dir / name / "identity.key"
             self.eligible[name] = Identity.load_or_create(key).node_id
         _, host = self.placement("founder")
@@ -121,7 +157,10 @@ class LocalFederation:
             ],
         )  # fmt: skip
         self.federation_id = self._read_federation_id(founder)
-        for name in self.eligible:
+        # The peer the election names first starts first, so that it is live (and
+        # wins) whenever the others look: the Byzantine aggregator is that one.
+        first = self.first_aggregator()
+        for name in sorted(self.eligible, key=lambda n: n != first):
             self._spawn(name, [*self._peer_args(name), "--aggregator-eligible"])
         for index in range(self.clients):
             partition = ["--partition-id", str(index), "--num-partitions"]
@@ -340,13 +379,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", default="trusted")
     parser.add_argument("--insecure", action="store_true")
     parser.add_argument("--kill-aggregator-after", type=int, metavar="ROUND")
+    parser.add_argument("--eligible", type=int, default=2, metavar="N")
+    parser.add_argument("--byzantine-aggregator", choices=LIES)
+    parser.add_argument("--byzantine-auditor", action="store_true")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--work-dir", type=Path)
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args(argv)
     configure_logging(verbose=False)  # the observer's DHT node is chatty otherwise
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="flp2p-localhost-"))
     federation = LocalFederation(
-        work_dir, args.clients, args.rounds, args.dataset, args.strategy, args.insecure
+        work_dir,
+        args.clients,
+        args.rounds,
+        args.dataset,
+        args.strategy,
+        args.insecure,
+        eligible_peers=args.eligible,
+        byzantine_aggregator=args.byzantine_aggregator,
+        byzantine_auditor=args.byzantine_auditor,
+        parameters=tuple(args.param),
     )
     started = time.monotonic()
     try:

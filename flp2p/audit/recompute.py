@@ -212,12 +212,16 @@ class Recomputation:
         The strategy's report (the block's contributions).
     model : Mapping[str, np.ndarray] | None
         The new global model.
+    reputations : tuple[ReputationState, ...]
+        Every reputation state after the round (the block's rewards follow from
+        their tiers).
     """
 
     model_sha256: str
     inputs_sha256: str
     report: RoundReport
     model: Mapping[str, np.ndarray] | None
+    reputations: tuple[ReputationState, ...] = ()
 
 
 StrategyFactory = Callable[[InMemoryStore], Any]
@@ -272,6 +276,7 @@ def recompute_round(
         ),
         report=report,
         model=model,
+        reputations=tuple(store.all_reputations()),
     )
 
 

@@ -295,6 +295,19 @@ class Ledger:
             check_successor(block, tip, self.federation)
         return block
 
+    def start_chain(self) -> Block:
+        """The chain's last block, after writing (and signing) a genesis if the
+        chain is empty: an aggregator hands it to its auditors before round 1, so
+        that everyone draws the first committee from the same seed.
+
+        Raises
+        ------
+        LedgerError
+            As :meth:`record_round`.
+        """
+        with self.transaction():
+            return self._genesis_tip().last
+
     def _genesis_tip(self) -> ChainTip:
         """The tip, after writing a genesis if the chain is empty (caller's txn)."""
         if self.signer is None:

@@ -34,13 +34,14 @@ import json
 import logging
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flp2p.dht import AddressBook, Genesis, Lease
 from flp2p.dht.codec import JSONValue
+from flp2p.identity import Identity
 from flp2p.ledger import Ledger, LedgerError
 from flp2p.peer.addresses import LOOPBACK_HOST, join_host_port, local_host
 from flp2p.peer.app_folder import write_app
@@ -65,6 +66,12 @@ from flp2p.peer.processes import (
     free_port,
     superlink_command,
     wait_for_port,
+)
+from flp2p.peer.round_audit import (
+    AUDITORS_FILE_KEY,
+    BYZANTINE_KEY,
+    lie_from_environment,
+    write_auditors,
 )
 from flp2p.peer.round_deadline import deadline_run_config
 from flp2p.peer.standby_sync import (
@@ -165,6 +172,26 @@ def certificate_hosts(advertise_host: str, local: str) -> tuple[str, ...]:
     SuperLink's own SuperExec, which dials loopback when it binds a wildcard)."""
     hosts = (advertise_host, local, LOOPBACK_HOST, "localhost")
     return tuple(dict.fromkeys(hosts))
+
+
+def cosignatures_up_to(
+    ledger_path: Path, federation: str, last_round: int
+) -> list[str]:
+    """The co-signatures (statements as JSON strings) of the blocks of
+    ``ledger_path`` up to federation round ``last_round``."""
+    if not ledger_path.exists():
+        return []
+    try:
+        with Ledger.open(ledger_path, federation=federation) as ledger:
+            return [
+                json.dumps(statement.to_json())
+                for block in ledger.blocks()
+                if 0 < block.server_round <= last_round
+                for statement in ledger.cosignatures(block.height)
+            ]
+    except LedgerError as error:
+        log.warning("cannot read the co-signatures to replicate them: %s", error)
+        return []
 
 
 def blocks_up_to(ledger_path: Path, federation: str, last_round: int) -> list[bytes]:
@@ -274,6 +301,38 @@ class AggregatorRole:
         self.blocks_sent: dict[str, int] = {}
         """Standby address → number of blocks it acknowledged (a prefix of the
         chain: pushes resume after it)."""
+        self.auditors_file = self.work_dir / "auditors.json"
+        """Where the ServerApp finds its committee's addresses (issue 15)."""
+
+    def update_auditors(
+        self, addresses: Mapping[str, str], revoked: Iterable[str] = ()
+    ) -> None:
+        """Tell the ServerApp where the other eligible peers take audit requests
+        and which aggregators were revoked (it records their bans)."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        write_auditors(self.auditors_file, addresses, revoked)
+
+    async def start_chain(self, standbys: list[str], last_round: int) -> None:
+        """Make sure the ledger has a genesis and that ``standbys`` hold the chain
+        up to ``last_round`` before the first audited round: its committee is drawn
+        from the chain's tip, by every peer alike."""
+        if self.identity_key is None or self.ledger is None:
+            return
+        key, ledger = self.identity_key, self.ledger
+
+        def start() -> None:
+            ledger.parent.mkdir(parents=True, exist_ok=True)
+            with Ledger.open(
+                ledger,
+                federation=self.federation_id,
+                signer=Identity.load(key),
+                allowed_signers=self.genesis.eligible,
+                create=True,
+            ) as chain:
+                chain.start_chain()
+
+        await asyncio.to_thread(start)
+        await self._push_blocks(standbys, last_round)
 
     @property
     def federation_id(self) -> str:
@@ -398,6 +457,10 @@ class AggregatorRole:
             self.genesis.eligible,
             start_file=start_file,
         )
+        config[AUDITORS_FILE_KEY] = str(self.auditors_file)
+        lie = lie_from_environment()
+        if lie is not None:
+            config[BYZANTINE_KEY] = lie
         tls = superlink.tls
         certificate = None if tls is None else tls.certificate
         app_dir, flwr_home = write_app(
@@ -454,6 +517,13 @@ class AggregatorRole:
         await self.book.publish(lease)
         return newest
 
+    async def push_chain(self, standbys: list[str]) -> None:
+        """Hand standbys that joined since the last round the chain up to it
+        (they audit the next round, which continues that chain)."""
+        if self.holding is None or all(a in self.blocks_sent for a in standbys):
+            return
+        await self._push_blocks(standbys, self.holding.lease.last_round)
+
     async def _push_blocks(self, standbys: list[str], last_round: int) -> None:
         """Hand ``standbys`` the ledger blocks up to ``last_round`` they lack.
 
@@ -467,10 +537,15 @@ class AggregatorRole:
         )
         if not blocks:
             return
+        statements = await asyncio.to_thread(
+            cosignatures_up_to, self.ledger, self.federation_id, last_round
+        )
         sent = [self.blocks_sent.get(a, 0) for a in standbys]
         failures = await asyncio.gather(
             *(
-                push_blocks(a, self.federation_id, blocks[start:])
+                push_blocks(
+                    a, self.federation_id, blocks[start:], cosignatures=statements
+                )
                 for a, start in zip(standbys, sent, strict=True)
                 if start < len(blocks)
             )

@@ -74,7 +74,9 @@ from flp2p.client_mods import (
     attack_mod,
     compression_mod,
     dpsgd_mod,
+    final_model_mod,
     ledger_sync_mod,
+    receipt_mod,
     signing_mod,
 )
 from flp2p.config import ConfigError, RunSettings, build_strategy, compose
@@ -89,6 +91,13 @@ from flp2p.peer.checkpoints import (
     write_final_model,
 )
 from flp2p.peer.reply_polling import PollingGrid
+from flp2p.peer.round_audit import (
+    AuditedRounds,
+    AuditSetup,
+    ProposingLedger,
+    committee_size,
+    read_auditors,
+)
 from flp2p.peer.round_deadline import (
     DeadlineGrid,
     RoundDeadline,
@@ -258,8 +267,11 @@ class Participant:
         return LedgerReplica(self.ledger, self.federation, signer_ids=self.aggregators)
 
 
-def replica_from_node_config(node_config: Mapping[str, Any]) -> LedgerReplica | None:
-    """The participant's ledger copy its node config names (its key is not read)."""
+def replica_from_node_config(
+    node_config: Mapping[str, Any], committee_size: int = 0
+) -> LedgerReplica | None:
+    """The participant's ledger copy its node config names (its key is not read);
+    with ``committee_size`` k > 0 it appends only final round blocks."""
     ledger = node_config.get(LEDGER_NODE_KEY)
     if not ledger:
         return None
@@ -267,7 +279,15 @@ def replica_from_node_config(node_config: Mapping[str, Any]) -> LedgerReplica | 
         Path(str(ledger)),
         str(node_config[FEDERATION_NODE_KEY]),
         signer_ids=frozenset(split_ids(node_config.get(AGGREGATORS_NODE_KEY))),
+        committee_size=committee_size,
     )
+
+
+def audited_replica(context: Context) -> LedgerReplica | None:
+    """The participant's ledger copy, with the federation's k (issue 15)."""
+    raw = context.run_config.get(SETTINGS_KEY)
+    k = committee_size(json.loads(str(raw))) if raw is not None else 0
+    return replica_from_node_config(context.node_config, k)
 
 
 def residual_from_node_config(node_config: Mapping[str, Any]) -> ResidualStore:
@@ -366,7 +386,8 @@ class FederationRoundLedger:
         self.ledger = ledger
         self.round_offset = round_offset
 
-    def _to_ledger(self, state: ReputationState) -> ReputationState:
+    def to_ledger(self, state: ReputationState) -> ReputationState:
+        """``state`` in federation rounds (what the chain stores)."""
         offset = self.round_offset
         return state.evolve(
             first_round=state.first_round + offset,
@@ -394,7 +415,7 @@ class FederationRoundLedger:
 
     def put_reputations(self, states: Iterable[ReputationState]) -> None:
         """Store ``states`` in federation rounds."""
-        self.ledger.put_reputations(self._to_ledger(s) for s in states)
+        self.ledger.put_reputations(self.to_ledger(s) for s in states)
 
     def all_reputations(self) -> list[ReputationState]:
         """Every known state in this run's round count."""
@@ -408,7 +429,7 @@ class FederationRoundLedger:
             dataclasses.replace(
                 report, server_round=report.server_round + self.round_offset
             ),
-            [self._to_ledger(s) for s in reputations],
+            [self.to_ledger(s) for s in reputations],
         )
 
 
@@ -610,9 +631,12 @@ def peer_strategy(
     peer: PeerRun,
     ledger: Ledger | None,
     sampling: Mapping[str, int] | None = None,
+    audit: AuditSetup | None = None,
 ) -> Any:
     """The configured strategy with the peer runtime's authenticator and ledger
-    (and ``sampling``: :func:`flp2p.peer.round_deadline.peer_sampling`)."""
+    (and ``sampling``: :func:`flp2p.peer.round_deadline.peer_sampling`); with
+    ``audit`` (k > 0) every round's block waits for its committee
+    (:class:`flp2p.peer.round_audit.AuditedRounds`)."""
     extra: dict[str, Any] = {
         "authenticator": FederationRoundAuthenticator(
             ContributionAuthenticator(peer.federation), peer.start_round
@@ -623,7 +647,31 @@ def peer_strategy(
     wrap = None
     if ledger is not None:
         extra["recorder"] = FederationRoundLedger(ledger, peer.start_round)
-        if settings.ledger_replicate:
+        # -- verifiable aggregation (issue 15): propose, audit, append if final
+        audited = audit is not None and audit.committee_size > 0
+        if audited and audit is not None and peer.identity_key is not None:
+            _, revoked = read_auditors(audit.auditors_file)
+            recorder = ProposingLedger(extra["recorder"], ledger, revoked)
+            extra["recorder"] = recorder
+            checkpoints = CheckpointStore(peer.checkpoint_dir)
+            identity = Identity.load(peer.identity_key)
+            setup = audit
+
+            def wrap(strategy: Any) -> Any:
+                gated = AuditedRounds(
+                    strategy,
+                    recorder,
+                    identity,
+                    checkpoints,
+                    setup.committee_size,
+                    setup.auditors_file,
+                    setup.lie,
+                )
+                if settings.ledger_replicate:
+                    return LedgerBroadcast(gated, ledger)
+                return gated
+
+        elif settings.ledger_replicate:
 
             def wrap(strategy: Any) -> Any:
                 return LedgerBroadcast(strategy, ledger)
@@ -659,7 +707,13 @@ def run_peer_server(grid: Grid, context: Context) -> None:
     ledger = open_peer_ledger(peer, settings)
     try:
         strategy = peer_strategy(
-            settings, peer, ledger, peer_sampling(context.run_config)
+            settings,
+            peer,
+            ledger,
+            peer_sampling(context.run_config),
+            AuditSetup.from_run_config(
+                context.run_config, json.loads(str(context.run_config[SETTINGS_KEY]))
+            ),
         )
         # The run folder outlives this aggregator: a successor keeps the rows
         # before the round it resumes from (pushed with the checkpoints).
@@ -707,13 +761,15 @@ def peer_train_mods(settings_of: SettingsOf) -> list[Mod]:
     nothing without it)."""
     return [
         timing_mod,
+        receipt_mod(audited_replica),
         signing_mod(
             lambda context: participant_from_node_config(context.node_config).signer
         ),
         compression_mod(
             settings_of, lambda context: residual_from_node_config(context.node_config)
         ),
-        ledger_sync_mod(lambda context: replica_from_node_config(context.node_config)),
+        final_model_mod(audited_replica),
+        ledger_sync_mod(audited_replica),
         attack_mod(settings_of),
         dpsgd_mod(settings_of),
     ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import signal
 import sys
 import time
@@ -25,6 +26,11 @@ from flp2p.identity import Identity
 from flp2p.peer.addresses import join_host_port
 from flp2p.peer.aggregator import AGGREGATOR_ROLE, AggregatorError, AggregatorRole
 from flp2p.peer.aggregator import total_rounds as genesis_rounds
+from flp2p.peer.auditor import (
+    BYZANTINE_AUDITOR_ENV,
+    auditor_strategy_factory,
+    committee_auditor,
+)
 from flp2p.peer.checkpoints import (
     FINAL_MODEL_FILE,
     Checkpoint,
@@ -32,6 +38,7 @@ from flp2p.peer.checkpoints import (
     final_model_sha256,
     resume_round,
 )
+from flp2p.peer.complaints import omission_auditor, pending_complaints, send_complaints
 from flp2p.peer.election import elect_successor
 from flp2p.peer.federation_app import (
     AGGREGATORS_NODE_KEY,
@@ -46,6 +53,8 @@ from flp2p.peer.federation_app import (
 from flp2p.peer.leases import LeaseWatch, probe_superlink
 from flp2p.peer.peer_options import PeerError, PeerOptions
 from flp2p.peer.prepared_data import prepare_partition
+from flp2p.peer.revocation_watch import lease_revocation
+from flp2p.peer.round_audit import committee_size
 from flp2p.peer.standby_sync import CheckpointReceiver
 from flp2p.peer.status_line import (
     AGGREGATOR,
@@ -230,6 +239,10 @@ class Peer:
         self.unreachable_since: dict[str, float] = {}
         """SuperLink address → when it first failed to answer (cleared on success)."""
         self.reported: set[str] = set()
+        self.revoked: set[str] = set()
+        """Holders whose lease their round's committee revoked (never elected
+        again; issue 15)."""
+        self.committee_size = 0
         self.receiver: CheckpointReceiver | None = None
         self.aggregator: AggregatorRole | None = None
         self.follower: SuperNodeFollower | None = None
@@ -297,12 +310,37 @@ class Peer:
             self.store.save(start)
             self.advertised[0] = start.sha256
             eligible = frozenset(self.genesis.eligible)
+            federation = self.genesis.federation_id
+            try:
+                self.committee_size = committee_size(resolved)
+            except ValueError as error:
+                raise PeerError(f"the federation's genesis: {error}") from None
             self.receiver = CheckpointReceiver(
                 self.store,
-                self.genesis.federation_id,
+                federation,
                 eligible.__contains__,
                 ledger=self.ledger,
                 block_signers=eligible,
+                auditor=committee_auditor(
+                    self.book.identity,
+                    federation,
+                    self.store,
+                    self.ledger,
+                    auditor_strategy_factory(
+                        RunSettings.from_config(resolved), federation
+                    ),
+                    accuse=self.book.publish,
+                    lie=os.environ.get(BYZANTINE_AUDITOR_ENV) or None,
+                ),
+                committee_size=self.committee_size,
+                complaints=omission_auditor(
+                    self.book.identity,
+                    federation,
+                    self.ledger,
+                    self.book.validator,
+                    self.committee_size,
+                    self.book.publish,
+                ),
                 results_dir=self.aggregator.run_dir,
             )
             bound = await self.receiver.start(
@@ -356,7 +394,9 @@ class Peer:
                 if await self._holder_gone(lapsed):
                     await self._maybe_take_over()
             elif lease is not None and lease.holder != self.me:
-                if await self._superlink_refuses(lease):
+                if await self._lease_revoked(lease):
+                    await self._maybe_take_over()
+                elif await self._superlink_refuses(lease):
                     log.info(
                         "lease epoch %d: its SuperLink refuses connections",
                         lease.epoch,
@@ -371,6 +411,13 @@ class Peer:
                 and not self._holding()
             ):
                 await self._follow(lease)
+            if self.follower is not None and pending_complaints(self.options.work_dir):
+                await send_complaints(
+                    self.book,
+                    self.options.work_dir,
+                    self.genesis.federation_id,
+                    list((await self._eligible_addresses()).values()),
+                )
             self._show_status()
             if lease is None and not self._holding():
                 started_waiting = started if lapsed_since is None else lapsed_since
@@ -418,6 +465,25 @@ class Peer:
                 await asyncio.sleep(REPROBE_SECONDS)
             if await probe_superlink(lease.superlink_address) is not False:
                 return False
+        return True
+
+    async def _lease_revoked(self, lease: Lease) -> bool:
+        """Whether ``lease``'s holder lost it to its committee's accusations in the
+        round it is running (asked by eligible peers; issue 15)."""
+        if self.aggregator is None or self.committee_size == 0:
+            return False
+        if lease.holder in self.revoked:
+            return True
+        verdict = await lease_revocation(
+            self.book, self.ledger, lease, self.committee_size
+        )
+        if verdict is None or not verdict.revoked:
+            return False
+        log.warning(
+            "lease epoch %d of %s…: %s", lease.epoch, lease.holder[:12], verdict.reason
+        )
+        self.revoked.add(lease.holder)
+        self.failed.add(lease.holder)
         return True
 
     async def _holder_gone(self, lapsed: float) -> bool:
@@ -483,15 +549,19 @@ class Peer:
         return f"no valid aggregator lease within {timeout:g} s"
 
     async def _standby_addresses(self) -> list[str]:
+        return list((await self._eligible_addresses()).values())
+
+    async def _eligible_addresses(self) -> dict[str, str]:
+        """Node id → checkpoint/audit address of the other live eligible peers."""
         others = [n for n in self.genesis.eligible if n != self.me]
         # Concurrent lookups: one that asks a dead contact waits an RPC timeout,
         # and sequential ones would add those waits up.
         records = await asyncio.gather(*(self.book.get_node(n) for n in others))
-        return [
-            record.address
-            for record in records
+        return {
+            node_id: record.address
+            for node_id, record in zip(others, records, strict=True)
             if record is not None and AGGREGATOR_ROLE in record.roles
-        ]
+        }
 
     def _yields_to(self, rival: Lease) -> bool:
         """Whether this holder gives way to ``rival``, another holder's lease.
@@ -518,7 +588,17 @@ class Peer:
             )
             self.aggregator.stop()
             return None
-        await self.aggregator.advertise_progress(await self._standby_addresses())
+        held = self.aggregator.holding.lease
+        if self.committee_size and await self._lease_revoked(held):
+            # The round's committee revoked this peer's lease: stand down, and
+            # never elect itself again (its peers will not either).
+            log.warning("stepping down: lease epoch %d revoked", held.epoch)
+            self.aggregator.stop()
+            return None
+        addresses = await self._eligible_addresses()
+        self.aggregator.update_auditors(addresses, self.revoked)
+        await self.aggregator.push_chain(list(addresses.values()))
+        await self.aggregator.advertise_progress(list(addresses.values()))
         if self.aggregator.finished:
             await self.aggregator.wait_for_run_end(await self._standby_addresses())
             await asyncio.sleep(FINISH_GRACE_SECONDS)
@@ -563,6 +643,9 @@ class Peer:
             self.follower.stop()  # the holder aggregates; it does not also train
         log.info("elected: resuming from round %d as lease epoch %d", start, epoch)
         try:
+            addresses = await self._eligible_addresses()
+            self.aggregator.update_auditors(addresses, self.revoked)
+            await self.aggregator.start_chain(list(addresses.values()), start)
             await self.aggregator.take_over(self.store.load(start), epoch)
         except AggregatorError as error:
             raise PeerError(str(error)) from None

@@ -48,7 +48,7 @@ from flp2p.audit.recompute import MAX_AUDIT_BYTES
 from flp2p.audit.statements import AuditStatement, StatementError, verify_statement
 from flp2p.identity import Identity, node_id_of
 from flp2p.ledger import LedgerError
-from flp2p.ledger_broadcast import sync_replica
+from flp2p.ledger_broadcast import decode_cosignatures, sync_replica
 from flp2p.peer.addresses import split_host_port
 from flp2p.peer.checkpoints import (
     Checkpoint,
@@ -150,6 +150,34 @@ def encode_blocks(blocks: Sequence[bytes]) -> bytes:
     return json.dumps([bytes(b).decode("utf-8") for b in blocks]).encode()
 
 
+def encode_chain(blocks: Sequence[bytes], cosignatures: Sequence[str]) -> bytes:
+    """Blocks and their co-signatures (statements as JSON strings) as one JSON
+    object; without co-signatures, :func:`encode_blocks`."""
+    if not cosignatures:
+        return encode_blocks(blocks)
+    return json.dumps(
+        {
+            "blocks": [bytes(b).decode("utf-8") for b in blocks],
+            "cosignatures": list(cosignatures),
+        }
+    ).encode()
+
+
+def decode_chain(body: bytes) -> tuple[list[bytes], list[AuditStatement]]:
+    """Inverse of :func:`encode_chain` (raises :class:`LedgerError`)."""
+    try:
+        decoded = json.loads(body)
+    except ValueError as error:
+        raise LedgerError(f"blocks are not JSON: {error}") from None
+    if not isinstance(decoded, dict):
+        return decode_blocks(body), []
+    statements = decoded.get("cosignatures")
+    if not isinstance(statements, list):
+        raise LedgerError("co-signatures must be a JSON list")
+    blocks = json.dumps(decoded.get("blocks")).encode()
+    return decode_blocks(blocks), decode_cosignatures(statements)
+
+
 def decode_blocks(body: bytes) -> list[bytes]:
     """Inverse of :func:`encode_blocks` (raises :class:`LedgerError`)."""
     try:
@@ -162,16 +190,21 @@ def decode_blocks(body: bytes) -> list[bytes]:
 
 
 async def push_blocks(
-    address: str, federation: str, blocks: Sequence[bytes], timeout: float = 10.0
+    address: str,
+    federation: str,
+    blocks: Sequence[bytes],
+    timeout: float = 10.0,
+    cosignatures: Sequence[str] = (),
 ) -> str | None:
-    """Send ledger ``blocks`` to the receiver at ``address``.
+    """Send ledger ``blocks`` (and their ``cosignatures``, statements as JSON
+    strings) to the receiver at ``address``.
 
     Returns
     -------
     str or None
         ``None`` if the receiver holds them now, else why not.
     """
-    body = encode_blocks(blocks)
+    body = encode_chain(blocks, cosignatures)
     header = {"kind": LEDGER_KIND, "federation": federation, "size": len(body)}
     return await _push(address, header, body, timeout)
 
@@ -331,6 +364,27 @@ async def request_audit(
     return statement
 
 
+COMPLAINT_KIND = "complaint"
+"""``kind`` of a push carrying a participant's signed complaint record (issue 15)."""
+MAX_COMPLAINT_BYTES = 8192
+ComplaintHandler = Callable[[bytes], Awaitable[str]]
+"""A receiver's handler of complaint records (one answer line)."""
+
+
+async def push_complaint(
+    address: str, federation: str, record: bytes, timeout: float = 10.0
+) -> str | None:
+    """Hand a signed complaint record to the eligible peer at ``address``.
+
+    Returns
+    -------
+    str or None
+        ``None`` if it took it, else why not.
+    """
+    header = {"kind": COMPLAINT_KIND, "federation": federation, "size": len(record)}
+    return await _push(address, header, record, timeout)
+
+
 async def _push(
     address: str, header: dict[str, object], body: bytes, timeout: float
 ) -> str | None:
@@ -383,6 +437,11 @@ class CheckpointReceiver:
         Node ids whose blocks are accepted (the genesis' aggregators).
     auditor
         Answers audit requests (:data:`AuditHandler`); ``None`` refuses them.
+    complaints
+        Judges pushed complaint records; ``None`` refuses them.
+    committee_size
+        k: pushed round blocks that have a committee are appended only if final
+        (0: on the aggregator's signature alone).
     results_dir
         The run folder pushed run files are written to (the one this peer's own
         ServerApp continues if it takes over); ``None`` refuses them.
@@ -396,8 +455,12 @@ class CheckpointReceiver:
         ledger: Path | None = None,
         block_signers: Collection[str] = (),
         auditor: AuditHandler | None = None,
+        committee_size: int = 0,
+        complaints: ComplaintHandler | None = None,
         results_dir: Path | None = None,
     ) -> None:
+        self.committee_size = committee_size
+        self.complaints = complaints
         self.store = store
         self.federation = federation
         self.may_sign = may_sign
@@ -455,6 +518,8 @@ class CheckpointReceiver:
         audit = header.get("kind") == AUDIT_KIND
         if audit and self.auditor is None:
             return "refused: this peer audits no rounds"
+        if header.get("kind") == COMPLAINT_KIND:
+            return await self._receive_complaint(reader, header, size)
         if not 0 < size <= (MAX_AUDIT_BYTES if audit else MAX_CHECKPOINT_BYTES):
             return f"refused: size {size} out of range"
         body = await asyncio.wait_for(reader.readexactly(size), RECEIVE_TIMEOUT)
@@ -476,6 +541,18 @@ class CheckpointReceiver:
             return f"refused: {refused}"
         self.store.save(checkpoint)
         return "ok"
+
+    async def _receive_complaint(
+        self, reader: asyncio.StreamReader, header: Mapping[str, Any], size: int
+    ) -> str:
+        if self.complaints is None:
+            return "refused: this peer judges no complaints"
+        if header.get("federation") != self.federation:
+            return "refused: a complaint for another federation"
+        if not 0 < size <= MAX_COMPLAINT_BYTES:
+            return f"refused: size {size} out of range"
+        body = await asyncio.wait_for(reader.readexactly(size), RECEIVE_TIMEOUT)
+        return await self.complaints(body)
 
     def _receive_results(self, header: dict[str, Any], body: bytes) -> str:
         if self.results_dir is None:
@@ -505,10 +582,16 @@ class CheckpointReceiver:
         if header.get("federation") != self.federation:
             return "refused: blocks for another federation"
         try:
-            blocks = decode_blocks(body)
+            blocks, statements = decode_chain(body)
             # SQLite waits for the lock if the ServerApp writes: keep the loop free.
             await asyncio.to_thread(
-                sync_replica, self.ledger, self.federation, blocks, self.block_signers
+                sync_replica,
+                self.ledger,
+                self.federation,
+                blocks,
+                self.block_signers,
+                statements,
+                self.committee_size,
             )
         except LedgerError as refused:
             log.warning("refused pushed ledger blocks: %s", refused)

@@ -1,0 +1,416 @@
+"""Audited rounds in peer mode: a block is appended, and its model used, only once
+the round's committee co-signed it (issue 15).
+
+The ServerApp's strategy records each round through :class:`ProposingLedger`,
+which signs the block without appending it. :class:`AuditedRounds`, the wrapper
+around the strategy, then
+
+1. draws the round's committee from the ledger tip (:meth:`flp2p.ledger.Ledger.
+   next_committee`: k = ``audit.committee_size`` of the genesis, default 3, from
+   the aggregator-eligible peers other than itself, seeded by the previous block's
+   hash);
+2. sends every member the proposed block and the round's signed replies
+   (:func:`audit_payload`) over the audit TCP request
+   (:func:`flp2p.peer.standby_sync.request_audit`), to the addresses the peer
+   runtime keeps in the auditors file (:func:`write_auditors`);
+3. appends the block with the co-signatures that count
+   (:meth:`flp2p.ledger.Ledger.append_final_block`) once ⌈2m/3⌉ of the ``m``
+   members drawn signed, and only then hands the new model back to Flower — so the
+   model is checkpointed, advertised and trained on only when its block is final.
+
+A round that does not become final ends the run (:class:`RoundNotFinal`): its
+model is never checkpointed, so the lease never advertises it, and the members
+that refused accuse the aggregator in the DHT (:mod:`flp2p.peer.auditor`);
+⌈2m/3⌉ accusations revoke its lease and an honest successor continues from the
+last final block (:mod:`flp2p.peer.revocation_watch`).
+
+Fewer eligible peers than k: all of the others audit (``m`` < k, threshold
+⌈2m/3⌉). No other eligible peer, or ``audit.committee_size = 0``: there is no
+committee; blocks are appended on the aggregator's signature alone, as before
+verifiable aggregation (the aggregator is then trusted, and ``flp2p ledger
+verify`` says "no committee").
+
+:data:`BYZANTINE_AGGREGATOR_ENV` makes an aggregator lie, for tests only
+(:data:`LIES`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord
+
+from flp2p.audit.committee import DEFAULT_COMMITTEE_SIZE, Committee
+from flp2p.audit.recompute import ReplyBatchError, encode_replies
+from flp2p.audit.statements import NO_MODEL_SHA256, AuditStatement
+from flp2p.identity import Identity
+from flp2p.ledger import Block, Ledger, LedgerError
+from flp2p.ledger.blocks import Row
+from flp2p.ledger.verify import block_target
+from flp2p.local_training import arrays_to_record, record_to_arrays
+from flp2p.peer.checkpoints import CheckpointStore
+from flp2p.peer.standby_sync import request_audit
+from strategies.records import (
+    IDENTITY_ID,
+    IDENTITY_KEY,
+    ReputationState,
+    RoundReport,
+    Tier,
+    update_sha256,
+)
+from strategies.wrapping import StrategyWrapper
+
+log = logging.getLogger(__name__)
+
+AUDITORS_FILE_KEY = "peer.auditors-file"
+"""Run-config key: the JSON file where the peer runtime keeps the audit addresses
+of the other eligible peers and the revoked aggregators (:func:`write_auditors`)."""
+BYZANTINE_KEY = "peer.byzantine-aggregator"
+"""Run-config key: the lie this aggregator tells (tests only; :data:`LIES`)."""
+BYZANTINE_AGGREGATOR_ENV = "FLP2P_BYZANTINE_AGGREGATOR"
+"""Environment variable of a peer whose aggregator lies (tests and the localhost
+example only)."""
+LIES = ("alter", "drop", "reward", "replay")
+"""alter: noise on the aggregate; drop: one honest reply silently left out;
+reward: its own tokens inflated in the block; replay: the previous round's model
+republished as new."""
+AUDIT_ATTEMPTS = 3
+"""Passes over the members that have not co-signed yet (an address may not be
+known yet, or a member may still be receiving the previous round)."""
+RETRY_SECONDS = 2.0
+INFLATED_TOKENS = 1000.0
+"""What the ``reward`` liar pays itself."""
+REVOKED_UNTIL = 1 << 31
+"""``banned_until`` of a revoked aggregator's reputation row: for good."""
+_LENGTH_BYTES = 8
+
+
+@dataclass(frozen=True)
+class AuditSetup:
+    """How the ServerApp audits its rounds (from the run config)."""
+
+    committee_size: int = DEFAULT_COMMITTEE_SIZE
+    auditors_file: Path | None = None
+    lie: str | None = None
+
+    @classmethod
+    def from_run_config(
+        cls, run_config: Mapping[str, Any], resolved: Mapping[str, Any]
+    ) -> AuditSetup:
+        """k from the settings, the auditors file and the lie from the run config."""
+        auditors = run_config.get(AUDITORS_FILE_KEY)
+        lie = str(run_config.get(BYZANTINE_KEY) or "") or None
+        if lie is not None and lie not in LIES:
+            raise ValueError(f"{BYZANTINE_KEY} must be one of {LIES}")
+        return cls(
+            committee_size(resolved), Path(str(auditors)) if auditors else None, lie
+        )
+
+
+class RoundNotFinal(RuntimeError):
+    """The committee did not co-sign the round's block: the run stops there."""
+
+
+def committee_size(resolved: Mapping[str, Any]) -> int:
+    """k from the resolved settings (``audit.committee_size``, default 3).
+
+    Raises
+    ------
+    ValueError
+        If it is not a non-negative integer.
+    """
+    audit = resolved.get("audit") or {}
+    value = audit.get("committee_size", DEFAULT_COMMITTEE_SIZE)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"audit.committee_size must be an integer >= 0, got {value!r}")
+    return value
+
+
+def lie_from_environment() -> str | None:
+    """The lie :data:`BYZANTINE_AGGREGATOR_ENV` names (``None``: honest).
+
+    Raises
+    ------
+    ValueError
+        For a value outside :data:`LIES`.
+    """
+    lie = os.environ.get(BYZANTINE_AGGREGATOR_ENV) or None
+    if lie is not None and lie not in LIES:
+        raise ValueError(f"{BYZANTINE_AGGREGATOR_ENV} must be one of {LIES}")
+    return lie
+
+
+def write_auditors(
+    path: Path, addresses: Mapping[str, str], revoked: Iterable[str] = ()
+) -> None:
+    """Atomically write node id → audit address and the revoked aggregators."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(
+        json.dumps({"addresses": dict(addresses), "revoked": sorted(set(revoked))})
+    )
+    os.replace(partial, path)
+
+
+def read_auditors(path: Path | None) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Inverse of :func:`write_auditors` (empty while the file does not exist)."""
+    if path is None or not path.exists():
+        return {}, ()
+    data = json.loads(path.read_text())
+    return dict(data.get("addresses", {})), tuple(data.get("revoked", ()))
+
+
+def audit_payload(block_bytes: bytes, replies: bytes) -> bytes:
+    """Body of an audit request: the proposed block, then the signed replies."""
+    return len(block_bytes).to_bytes(_LENGTH_BYTES, "big") + block_bytes + replies
+
+
+def split_audit_payload(data: bytes) -> tuple[bytes, bytes]:
+    """Inverse of :func:`audit_payload` (:class:`ReplyBatchError` if malformed)."""
+    size = int.from_bytes(data[:_LENGTH_BYTES], "big")
+    if len(data) < _LENGTH_BYTES or size > len(data) - _LENGTH_BYTES:
+        raise ReplyBatchError("the audit request's block is truncated")
+    end = _LENGTH_BYTES + size
+    return data[_LENGTH_BYTES:end], data[end:]
+
+
+def audit_claim(block: Block, previous_model_sha256: str) -> dict[str, Any]:
+    """What a member must reproduce to co-sign ``block``."""
+    target = block_target(block)
+    return {
+        "round": block.server_round,
+        "previous_model_sha256": previous_model_sha256,
+        "model_sha256": target.model_sha256,
+        "inputs_sha256": target.inputs_sha256 or NO_MODEL_SHA256,
+        "body_sha256": target.body_sha256,
+    }
+
+
+class ProposingLedger:
+    """The strategy's recorder and reputation store when rounds are audited.
+
+    Like :class:`flp2p.peer.federation_app.FederationRoundLedger` (whose round
+    shift it uses), but :meth:`record_round` only signs the block
+    (:meth:`Ledger.propose_round`) and hands it to :attr:`proposed`;
+    :class:`AuditedRounds` appends it once final. ``revoked`` aggregators get a
+    reputation row banned for good in the block, so the chain records each ban
+    once an honest aggregator continues it.
+    """
+
+    def __init__(
+        self, rounds: Any, ledger: Ledger, revoked: Sequence[str] = ()
+    ) -> None:
+        self.rounds = rounds
+        """The :class:`FederationRoundLedger` that shifts round numbers."""
+        self.ledger = ledger
+        self.revoked = tuple(revoked)
+        self.proposed: Block | None = None
+
+    def get_reputation(self, identity: str) -> ReputationState | None:
+        """As the round-shifting ledger."""
+        state: ReputationState | None = self.rounds.get_reputation(identity)
+        return state
+
+    def put_reputations(self, states: Iterable[ReputationState]) -> None:
+        """As the round-shifting ledger."""
+        self.rounds.put_reputations(states)
+
+    def all_reputations(self) -> list[ReputationState]:
+        """As the round-shifting ledger."""
+        states: list[ReputationState] = self.rounds.all_reputations()
+        return states
+
+    def record_round(
+        self, report: RoundReport, reputations: Sequence[ReputationState]
+    ) -> None:
+        """Sign the block of federation round ``offset + round``; append nothing."""
+        offset = int(self.rounds.round_offset)
+        shifted = replace(report, server_round=report.server_round + offset)
+        states = [self.rounds.to_ledger(s) for s in reputations]
+        self.proposed = self.ledger.propose_round(
+            shifted, [*states, *self._bans(states)]
+        )
+
+    def _bans(self, states: Sequence[ReputationState]) -> list[ReputationState]:
+        listed = {s.identity for s in states}
+        banned = []
+        for node_id in self.revoked:
+            held = self.ledger.get_reputation(node_id)
+            if node_id in listed or (held and held.banned_until >= REVOKED_UNTIL):
+                continue  # recorded already
+            banned.append(
+                ReputationState(node_id, 0.0, Tier.BRONZE, banned_until=REVOKED_UNTIL)
+            )
+        return banned
+
+
+class AuditedRounds(StrategyWrapper):
+    """Holds the strategy; a round's model leaves it only with a final block.
+
+    Parameters
+    ----------
+    strategy
+        The strategy, recording through ``recorder``.
+    recorder
+        Its :class:`ProposingLedger`.
+    identity
+        The aggregator's key (it re-signs a lie's block: tests only).
+    store
+        Checkpoints: the previous round's model, which auditors must hold.
+    committee_size
+        k.
+    auditors_file
+        Where the runtime keeps the members' addresses (:func:`write_auditors`).
+    lie
+        One of :data:`LIES` (tests only), ``None`` for an honest aggregator.
+    """
+
+    def __init__(
+        self,
+        strategy: Any,
+        recorder: ProposingLedger,
+        identity: Identity,
+        store: CheckpointStore,
+        committee_size: int = DEFAULT_COMMITTEE_SIZE,
+        auditors_file: Path | None = None,
+        lie: str | None = None,
+    ) -> None:
+        super().__init__(strategy)
+        self.recorder = recorder
+        self.identity = identity
+        self.checkpoints = store
+        self.committee_size = committee_size
+        self.auditors_file = auditors_file
+        self.lie = lie
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate, have the committee co-sign, append; raise if not final."""
+        ledger = self.recorder.ledger
+        ledger.start_chain()  # round 1's committee is seeded by the genesis
+        committee = ledger.next_committee(self.identity.node_id, self.committee_size)
+        signed = list(replies)
+        if self.lie == "drop":
+            signed = _without_one(signed)
+        self.recorder.proposed = None
+        arrays, metrics = self.strategy.aggregate_train(server_round, signed)
+        block = self.recorder.proposed
+        if block is None:
+            return arrays, metrics
+        if committee is None or not committee.members:
+            ledger.append_block(block.to_bytes())
+            return arrays, metrics
+        previous = self.checkpoints.load(block.server_round - 1)
+        if self.lie is not None:
+            arrays, block = self._lie(block, arrays, previous.arrays)
+        payload = audit_payload(block.to_bytes(), encode_replies(signed))
+        claim = audit_claim(block, previous.sha256)
+        statements = asyncio.run(self._collect(committee, claim, payload))
+        try:
+            ledger.append_final_block(block.to_bytes(), statements, self.committee_size)
+        except LedgerError as error:
+            raise RoundNotFinal(f"round {block.server_round}: {error}") from None
+        log.info(
+            "round %d final: %d/%d co-signatures",
+            block.server_round,
+            len(statements),
+            committee.threshold,
+        )
+        return arrays, metrics
+
+    async def _collect(
+        self, committee: Committee, claim: Mapping[str, Any], payload: bytes
+    ) -> list[AuditStatement]:
+        """Statements of the members, asking again those that did not sign."""
+        federation = self.recorder.ledger.federation
+        signed: dict[str, AuditStatement] = {}
+        judged: set[str] = set()
+        for attempt in range(AUDIT_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(RETRY_SECONDS)
+            addresses, _ = read_auditors(self.auditors_file)
+            asked = [
+                m
+                for m in committee.members
+                if m not in signed and m not in judged and m in addresses
+            ]
+            answers = await asyncio.gather(
+                *(
+                    request_audit(addresses[m], federation, claim, payload)
+                    for m in asked
+                )
+            )
+            for member, answer in zip(asked, answers, strict=True):
+                if isinstance(answer, AuditStatement):
+                    signed[member] = answer
+                    continue
+                if is_verdict(answer):
+                    judged.add(member)  # asking again changes nothing
+                log.warning("auditor %s… did not sign: %s", member[:12], answer)
+            if len(signed) >= committee.threshold or len(signed) + len(judged) == len(
+                committee.members
+            ):
+                break
+        return list(signed.values())
+
+    def _lie(
+        self,
+        block: Block,
+        arrays: ArrayRecord | None,
+        previous: Mapping[str, np.ndarray],
+    ) -> tuple[ArrayRecord | None, Block]:
+        """The block (re-signed) and model a Byzantine aggregator publishes."""
+        model = None if arrays is None else record_to_arrays(arrays)
+        if self.lie == "alter" and model is not None:
+            rng = np.random.default_rng(block.server_round)
+            model = {
+                k: (v + rng.normal(0.0, 0.05, v.shape)).astype(v.dtype)
+                for k, v in model.items()
+            }
+        elif self.lie == "replay":
+            model = {k: np.array(v) for k, v in previous.items()}
+        elif self.lie == "reward":
+            inflated: Row = {
+                "identity": self.identity.node_id,
+                "quality": 1.0,
+                "tier": Tier.BRONZE.value,
+                "multiplier": 1.0,
+                "tokens": INFLATED_TOKENS,
+            }
+            block = replace(block, rewards=(*block.rewards, inflated))
+        if model is not None:
+            block = replace(block, aggregate_sha256=update_sha256(model))
+            arrays = arrays_to_record(model)
+        log.warning(
+            "Byzantine aggregator (%s) in round %d", self.lie, block.server_round
+        )
+        return arrays, block.signed_by(self.identity)
+
+
+def is_verdict(answer: str) -> bool:
+    """Whether an auditor's refusal says the round differs (not that it could not
+    audit yet: no previous model, another chain tip, a network error)."""
+    return "differs" in answer or "lying auditor" in answer
+
+
+def _without_one(replies: list[Message]) -> list[Message]:
+    """``replies`` minus the first signed one by identity (the ``drop`` lie)."""
+    signed = [
+        (str(r.content.config_records[IDENTITY_KEY].get(IDENTITY_ID, "")), i)
+        for i, r in enumerate(replies)
+        if not r.has_error()
+        and r.has_content()
+        and IDENTITY_KEY in r.content.config_records
+    ]
+    if not signed:
+        return replies
+    _, dropped = min(signed)
+    return [r for i, r in enumerate(replies) if i != dropped]
