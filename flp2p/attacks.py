@@ -57,23 +57,11 @@ def build_attack(spec: Mapping[str, Any]) -> Attack:
         The spec names no class, one that cannot be imported or is no
         :class:`Attack`; ``TypeError`` from the class for a wrong argument.
     """
-    from hydra.utils import get_class
+    from strategies.config_instantiation import instantiate_config
 
-    name = str(spec.get("name", "none"))
-    params = {k: v for k, v in spec.items() if k not in {"name", "fraction"}}
-    target = params.pop("_target_", None)
-    if target is None:
-        raise ValueError(
-            f"attack {name!r} has no _target_: name its class in "
-            f"conf/attack/{name}.yaml"
-        )
-    try:
-        cls = get_class(str(target))
-    except Exception:  # Hydra wraps import errors in several types
-        raise ValueError(f"unknown attack {name!r}: cannot import {target!r}") from None
-    if not (isinstance(cls, type) and issubclass(cls, Attack)):
-        raise ValueError(f"attack {name!r}: {target!r} is not an flp2p.attacks.Attack")
-    return cls(**params)
+    return instantiate_config(
+        spec, Attack, group="attack", reserved=("name", "fraction")
+    )
 
 
 @dataclass(frozen=True)

@@ -250,30 +250,11 @@ def build_dataset(spec: Mapping[str, Any] | None) -> DatasetSpec:
         No ``_target_``, a class that cannot be imported or is no
         :class:`DatasetSpec`, or a bad field (the message names it).
     """
-    from hydra.utils import get_class
+    from strategies.config_instantiation import instantiate_config
 
     if not spec:
         return FashionMNIST()
-    name = str(spec.get("name", "?"))
-    params = {k: v for k, v in spec.items() if k != "name"}
-    target = params.pop("_target_", None)
-    if target is None:
-        raise ValueError(
-            f"dataset {name!r} has no _target_: name its spec class in "
-            f"conf/dataset/{name}.yaml"
-        )
-    try:
-        cls = get_class(str(target))
-    except Exception:  # Hydra wraps import errors in several types
-        raise ValueError(f"dataset {name!r}: cannot import {target!r}") from None
-    if not (isinstance(cls, type) and issubclass(cls, DatasetSpec)):
-        raise ValueError(f"dataset {name!r}: {target!r} is no flp2p.data.DatasetSpec")
-    try:
-        built = cls(**params)
-    except (TypeError, ValueError) as err:
-        raise type(err)(f"dataset {name!r}: {err}") from None
-    assert isinstance(built, DatasetSpec)
-    return built
+    return instantiate_config({"name": "?", **spec}, DatasetSpec, group="dataset")
 
 
 def partition_indices(

@@ -102,23 +102,6 @@ def build_privacy(spec: Mapping[str, Any]) -> PrivacySettings:
     ValueError, TypeError
         An unknown class or a bad value (the message names it).
     """
-    from hydra.utils import get_class
+    from strategies.config_instantiation import instantiate_config
 
-    name = str(spec.get("name", "none"))
-    params = {k: v for k, v in spec.items() if k != "name"}
-    target = params.pop("_target_", None)
-    if target is None:
-        if params or name != "none":
-            raise ValueError(
-                f"no _target_: name the settings class in conf/privacy/{name}.yaml"
-            )
-        return NoPrivacy()
-    try:
-        cls = get_class(str(target))
-    except Exception:  # Hydra wraps import errors in several types
-        raise ValueError(f"cannot import {target!r}") from None
-    if not (isinstance(cls, type) and issubclass(cls, PrivacySettings)):
-        raise ValueError(f"{target!r} is not a PrivacySettings class")
-    settings = cls(**params)
-    assert isinstance(settings, PrivacySettings)
-    return settings
+    return instantiate_config(spec, PrivacySettings, group="privacy", default=NoPrivacy)

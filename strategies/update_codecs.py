@@ -53,6 +53,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from strategies.config_instantiation import instantiate_config
+
 INT8_VALUES = "flp2p-int8/values"
 """Payload array of :class:`Int8Quantization`: ``(d,)`` int8."""
 INT8_SCALES = "flp2p-int8/scales"
@@ -301,27 +303,9 @@ def build_codec(spec: Mapping[str, Any]) -> UpdateCodec:
     ValueError, TypeError
         An unknown class or a bad value (the message names it).
     """
-    import importlib
-
-    name = str(spec.get("name", "none"))
-    params = {k: v for k, v in spec.items() if k != "name"}
-    target = params.pop("_target_", None)
-    if target is None:
-        if params or name != "none":
-            raise ValueError(
-                f"no _target_: name the codec class in conf/compression/{name}.yaml"
-            )
-        return NoCompression()
-    module, _, attribute = str(target).rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError, ValueError):
-        raise ValueError(f"cannot import {target!r}") from None
-    if not (isinstance(cls, type) and issubclass(cls, UpdateCodec)):
-        raise ValueError(f"{target!r} is not an UpdateCodec class")
-    codec = cls(**params)
-    assert isinstance(codec, UpdateCodec)
-    return codec
+    return instantiate_config(
+        spec, UpdateCodec, group="compression", default=NoCompression
+    )
 
 
 def _spans(sizes: Sequence[int]) -> list[tuple[int, int]]:

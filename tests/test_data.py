@@ -206,10 +206,10 @@ def test_dataset_configs_name_typed_specs_through_target() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"name": "digits"}, "dataset 'digits' has no _target_: name its spec class"),
+        ({"name": "digits"}, "dataset 'digits' has no _target_: name its class"),
         (
             {"name": "x", "_target_": "flp2p.data.ArrayDataset"},
-            "dataset 'x': 'flp2p.data.ArrayDataset' is no flp2p.data.DatasetSpec",
+            "dataset 'x': 'flp2p.data.ArrayDataset' is not a flp2p.data.DatasetSpec class",
         ),
         ({"name": "x", "_target_": "flp2p.data.Nope"}, "cannot import"),
         (
