@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from flwr.app import Context, Message, MessageType
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.result_files import write_result
 from flp2p.app import REPLICA_DIR, make_client_app, make_server_app
 from flp2p.config import RunSettings, compose
 from flp2p.data import partition_indices
@@ -153,21 +153,13 @@ def main() -> None:
             f"{row['seconds']:.0f}",
         )
     console.print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
     record = {
         "bytes_metric": "serialised bytes of every training reply's arrays, summed "
         "per round (the .npy payloads Flower sends), mean over rounds",
         "config": vars(args) | {"out": str(args.out)},
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-        },
         "rows": rows,
     }
-    path = args.out / "compression.json"
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    console.print(f"wrote {path}")
+    write_result(args.out, "compression.json", record, console)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ import csv
 import itertools
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -37,9 +36,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
+
+from benchmarks.result_files import write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STRATEGIES = ("TrustedFedAvg (default pipeline)", "FedAvg")
@@ -136,19 +136,11 @@ def run_simulations(args: argparse.Namespace, console: Console) -> None:
             f"{row['peak_rss_bytes'] / 2**30:.2f} GiB",
         )
     console.print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
     record = {
         "memory_metric": "peak resident set of the run's process (ru_maxrss)",
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-        },
         "rows": rows,
     }
-    path = args.out / "many_clients_simulation.json"
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    console.print(f"wrote {path}")
+    write_result(args.out, "many_clients_simulation.json", record, console)
 
 
 def main() -> None:
@@ -189,21 +181,12 @@ def main() -> None:
             f"{row['extra_per_reply_byte']:.2f}",
         )
     console.print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
     record = {
         "memory_metric": "peak resident bytes during the call above those before it "
         "(sampled every 2 ms), fresh process per row",
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "numpy": np.__version__,
-        },
         "rows": rows,
     }
-    path = args.out / "many_clients.json"
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    console.print(f"wrote {path}")
+    write_result(args.out, "many_clients.json", record, console)
 
 
 if __name__ == "__main__":

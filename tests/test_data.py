@@ -209,7 +209,8 @@ def test_dataset_configs_name_typed_specs_through_target() -> None:
         ({"name": "digits"}, "dataset 'digits' has no _target_: name its class"),
         (
             {"name": "x", "_target_": "flp2p.data.ArrayDataset"},
-            "dataset 'x': 'flp2p.data.ArrayDataset' is not a flp2p.data.DatasetSpec class",
+            "dataset 'x': 'flp2p.data.ArrayDataset' is not a "
+            "flp2p.data.DatasetSpec class",
         ),
         ({"name": "x", "_target_": "flp2p.data.Nope"}, "cannot import"),
         (
