@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from flwr.app import Message, MessageType, RecordDict
-from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=E0611
+from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
+from flp2p.grid_delegation import DelegatingGrid
 from strategies.records import METRICS_KEY
 
 ReplyMetrics = Mapping[str, float]
@@ -48,46 +47,15 @@ def reply_metrics(reply: Message) -> ReplyMetrics | None:
     }
 
 
-class ReplyTap(Grid):
+class ReplyTap(DelegatingGrid):
     """Delegates to ``grid``; shows each training round's reply metrics to ``observe``.
 
     Only ``send_and_receive`` (what :meth:`Strategy.start` uses) is observed.
     """
 
     def __init__(self, grid: Grid, observe: TrainRepliesObserver) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self._observe = observe
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self._grid.create_message(
-            content, message_type, dst_node_id, group_id, ttl
-        )
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def get_nodes(self) -> Iterable[NodeInfo]:
-        return self._grid.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

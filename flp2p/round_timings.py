@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from flp2p.grid_delegation import DelegatingGrid
+
 TIMINGS_ENV = "FLP2P_TIMINGS"
 WARM_FORK_ENV = "FLP2P_WARM_FORK"
 """Set to ``1`` in a ClientApp forked by the warm executor
@@ -91,14 +93,8 @@ def timing_mod(msg: Any, context: Any, call_next: Callable[[Any, Any], Any]) -> 
     return reply
 
 
-class TimedGrid:
+class TimedGrid(DelegatingGrid):
     """A Flower ``Grid`` noting when each ``send_and_receive`` starts and ends."""
-
-    def __init__(self, grid: Any) -> None:
-        self._grid = grid
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
 
     def send_and_receive(
         self, messages: Iterable[Any], *, timeout: float | None = None

@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from flwr.app import (
     ArrayRecord,
@@ -726,7 +726,7 @@ def run_peer_server(grid: Grid, context: Context) -> None:
         # federation rounds; the deadline grid ends rounds that wait for the gone.
         tapped = ReplyTap(
             # Replies pulled every 0.2 s, not every 3 s.
-            cast(Grid, TimedGrid(PollingGrid(grid))),
+            TimedGrid(PollingGrid(grid)),
             lambda r, metrics: reporter.train_replies(offset + r, metrics),
         )
         deadline = RoundDeadline.from_run_config(context.run_config)

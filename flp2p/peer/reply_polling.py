@@ -14,6 +14,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from flwr.serverapp import Grid
+
+from flp2p.grid_delegation import DelegatingGrid
+
 REPLY_POLL_SECONDS = 0.2
 """Pause between two pulls of a round's replies."""
 
@@ -50,16 +54,13 @@ def send_and_poll(
     return replies
 
 
-class PollingGrid:
+class PollingGrid(DelegatingGrid):
     """A Flower ``Grid`` whose ``send_and_receive`` is :func:`send_and_poll`;
     everything else is the wrapped grid's."""
 
-    def __init__(self, grid: Any, interval: float = REPLY_POLL_SECONDS) -> None:
-        self._grid = grid
+    def __init__(self, grid: Grid, interval: float = REPLY_POLL_SECONDS) -> None:
+        super().__init__(grid)
         self.interval = interval
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
 
     def send_and_receive(
         self, messages: Iterable[Any], *, timeout: float | None = None

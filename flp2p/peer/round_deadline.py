@@ -30,6 +30,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from flwr.serverapp import Grid
+
+from flp2p.grid_delegation import DelegatingGrid
+
 log = logging.getLogger(__name__)
 
 ROUND_DEADLINE_KEY = "peer.round-deadline"
@@ -138,7 +142,7 @@ def _message_kind(messages: list[Any]) -> str:
     return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
-class DeadlineGrid:
+class DeadlineGrid(DelegatingGrid):
     """A Flower ``Grid`` whose rounds end at their deadline (module docstring).
 
     Parameters
@@ -158,7 +162,7 @@ class DeadlineGrid:
 
     def __init__(
         self,
-        grid: Any,
+        grid: Grid,
         deadline: RoundDeadline,
         expected_nodes: int,
         join_grace: float = JOIN_GRACE_SECONDS,
@@ -167,15 +171,12 @@ class DeadlineGrid:
         sleep: Callable[[float], None] = time.sleep,
         poll: float = 0.5,
     ) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self.deadline = deadline
         self.expected_nodes = expected_nodes
         self.join_grace, self.settle = join_grace, settle
         self._clock, self._sleep, self._poll = clock, sleep, poll
         self._rounds_sent = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
 
     def get_node_ids(self) -> Iterable[int]:
         """Connected nodes; before the first round, after waiting for all of them
