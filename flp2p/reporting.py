@@ -44,6 +44,11 @@ from flp2p.ledger.reports import leaderboard
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "accuracy.png"
+CLOCK_FILE = "clock.json"
+"""The run's clock as of the last finished round (``round``, ``seconds``, ``wall``:
+Unix time), written when the round's model exists, before its evaluation, so a peer
+successor resuming from that round continues ``seconds`` (:attr:`RunReporter.clock`).
+"""
 METRICS_COLUMNS = ("round", "accuracy", "loss", "seconds")
 PRIVACY_COLUMNS: Mapping[str, tuple[str, ...]] = {
     "dpsgd": ("epsilon", "epsilon_median", "delta"),
@@ -139,6 +144,24 @@ def client_privacy(metrics: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return values
 
 
+@dataclass(frozen=True)
+class RoundFacts:
+    """What a round's row needs besides its evaluation, taken when its model exists.
+
+    Evaluation may finish while the next round trains (a peer aggregator); by then
+    the strategy's ε and the ledger's last block belong to the next round, so the
+    row's other values are read at the end of the round
+    (:meth:`RunReporter.close_round`).
+    """
+
+    server_round: int
+    seconds: float
+    """Wall time since the run started, when the round's model existed."""
+    values: Mapping[str, float] = field(default_factory=dict)
+    """Privacy values of the round (central ε, the clients' ε)."""
+    verdicts: VerdictCounts | None = None
+
+
 @dataclass
 class RoundRow:
     """One line of ``metrics.csv``: central test metrics after a round."""
@@ -176,8 +199,12 @@ class RunReporter:
     resume_round: int = 0
     """Rounds before this one are kept from the ``metrics.csv`` already in the folder
     (a peer aggregator continuing a federation after a failover), and their verdicts
-    counted from the ledger; ``seconds`` goes on from the last kept row. 0: a new
-    file."""
+    counted from the ledger; ``seconds`` goes on from the last kept row, or from
+    the predecessor's :data:`CLOCK_FILE` plus the wall time since, whichever is
+    later. 0: a new file."""
+    clock: bool = False
+    """Write :data:`CLOCK_FILE` as each round closes (a peer aggregator, whose
+    successor continues its ``seconds``)."""
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -202,6 +229,10 @@ class RunReporter:
             for line in kept
         ]
         self._seconds_before = self.rows[-1].seconds if self.rows else 0.0
+        if self.resume_round > 0:
+            self._seconds_before = max(
+                self._seconds_before, clock_seconds(self.output_dir / CLOCK_FILE)
+            )
         if self.ledger is not None and self.resume_round > 0:
             for block in self.ledger.blocks():
                 if 0 < block.server_round < self.resume_round:
@@ -243,18 +274,41 @@ class RunReporter:
         if values:
             self._client_privacy[server_round] = values
 
-    def round_done(self, server_round: int, accuracy: float, loss: float) -> None:
-        """Append one round's central metrics to the CSV and the display."""
-        row = RoundRow(server_round, accuracy, loss, round(self.elapsed, 3))
-        self.rows.append(row)
+    def close_round(self, server_round: int) -> RoundFacts:
+        """Take round ``server_round``'s time, privacy values and verdicts now (its
+        model just came out of aggregation), for a :meth:`round_done` that may come
+        later, from another thread; with :attr:`clock`, write :data:`CLOCK_FILE`."""
+        seconds = round(self.elapsed, 3)
         values: dict[str, float] = {}
         if self.live_values is not None:
             values.update(self.live_values())
         values.update(self._client_privacy.pop(server_round, {}))
-        self.extra_summary.update(values)
         verdicts = None
         if self.ledger is not None and server_round > 0:
             verdicts = round_verdicts(self.ledger, server_round)
+        if self.clock:
+            write_json_atomic(
+                self.output_dir / CLOCK_FILE,
+                {"round": server_round, "seconds": seconds, "wall": time.time()},
+            )
+        return RoundFacts(server_round, seconds, values, verdicts)
+
+    def round_done(
+        self,
+        server_round: int,
+        accuracy: float,
+        loss: float,
+        facts: RoundFacts | None = None,
+    ) -> None:
+        """Append one round's central metrics to the CSV and the display (``facts``:
+        what :meth:`close_round` took when the round ended; now, without them)."""
+        if facts is None:
+            facts = self.close_round(server_round)
+        row = RoundRow(server_round, accuracy, loss, facts.seconds)
+        self.rows.append(row)
+        values = dict(facts.values)
+        self.extra_summary.update(values)
+        verdicts = facts.verdicts
         if verdicts is not None:
             self.verdict_totals += verdicts
         with (self.output_dir / METRICS_FILE).open("a", newline="") as stream:
@@ -409,6 +463,21 @@ def kept_metrics(path: Path, before_round: int) -> list[dict[str, str]]:
                 break
             kept.append(line)
     return kept
+
+
+def clock_seconds(path: Path) -> float:
+    """Seconds a predecessor's :data:`CLOCK_FILE` says its run had lasted, plus the
+    wall time since it was written (0 without a readable one).
+
+    The wall time spans the failover, so ``seconds`` stays the run's; a clock that
+    reads behind the predecessor's host adds nothing rather than going back.
+    """
+    try:
+        clock = json.loads(path.read_text())
+        seconds, wall = float(clock["seconds"]), float(clock["wall"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return 0.0
+    return round(seconds + max(0.0, time.time() - wall), 3)
 
 
 def _csv_value(value: float | None) -> str:

@@ -28,8 +28,8 @@ from flp2p.peer.federation_app import (
     FEDERATION_KEY,
     SETTINGS_KEY,
     START_ROUND_KEY,
+    ConcurrentEvaluation,
     PeerRun,
-    checkpointing_evaluator,
     experiment_settings,
     resolve_genesis,
     settings_json,
@@ -168,13 +168,13 @@ def test_checkpoints_are_numbered_in_federation_rounds(tmp_path: Path) -> None:
         seen.append(server_round)
         return MetricRecord({"accuracy": 0.5})
 
-    evaluate_fn = checkpointing_evaluator(evaluate, store, start_round=3)
     model = {"w": np.arange(4, dtype=np.float32)}
-    evaluate_fn(0, arrays_to_record(model))  # the starting model: already held
-    assert store.rounds() == []
-    evaluate_fn(1, arrays_to_record(model))
-    evaluate_fn(2, arrays_to_record({"w": model["w"] + 1}))
-    assert store.rounds() == [4, 5]
+    with ConcurrentEvaluation(evaluate, store, start_round=3) as evaluate_fn:
+        evaluate_fn(0, arrays_to_record(model))  # the starting model: already held
+        assert store.rounds() == []
+        evaluate_fn(1, arrays_to_record(model))
+        evaluate_fn(2, arrays_to_record({"w": model["w"] + 1}))
+        assert store.rounds() == [4, 5]
     assert store.load(5).sha256 == update_sha256({"w": model["w"] + 1})
     assert seen == [0, 1, 2]  # evaluation itself is unchanged
 

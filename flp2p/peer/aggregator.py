@@ -23,7 +23,9 @@ after the holder's lease lapsed. It then
    its own signature, and continues the same ``metrics.csv``;
 5. after the last round, keeps its SuperLink until the ServerApp has handed every
    participant the final model and block and written ``summary.json``
-   (:meth:`AggregatorRole.wait_for_run_end`).
+   (:meth:`AggregatorRole.wait_for_run_end`); a successor elected after the last
+   round (its holder died before that) releases its run at the last round, which
+   trains nothing and delivers them again.
 """
 
 from __future__ import annotations
@@ -422,9 +424,11 @@ class AggregatorRole:
             warm = await self._parked_superlink()
         superlink = warm
         assert superlink.start_file is not None
-        if resume.server_round < total_rounds(self.genesis):
-            write_start(superlink.start_file, resume.server_round)
-            log.info("run released from round %d", resume.server_round)
+        # Released at the last round too: its ServerApp trains nothing then, but
+        # delivers the final model and block, which a holder that died right after
+        # the last round may not have handed every participant.
+        write_start(superlink.start_file, resume.server_round)
+        log.info("run released from round %d", resume.server_round)
         lease = Lease(
             federation_id=self.federation_id,
             holder=self.book.identity.node_id,
@@ -561,8 +565,10 @@ class AggregatorRole:
         """Hand ``standbys`` the run folder's files as of ``server_round``.
 
         The row of the round just advertised may not be written yet (the ServerApp
-        evaluates after it saves the model); a successor evaluates the model it
-        resumes from itself, so it needs only the rows before it.
+        evaluates it while the next round trains), but every row before it is (it
+        saves a round's model only once the previous row is written), and so is
+        the run's clock at that round (``clock.json``); a successor evaluates the
+        model it resumes from itself, so it needs only the rows before it.
         """
         files = run_files(self.run_dir)
         if not files or not standbys:

@@ -38,6 +38,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,7 @@ from flp2p.peer.round_deadline import (
     peer_sampling,
 )
 from flp2p.reply_tap import ReplyTap
+from flp2p.reporting import RoundFacts, RunReporter
 from flp2p.round_timings import TimedGrid, timing_mod
 from strategies.records import ARRAYS_KEY, METRICS_KEY, ReputationState, RoundReport
 
@@ -507,34 +509,84 @@ def experiment_settings(
     return settings
 
 
-def checkpointing_evaluator(
-    evaluate: Callable[[int, ArrayRecord], MetricRecord],
-    store: CheckpointStore,
-    start_round: int,
-    on_round: Callable[[int, float, float], None] | None = None,
-) -> Callable[[int, ArrayRecord], MetricRecord]:
-    """Wrap ``evaluate_fn`` so each new global model is saved before it is used.
+class ConcurrentEvaluation:
+    """``evaluate_fn`` for :meth:`Strategy.start` that keeps the central evaluation
+    off the round's critical path.
 
     Flower calls ``evaluate_fn`` with round 0 (the starting model) and then after
     every aggregation, immediately before the next round's instructions go out; the
     Flower round ``r`` of a run resumed at ``start_round`` is the federation's round
-    ``start_round + r``. ``on_round`` receives the federation round, accuracy and
-    loss (:meth:`flp2p.reporting.RunReporter.round_done`): a successor's round 0 is
-    the row of the round it resumed from.
+    ``start_round + r``. For round ``r`` this
+
+    1. waits for round ``r − 1``'s evaluation (it had a whole round to finish), so a
+       standby that receives checkpoint ``r`` also receives every row before it
+       (:meth:`flp2p.peer.aggregator.AggregatorRole.push_run_files`);
+    2. takes the row's time, ε and verdicts
+       (:meth:`flp2p.reporting.RunReporter.close_round`), which the next round
+       changes;
+    3. saves checkpoint ``r``: once it exists a successor can resume from it, so an
+       aggregator killed while round ``r + 1`` trains loses no finished round;
+    4. hands the evaluation and the row (``metrics.csv``, the console) to one worker
+       thread and returns, so the next round trains while the test set is scored.
+
+    One evaluation at a time, so rows land in round order; :meth:`wait` (or leaving
+    the ``with`` block) waits for the last one and raises its error, if any. A
+    successor's round 0 is the row of the round it resumed from.
     """
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        global_round = start_round + server_round
+    def __init__(
+        self,
+        evaluate: Callable[[int, ArrayRecord], MetricRecord],
+        store: CheckpointStore,
+        start_round: int,
+        reporter: RunReporter | None = None,
+    ) -> None:
+        self.evaluate = evaluate
+        self.store = store
+        self.start_round = start_round
+        self.reporter = reporter
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="central-evaluation")
+        self._pending: Future[None] | None = None
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> None:
+        """Checkpoint round ``server_round`` now, evaluate it in the background."""
+        self.wait()
+        global_round = self.start_round + server_round
+        facts = (
+            None if self.reporter is None else self.reporter.close_round(global_round)
+        )
         if server_round > 0:
-            store.save(Checkpoint(global_round, record_to_arrays(arrays)))
-        metrics = evaluate(server_round, arrays)
-        if on_round is not None:
+            self.store.save(Checkpoint(global_round, record_to_arrays(arrays)))
+        self._pending = self._worker.submit(self._evaluate, server_round, arrays, facts)
+
+    def _evaluate(
+        self, server_round: int, arrays: ArrayRecord, facts: RoundFacts | None
+    ) -> None:
+        metrics = self.evaluate(server_round, arrays)
+        if self.reporter is not None:
             accuracy, loss = metrics["accuracy"], metrics["loss"]
             assert isinstance(accuracy, int | float) and isinstance(loss, int | float)
-            on_round(global_round, float(accuracy), float(loss))
-        return metrics
+            global_round = self.start_round + server_round
+            self.reporter.round_done(global_round, float(accuracy), float(loss), facts)
 
-    return evaluate_fn
+    def wait(self) -> None:
+        """Block until the evaluation in flight (if any) has written its row."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> ConcurrentEvaluation:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if exc is None:
+                self.wait()
+            else:  # keep the row, but let the run's own error speak
+                with contextlib.suppress(Exception):
+                    self.wait()
+        finally:
+            self._worker.shutdown(wait=True)
 
 
 def deliver_final_model(
@@ -690,7 +742,9 @@ def run_peer_server(grid: Grid, context: Context) -> None:
     """Run the remaining rounds of the federation from the starting checkpoint.
 
     A parked run first prepares what does not depend on the start round (settings,
-    test data) and then waits to be released (:data:`START_FILE_KEY`).
+    test data) and then waits to be released (:data:`START_FILE_KEY`). Released at
+    the last round — its holder died after it, perhaps before every participant had
+    the end — it trains nothing and delivers the final model and block again.
     """
     peer = PeerRun.from_run_config(context.run_config)
     settings = experiment_settings(context.run_config)
@@ -702,7 +756,7 @@ def run_peer_server(grid: Grid, context: Context) -> None:
     store = CheckpointStore(peer.checkpoint_dir)
     start = store.load(peer.start_round)
     remaining = settings.rounds - peer.start_round
-    if remaining <= 0:
+    if remaining < 0:
         return
     ledger = open_peer_ledger(peer, settings)
     try:
@@ -720,6 +774,7 @@ def run_peer_server(grid: Grid, context: Context) -> None:
         reporter = run_reporter(
             settings, output_dir, strategy, ledger, resume_round=peer.start_round
         )
+        reporter.clock = True
         reporter.extra_summary["federation"] = peer.federation
         offset = peer.start_round
         # The tap shows the reporter each reply's metrics (clients' ε) in
@@ -731,16 +786,21 @@ def run_peer_server(grid: Grid, context: Context) -> None:
         )
         deadline = RoundDeadline.from_run_config(context.run_config)
         rounds_grid = DeadlineGrid(tapped, deadline, settings.clients)
-        with reporter:
-            strategy.start(
-                grid=rounds_grid,
-                initial_arrays=arrays_to_record(dict(start.arrays)),
-                num_rounds=remaining,
-                train_config=train_config(settings, peer.federation, offset),
-                evaluate_fn=checkpointing_evaluator(
-                    evaluate, store, offset, reporter.round_done
-                ),
-            )
+        initial = arrays_to_record(dict(start.arrays))
+        with reporter, ConcurrentEvaluation(evaluate, store, offset, reporter) as ev:
+            if remaining > 0:
+                strategy.start(
+                    grid=rounds_grid,
+                    initial_arrays=initial,
+                    num_rounds=remaining,
+                    train_config=train_config(settings, peer.federation, offset),
+                    evaluate_fn=ev,
+                )
+            else:
+                ev(0, initial)  # the last round's row, as any successor writes
+                # Wait for the participants to follow this lease, as a first
+                # round would.
+                rounds_grid.get_node_ids()
             deliver_final_model(
                 tapped,
                 store.load(settings.rounds),

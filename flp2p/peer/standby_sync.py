@@ -17,9 +17,10 @@ signed by the aggregator that wrote it, so the receiver checks the blocks
 themselves — chain rules, and a signer the genesis names — rather than the sender.
 A standby that takes over then continues the chain it holds.
 
-The run folder's files (``metrics.csv``, ``summary.json``, ``accuracy.png``) follow
-each round's model (header ``{"kind": "results", "federation", "round", "size",
-"sha256", "public_key", "signature"}``, the signature over
+The run folder's files (``metrics.csv``, ``summary.json``, ``accuracy.png`` and
+``clock.json``, the run's seconds at the round) follow each round's model (header
+``{"kind": "results", "federation", "round", "size", "sha256", "public_key",
+"signature"}``, the signature over
 ``b"flp2p/run-results/v1\n" + federation + "\n" + round + "\n" + sha256`` of the
 body, a JSON object of file name → base64 content), so a successor continues the
 same files (:func:`push_results`).
@@ -57,7 +58,7 @@ from flp2p.peer.checkpoints import (
     decode_arrays,
     encode_arrays,
 )
-from flp2p.reporting import METRICS_FILE, PLOT_FILE, SUMMARY_FILE
+from flp2p.reporting import CLOCK_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE
 from flp2p.signatures import checkpoint_message, run_results_message, verify_ed25519
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ async def push_blocks(
 
 RESULTS_KIND = "results"
 """``kind`` of a push that carries the run folder's files."""
-RESULT_FILES = (METRICS_FILE, SUMMARY_FILE, PLOT_FILE)
+RESULT_FILES = (METRICS_FILE, SUMMARY_FILE, PLOT_FILE, CLOCK_FILE)
 """The only files a results push may carry (written into the receiver's run folder)."""
 MAX_RESULTS_BYTES = 16 * 1024 * 1024
 
