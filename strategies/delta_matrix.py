@@ -190,7 +190,8 @@ class DeltaMatrix:  # pylint: disable=too-many-instance-attributes
         if self._origin is not None and self._origin.size:
             if not np.isfinite(self._origin).all():
                 return False
-            bound += float(np.abs(self._origin).max())
+            # Two reductions instead of np.abs: no d-value temporary.
+            bound += max(-float(self._origin.min()), float(self._origin.max()))
         if self._scales is not None:
             if not np.isfinite(self._scales).all():
                 return False

@@ -61,6 +61,7 @@ from strategies.aggregators import (
     pairwise_squared_distances,
     weighted_sum,
 )
+from strategies.delta_matrix import one_blas_thread
 from strategies.preaggregation import byzantine_count, nearest_neighbours
 
 
@@ -117,6 +118,12 @@ def covariance_filter(squared_distances: np.ndarray, f: int) -> np.ndarray:
     n = squared_distances.shape[0]
     if not 0 <= 2 * f < n:
         raise ValueError(f"the covariance filter needs n > 2f, got f={f}, n={n}")
+    with one_blas_thread():  # n × n: threads only cost here (and could move bits)
+        return _filter_iterations(squared_distances, f)
+
+
+def _filter_iterations(squared_distances: np.ndarray, f: int) -> np.ndarray:
+    n = squared_distances.shape[0]
     c = np.ones(n)
     best, best_eigenvalue = c / n, np.inf
     while c.sum() > n - 2 * f:
