@@ -34,13 +34,14 @@ The rule is Nearest-Neighbour Mixing followed by the Covariance-bound Agnostic F
 The aggregate is ``pᵀ M X`` with ``p = c / Σc`` of the best iterate: a weighted mean of
 the original rows with weights ``π = Mᵀ p`` (each ``π_i ≤ 1 / (n − 2f)``).
 
-Everything after one exact pairwise-distance pass
-(:func:`strategies.aggregators.pairwise_squared_distances`, from explicit
-differences) is ``n × n``: for weights ``a`` summing to 0, ``‖Σ_k a_k x_k‖² =
-−½ aᵀ D a``, so mixed rows' distances are ``−½ (m_i − m_j)ᵀ D (m_i − m_j)`` and the
-weighted covariance's Gram matrix is the weighted double centring of ``D``. The
-top eigenpair is exact (``numpy.linalg.eigh`` of an ``n × n`` matrix); ByzFL's CAF
-takes one power step from a random vector instead.
+Everything after one float64-accurate pairwise-distance pass
+(:func:`strategies.aggregators.squared_norms_and_distances`: a centred Gram matrix,
+pairs that could cancel recomputed from explicit differences) is ``n × n``: for
+weights ``a`` summing to 0, ``‖Σ_k a_k x_k‖² = −½ aᵀ D a``, so mixed rows' distances
+are ``−½ (m_i − m_j)ᵀ D (m_i − m_j)`` and the weighted covariance's Gram matrix is
+the weighted double centring of ``D``. The top eigenpair is exact
+(``numpy.linalg.eigh`` of an ``n × n`` matrix); ByzFL's CAF takes one power step
+from a random vector instead.
 
 Chosen by measurement (``benchmarks/robust_updates.py``): among the stages tried
 behind the detectors (NNM∘Median, NNM∘CAF, CAF, clipping around NNM∘Median), NNM∘CAF

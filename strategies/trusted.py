@@ -23,14 +23,15 @@ ScreenedFedAvg`):
    ``recorder.record_round(report, reputations)``. That is the only way verdicts,
    scores and weights leave the strategy.
 
-Cost: one pass for the exact norms, a copy of 32 blocks of 1 024 coordinates per
-row (Gram matrix and history, see :mod:`strategies.detection`), the robust stage's
-exact pairwise distances over every coordinate (``n(n − 1)/2`` differences of ``d``
-values, :func:`~strategies.aggregators.pairwise_squared_distances`; everything after
-them is ``n × n``) and one weighted sum (the aggregate). The distances dominate for
-large ``n``: ``O(n² d)`` against the weighted mean's ``O(n d)``. Measured side by
-side with Flower's ``FedAvg`` in ``benchmarks/aggregation_speed.py`` (row
-"TrustedFedAvg (default pipeline)").
+Cost: one sweep over the deltas for the exact norms and the robust stage's
+pairwise distances over every coordinate (a centred Gram matrix, ``n² d / 2``
+multiply-adds in BLAS ``syrk``,
+:func:`~strategies.aggregators.squared_norms_and_distances`; everything after them
+is ``n × n``), a copy of 32 blocks of 1 024 coordinates per row (Gram matrix and
+history, see :mod:`strategies.detection`) and one weighted sum (the aggregate).
+The distances dominate for large ``n``: ``O(n² d)`` against the weighted mean's
+``O(n d)``. Measured side by side with Flower's ``FedAvg`` in
+``benchmarks/aggregation_speed.py`` (row "TrustedFedAvg (default pipeline)").
 """
 
 from __future__ import annotations
