@@ -623,7 +623,8 @@ def run_large(
             continue
         f = min(byzantine, (n - 3) // 4)
         for name in large_strategies(f):
-            if only.lower() not in name.lower():
+            wanted = [part.strip().lower() for part in only.split(",")]
+            if not any(part in name.lower() for part in wanted):
                 continue
             console.log(f"{n} × {d:,}: {name}")
             command = [
@@ -723,7 +724,9 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.2, help="trim fraction")
     parser.add_argument("--tau", type=float, default=1.0, help="clipping radius")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", default="", help="substring filter on names")
+    parser.add_argument(
+        "--only", default="", help="substring filter on names (--large: a,b,… any)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args()
 

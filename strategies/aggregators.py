@@ -19,10 +19,11 @@ on a batch.
 Selection rules (:class:`Krum`, :class:`MultiKrum`, :class:`Bulyan`) also expose
 ``select(updates)``, the indices they keep, so a strategy can say who was chosen.
 
-Pairwise distances are computed from explicit differences in float64 (see
-:func:`pairwise_squared_distances`), never with the Gram identity
-``‖a‖² + ‖b‖² − 2a·b``: for the close, large-norm updates of late training rounds that
-identity cancels catastrophically, most of all in float32 (Flower 1.41's
+Pairwise distances are float64-accurate (see :func:`squared_norms_and_distances`):
+the Gram identity ``‖a‖² + ‖b‖² − 2a·b`` is used only on rows centred on a row of
+the bulk, and every pair where it could still cancel is recomputed from explicit
+differences. Uncentred, for the close, large-norm updates of late training rounds
+that identity cancels catastrophically, most of all in float32 (Flower 1.41's
 ``compute_distances`` in ``flwr/serverapp/strategy/multikrum.py`` does exactly that).
 """
 
@@ -36,7 +37,12 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from strategies.delta_matrix import DeltaMatrix, Deltas, accumulate_rows
+from strategies.delta_matrix import (
+    DeltaMatrix,
+    Deltas,
+    accumulate_rows,
+    one_blas_thread,
+)
 
 UpdatesLike = npt.ArrayLike | Sequence[Any] | Any
 """An ``(n, d)`` array, an ``(n, d)`` torch tensor, or ``n`` one-dimensional vectors."""
@@ -252,16 +258,21 @@ def trimmed_column_mean(block: np.ndarray, trim: int) -> np.ndarray:
     return partitioned[trim : n - trim].mean(axis=0)
 
 
+CANCELLATION_RATIO = 16.0
+"""Pairs whose centred norms ``‖y_i‖² + ‖y_j‖²`` exceed this many times their squared
+distance are recomputed from explicit differences (the Gram identity would lose
+more than ~4 of its ~15 significant digits there)."""
+
+MEDOID_SKETCH_COLUMNS = 2048
+"""Evenly spaced columns on which the centring row is chosen."""
+
+
 def pairwise_squared_distances(updates: UpdatesLike) -> np.ndarray:
-    """Exact squared Euclidean distances between all pairs of updates.
+    """Squared Euclidean distances between all pairs of updates, to float64 accuracy.
 
     .. math:: D_{ij} = \\sum_k (x_{ik} - x_{jk})^2
 
-    computed from the differences themselves in float64, in column blocks of at most
-    :data:`BLOCK_ELEMENTS` scratch elements. Every term is non-negative, so
-    the only error is the benign relative rounding of a sum of positive numbers; the
-    Gram form ``‖x_i‖² + ‖x_j‖² − 2 x_i·x_j`` instead loses all significant digits
-    when ``‖x_i − x_j‖ ≪ ‖x_i‖``.
+    See :func:`squared_norms_and_distances` (this is its second half).
 
     Parameters
     ----------
@@ -273,15 +284,106 @@ def pairwise_squared_distances(updates: UpdatesLike) -> np.ndarray:
     np.ndarray
         ``(n, n)`` symmetric float64 matrix with an exactly zero diagonal.
     """
-    matrix = as_update_matrix(updates)
-    n = matrix.shape[0]
-    distances = np.zeros((n, n))
-    for columns in matrix_blocks(matrix):
-        block = _float64(matrix[:, columns])
-        for i in range(n - 1):
-            differences = block[i + 1 :] - block[i]
-            distances[i, i + 1 :] += np.einsum("ij,ij->i", differences, differences)
-    return distances + distances.T
+    return squared_norms_and_distances(as_update_matrix(updates))[1]
+
+
+def squared_norms_and_distances(matrix: Deltas) -> tuple[np.ndarray, np.ndarray]:
+    """``‖x_i‖²`` and all pairwise ``‖x_i − x_j‖²`` of a finite matrix, in one sweep.
+
+    Distances are translation invariant, so they are read off the Gram matrix of
+    the rows minus one row ``x_c`` of the bulk (:meth:`~strategies.delta_matrix.
+    DeltaMatrix.norms_and_centred_gram`, a BLAS ``syrk`` per cache-sized block):
+
+    .. math:: y_i = x_i - x_c,\\quad D_{ij} = \\|y_i\\|^2 + \\|y_j\\|^2
+              - 2\\,y_i\\cdot y_j
+
+    The rounding error of that identity is about ``u √w (‖y_i‖² + ‖y_j‖²)`` (``u``
+    the float64 unit roundoff, ``w`` a block's width), against ``u √w D_ij`` for a
+    sum of squared differences. Centring makes the two alike wherever the rows are
+    spread about as far from ``x_c`` as from each other, which is what the
+    uncentred identity misses (close updates of large norm: Flower's float32
+    ``compute_distances`` loses every digit there,
+    ``tests/test_aggregators.py``). Where it is not so (two rows close to each
+    other and far from ``x_c``, e.g. colluding outliers, or identical rows), i.e.
+    ``‖y_i‖² + ‖y_j‖² > CANCELLATION_RATIO · D_ij``, the pair is recomputed from
+    its explicit differences, so every distance keeps the precision of a sum of
+    non-negative terms. ``x_c`` is the medoid of the rows on
+    :data:`MEDOID_SKETCH_COLUMNS` evenly spaced columns (centred by their
+    coordinate median), so a far row cannot pull the centre out of the bulk.
+
+    Deterministic: BLAS runs on one thread and partial sums are added in a fixed
+    order (the same bits whatever the thread count).
+
+    Parameters
+    ----------
+    matrix : Deltas
+        ``(n, d)`` finite rows (:func:`as_update_matrix`).
+
+    Returns
+    -------
+    tuple[np.ndarray, np.ndarray]
+        ``(n,)`` squared norms (as :meth:`~strategies.delta_matrix.DeltaMatrix.
+        row_norms` squared) and the ``(n, n)`` symmetric distance matrix with an
+        exactly zero diagonal.
+    """
+    lazy = matrix if isinstance(matrix, DeltaMatrix) else DeltaMatrix.of(matrix)
+    n = lazy.shape[0]
+    centre = _sketch_medoid(lazy)
+    squared_norms, gram = lazy.norms_and_centred_gram(centre)
+    diagonal = np.diag(gram).copy()
+    spread = diagonal[:, None] + diagonal[None, :]
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow: recomputed below
+        distances = np.maximum(spread - 2.0 * gram, 0.0)
+        doubtful = ~(spread <= CANCELLATION_RATIO * distances)
+    np.fill_diagonal(distances, 0.0)
+    doubtful[np.tril_indices(n)] = False
+    pairs = np.argwhere(doubtful)
+    if pairs.size:
+        exact = exact_pair_distances(lazy, pairs)
+        distances[pairs[:, 0], pairs[:, 1]] = exact
+        distances[pairs[:, 1], pairs[:, 0]] = exact
+    return squared_norms, distances
+
+
+def _sketch_medoid(matrix: DeltaMatrix) -> int:
+    """Row with the smallest median distance to the others on a few columns."""
+    n, d = matrix.shape
+    if n <= 2:
+        return 0
+    columns = np.unique(
+        np.linspace(0, d - 1, min(d, MEDOID_SKETCH_COLUMNS)).astype(np.intp)
+    )
+    sketch = matrix.take_columns(columns)
+    sketch -= np.median(sketch, axis=0)
+    with one_blas_thread():
+        gram = sketch @ sketch.T
+    diagonal = np.diag(gram)
+    distances = diagonal[:, None] + diagonal[None, :] - 2.0 * gram
+    return int(np.argmin(np.median(distances, axis=1)))
+
+
+def exact_pair_distances(matrix: DeltaMatrix, pairs: np.ndarray) -> np.ndarray:
+    """``‖x_i − x_j‖²`` of the ``(p, 2)`` index ``pairs``, from explicit differences.
+
+    Every term is non-negative, so the only error is the benign relative rounding
+    of a sum of positive numbers. Rows are read once per column block, only those
+    in some pair.
+    """
+    involved, positions = np.unique(pairs, return_inverse=True)
+    positions = positions.reshape(pairs.shape)
+    rows = matrix.rows(involved)
+    partners = [
+        (first, np.flatnonzero(positions[:, 0] == first))
+        for first in np.unique(positions[:, 0])
+    ]
+    totals = np.zeros(pairs.shape[0])
+    with one_blas_thread():  # a mixed DeltaMatrix's blocks are BLAS products
+        for columns in rows.column_blocks():
+            block = rows.column_block(columns)
+            for first, slots in partners:
+                differences = block[positions[slots, 1]] - block[first]
+                totals[slots] += np.einsum("ij,ij->i", differences, differences)
+    return totals
 
 
 def distances_to_point(updates: Deltas, point: np.ndarray) -> np.ndarray:

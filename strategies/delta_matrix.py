@@ -10,6 +10,9 @@ those arrays and the float64 origin ``o``, and produces float64 values on demand
 * :meth:`DeltaMatrix.weighted_sum` – ``Σ_i c_i y_i``, streamed over cache-sized
   blocks (the FedAvg aggregate);
 * :meth:`DeltaMatrix.row_norms` – exact ``‖y_i‖``;
+* :meth:`DeltaMatrix.norms_and_centred_gram` – ``‖y_i‖²`` and the Gram matrix of
+  the rows minus one of them, in the same sweep (the pairwise distances'
+  kernel, :func:`strategies.aggregators.squared_norms_and_distances`);
 * :meth:`DeltaMatrix.rows`, :meth:`DeltaMatrix.scaled`, :meth:`DeltaMatrix.mixed` –
   subsets, row scalings (clipping) and linear mixes (``M Y``, e.g. nearest-neighbour
   mixing) as new lazy matrices, without touching a value.
@@ -33,6 +36,7 @@ from itertools import pairwise
 from typing import Any, TypeAlias
 
 import numpy as np
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 STREAM_ELEMENTS = 1 << 18
 """Values per ``(k, c)`` block of the streamed reductions (2 MiB of float64)."""
@@ -43,7 +47,23 @@ STREAM_MIN_COLUMNS = 4096
 GATHER_ELEMENTS = 1 << 20
 """Values per ``(k, c)`` block of :meth:`DeltaMatrix.column_blocks` (8 MiB)."""
 
+SUM_COLUMNS = 1 << 15
+"""Columns per span of :meth:`DeltaMatrix.weighted_sum` (one float64 row of scratch,
+256 KiB, and the running sum beside it stay in the core's cache)."""
+
+GRAM_GROUP_SPANS = 8
+"""Spans of columns per partial Gram matrix of :meth:`DeltaMatrix.
+norms_and_centred_gram`: fixed, so the partial sums are added in the same order
+whatever the number of threads."""
+
 _WORKERS = min(8, len(os.sched_getaffinity(0)))
+
+
+def one_blas_thread() -> Any:
+    """Context in which BLAS runs on one thread: a product's bits then do not depend
+    on how many threads BLAS would have split it over (our own threads split the
+    columns instead, in a fixed order)."""
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def accumulate_rows(
@@ -170,7 +190,8 @@ class DeltaMatrix:  # pylint: disable=too-many-instance-attributes
         if self._origin is not None and self._origin.size:
             if not np.isfinite(self._origin).all():
                 return False
-            bound += float(np.abs(self._origin).max())
+            # Two reductions instead of np.abs: no d-value temporary.
+            bound += max(-float(self._origin.min()), float(self._origin.max()))
         if self._scales is not None:
             if not np.isfinite(self._scales).all():
                 return False
@@ -357,7 +378,14 @@ class DeltaMatrix:  # pylint: disable=too-many-instance-attributes
             return [part for parts in pool.map(work, chunks) for part in parts]
 
     def weighted_sum(self, coefficients: np.ndarray) -> np.ndarray:
-        """``Σ_i c_i y_i`` in float64, ``(d,)``: block by block, no copy of the rows."""
+        """``Σ_i c_i y_i`` in float64, ``(d,)``: span by span, no copy of the rows.
+
+        The fixed-order kernel of :func:`accumulate_rows` (no BLAS reduction, an
+        auditor re-running the round gets these bits), fed one row at a time: each
+        value is ``c_i · (s_i · (float64(x_ik) − o_k))`` exactly as in a
+        materialised block, but only one row of scratch is in flight, so spans can
+        be wide (fewer calls) and still stay in cache.
+        """
         values = np.asarray(coefficients, dtype=np.float64)
         if values.shape != (self.shape[0],):
             raise ValueError(
@@ -365,16 +393,115 @@ class DeltaMatrix:  # pylint: disable=too-many-instance-attributes
             )
         if self._mixing is not None:
             values = values @ self._mixing
-        total = np.empty(self.shape[1])
+        columns = self.shape[1]
+        total = np.empty(columns)
+        spans = [
+            (start, min(start + SUM_COLUMNS, columns))
+            for start in range(0, columns, SUM_COLUMNS)
+        ]
+        chunks = np.array_split(np.arange(len(spans)), min(_WORKERS, len(spans)) or 1)
+        scales = self._scales
 
-        def reduce(start: int, stop: int, scratch: np.ndarray) -> None:
-            # The fixed-order kernel (no BLAS reduction): an auditor re-running
-            # the round gets these bits.
-            block = self._base_block(start, stop, scratch)
-            accumulate_rows(total[start:stop], values, block)
+        def work(chunk: np.ndarray) -> None:
+            scratch = np.empty(SUM_COLUMNS)
+            for index in chunk:
+                start, stop = spans[index]
+                row = scratch[: stop - start]
+                out = total[start:stop]
+                out[:] = 0.0
+                origin = None if self._origin is None else self._origin[start:stop]
+                for position, (coefficient, source) in enumerate(
+                    zip(values, self._rows, strict=True)
+                ):
+                    if coefficient == 0.0:
+                        continue
+                    self._copy_row(int(source), start, stop, row)
+                    if origin is not None:
+                        np.subtract(row, origin, out=row)
+                    if scales is not None:
+                        np.multiply(row, scales[position], out=row)
+                    np.multiply(row, coefficient, out=row)
+                    np.add(out, row, out=out)
 
-        self._stream(reduce)
+        if len(chunks) == 1:
+            work(chunks[0])
+        else:
+            with ThreadPoolExecutor(len(chunks)) as pool:
+                list(pool.map(work, chunks))
         return total
+
+    def _copy_row(self, source: int, start: int, stop: int, out: np.ndarray) -> None:
+        """Source row ``source`` on columns ``[start, stop)``, cast into ``out``."""
+        bounds = self._bounds
+        pieces = self._sources[source]
+        piece = int(np.searchsorted(bounds, start, side="right")) - 1
+        position = start
+        while position < stop:
+            low, high = int(bounds[piece]), int(bounds[piece + 1])
+            end = min(stop, high)
+            out[position - start : end - start] = pieces[piece][
+                position - low : end - low
+            ]
+            position = end
+            piece += 1
+
+    def norms_and_centred_gram(self, centre: int) -> tuple[np.ndarray, np.ndarray]:
+        """``‖y_i‖²`` and ``G = (Y − 1 y_cᵀ)(Y − 1 y_cᵀ)ᵀ`` in one sweep over the rows.
+
+        Each span of columns is read once: its float64 block gives the squared
+        norms (the same spans and sums as :meth:`row_norms`, so the same bits),
+        then row ``centre`` is subtracted from every row and the block's Gram
+        matrix (BLAS ``syrk``, on one thread) is added to its group's partial sum;
+        groups of :data:`GRAM_GROUP_SPANS` spans run on worker threads and their
+        partial sums are added in column order, so the result does not depend on
+        the number of threads. Centring on a row of the bulk is what keeps the
+        Gram identity of :func:`strategies.aggregators.squared_norms_and_distances`
+        from cancelling.
+        """
+        k, columns = self.shape
+        if not 0 <= centre < k:
+            raise IndexError(f"centre {centre} is not a row of {k}")
+        width = max(STREAM_MIN_COLUMNS, STREAM_ELEMENTS // self._rows.shape[0])
+        spans = [
+            (start, min(start + width, columns)) for start in range(0, columns, width)
+        ]
+        groups = [
+            spans[first : first + GRAM_GROUP_SPANS]
+            for first in range(0, len(spans), GRAM_GROUP_SPANS)
+        ]
+        chunks = np.array_split(np.arange(len(groups)), min(_WORKERS, len(groups)) or 1)
+
+        def work(chunk: np.ndarray) -> list[tuple[list[np.ndarray], np.ndarray]]:
+            scratch = np.empty((self._rows.shape[0], width))
+            reference = np.empty(width)
+            results = []
+            for index in chunk:
+                gram = np.zeros((k, k))
+                squares = []
+                for start, stop in groups[index]:
+                    block = self._base_block(start, stop, scratch[:, : stop - start])
+                    if self._mixing is not None:
+                        block = self._mixing @ block
+                    squares.append(np.einsum("ij,ij->i", block, block))
+                    centre_row = reference[: stop - start]
+                    centre_row[:] = block[centre]
+                    block -= centre_row
+                    gram += block @ block.T
+                results.append((squares, gram))
+            return results
+
+        with one_blas_thread():
+            if len(chunks) == 1:
+                parts = work(chunks[0])
+            else:
+                with ThreadPoolExecutor(len(chunks)) as pool:
+                    parts = [part for found in pool.map(work, chunks) for part in found]
+        gram = np.zeros((k, k))
+        for _, partial in parts:
+            gram += partial
+        squares = [square for found, _ in parts for square in found]
+        squared_norms = np.sum(squares, axis=0) if squares else np.zeros(k)
+        return squared_norms, gram
 
     def row_norms(self) -> np.ndarray:
         """Exact Euclidean norm of every row, ``(k,)``, block by block."""

@@ -71,9 +71,11 @@ class MultiKrum(RobustRuleFedAvg):
     Implementation based on https://arxiv.org/abs/1703.02757: each delta is scored
     by the sum of squared distances to its ``n − f − 2`` nearest neighbours, the
     ``m`` lowest-scoring are kept and averaged with equal weights; the others are
-    reported rejected ("not selected by Multi-Krum"). Distances come from explicit
-    float64 differences (:func:`strategies.aggregators.pairwise_squared_distances`),
-    not Flower's float32 Gram identity, which cancels for close updates. Every row's
+    reported rejected ("not selected by Multi-Krum"). Distances are
+    float64-accurate (:func:`strategies.aggregators.pairwise_squared_distances`:
+    a Gram matrix of centred rows, every pair that could cancel recomputed from
+    explicit differences), not Flower's float32 Gram identity, which cancels for
+    close updates. Every row's
     score is reported under ``"krum_score"``.
 
     A round with fewer than ``2f + 3`` (or ``m``) valid replies is not aggregated:

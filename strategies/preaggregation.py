@@ -13,7 +13,7 @@ Optimal Byzantine ML under Heterogeneity", AISTATS 2023). Same conventions as
   uniform.
 * Output: a fresh ``(m, d)`` float64 matrix and ``(m,)`` float64 weights summing to
   one (``m = n`` except for :class:`Bucketing`).
-* Exact float64 arithmetic; pairwise distances from explicit differences
+* Exact float64 arithmetic; float64-accurate pairwise distances
   (:func:`strategies.aggregators.pairwise_squared_distances`).
 
 Every pre-aggregator here needs ``f``, the number of Byzantine updates it tolerates;

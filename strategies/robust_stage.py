@@ -34,13 +34,14 @@ The rule is Nearest-Neighbour Mixing followed by the Covariance-bound Agnostic F
 The aggregate is ``pᵀ M X`` with ``p = c / Σc`` of the best iterate: a weighted mean of
 the original rows with weights ``π = Mᵀ p`` (each ``π_i ≤ 1 / (n − 2f)``).
 
-Everything after one exact pairwise-distance pass
-(:func:`strategies.aggregators.pairwise_squared_distances`, from explicit
-differences) is ``n × n``: for weights ``a`` summing to 0, ``‖Σ_k a_k x_k‖² =
-−½ aᵀ D a``, so mixed rows' distances are ``−½ (m_i − m_j)ᵀ D (m_i − m_j)`` and the
-weighted covariance's Gram matrix is the weighted double centring of ``D``. The
-top eigenpair is exact (``numpy.linalg.eigh`` of an ``n × n`` matrix); ByzFL's CAF
-takes one power step from a random vector instead.
+Everything after one float64-accurate pairwise-distance pass
+(:func:`strategies.aggregators.squared_norms_and_distances`: a centred Gram matrix,
+pairs that could cancel recomputed from explicit differences) is ``n × n``: for
+weights ``a`` summing to 0, ``‖Σ_k a_k x_k‖² = −½ aᵀ D a``, so mixed rows' distances
+are ``−½ (m_i − m_j)ᵀ D (m_i − m_j)`` and the weighted covariance's Gram matrix is
+the weighted double centring of ``D``. The top eigenpair is exact
+(``numpy.linalg.eigh`` of an ``n × n`` matrix); ByzFL's CAF takes one power step
+from a random vector instead.
 
 Chosen by measurement (``benchmarks/robust_updates.py``): among the stages tried
 behind the detectors (NNM∘Median, NNM∘CAF, CAF, clipping around NNM∘Median), NNM∘CAF
@@ -61,6 +62,7 @@ from strategies.aggregators import (
     pairwise_squared_distances,
     weighted_sum,
 )
+from strategies.delta_matrix import one_blas_thread
 from strategies.preaggregation import byzantine_count, nearest_neighbours
 
 
@@ -117,6 +119,12 @@ def covariance_filter(squared_distances: np.ndarray, f: int) -> np.ndarray:
     n = squared_distances.shape[0]
     if not 0 <= 2 * f < n:
         raise ValueError(f"the covariance filter needs n > 2f, got f={f}, n={n}")
+    with one_blas_thread():  # n × n: threads only cost here (and could move bits)
+        return _filter_iterations(squared_distances, f)
+
+
+def _filter_iterations(squared_distances: np.ndarray, f: int) -> np.ndarray:
+    n = squared_distances.shape[0]
     c = np.ones(n)
     best, best_eigenvalue = c / n, np.inf
     while c.sum() > n - 2 * f:

@@ -23,14 +23,15 @@ ScreenedFedAvg`):
    ``recorder.record_round(report, reputations)``. That is the only way verdicts,
    scores and weights leave the strategy.
 
-Cost: one pass for the exact norms, a copy of 32 blocks of 1 024 coordinates per
-row (Gram matrix and history, see :mod:`strategies.detection`), the robust stage's
-exact pairwise distances over every coordinate (``n(n − 1)/2`` differences of ``d``
-values, :func:`~strategies.aggregators.pairwise_squared_distances`; everything after
-them is ``n × n``) and one weighted sum (the aggregate). The distances dominate for
-large ``n``: ``O(n² d)`` against the weighted mean's ``O(n d)``. Measured side by
-side with Flower's ``FedAvg`` in ``benchmarks/aggregation_speed.py`` (row
-"TrustedFedAvg (default pipeline)").
+Cost: one sweep over the deltas for the exact norms and the robust stage's
+pairwise distances over every coordinate (a centred Gram matrix, ``n² d / 2``
+multiply-adds in BLAS ``syrk``,
+:func:`~strategies.aggregators.squared_norms_and_distances`; everything after them
+is ``n × n``), a copy of 32 blocks of 1 024 coordinates per row (Gram matrix and
+history, see :mod:`strategies.detection`) and one weighted sum (the aggregate).
+The distances dominate for large ``n``: ``O(n² d)`` against the weighted mean's
+``O(n d)``. Measured side by side with Flower's ``FedAvg`` in
+``benchmarks/aggregation_speed.py`` (row "TrustedFedAvg (default pipeline)").
 """
 
 from __future__ import annotations
@@ -249,8 +250,16 @@ class TrustedFedAvg(ScreenedFedAvg):
             else [None] * batch.size
         )
         banned = np.array([is_banned(state, server_round) for state in states], bool)
+        # The robust stage needs every pairwise distance and the detectors the exact
+        # norms: one sweep over the deltas gives both.
+        norms, distances = None, None
+        if self.stage is not None:
+            squared_norms, distances = aggregators.squared_norms_and_distances(
+                aggregators.as_update_matrix(batch.deltas)
+            )
+            norms = np.sqrt(squared_norms)
         context = DetectionContext.build(
-            batch.deltas, batch.identities, self.history, self.exact_geometry
+            batch.deltas, batch.identities, self.history, self.exact_geometry, norms
         )
         screening = (
             self.panel.screen(batch.deltas, context)
@@ -285,7 +294,9 @@ class TrustedFedAvg(ScreenedFedAvg):
                 delta, weights, verdicts, reasons, screening.scores
             )
         if self.stage is not None:
-            delta, weights = self._robust_aggregate(batch.deltas, weights, states)
+            delta, weights = self._robust_aggregate(
+                batch.deltas, weights, states, distances
+            )
         else:
             delta, weights = self._aggregate(batch.deltas, weights, context)
         return AggregationOutcome(delta, weights, verdicts, reasons, screening.scores)
@@ -295,8 +306,13 @@ class TrustedFedAvg(ScreenedFedAvg):
         deltas: Deltas,
         weights: np.ndarray,
         states: Sequence[ReputationState | None],
+        distances: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Robust stage on the rows in play; reputation re-weights inside its bound.
+
+        ``distances`` are the pairwise squared distances of all rows of ``deltas``
+        (:func:`~strategies.aggregators.squared_norms_and_distances`); the stage
+        reads those of the rows in play (computed here when not given).
 
         ``f`` is taken from the rows that reach the stage (detectors may already
         have dropped attackers), so the stage does not assume ``β n`` Byzantine rows
@@ -305,7 +321,11 @@ class TrustedFedAvg(ScreenedFedAvg):
         assert self.stage is not None
         used = np.flatnonzero(weights > 0.0)
         rows = deltas[used]
-        robust = self.stage.weights(aggregators.pairwise_squared_distances(rows))
+        robust = self.stage.weights(
+            aggregators.pairwise_squared_distances(rows)
+            if distances is None
+            else distances[np.ix_(used, used)]
+        )
         inside = weights_within_bound(robust, weights[used], self.reputation_ceiling)
         if self.use_reputation:
             # The water-filling may lift newcomers with everyone else: cap them

@@ -361,7 +361,10 @@ class RoundGeometry:
 
     @classmethod
     def from_deltas(
-        cls, deltas: Deltas, sample: np.ndarray | None = None
+        cls,
+        deltas: Deltas,
+        sample: np.ndarray | None = None,
+        norms: np.ndarray | None = None,
     ) -> RoundGeometry:
         """Gram matrix (one BLAS call), exact norms and the geometric median.
 
@@ -372,6 +375,11 @@ class RoundGeometry:
         sample : np.ndarray | None
             ``(n, m)`` the rows on sampled coordinates, for the Gram matrix; ``None``
             uses every coordinate.
+        norms : np.ndarray | None
+            ``(n,)`` exact ``‖x_i‖`` already computed by the caller (e.g. in the
+            sweep that also gave the pairwise distances,
+            :func:`strategies.aggregators.squared_norms_and_distances`); with a
+            sample, saves the pass over the deltas that would compute them.
         """
         matrix = as_deltas(deltas)
         source = matrix if sample is None else np.asarray(sample, dtype=np.float64)
@@ -382,7 +390,14 @@ class RoundGeometry:
         gram = gram_matrix(source)
         gram = 0.5 * (gram + gram.T)  # BLAS may leave last-bit asymmetry
         gram_norms = np.sqrt(np.maximum(np.diag(gram), 0.0))
-        norms = gram_norms if sample is None else row_norms(matrix)
+        if sample is None:
+            norms = gram_norms
+        elif norms is None:
+            norms = row_norms(matrix)
+        elif np.shape(norms) != (matrix.shape[0],):
+            raise ValueError(
+                f"need {matrix.shape[0]} norms, got shape {np.shape(norms)}"
+            )
         if not (np.isfinite(gram).all() and np.isfinite(norms).all()):
             raise ValueError("deltas contain NaN or infinite values (or overflow)")
         return cls(gram, norms, gram_norms, geometric_median_coefficients(gram))

@@ -49,6 +49,7 @@ class DetectionContext:
         identities: Sequence[str],
         history: UpdateHistory | None = None,
         exact_geometry: bool = False,
+        norms: np.ndarray | None = None,
     ) -> DetectionContext:
         """Context of one round.
 
@@ -64,6 +65,9 @@ class DetectionContext:
         exact_geometry : bool
             Compute the Gram matrix over every coordinate (``O(n² d)``) instead of
             the sampled ones.
+        norms : np.ndarray | None
+            ``(n,)`` exact row norms the caller already has (used with sampled
+            geometry, which would otherwise make a pass over the deltas for them).
         """
         matrix = as_deltas(deltas)
         if len(identities) != matrix.shape[0]:
@@ -74,7 +78,9 @@ class DetectionContext:
         sketches = history.sketch(matrix)
         sketches.setflags(write=False)  # UpdateHistory.remember may keep views of it
         sampled = sketches.shape[1] < matrix.shape[1] and not exact_geometry
-        geometry = RoundGeometry.from_deltas(matrix, sketches if sampled else None)
+        geometry = RoundGeometry.from_deltas(
+            matrix, sketches if sampled else None, norms
+        )
         dots, previous_norms, known = history.compare(
             identities, sketches, matrix.shape[1]
         )
