@@ -9,9 +9,12 @@ ScreenedFedAvg`):
 3. weights = claimed examples (capped) × tier multiplier × detector factor, with the
    identities on probation capped to a joint share (:mod:`strategies.reputation`);
 4. the aggregate does not trust steps 1–3: the accepted rows go through the robust
-   stage of :mod:`strategies.robust_stage` (NNM ∘ CAF with ``f = ⌊β n⌋`` of the
-   ``n`` accepted rows, ``β = byzantine_fraction``), whose worst-case bound holds
-   whichever ``f`` of them are Byzantine; the weights of step 3 only re-weight
+   stage of :mod:`strategies.robust_stage` (the certified filter with
+   ``f = ⌊β n⌋`` of the ``n`` accepted rows, ``β = byzantine_fraction``: the plain
+   mean when the rows' spread needs no filtering, CAF's filter until it does not
+   otherwise), whose worst-case bound holds whichever ``f`` of them are Byzantine;
+   the former NNM ∘ CAF stage is ``robust_rule: {_target_:
+   strategies.robust_stage.RobustStage}``; the weights of step 3 only re-weight
    inside it: no row gets more than ``reputation_ceiling`` × its robust weight
    (:func:`~strategies.robust_stage.weights_within_bound`), and newcomers and late
    cohorts keep their caps. Alternatives (``robust_rule``): the norm-bounded mean of
@@ -71,7 +74,12 @@ from strategies.reputation import (
     is_banned,
     reputation_weights,
 )
-from strategies.robust_stage import RobustStage, weights_within_bound
+from strategies.robust_stage import (
+    CertifiedStage,
+    RobustStage,
+    Stage,
+    weights_within_bound,
+)
 
 ROBUST_MODES = ("robust", "mean")
 """The two ``robust_rule`` values that are not a rule but a mode of this strategy:
@@ -107,7 +115,7 @@ def example_weights_with_factors(
 
 # pylint: disable=too-many-instance-attributes
 class TrustedFedAvg(ScreenedFedAvg):
-    """Detectors + reputation + norm-bounded FedAvg (the flp2p strategy).
+    """Detectors + reputation + a certified robust stage (the flp2p strategy).
 
     Implementation based on FedAvg (McMahan et al., AISTATS 2017,
     https://arxiv.org/abs/1602.05629) with the screening of
@@ -133,12 +141,15 @@ class TrustedFedAvg(ScreenedFedAvg):
     use_reputation : bool (default: True)
         ``False`` weights by example count × detector factor only, never bans, and
         hands the recorder no reputations.
-    robust_rule : str | aggregators.AggregationRule (default: "robust")
-        ``"robust"``: the robust stage (NNM ∘ CAF, module docstring) with reputation
-        inside its bound. ``"mean"``: norm-bounded weighted mean of the accepted
-        rows (no worst-case bound). A rule instance (from a config: a nested
-        ``_target_``) aggregates the accepted rows instead (with the weights if the
-        rule supports them, else uniformly).
+    robust_rule : str | Stage | aggregators.AggregationRule (default: "robust")
+        ``"robust"``: the robust stage (:class:`~strategies.robust_stage.
+        CertifiedStage` with ``byzantine_fraction``) with reputation inside its
+        bound. A stage object (``CertifiedStage`` with another ``threshold``, or
+        the former :class:`~strategies.robust_stage.RobustStage`, NNM ∘ CAF) is run
+        the same way, with its own ``byzantine_fraction``. ``"mean"``: norm-bounded
+        weighted mean of the accepted rows (no worst-case bound). A rule instance
+        (from a config: a nested ``_target_``) aggregates the accepted rows instead
+        (with the weights if the rule supports them, else uniformly).
     byzantine_fraction : float (default: 0.3)
         ``β``: assumed Byzantine fraction among the rows that reach the robust stage
         (``"robust"`` only; ``0 ≤ β < ½``).
@@ -170,7 +181,7 @@ class TrustedFedAvg(ScreenedFedAvg):
         store: ReputationStore | None = None,
         use_detectors: bool = True,
         use_reputation: bool = True,
-        robust_rule: str | aggregators.AggregationRule = "robust",
+        robust_rule: str | Stage | aggregators.AggregationRule = "robust",
         norm_bound_ratio: float | None = 2.0,
         byzantine_fraction: float = 0.3,
         reputation_ceiling: float | None = None,
@@ -191,9 +202,11 @@ class TrustedFedAvg(ScreenedFedAvg):
         self.panel = _panel(detectors, panel)
         self.use_detectors = use_detectors
         self.use_reputation = use_reputation
-        self.stage = (
-            RobustStage(byzantine_fraction) if robust_rule == "robust" else None
-        )
+        self.stage: Stage | None = None
+        if isinstance(robust_rule, CertifiedStage | RobustStage):
+            self.stage = robust_rule
+        elif robust_rule == "robust":
+            self.stage = CertifiedStage(byzantine_fraction)
         ceiling = (
             1.0 / (1.0 - byzantine_fraction)
             if reputation_ceiling is None
@@ -202,7 +215,10 @@ class TrustedFedAvg(ScreenedFedAvg):
         if not ceiling >= 1.0:
             raise ValueError(f"reputation_ceiling must be ≥ 1, got {ceiling}")
         self.reputation_ceiling = ceiling
-        self.rule = None if self.stage is not None else _resolve_rule(robust_rule)
+        self.rule = None
+        if self.stage is None:
+            assert not isinstance(robust_rule, CertifiedStage | RobustStage)
+            self.rule = _resolve_rule(robust_rule)
         self.norm_bound_ratio = norm_bound_ratio
         if store is None and isinstance(self.recorder, ReputationStore):
             store = self.recorder
