@@ -464,7 +464,8 @@ def trusted_robust_reference(
     example_cap: float, fraction: float, certified: bool = True
 ) -> Reference:
     """TrustedFedAvg's default in a first round, given the detectors' verdicts:
-    reputation weights ``ρ`` as in :func:`trusted_reference`; robust weights
+    reputation weights ``ρ`` as in :func:`trusted_reference` but with every kept
+    row's factor 1 (down-weighted rows are not tilted against); robust weights
     ``π`` of the certified filter (``f = ⌊β k⌋`` of the ``k`` used rows, threshold 4,
     :func:`helpers_robust.brute_force_certified`), or with ``certified=False``
     ``π = Mᵀ p`` of the former stage (NNM then CAF with the same ``f``); final
@@ -477,7 +478,8 @@ def trusted_robust_reference(
             return None
         counts = good.counts.astype(np.float64)
         limit = example_cap * column_median(list(counts[used]))
-        rho = np.array([min(count, limit) for count in counts]) * factors
+        # In front of the stage a verdict counts as kept or not, never as a tilt.
+        rho = np.array([min(count, limit) for count in counts]) * (factors > 0)
         rows = good.deltas[used]
         f = fraction_count(len(rows), lambda k: (k - 1) // 2, fraction)
         if certified:
