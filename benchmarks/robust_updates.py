@@ -79,7 +79,7 @@ from strategies.records import (
     METRICS_KEY,
     NUM_EXAMPLES_KEY,
 )
-from strategies.robust_stage import CovarianceFilter
+from strategies.robust_stage import CertifiedFilter, CovarianceFilter, RobustStage
 from strategies.trusted import TrustedFedAvg
 
 RESULTS = Path(__file__).resolve().parent / "results" / "robust_updates"
@@ -275,6 +275,7 @@ def our_contenders(n: int, f: int) -> list[Contender]:
         "CenteredClipping": ours.CenteredClipping(tau=1.0),
         "CAF": CovarianceFilter(f=mix_f),
         "NNM∘CAF": CovarianceFilter(f=mix_f, mix=True),
+        "CertifiedFilter": CertifiedFilter(f=mix_f),
     }
     pre: dict[str, PreAggregator] = {
         "NNM": NearestNeighbourMixing(mix_f),
@@ -382,8 +383,9 @@ class MessageDriven:
 
 
 def strategy_contenders(n: int, f: int, width: int) -> list[Contender]:
-    """The default strategy (robust stage NNM∘CAF, ``byzantine_fraction`` 0.3, not
-    the true ``f``), its former aggregate (norm-bounded mean) and NNM∘Median."""
+    """The default strategy (the certified filter, ``byzantine_fraction`` 0.3, not
+    the true ``f``), its former stage (NNM∘CAF, same fraction), its first aggregate
+    (norm-bounded mean) and NNM∘Median."""
     mix_f = byzantine_count(f / n, n, minority_max_f)
     nnm_median = compose(NearestNeighbourMixing(mix_f), ours.CoordinateMedian())
     return [
@@ -394,7 +396,15 @@ def strategy_contenders(n: int, f: int, width: int) -> list[Contender]:
             stateful=True,
         ),
         Contender(
-            "TrustedFedAvg(robust_rule=mean) (before)",
+            "TrustedFedAvg(robust_rule=NNM∘CAF stage) (before)",
+            "strategy",
+            lambda: MessageDriven(
+                TrustedFedAvg(robust_rule=RobustStage(0.3), sketch_seed=0), width
+            ),
+            stateful=True,
+        ),
+        Contender(
+            "TrustedFedAvg(robust_rule=mean)",
             "strategy",
             lambda: MessageDriven(
                 TrustedFedAvg(robust_rule="mean", sketch_seed=0), width
