@@ -159,7 +159,7 @@ def sync_replica(
             ]
             aggregator = signer_node_id(parsed.signer) or parsed.signer
             committee = (
-                replica.next_committee(aggregator, committee_size)
+                replica.next_committee(aggregator, committee_size, parsed.candidates)
                 if committee_size > 0 and parsed.height > 0
                 else None
             )

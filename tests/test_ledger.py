@@ -29,6 +29,7 @@ from flp2p.ledger import (
     LedgerNotFoundError,
     RewardPolicy,
 )
+from flp2p.ledger.schema import SCHEMA_VERSION, read_meta
 from flp2p.signatures import canonical_ledger_json
 from strategies.records import (
     Contribution,
@@ -466,5 +467,25 @@ def test_a_version_1_ledger_is_upgraded_in_place_and_keeps_its_chain(
     after = database_dump(five_rounds)
     assert any("CREATE TABLE" in row and "cosignatures" in row for row in after)
     assert [row for row in after if "cosignatures" not in row] == [
-        row.replace("'schema_version','1'", "'schema_version','2'") for row in before
+        row.replace("'schema_version','1'", "'schema_version','3'") for row in before
     ]
+
+
+def test_a_version_2_ledger_gains_the_candidates_column_and_keeps_its_chain(
+    five_rounds: Path,
+) -> None:
+    with Ledger.open(five_rounds) as ledger:
+        hashes = [block.block_hash for block in ledger.blocks()]
+    # A ledger written before committees were drawn from live peers: no
+    # blocks.candidates column, schema_version 2.
+    conn = sqlite3.connect(five_rounds)
+    conn.execute("ALTER TABLE blocks DROP COLUMN candidates")
+    conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+
+    with Ledger.open(five_rounds) as ledger:
+        assert ledger.verify() == 6
+        assert [block.block_hash for block in ledger.blocks()] == hashes
+        assert "candidates" in ledger.db.table("blocks").columns_dict
+        assert read_meta(ledger.db, five_rounds)["schema_version"] == SCHEMA_VERSION

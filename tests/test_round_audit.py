@@ -179,7 +179,10 @@ class Federation:
             self.receivers.append(receiver)
             future = asyncio.run_coroutine_threadsafe(receiver.start(), self.loop)
             addresses[auditor.node_id] = future.result(timeout=10)
-        write_auditors(self.folder / "auditors.json", addresses)
+        # The runtime fixes round 1's committee candidates when it takes the lease.
+        write_auditors(
+            self.folder / "auditors.json", addresses, (), (1, sorted(addresses))
+        )
 
     def aggregate(self, lie: str | None = None) -> tuple[bool, str]:
         """Round 1 through AuditedRounds: (final, model hash handed to Flower)."""

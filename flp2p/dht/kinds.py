@@ -143,6 +143,10 @@ class Genesis:
         )
 
 
+MAX_LEASE_CANDIDATES = 96
+"""Committee candidates a lease may name (their hex ids must fit in one record)."""
+
+
 @dataclass(frozen=True)
 class Lease:
     """Who aggregates a federation now, and where to find its SuperLink.
@@ -163,6 +167,11 @@ class Lease:
         Last finished round.
     model_sha256 : str
         Hex SHA-256 of the global model after ``last_round``.
+    candidates : tuple[str, ...] or None
+        Audited federations: node ids (sorted, no repeats) of the live eligible
+        peers the committee of round ``last_round + 1`` is drawn from, the set its
+        block records; watchers redraw that committee from it to count
+        accusations (:mod:`flp2p.peer.revocation_watch`). ``None`` without audits.
     """
 
     KIND: ClassVar[str] = "lease"
@@ -174,6 +183,7 @@ class Lease:
     epoch: int
     last_round: int
     model_sha256: str
+    candidates: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("federation_id", "holder", "tls_fingerprint", "model_sha256"):
@@ -181,6 +191,15 @@ class Lease:
         _check_address(self.superlink_address)
         if self.epoch < 0 or self.last_round < 0:
             raise RecordError("epoch and last_round must be non-negative")
+        if self.candidates is not None:
+            if len(self.candidates) > MAX_LEASE_CANDIDATES:
+                raise RecordError(f"at most {MAX_LEASE_CANDIDATES} candidates")
+            for node_id in self.candidates:
+                _check_hex_sha256("candidate node id", node_id)
+            if list(self.candidates) != sorted(set(self.candidates)):
+                raise RecordError("candidates must be sorted without repeats")
+            if self.holder in self.candidates:
+                raise RecordError("the holder cannot be its own committee candidate")
 
     @property
     def subject(self) -> str:
@@ -197,6 +216,9 @@ class Lease:
             "epoch": self.epoch,
             "last_round": self.last_round,
             "model_sha256": self.model_sha256,
+            **(
+                {} if self.candidates is None else {"candidates": list(self.candidates)}
+            ),
         }
 
     @classmethod
@@ -211,7 +233,8 @@ class Lease:
             "last_round",
             "model_sha256",
         }
-        _expect_fields(payload, names)
+        audited = isinstance(payload, Mapping) and "candidates" in payload
+        _expect_fields(payload, names | ({"candidates"} if audited else set()))
         return _build(
             cls,
             federation_id=_str(payload, "federation_id"),
@@ -221,6 +244,7 @@ class Lease:
             epoch=_int(payload, "epoch"),
             last_round=_int(payload, "last_round"),
             model_sha256=_str(payload, "model_sha256"),
+            candidates=tuple(_str_list(payload, "candidates")) if audited else None,
         )
 
 

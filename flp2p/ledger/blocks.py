@@ -88,7 +88,9 @@ HEADER_FIELDS: dict[str, type] = {
     "reputations": list,
     "signature": str,
 }
-"""Top-level fields of a serialised block (``aggregate_sha256`` may be null)."""
+"""Top-level fields of a serialised block (``aggregate_sha256`` may be null; an
+audited round's ``candidates`` list is present only when set, so blocks written
+before it keep their bytes and hashes)."""
 
 
 class BlockKind(str, Enum):
@@ -192,6 +194,13 @@ class Block:
         identity.
     signature : str
         Hex Ed25519 signature over :meth:`signing_payload` (empty while unsigned).
+    candidates : tuple[str, ...] or None
+        Audited rounds only: node ids, sorted, of the live aggregator-eligible
+        peers other than the signer that the round's committee was drawn from
+        (empty: no live committee, the block is final on the signer's signature);
+        ``None`` for unaudited rounds and for blocks written before committees
+        were drawn from live peers (their committee is drawn from the genesis'
+        list).
     """
 
     federation: str
@@ -207,10 +216,15 @@ class Block:
     rewards: tuple[Row, ...] = ()
     reputations: tuple[Row, ...] = ()
     signature: str = ""
+    candidates: tuple[str, ...] | None = None
 
     def body(self) -> Row:
         """Everything the signature covers, as JSON values."""
+        optional: Row = {}
+        if self.candidates is not None:
+            optional["candidates"] = list(self.candidates)
         return {
+            **optional,
             "version": BLOCK_VERSION,
             "kind": self.kind.value,
             "federation": self.federation,
@@ -305,6 +319,17 @@ class Block:
         BlockFormatError
             On a missing, unknown or mistyped field.
         """
+        candidates = None
+        if isinstance(decoded, dict) and "candidates" in decoded:
+            decoded = dict(decoded)
+            listed = decoded.pop("candidates")
+            if not isinstance(listed, list) or not all(
+                isinstance(node_id, str) for node_id in listed
+            ):
+                raise BlockFormatError("block field 'candidates' must list strings")
+            if listed != sorted(set(listed)):
+                raise BlockFormatError("candidates must be sorted without repeats")
+            candidates = tuple(listed)
         header = _checked_fields(decoded, HEADER_FIELDS, "block", {"aggregate_sha256"})
         if header["version"] != BLOCK_VERSION:
             raise BlockFormatError(f"unsupported block version {header['version']!r}")
@@ -341,6 +366,7 @@ class Block:
             rewards=rewards,
             reputations=reputations,
             signature=header["signature"],  # type: ignore[arg-type]
+            candidates=candidates,
         )
 
 

@@ -12,7 +12,7 @@ from strategies.records import Tier
 
 from .blocks import Block, BlockKind
 from .errors import LedgerError
-from .store import Ledger
+from .store import Ledger, candidate_refusal
 from .verify import block_target, signer_node_id
 
 _LEADERBOARD_SQL = """
@@ -162,30 +162,41 @@ class BlockFinalityStatus:
 
 
 def finality_report(
-    ledger: Ledger, committee_size: int = DEFAULT_COMMITTEE_SIZE
+    ledger: Ledger,
+    committee_size: int = DEFAULT_COMMITTEE_SIZE,
+    start_height: int = 0,
 ) -> list[BlockFinalityStatus]:
-    """Co-signatures and finality of every round block, in chain order.
+    """Co-signatures and finality of every round block from ``start_height`` on,
+    in chain order.
 
     Each block's committee is redrawn as the round drew it: seeded by the previous
-    block's hash, from the genesis' allowed signers (node ids, as a federation's
-    genesis names its aggregators) minus the block's signer, weighted by the tiers
-    the chain recorded up to the previous block. Check the chain itself first
-    (:meth:`Ledger.verify`): this trusts the blocks and judges only co-signatures.
+    block's hash, from the live eligible peers the block records as its
+    ``candidates`` (or, for a block without them, the genesis' allowed signers,
+    node ids as a federation's genesis names its aggregators) minus the block's
+    signer, weighted by the tiers the chain recorded up to the previous block. A
+    block whose candidates leave out an eligible co-signer of the previous block,
+    or name someone ineligible, is not final
+    (:func:`flp2p.ledger.store.candidate_refusal`); one whose candidates are empty
+    says "no live committee". Check the chain itself first (:meth:`Ledger.verify`):
+    this trusts the blocks and judges only co-signatures and committees.
     """
     statuses: list[BlockFinalityStatus] = []
+    genesis = ledger.block(0) if start_height > 0 else None
+    eligible: tuple[str, ...] = () if genesis is None else genesis.allowed_signers
+    previous: Block | None = None
     tiers: dict[str, Tier] = {}
-    eligible: tuple[str, ...] = ()
-    previous_hash = ""
-    for block in ledger.blocks():
+    if start_height > 0:
+        previous = ledger.block(start_height - 1)
+        tiers = ledger.tiers_up_to(start_height - 1)
+    for block in ledger.blocks(start_height):
         if block.kind is BlockKind.GENESIS:
             eligible = block.allowed_signers
         else:
+            assert previous is not None  # only the genesis has no block before it
             statuses.append(
-                _block_status(
-                    ledger, block, eligible, previous_hash, tiers, committee_size
-                )
+                _block_status(ledger, block, eligible, previous, tiers, committee_size)
             )
-        previous_hash = block.block_hash
+        previous = block
         for row in block.reputations:
             tiers[str(row["identity"])] = Tier(row["tier"])
     return statuses
@@ -195,30 +206,46 @@ def _block_status(
     ledger: Ledger,
     block: Block,
     eligible: tuple[str, ...],
-    seed: str,
+    previous: Block,
     tiers: dict[str, Tier],
     committee_size: int,
 ) -> BlockFinalityStatus:
-    if not eligible:
+    def status(
+        committee: Committee | None, finality: Finality | None, note: str
+    ) -> BlockFinalityStatus:
         return BlockFinalityStatus(
-            block.height,
-            block.server_round,
-            None,
-            None,
-            "the genesis allows any signer",
+            block.height, block.server_round, committee, finality, note
         )
+
+    if not eligible:
+        return status(None, None, "the genesis allows any signer")
     aggregator = signer_node_id(block.signer) or block.signer
-    committee = draw_committee(eligible, aggregator, seed, tiers, committee_size)
+    seed = previous.block_hash
+    pool = eligible if block.candidates is None else block.candidates
+    committee = draw_committee(pool, aggregator, seed, tiers, committee_size)
+    if block.candidates is not None:
+        try:
+            required = _previous_cosigners(ledger, previous, eligible, aggregator)
+        except LedgerError as error:
+            return status(committee, None, str(error))
+        refusal = candidate_refusal(block.candidates, eligible, aggregator, required)
+        if refusal:
+            return status(committee, None, f"not final: {refusal}")
+        if committee_size > 0 and not block.candidates:
+            return status(None, None, "no live committee: final on its signature")
     if not committee.members:
-        note = committee.shortfall or "committee size 0"
-        return BlockFinalityStatus(block.height, block.server_round, None, None, note)
+        return status(None, None, committee.shortfall or "committee size 0")
     try:
         statements = ledger.cosignatures(block.height)
     except LedgerError as error:
-        return BlockFinalityStatus(
-            block.height, block.server_round, committee, None, str(error)
-        )
+        return status(committee, None, str(error))
     finality = block_finality(block_target(block), committee, statements)
-    return BlockFinalityStatus(
-        block.height, block.server_round, committee, finality, committee.shortfall
-    )
+    return status(committee, finality, committee.shortfall)
+
+
+def _previous_cosigners(
+    ledger: Ledger, previous: Block, eligible: tuple[str, ...], aggregator: str
+) -> tuple[str, ...]:
+    """The eligible peers, other than ``aggregator``, that co-signed ``previous``."""
+    signers = {s.auditor for s in ledger.cosignatures(previous.height)}
+    return tuple(sorted(n for n in signers & set(eligible) if n != aggregator))

@@ -27,8 +27,8 @@ from .errors import ForeignDatabaseError, LedgerNotFoundError
 
 SCHEMA_NAME = "flp2p-ledger"
 """``meta.schema``: marks a file as ours, so foreign databases are refused."""
-SCHEMA_VERSION = "2"
-"""``meta.schema_version`` (2 added ``cosignatures``)."""
+SCHEMA_VERSION = "3"
+"""``meta.schema_version`` (2 added ``cosignatures``, 3 ``blocks.candidates``)."""
 CHAIN_TABLES: dict[str, tuple[str, ...]] = {
     "blocks": ("height",),
     "contributions": ("height", "position"),
@@ -107,6 +107,7 @@ def create_schema(db: sqlite_utils.Database, federation: str) -> None:
             "allowed_signers": str,
             "block_hash": str,
             "signature": str,
+            "candidates": str,
         },
         pk="height",
         not_null={"kind", "federation", "previous_hash", "signer", "block_hash"},
@@ -185,8 +186,9 @@ def create_schema(db: sqlite_utils.Database, federation: str) -> None:
 def upgrade_schema(db: sqlite_utils.Database) -> bool:
     """Bring a ledger of an older schema version to :data:`SCHEMA_VERSION`.
 
-    Version 1 lacks ``cosignatures``; adding the (empty) table and its triggers is
-    all version 2 needs, and every block stays as it was signed. Returns whether
+    Version 1 lacks ``cosignatures``, version 2 the ``blocks.candidates`` column;
+    adding the (empty) table with its triggers and the (null) column is all
+    version 3 needs, and every block stays as it was signed. Returns whether
     anything changed. A file that is not an flp2p ledger is left untouched (and
     refused afterwards by :func:`read_meta`).
     """
@@ -198,7 +200,7 @@ def upgrade_schema(db: sqlite_utils.Database) -> bool:
         ).fetchone()
     except sqlite3.DatabaseError:
         return False
-    if version is None or version[0] != "1":
+    if version is None or version[0] not in ("1", "2"):
         return False
     db.conn.execute("BEGIN IMMEDIATE")
     try:
@@ -207,6 +209,8 @@ def upgrade_schema(db: sqlite_utils.Database) -> bool:
             db.executescript(
                 _append_only_triggers("cosignatures", CHAIN_TABLES["cosignatures"])
             )
+        if "candidates" not in db.table("blocks").columns_dict:
+            db.execute("ALTER TABLE blocks ADD COLUMN candidates TEXT")
         db.execute(
             "UPDATE meta SET value = ? WHERE key = 'schema_version'", [SCHEMA_VERSION]
         )

@@ -276,13 +276,18 @@ class Ledger:
             self._insert_block(self._round_block(report, reputations, tip), tip)
 
     def propose_round(
-        self, report: RoundReport, reputations: Sequence[ReputationState]
+        self,
+        report: RoundReport,
+        reputations: Sequence[ReputationState],
+        candidates: Iterable[str] | None = None,
     ) -> Block:
         """The signed block :meth:`record_round` would append, without appending it.
 
         The aggregator sends it to the round's auditors; once enough of them
         co-signed, :meth:`append_final_block` appends it. Writes the genesis first
-        when the chain is empty (a genesis needs no audit).
+        when the chain is empty (a genesis needs no audit). ``candidates``, the
+        live eligible peers its committee is drawn from, are recorded in the block
+        (sorted, without repeats).
 
         Raises
         ------
@@ -291,7 +296,7 @@ class Ledger:
         """
         with self.transaction():
             tip = self._genesis_tip()
-            block = self._round_block(report, reputations, tip)
+            block = self._round_block(report, reputations, tip, candidates)
             check_successor(block, tip, self.federation)
         return block
 
@@ -326,6 +331,7 @@ class Ledger:
         report: RoundReport,
         reputations: Sequence[ReputationState],
         tip: ChainTip,
+        candidates: Iterable[str] | None = None,
     ) -> Block:
         """The signed round block of ``report`` following ``tip``."""
         assert self.signer is not None
@@ -345,6 +351,7 @@ class Ledger:
             contributions=contributions,
             rewards=tuple(reward_row(r) for r in rewards),
             reputations=tuple(reputation_row(latest[i]) for i in sorted(latest)),
+            candidates=None if candidates is None else tuple(sorted(set(candidates))),
         ).signed_by(self.signer)
 
     def _tiers_for(
@@ -541,30 +548,65 @@ class Ledger:
             ) from None
 
     def next_committee(
-        self, aggregator: str, committee_size: int = DEFAULT_COMMITTEE_SIZE
+        self,
+        aggregator: str,
+        committee_size: int = DEFAULT_COMMITTEE_SIZE,
+        candidates: Iterable[str] | None = None,
     ) -> Committee | None:
         """The audit committee of the block that will follow the current tip.
 
-        Drawn as :func:`flp2p.ledger.reports.finality_report` redraws it: from the
-        genesis' allowed signers minus ``aggregator`` (a node id), seeded by the
-        tip's hash, weighted by the tiers the chain recorded up to the tip.
-        ``None`` when the chain is empty or its genesis allows any signer (a
-        simulation: no committee).
+        Drawn as :func:`flp2p.ledger.reports.finality_report` redraws it: from
+        ``candidates`` (the live eligible peers the block will record, see
+        :meth:`required_candidates`) or, when ``None``, the genesis' allowed
+        signers, minus ``aggregator`` (a node id), seeded by the tip's hash,
+        weighted by the tiers the chain recorded up to the tip. ``None`` when the
+        chain is empty or its genesis allows any signer (a simulation: no
+        committee).
         """
-        return self._committee_after(self._load_tip(), aggregator, committee_size)
+        pool = None if candidates is None else tuple(candidates)
+        return self._committee_after(self._load_tip(), aggregator, committee_size, pool)
+
+    def required_candidates(self, aggregator: str) -> tuple[str, ...]:
+        """Who the next block's candidate set must contain: every eligible peer,
+        other than ``aggregator``, that co-signed the tip (sorted).
+
+        They proved they were live one round ago, so an aggregator that leaves them
+        out to draw its committee among friends has the block refused by every
+        replica (:func:`candidate_refusal`).
+        """
+        tip = self._load_tip()
+        return () if tip is None else self._required_after(tip, aggregator)
+
+    def _required_after(self, tip: ChainTip, aggregator: str) -> tuple[str, ...]:
+        eligible = set(tip.genesis.allowed_signers)
+        keys = self._db.execute(
+            "SELECT auditor_public_key FROM cosignatures WHERE height = ?",
+            [tip.last.height],
+        ).fetchall()
+        signers = {signer_node_id(str(key)) for (key,) in keys}
+        return tuple(sorted(n for n in signers & eligible if n and n != aggregator))
 
     def _committee_after(
-        self, tip: ChainTip | None, aggregator: str, committee_size: int
+        self,
+        tip: ChainTip | None,
+        aggregator: str,
+        committee_size: int,
+        candidates: tuple[str, ...] | None = None,
     ) -> Committee | None:
         if tip is None or not tip.genesis.allowed_signers:
             return None
         return draw_committee(
-            tip.genesis.allowed_signers,
+            tip.genesis.allowed_signers if candidates is None else candidates,
             aggregator,
             tip.last.block_hash,
             self._chain_tiers(tip.last.height),
             committee_size,
         )
+
+    def tiers_up_to(self, height: int) -> dict[str, Tier]:
+        """Each identity's tier in the last block up to ``height`` that lists it
+        (the weights of the committee drawn after that block)."""
+        return self._chain_tiers(height)
 
     def _chain_tiers(self, height: int) -> dict[str, Tier]:
         """Each identity's tier in the last block up to ``height`` that lists it."""
@@ -607,9 +649,17 @@ class Ledger:
         with self.transaction():
             tip = self._load_tip()
             check_successor(block, tip, self.federation)
+            self._check_candidates(block, tip)
             aggregator = signer_node_id(block.signer) or block.signer
-            committee = self._committee_after(tip, aggregator, committee_size)
+            committee = self._committee_after(
+                tip, aggregator, committee_size, block.candidates
+            )
             if committee is None or not committee.members:
+                if block.candidates is not None and committee is not None:
+                    # No live committee: final on the signer's signature alone,
+                    # once _insert_block has checked the recorded candidates.
+                    self._insert_block(block, tip)
+                    return block
                 raise LedgerError(
                     f"block {block.height} has no committee to finalise it"
                 )
@@ -654,6 +704,7 @@ class Ledger:
     def _insert_block(self, block: Block, tip: ChainTip | None) -> None:
         """Check ``block`` against ``tip`` and write all its rows (caller's txn)."""
         check_successor(block, tip, self.federation)
+        self._check_candidates(block, tip)
         for table, rows in (
             ("blocks", [header_sql_row(block)]),
             ("contributions", contribution_sql_rows(block)),
@@ -663,6 +714,21 @@ class Ledger:
             self._insert_rows(table, rows)
         self._update_derived(block)
         self._tip = ChainTip(tip.genesis if tip else block, block)
+
+    def _check_candidates(self, block: Block, tip: ChainTip | None) -> None:
+        """Raise :class:`ChainError` if ``block`` records committee candidates
+        that :func:`candidate_refusal` refuses."""
+        if block.candidates is None or tip is None:
+            return
+        aggregator = signer_node_id(block.signer) or block.signer
+        refusal = candidate_refusal(
+            block.candidates,
+            tip.genesis.allowed_signers,
+            aggregator,
+            self._required_after(tip, aggregator),
+        )
+        if refusal:
+            raise ChainError(block.height, refusal)
 
     def _insert_rows(self, table: str, rows: Sequence[Mapping[str, object]]) -> None:
         """Plain ``executemany`` INSERT (the caller's transaction).
@@ -734,6 +800,38 @@ class Ledger:
             """,
             [{**row, "updated_height": updated_height} for row in rows],
         )
+
+
+def candidate_refusal(
+    candidates: Sequence[str],
+    eligible: Sequence[str],
+    aggregator: str,
+    required: Iterable[str],
+) -> str:
+    """Why a block's recorded candidate set is not one its committee may be drawn
+    from ("" when it is).
+
+    The set must hold only aggregator-eligible peers other than the aggregator,
+    and every one of ``required`` (:meth:`Ledger.required_candidates`: the
+    previous block's eligible co-signers). Liveness itself cannot be checked
+    after the fact, so this is what stops an aggregator from cherry-picking its
+    committee; leaving out other live peers is not detected (README, threat
+    model).
+    """
+    if not eligible:
+        return "records committee candidates, but the genesis allows any signer"
+    outsiders = sorted(set(candidates) - set(eligible))
+    if outsiders:
+        return f"committee candidate {outsiders[0][:12]}… is not aggregator-eligible"
+    if aggregator in candidates:
+        return "its signer is among its own committee candidates"
+    left_out = sorted(set(required) - set(candidates))
+    if left_out:
+        return (
+            f"committee candidates leave out {left_out[0][:12]}…, who co-signed "
+            "the previous block"
+        )
+    return ""
 
 
 def _cosignature_row(height: int, statement: AuditStatement) -> dict[str, Any]:

@@ -42,6 +42,9 @@ def header_sql_row(block: Block) -> SqlRow:
         "allowed_signers": canonical_ledger_json(list(block.allowed_signers)).decode(),
         "block_hash": block.block_hash,
         "signature": block.signature,
+        "candidates": None
+        if block.candidates is None
+        else canonical_ledger_json(list(block.candidates)).decode(),
     }
 
 
@@ -112,6 +115,8 @@ def block_from_sql(
             "reputations": [_without_keys(row, ("height",)) for row in reputations],
             "signature": header["signature"],
         }
+        if header.get("candidates") is not None:
+            decoded["candidates"] = json.loads(header["candidates"])
         return Block.from_json(decoded)
     except (BlockFormatError, ValueError, TypeError) as error:
         raise ChainError(height, f"rows are malformed ({error})") from None

@@ -72,6 +72,7 @@ from flp2p.peer.processes import (
 from flp2p.peer.round_audit import (
     AUDITORS_FILE_KEY,
     BYZANTINE_KEY,
+    committee_size,
     lie_from_environment,
     write_auditors,
 )
@@ -305,14 +306,58 @@ class AggregatorRole:
         chain: pushes resume after it)."""
         self.auditors_file = self.work_dir / "auditors.json"
         """Where the ServerApp finds its committee's addresses (issue 15)."""
+        self.auditor_addresses: dict[str, str] = {}
+        self.revoked: tuple[str, ...] = ()
+        self.candidates: tuple[int, tuple[str, ...]] | None = None
+        """(federation round, node ids): the live eligible peers the committee of
+        that round is drawn from, fixed when the round before it is advertised (the
+        lease carries them, the block records them)."""
+        try:
+            self.audited = committee_size(settings) > 0
+        except ValueError:  # the runtime refuses such a genesis with its reason
+            self.audited = False
 
     def update_auditors(
         self, addresses: Mapping[str, str], revoked: Iterable[str] = ()
     ) -> None:
         """Tell the ServerApp where the other eligible peers take audit requests
         and which aggregators were revoked (it records their bans)."""
+        self.auditor_addresses = dict(addresses)
+        self.revoked = tuple(revoked)
+        self._write_auditors()
+
+    def _write_auditors(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        write_auditors(self.auditors_file, addresses, revoked)
+        write_auditors(
+            self.auditors_file, self.auditor_addresses, self.revoked, self.candidates
+        )
+
+    async def _fix_candidates(
+        self, server_round: int, live: Iterable[str]
+    ) -> tuple[str, ...] | None:
+        """Fix the committee candidates of ``server_round`` (audited federations):
+        the ``live`` eligible peers plus every eligible co-signer of the chain's
+        tip, which the block must list (:meth:`Ledger.required_candidates`)."""
+        if not self.audited:
+            return None
+        me = self.book.identity.node_id
+        required: tuple[str, ...] = ()
+        if self.ledger is not None and self.ledger.exists():
+            ledger = self.ledger
+
+            def read() -> tuple[str, ...]:
+                with Ledger.open(ledger, federation=self.federation_id) as chain:
+                    return chain.required_candidates(me)
+
+            try:
+                required = await asyncio.to_thread(read)
+            except LedgerError as error:
+                log.warning("cannot read the previous block's co-signers: %s", error)
+        eligible = set(self.genesis.eligible)
+        pool = tuple(sorted((set(live) & eligible | set(required)) - {me}))
+        self.candidates = (server_round, pool)
+        self._write_auditors()
+        return pool
 
     async def start_chain(self, standbys: list[str], last_round: int) -> None:
         """Make sure the ledger has a genesis and that ``standbys`` hold the chain
@@ -441,6 +486,9 @@ class AggregatorRole:
             epoch=epoch,
             last_round=resume.server_round,
             model_sha256=resume.sha256,
+            candidates=await self._fix_candidates(
+                resume.server_round + 1, self.auditor_addresses
+            ),
         )
         self.holding = Holding(superlink, lease)
         await self.book.publish(lease)
@@ -514,8 +562,15 @@ class AggregatorRole:
         took = [a for a, failure in zip(standbys, failures, strict=True) if not failure]
         await self._push_blocks(took, newest)
         await self.push_run_files(took, newest)
+        # Live, for the next committee: the eligible peers that just took this
+        # round's model and chain, which is what auditing the next round needs.
+        by_address = {a: n for n, a in self.auditor_addresses.items()}
+        live = [by_address[a] for a in took if a in by_address]
         lease = dataclasses.replace(
-            self.holding.lease, last_round=newest, model_sha256=checkpoint.sha256
+            self.holding.lease,
+            last_round=newest,
+            model_sha256=checkpoint.sha256,
+            candidates=await self._fix_candidates(newest + 1, live),
         )
         self.holding.lease = lease
         await self.book.publish(lease)

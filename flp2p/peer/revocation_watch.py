@@ -3,9 +3,14 @@
 An eligible peer asks this while someone else holds the lease (and the holder
 about itself): the round in progress is the one after the lease's last round; its
 committee is drawn from this peer's copy of the chain, which ends at that round
-(the holder pushes each final block before advertising it), so every peer draws
-the same committee; the accusations of its members are read from the DHT and
-judged by :func:`flp2p.audit.revocation.revocation` (⌈2m/3⌉ of them revoke).
+(the holder pushes each final block before advertising it), and from the live
+candidates the holder's signed lease names (the set the round's block records),
+so every peer draws the same committee; the accusations of its members are read
+from the DHT and judged by :func:`flp2p.audit.revocation.revocation` (⌈2m/3⌉ of
+them revoke).
+
+Each poll judges only the block of the lease's last round (found from the tip
+down, usually the tip itself), not the whole chain again.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ def round_committee(
             tip = chain.latest_block()
             if tip is None or tip.server_round != lease.last_round:
                 return None
-            committee = chain.next_committee(lease.holder, committee_size)
+            committee = chain.next_committee(
+                lease.holder, committee_size, lease.candidates
+            )
     except LedgerError:
         return None
     return committee if committee is not None and committee.members else None
@@ -48,15 +55,30 @@ def final_round_committee(
         return None
     try:
         with Ledger.open(ledger, federation=federation) as chain:
-            statuses = finality_report(chain, committee_size)
+            height = _height_of_round(chain, lease.last_round)
+            if height is None:
+                return None
+            statuses = finality_report(chain, committee_size, start_height=height)
     except LedgerError:
         return None
-    for status in reversed(statuses):
-        if status.server_round == lease.last_round:
-            committee = status.committee
-            if committee is None or committee.aggregator != lease.holder:
-                return None
-            return committee if committee.members else None
+    committee = statuses[0].committee if statuses else None
+    if committee is None or committee.aggregator != lease.holder:
+        return None
+    return committee if committee.members else None
+
+
+def _height_of_round(chain: Ledger, server_round: int) -> int | None:
+    """Height of the last round block of federation round ``server_round``,
+    searched from the tip down (rounds only grow along a peer's chain, so the
+    search stops at the first block below that round)."""
+    height = chain.height
+    while height is not None and height > 0:
+        block = chain.block(height)
+        if block.server_round == server_round:
+            return height
+        if block.server_round < server_round:
+            return None
+        height -= 1
     return None
 
 

@@ -40,6 +40,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -86,6 +87,10 @@ AUDIT_ATTEMPTS = 3
 """Passes over the members that have not co-signed yet (an address may not be
 known yet, or a member may still be receiving the previous round)."""
 RETRY_SECONDS = 2.0
+CANDIDATES_WAIT_SECONDS = 30.0
+"""How long a round waits for the runtime to fix its committee candidates (it does
+when it advertises the round before, while this round trains)."""
+CANDIDATES_POLL_SECONDS = 0.25
 INFLATED_TOKENS = 1000.0
 """What the ``reward`` liar pays itself."""
 REVOKED_UNTIL = 1 << 31
@@ -149,22 +154,42 @@ def lie_from_environment() -> str | None:
 
 
 def write_auditors(
-    path: Path, addresses: Mapping[str, str], revoked: Iterable[str] = ()
+    path: Path,
+    addresses: Mapping[str, str],
+    revoked: Iterable[str] = (),
+    candidates: tuple[int, Sequence[str]] | None = None,
 ) -> None:
-    """Atomically write node id → audit address and the revoked aggregators."""
+    """Atomically write node id → audit address, the revoked aggregators and the
+    committee candidates fixed for a round (``(federation round, node ids)``)."""
     partial = path.with_suffix(".partial")
-    partial.write_text(
-        json.dumps({"addresses": dict(addresses), "revoked": sorted(set(revoked))})
-    )
+    data: dict[str, Any] = {
+        "addresses": dict(addresses),
+        "revoked": sorted(set(revoked)),
+    }
+    if candidates is not None:
+        data["candidates"] = {"round": candidates[0], "ids": list(candidates[1])}
+    partial.write_text(json.dumps(data))
     os.replace(partial, path)
 
 
 def read_auditors(path: Path | None) -> tuple[dict[str, str], tuple[str, ...]]:
-    """Inverse of :func:`write_auditors` (empty while the file does not exist)."""
+    """Addresses and revoked aggregators of :func:`write_auditors` (empty while
+    the file does not exist)."""
     if path is None or not path.exists():
         return {}, ()
     data = json.loads(path.read_text())
     return dict(data.get("addresses", {})), tuple(data.get("revoked", ()))
+
+
+def read_candidates(path: Path | None, server_round: int) -> tuple[str, ...] | None:
+    """The committee candidates :func:`write_auditors` fixed for federation round
+    ``server_round`` (``None`` while none are fixed for that round)."""
+    if path is None or not path.exists():
+        return None
+    fixed = json.loads(path.read_text()).get("candidates")
+    if not isinstance(fixed, dict) or fixed.get("round") != server_round:
+        return None
+    return tuple(str(node_id) for node_id in fixed.get("ids", ()))
 
 
 def audit_payload(block_bytes: bytes, replies: bytes) -> bytes:
@@ -212,6 +237,9 @@ class ProposingLedger:
         self.ledger = ledger
         self.revoked = tuple(revoked)
         self.proposed: Block | None = None
+        self.candidates: tuple[str, ...] | None = None
+        """The live eligible peers the next block records as its committee's
+        candidates (:class:`AuditedRounds` sets them before each round)."""
 
     def get_reputation(self, identity: str) -> ReputationState | None:
         """As the round-shifting ledger."""
@@ -235,7 +263,7 @@ class ProposingLedger:
         shifted = replace(report, server_round=report.server_round + offset)
         states = [self.rounds.to_ledger(s) for s in reputations]
         self.proposed = self.ledger.propose_round(
-            shifted, [*states, *self._bans(states)]
+            shifted, [*states, *self._bans(states)], self.candidates
         )
 
     def _bans(self, states: Sequence[ReputationState]) -> list[ReputationState]:
@@ -296,7 +324,12 @@ class AuditedRounds(StrategyWrapper):
         """Aggregate, have the committee co-sign, append; raise if not final."""
         ledger = self.recorder.ledger
         ledger.start_chain()  # round 1's committee is seeded by the genesis
-        committee = ledger.next_committee(self.identity.node_id, self.committee_size)
+        me = self.identity.node_id
+        candidates = self._candidates(
+            server_round + int(self.recorder.rounds.round_offset)
+        )
+        self.recorder.candidates = candidates
+        committee = ledger.next_committee(me, self.committee_size, candidates)
         signed = list(replies)
         if self.lie == "drop":
             signed = _without_one(signed)
@@ -307,6 +340,8 @@ class AuditedRounds(StrategyWrapper):
             return arrays, metrics
         if committee is None or not committee.members:
             ledger.append_block(block.to_bytes())
+            if candidates is not None:
+                log.info("round %d: no live committee", block.server_round)
             return arrays, metrics
         previous = self.checkpoints.load(block.server_round - 1)
         if self.lie is not None:
@@ -325,6 +360,30 @@ class AuditedRounds(StrategyWrapper):
             committee.threshold,
         )
         return arrays, metrics
+
+    def _candidates(self, federation_round: int) -> tuple[str, ...]:
+        """The committee candidates the runtime fixed for this round (and put in
+        its lease), waiting for them while the previous round is being advertised;
+        failing that, the live eligible peers now plus those the block must list."""
+        deadline = time.monotonic() + CANDIDATES_WAIT_SECONDS
+        while True:
+            fixed = read_candidates(self.auditors_file, federation_round)
+            if fixed is not None or self.auditors_file is None:
+                break
+            if time.monotonic() > deadline:
+                log.warning(
+                    "round %d: no committee candidates fixed; drawing from the "
+                    "peers live now",
+                    federation_round,
+                )
+                break
+            time.sleep(CANDIDATES_POLL_SECONDS)
+        if fixed is not None:
+            return fixed
+        me = self.identity.node_id
+        addresses, _ = read_auditors(self.auditors_file)
+        required = self.recorder.ledger.required_candidates(me)
+        return tuple(sorted((set(addresses) | set(required)) - {me}))
 
     async def _collect(
         self, committee: Committee, claim: Mapping[str, Any], payload: bytes
