@@ -601,7 +601,7 @@ def render_goals(results: Results, console: Console) -> None:
             escape(
                 f"f = {f}: goal (≤ 1.1 × best ByzFL + 0.02) met for "
                 f"{', '.join(met) or 'no attack'}; missed for "
-                f"{'; '.join(missed) or 'none'}"
+                f"{'; '.join(missed) or 'no attack'}"
             )
         )
         worst = {name: results.worst(f, name)[1] for name in results.errors[f]}

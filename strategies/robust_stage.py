@@ -252,11 +252,35 @@ def spread_factor(n: int, f: int) -> float:
     return n * n / ((n - 1) * (n - f - (n + 1) // 2 + 1))
 
 
+@dataclass(frozen=True)
+class Certification:
+    """What the certified filter returns: the weights, and the rows it vouches for.
+
+    Attributes
+    ----------
+    weights : np.ndarray
+        ``(n,)`` ``p``, summing to 1.
+    vouched : np.ndarray | None
+        ``(n,)`` bool: the hard set ``1[c ≥ ½]`` whose uniform weights carried the
+        certificate (``weights`` is uniform on it), all rows when they passed at
+        once; ``None`` when the answer is a fractional iterate or CAF's fallback,
+        which vouch for no set of rows.
+    """
+
+    weights: np.ndarray
+    vouched: np.ndarray | None
+
+
 def certified_filter(
     squared_distances: np.ndarray, f: int, threshold: float
 ) -> np.ndarray:
     """Weights ``p`` (sum 1): the first CAF iterate that passes the certificate, else
-    CAF's own answer (:func:`covariance_filter`).
+    CAF's own answer (:func:`covariance_filter`); see :func:`certify`."""
+    return certify(squared_distances, f, threshold).weights
+
+
+def certify(squared_distances: np.ndarray, f: int, threshold: float) -> Certification:
+    """The certified filter's weights and the set of rows they vouch for.
 
     At each iterate ``c`` with ``λ ≤ t = threshold · s²`` (:func:`spread_scale`) two
     candidates are tried, the rounded ``1[c ≥ ½]`` first, then ``c`` itself; the first
@@ -278,12 +302,12 @@ def certified_filter(
                 np.array_equal(rounded, c)
                 or top_eigenvalue(squared_distances, rounded) <= bound
             ):
-                return rounded / float(rounded.sum())
+                return Certification(rounded / float(rounded.sum()), rounded > 0.0)
             if float(c.sum()) >= n - f:
-                return p
+                return Certification(p, None)
         if eigenvalue < best_eigenvalue:
             best, best_eigenvalue = p, eigenvalue
-    return best
+    return Certification(best, None)
 
 
 def mixed_filter_weights(squared_distances: np.ndarray, f: int) -> np.ndarray:
@@ -399,8 +423,12 @@ class CertifiedStage:
 
     def weights(self, squared_distances: np.ndarray) -> np.ndarray:
         """``π`` for rows with pairwise squared distances ``D`` (sum 1)."""
+        return self.certify(squared_distances).weights
+
+    def certify(self, squared_distances: np.ndarray) -> Certification:
+        """``π`` and the rows it vouches for (:func:`certify`)."""
         f = self.byzantine_count(squared_distances.shape[0])
-        return certified_filter(squared_distances, f, self.threshold)
+        return certify(squared_distances, f, self.threshold)
 
     def describe(self, n: int | None = None) -> str:
         """One line for a summary (with ``f`` when ``n`` is known)."""

@@ -3,20 +3,36 @@ them."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 import pytest
+from flwr.supercore.task_identity import TaskIdentity
 from helpers_robust import brute_force_certified, brute_force_spread
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks.robust_updates import (
+    BenchmarkConfig,
+    MessageDriven,
+    attack_spec,
+    attacked_rounds,
+    relative_error,
+)
+from flp2p.attacks import build_attack
 from strategies.aggregators import Mean, pairwise_squared_distances
-from strategies.records import ReputationState, Tier
+from strategies.base import AggregationOutcome, UpdateBatch
+from strategies.delta_matrix import DeltaMatrix, Deltas
+from strategies.detection import DetectionContext
+from strategies.records import ReputationState, Tier, Verdict
 from strategies.robust_stage import (
     CertifiedFilter,
     CertifiedStage,
     CovarianceFilter,
     RobustStage,
     certified_filter,
+    certify,
     covariance_filter,
     filter_iterates,
     mixed_squared_distances,
@@ -158,7 +174,7 @@ def test_trusted_reputation_stays_inside_the_robust_bound() -> None:
     states = strategy.book.states([f"p{i}" for i in range(10)])
     preference = np.full(10, 0.1)
     preference[0] = 1.0
-    delta, weights = strategy._robust_aggregate(deltas, preference, states)
+    delta, weights, _ = strategy._robust_aggregate(deltas, preference, states)
     assert strategy.stage is not None
     robust = strategy.stage.weights(pairwise_squared_distances(deltas))
     assert np.all(weights <= strategy.reputation_ceiling * robust + 1e-12)
@@ -367,3 +383,133 @@ def test_trusted_runs_the_certified_stage_unless_given_another() -> None:
     assert tuned.stage == CertifiedStage(0.3, 3.0)
     with pytest.raises(ValueError, match="threshold"):
         CertifiedStage(0.3, threshold=0.0)
+
+
+# ------------------------------------ detector verdicts behind the certified filter
+
+
+def test_a_dragged_detector_costs_honest_rows_neither_verdict_nor_reputation() -> None:
+    """At f = 6 of 20 the adaptive attackers drag the cosine detector's centre until
+    two honest outliers cross its down-weight threshold among all rows; among the 14
+    the certified filter keeps they do not, so they keep their reputation and the
+    aggregate stays the honest mean in later rounds too (was 0.05–0.07)."""
+    config = BenchmarkConfig(rounds=5)
+    attack = build_attack(attack_spec("adaptive", config))
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+    strategy = TrustedFedAvg(sketch_seed=0)
+    driven = MessageDriven(strategy, config.width)
+    cleared: set[str] = set()
+    spied = strategy.aggregate_updates
+
+    def spy(server_round: int, batch: UpdateBatch) -> AggregationOutcome:
+        outcome = spied(server_round, batch)
+        for identity, verdict, reason in zip(
+            batch.identities, outcome.verdicts, outcome.reasons, strict=True
+        ):
+            if "not confirmed among the 14" in reason:
+                assert verdict is Verdict.ACCEPTED
+                assert "cosine" in reason
+                cleared.add(identity)
+        return outcome
+
+    strategy.aggregate_updates = spy  # type: ignore[method-assign]
+    errors = []
+    for rows in attacked_rounds(attack, config, 6):
+        errors.append(relative_error(driven(rows), rows.honest_mean))
+    assert max(errors) < 1e-9
+    assert cleared and all(name.startswith("client-") for name in cleared)
+    honest = [s for s in strategy.reputations() if s.identity.startswith("client-")]
+    assert len({state.score for state in honest}) == 1
+
+
+@dataclass(frozen=True)
+class FlagsAmongMany:
+    """Down-weights ``always`` in every round and ``crowd`` only among more than
+    ``quorum`` rows (a score that depends on who else is in the round)."""
+
+    always: str
+    crowd: str
+    quorum: int
+    name: ClassVar[str] = "toy"
+    downweight_at: float = 1.0
+    reject_at: float = float("inf")
+
+    def score(self, deltas: Deltas, context: DetectionContext) -> np.ndarray:
+        many = len(context.identities) > self.quorum
+        return np.array(
+            [
+                float(identity == self.always or (many and identity == self.crowd))
+                for identity in context.identities
+            ]
+        )
+
+
+def toy_round(strategy: TrustedFedAvg, attackers: int) -> AggregationOutcome:
+    rng = np.random.default_rng(3)
+    honest = heterogeneous(rng, 14, 40)
+    far = honest.mean(axis=0) + 20.0 * np.eye(40)[0]
+    rows = np.vstack([far + 0.01 * rng.standard_normal((attackers, 40)), honest])
+    rows.setflags(write=False)
+    n = len(rows)
+    batch = UpdateBatch(
+        identities=tuple(f"row-{i}" for i in range(n)),
+        node_ids=tuple(range(n)),
+        num_examples=np.full(n, 100, dtype=np.int64),
+        deltas=DeltaMatrix.of(rows),
+        digests=tuple(str(i) for i in range(n)),
+        metrics=({},) * n,
+        reference={},
+    )
+    return strategy.aggregate_updates(1, batch)
+
+
+def test_only_down_weights_the_second_look_confirms_are_kept() -> None:
+    detector = FlagsAmongMany(always="row-10", crowd="row-11", quorum=14)
+    outcome = toy_round(TrustedFedAvg(detectors=[detector], sketch_seed=0), 6)
+    assert np.all(outcome.weights[:6] == 0.0)  # the filter dropped the far rows
+    assert outcome.verdicts[10] is Verdict.DOWNWEIGHTED  # flagged among the 14 too
+    assert outcome.verdicts[11] is Verdict.ACCEPTED
+    assert outcome.reasons[11] == (
+        "weight × 0.25 by toy 1 ≥ 1 among all 20 rows, not confirmed among the 14 "
+        "the certified filter kept"
+    )
+    assert outcome.verdicts[:6] == (Verdict.ACCEPTED,) * 6  # no new flags
+
+
+def test_no_second_look_when_the_filter_vouches_for_every_row_or_none() -> None:
+    detector = FlagsAmongMany(always="row-10", crowd="row-11", quorum=10)
+    # No attackers: the 14 rows pass at once, the population is the first one's.
+    clean = toy_round(TrustedFedAvg(detectors=[detector], sketch_seed=0), 0)
+    assert clean.verdicts[10 - 6] is Verdict.ACCEPTED
+    assert clean.verdicts[11 - 6] is Verdict.ACCEPTED
+    flagged = toy_round(
+        TrustedFedAvg(detectors=[FlagsAmongMany("row-4", "row-5", 10)], sketch_seed=0),
+        0,
+    )
+    assert flagged.verdicts[4] is Verdict.DOWNWEIGHTED
+    assert flagged.verdicts[5] is Verdict.DOWNWEIGHTED
+    # The former stage certifies nothing: its verdicts are the detectors'.
+    former = TrustedFedAvg(
+        detectors=[FlagsAmongMany("row-10", "row-11", 14)],
+        robust_rule=RobustStage(0.3),
+        sketch_seed=0,
+    )
+    outcome = toy_round(former, 6)
+    assert outcome.verdicts[11] is Verdict.DOWNWEIGHTED
+
+
+def test_certify_vouches_for_the_hard_set_it_returns() -> None:
+    rng = np.random.default_rng(5)
+    honest = heterogeneous(rng, 14, 40)
+    far = honest.mean(axis=0) + 20.0 * np.eye(40)[0]
+    rows = np.vstack([far + 0.01 * rng.standard_normal((6, 40)), honest])
+    distances = pairwise_squared_distances(rows)
+    certification = certify(distances, 6, 4.0)
+    assert certification.vouched is not None
+    assert certification.vouched.tolist() == [False] * 6 + [True] * 14
+    np.testing.assert_array_equal(certification.weights, certification.vouched / 14.0)
+    np.testing.assert_array_equal(
+        certification.weights, certified_filter(distances, 6, 4.0)
+    )
+    clean = certify(pairwise_squared_distances(honest), 4, 4.0)
+    assert clean.vouched is not None and clean.vouched.all()
