@@ -24,8 +24,10 @@ worst case.
 
     .venv/bin/python -m benchmarks.robust_updates                  # n=20, f=4 and 6
     .venv/bin/python -m benchmarks.robust_updates --width 200 --rounds 4 --no-byzfl
+    .venv/bin/python -m benchmarks.robust_updates --directions 3   # low-rank spread
 
-Writes ``benchmarks/results/robust_updates/errors.csv`` and ``summary.json``.
+Writes ``benchmarks/results/robust_updates/errors.csv`` and ``summary.json``;
+``--markdown`` prints README's tables from that ``summary.json`` (runs nothing).
 ByzFL (``pip install byzfl``, in the ``dev`` extra) is optional: without it those rows
 are left out.
 """
@@ -113,6 +115,11 @@ class BenchmarkConfig:
     (the adaptive attack brings its own); ALIE, IPM and sign flip send none."""
     seed: int = 0
     byzfl: bool = True
+    directions: int | None = None
+    """Span the clients' own parts in this many random directions (``None``: each
+    its own, i.e. spread over ``clients`` directions). Real updates' spread is
+    concentrated in a few directions; the certified filter's scale ``s²`` is the
+    *mean* eigenvalue of the honest spread, so such rows are rarely certified."""
 
     @property
     def turn_round(self) -> int:
@@ -158,6 +165,9 @@ class SyntheticFederation:
         width = config.width
         self.shared = self._unit(self.rng.standard_normal(width))
         own = self.rng.standard_normal((config.clients, width))
+        if config.directions is not None:
+            basis = self.rng.standard_normal((config.directions, width))
+            own = self.rng.standard_normal((config.clients, config.directions)) @ basis
         lengths = config.heterogeneity * self.rng.uniform(0.5, 1.5, config.clients)
         self.own = own * (lengths / np.linalg.norm(own, axis=1))[:, None]
 
@@ -648,6 +658,68 @@ def write(results: Results, out: Path) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
+def selected_rows(errors: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """README's rows of one ``f``: every ``[strategy]`` row, the four lowest worst
+    cases of each library, ByzFL's NNM∘Median and the plain mean; sorted by worst
+    case."""
+
+    def worst(name: str) -> float:
+        by_attack = errors[name]
+        return max(e for attack, e in by_attack.items() if attack != "none")
+
+    chosen = {name for name in errors if name.endswith("[strategy]")}
+    for source in ("[flp2p]", "[ByzFL]"):
+        rows = sorted((n for n in errors if n.endswith(source)), key=worst)
+        chosen.update(rows[:4])
+    always = ("NNM∘Median [ByzFL]", "Average [ByzFL]", "Mean [flp2p]")
+    chosen.update(name for name in always if name in errors)
+    return sorted(chosen, key=lambda name: (worst(name), name))
+
+
+def markdown_report(summary: Mapping[str, Any]) -> str:
+    """README's tables and goal lines, from a ``summary.json`` (never hand-typed)."""
+    config = summary["config"]
+    attacks = list(config["attacks"])
+    lines: list[str] = []
+    for f, errors in summary["errors"].items():
+        worst = summary["worst_case"][f]
+        lines += [
+            f"n = {config['clients']}, f = {f} (true f for every rule, "
+            "`byzantine_fraction` 0.3 for the strategies):",
+            "",
+            "| rule [source] | " + " | ".join(attacks) + " | **worst** |",
+            "|---" * (len(attacks) + 2) + "|",
+        ]
+        for name in selected_rows(errors):
+            label = f"**{name}** (default)" if name == DEFAULT_LABEL else name
+            cells = [f"{errors[name][attack]:.3f}" for attack in attacks]
+            lines.append(
+                f"| {label} | "
+                + " | ".join(cells)
+                + f" | **{worst[name]['error']:.3f}** |"
+            )
+        ranked = sorted(worst, key=lambda name: worst[name]["error"])
+        lowest = ", ".join(f"{n} {worst[n]['error']:.3f}" for n in ranked[:2])
+        lines += ["", f"Lowest worst case of all {len(errors)} rows: {lowest}."]
+        checks = summary["goal"].get(f, [])
+        if checks:
+            met = [c["attack"] for c in checks if c["met"]]
+            missed = [
+                f"{c['attack']} ({c['ours']:.3f} vs ≤ {c['bound']:.3f}, "
+                f"{c['byzfl_best']})"
+                for c in checks
+                if not c["met"]
+            ]
+            lines += [
+                "",
+                f"Goal at f = {f}: met for {', '.join(met) or 'no attack'}"
+                + (f"; **not met** for {'; '.join(missed)}" if missed else "")
+                + ".",
+            ]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=20)
@@ -657,9 +729,18 @@ def main() -> None:
     parser.add_argument("--attacks", nargs="+", default=list(ATTACK_NAMES))
     parser.add_argument("--heterogeneity", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--directions", type=int, default=None)
     parser.add_argument("--no-byzfl", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print README's tables from OUT/summary.json and run nothing",
+    )
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown_report(json.loads((args.out / "summary.json").read_text())))
+        return
     config = BenchmarkConfig(
         clients=args.clients,
         byzantine=tuple(args.byzantine),
@@ -669,6 +750,7 @@ def main() -> None:
         heterogeneity=args.heterogeneity,
         seed=args.seed,
         byzfl=not args.no_byzfl,
+        directions=args.directions,
     )
     console = Console(width=250)
     results = run_benchmark(config, progress=lambda line: console.print(escape(line)))

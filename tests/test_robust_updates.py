@@ -15,6 +15,7 @@ from benchmarks.robust_updates import (
     Results,
     attacked_rounds,
     load_byzfl_aggregators,
+    markdown_report,
     render,
     run_benchmark,
     write,
@@ -111,3 +112,21 @@ def test_results_are_written_and_rendered(small: Results, tmp_path: Path) -> Non
     console = Console(width=200, record=True)
     render(small, console)
     assert "worst" in console.export_text()
+
+
+def test_readme_tables_come_from_the_summary(small: Results, tmp_path: Path) -> None:
+    write(small, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    report = markdown_report(summary)
+    default = next(
+        line for line in report.splitlines() if line.startswith("| **TrustedFedAvg")
+    )
+    errors = small.errors[3]["TrustedFedAvg [strategy]"]
+    cells = default.strip("|").split("|")
+    assert [float(cell) for cell in cells[1:-1]] == [
+        round(errors[attack], 3) for attack in SMALL.attacks
+    ]
+    assert f"{small.worst(3, 'TrustedFedAvg [strategy]')[1]:.3f}" in cells[-1]
+    assert f"Lowest worst case of all {len(small.errors[3])} rows" in report
+    if summary["goal"]["3"]:
+        assert "Goal at f = 3: met for" in report

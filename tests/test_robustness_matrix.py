@@ -79,6 +79,25 @@ def test_the_sweep_runs_every_new_attack_on_three_seeds_with_byzfl() -> None:
     assert sweep["resume"] is True
 
 
+def test_the_sweep_runs_every_cell_of_one_seed_before_the_next_seed() -> None:
+    """A partial sweep is a whole matrix: Hydra's basic sweeper, given the sweep's
+    lists as the sweep gives them, runs every strategy × attack of seed 0 first."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweep = yaml.safe_load((CONF_DIR / "sweep" / "robustness.yaml").read_text())
+    params = sweep["hydra"]["sweeper"]["params"]
+    overrides = OverridesParser.create().parse_overrides(
+        [f"{key}={value}" for key, value in params.items()]
+    )
+    jobs = BasicSweeper.split_arguments(overrides, None)[0]
+    seeds = [next(o for o in job if o.startswith("seed=")) for job in jobs]
+    cells = len(params["strategy"].split(",")) * len(params["attack"].split(","))
+    assert len(jobs) == cells * len(params["seed"].split(","))
+    assert seeds == sorted(seeds, key=lambda o: int(o.split("=")[1]))
+    assert set(seeds[:cells]) == {"seed=0"}
+
+
 def test_byzfl_pipeline_is_byzfl_nnm_then_median_with_f_from_the_fraction() -> None:
     if load_byzfl_aggregators() is None:
         pytest.skip("ByzFL is not installed (dev extra)")
