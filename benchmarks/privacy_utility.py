@@ -211,6 +211,14 @@ def main() -> None:
         default=1.0,
         help="share of clients sampled per round at each --participants point",
     )
+    parser.add_argument(
+        "--central-override",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra overrides of the central-DP runs only (e.g. privacy.max_share=0.001"
+        " for equal shares, privacy.adaptive_clipping=true)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not 0.0 < args.sampling <= 1.0:
@@ -285,7 +293,11 @@ def main() -> None:
                 "central",
                 eps,
                 f"central-{eps:g}",
-                ["privacy=central", f"privacy.target_epsilon={eps}"],
+                [
+                    "privacy=central",
+                    f"privacy.target_epsilon={eps}",
+                    *args.central_override,
+                ],
                 participants,
             )
     if args.attack != "none" and "central" in args.modes:

@@ -113,3 +113,50 @@ def test_reputation_carries_over_between_runs_through_a_fixed_ledger(
     carried = second.get_reputation("peer-a")
     assert carried is not None and carried.score == 0.9 and carried.tier is Tier.GOLD
     second.close()
+
+
+def count_commits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every COMMIT the ledgers opened from now on issue (traced by SQLite)."""
+    commits: list[str] = []
+    real_open = Ledger.open.__func__  # type: ignore[attr-defined]
+
+    def traced_open(cls: type[Ledger], *args: object, **kwargs: object) -> Ledger:
+        ledger: Ledger = real_open(cls, *args, **kwargs)
+        ledger.db.conn.set_trace_callback(
+            lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None
+        )
+        return ledger
+
+    monkeypatch.setattr(Ledger, "open", classmethod(traced_open))
+    return commits
+
+
+@pytest.mark.parametrize("rounds", [3, 12])
+def test_catching_up_n_blocks_commits_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rounds: int
+) -> None:
+    ledger = aggregator_ledger(tmp_path, rounds=rounds)
+    blocks = ledger.blocks_bytes_after(-1)
+    commits = count_commits(monkeypatch)
+    height = sync_replica(tmp_path / "fresh.db", FEDERATION, blocks)
+    assert height == rounds
+    assert len(commits) == 1  # not one per block: the catch-up is one transaction
+    with Ledger.open(tmp_path / "fresh.db") as replica:
+        assert replica.verify() == rounds + 1
+    ledger.close()
+
+
+def test_a_bad_block_in_the_middle_keeps_the_verified_prefix(tmp_path: Path) -> None:
+    ledger = aggregator_ledger(tmp_path, rounds=5)
+    blocks = ledger.blocks_bytes_after(-1)
+    forged = blocks[3].replace(b'"server_round":3', b'"server_round":9')
+    assert forged != blocks[3]
+    replica = tmp_path / "replica.db"
+    with pytest.raises(LedgerError):
+        sync_replica(replica, FEDERATION, [*blocks[:3], forged, *blocks[4:]])
+    with Ledger.open(replica) as copy:
+        assert copy.height == 2  # genesis, rounds 1 and 2: verified and committed
+        assert copy.verify() == 3
+    # the refused block and those after it arrive again, genuine: the chain completes
+    assert sync_replica(replica, FEDERATION, blocks) == 5
+    ledger.close()
