@@ -609,9 +609,18 @@ def run_large(
     only: str,
     console: Console,
     out: Path,
+    before: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Every ``--large`` contender in its own subprocess, at every size that fits."""
+    """Every ``--large`` contender in its own subprocess, at every size that fits.
+
+    With ``before`` (a copy of older code, e.g. ``git archive REV | tar -x -C
+    DIR``), each contender of ours is also run from there, right after the current
+    code, so that both see the same load; rows then say which ``code`` ran.
+    """
     rows: list[dict[str, Any]] = []
+    codes: list[tuple[str, Path]] = [("after", Path(__file__).resolve().parents[1])]
+    if before is not None:
+        codes.append(("before", before.resolve()))
     for n, d in sizes:
         available = available_memory_bytes() or 0
         needed = (1 + LARGE_EXTRA_FACTOR) * 4 * n * d
@@ -623,31 +632,61 @@ def run_large(
             continue
         f = min(byzantine, (n - 3) // 4)
         for name in large_strategies(f):
-            wanted = [part.strip().lower() for part in only.split(",")]
-            if not any(part in name.lower() for part in wanted):
+            if not _wanted(name, only):
                 continue
-            console.log(f"{n} × {d:,}: {name}")
-            command = [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--isolated",
-                name,
-                "--clients",
-                str(n),
-                "--params",
-                str(d),
-                "--byzantine",
-                str(f),
-                "--repeats",
-                str(repeats),
-            ]
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                console.print(f"[red]{name} failed[/red]: {done.stderr[-400:]}")
-                continue
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            for code, root in codes:
+                if code == "before" and large_strategies(f)[name][0] != "ours":
+                    continue  # Flower's strategies did not change
+                console.log(f"{n} × {d:,}: {name} ({code})")
+                row = _run_isolated(root, name, n, d, f, repeats, console)
+                if row is not None:
+                    if before is not None:
+                        row["code"] = code
+                    row["load_average"] = os.getloadavg()[0]
+                    rows.append(row)
     write_large_results(rows, console, out)
     return rows
+
+
+def _wanted(name: str, only: str) -> bool:
+    """Whether ``--only`` (comma-separated substrings, ``=NAME`` for exactly that
+    name) selects the strategy ``name``."""
+    for part in only.split(","):
+        part = part.strip().lower()
+        if part.startswith("="):
+            if name.strip().lower() == part[1:]:
+                return True
+        elif part in name.lower():
+            return True
+    return False
+
+
+def _run_isolated(
+    root: Path, name: str, n: int, d: int, f: int, repeats: int, console: Console
+) -> dict[str, Any] | None:
+    """One ``--isolated`` measurement by the code under ``root``, or ``None``."""
+    command = [
+        sys.executable,
+        str(root / "benchmarks" / "aggregation_speed.py"),
+        "--isolated",
+        name,
+        "--clients",
+        str(n),
+        "--params",
+        str(d),
+        "--byzantine",
+        str(f),
+        "--repeats",
+        str(repeats),
+    ]
+    environment = os.environ | {"PYTHONPATH": str(root)}
+    done = subprocess.run(
+        command, capture_output=True, text=True, check=False, env=environment, cwd=root
+    )
+    if done.returncode != 0:
+        console.print(f"[red]{name} failed[/red]: {done.stderr[-400:]}")
+        return None
+    return cast(dict[str, Any], json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def write_large_results(
@@ -659,6 +698,7 @@ def write_large_results(
         for row in rows
         if row["family"] == "flower" and row["name"] == "FedAvg"
     }
+    compared = any("code" in row for row in rows)
     for row in rows:
         reference = fedavg.get((row["n"], row["d"]))
         row["ratio_to_flower_fedavg"] = (
@@ -673,24 +713,27 @@ def write_large_results(
         "× FedAvg",
         "extra GiB",
         "× replies",
+        "load",
     ):
         table.add_column(header, justify="left" if header == "strategy" else "right")
     for row in rows:
         ratio = row["ratio_to_flower_fedavg"]
         table.add_row(
             row["family"],
-            row["name"],
+            row["name"] + (f" ({row['code']})" if "code" in row else ""),
             f"{row['n']} × {row['d']:,}",
             f"{row['median_s']:.2f}",
             "–" if ratio is None else f"{ratio:.2f}",
             f"{row['peak_extra_bytes'] / 2**30:.2f}",
             f"{row['extra_per_reply_byte']:.2f}",
+            f"{row.get('load_average', float('nan')):.1f}",
         )
     console.print(table)
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "memory_metric": "peak resident bytes during the call above those before it "
         "(sampled every 2 ms), fresh process per contender",
+        "load_average": "1-minute load average when the row was measured",
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),
@@ -699,7 +742,10 @@ def write_large_results(
         },
         "rows": rows,
     }
-    (out / "aggregation_large.json").write_text(
+    name = (
+        "aggregation_large_before_after.json" if compared else "aggregation_large.json"
+    )
+    (out / name).write_text(
         json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
 
@@ -725,9 +771,17 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=1.0, help="clipping radius")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--only", default="", help="substring filter on names (--large: a,b,… any)"
+        "--only",
+        default="",
+        help="substring filter on names (--large: a,b,… any; =NAME: that name)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="--large: also run our strategies from this copy of older code",
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -752,7 +806,13 @@ def main() -> None:
             else list(LARGE_SIZES)
         )
         run_large(
-            sizes_large, args.byzantine, args.repeats, args.only, console, args.out
+            sizes_large,
+            args.byzantine,
+            args.repeats,
+            args.only,
+            console,
+            args.out,
+            args.before,
         )
         return
 

@@ -322,9 +322,9 @@ def squared_norms_and_distances(matrix: Deltas) -> tuple[np.ndarray, np.ndarray]
     Returns
     -------
     tuple[np.ndarray, np.ndarray]
-        ``(n,)`` squared norms (as :meth:`~strategies.delta_matrix.DeltaMatrix.
-        row_norms` squared) and the ``(n, n)`` symmetric distance matrix with an
-        exactly zero diagonal.
+        ``(n,)`` squared norms (to the precision of a sum of squares, see
+        :meth:`~strategies.delta_matrix.DeltaMatrix.norms_and_centred_gram`) and
+        the ``(n, n)`` symmetric distance matrix with an exactly zero diagonal.
     """
     lazy = matrix if isinstance(matrix, DeltaMatrix) else DeltaMatrix.of(matrix)
     n = lazy.shape[0]

@@ -307,11 +307,15 @@ def flatten_arrays(
         ``(sum of sizes,)`` float64 (a new array; the inputs are not touched).
     """
     names = list(arrays) if order is None else list(order)
-    if not names:
-        return np.zeros(0)
-    return np.concatenate(
-        [np.asarray(arrays[name], dtype=np.float64).ravel() for name in names]
-    )
+    pieces = [np.asarray(arrays[name]) for name in names]
+    # Cast straight into the result: a float64 copy per array, then a
+    # concatenation, was two passes and two allocations of the whole model.
+    flat = np.empty(sum(piece.size for piece in pieces))
+    offset = 0
+    for piece in pieces:
+        flat[offset : offset + piece.size] = piece.reshape(-1)
+        offset += piece.size
+    return flat
 
 
 def unflatten_vector(
@@ -543,11 +547,12 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
             self._finish_round(server_round, judged, {}, None)
             return None, None
 
-        batch = self._make_batch(valid, reference)
+        origin = flatten_arrays(reference)  # once: the deltas' origin, the new base
+        batch = self._make_batch(valid, reference, origin)
         decided, failure = _run_hook(hook, server_round, batch)
         new_arrays: dict[str, np.ndarray] | None = None
         if decided is not None and not failure:
-            new_vector = flatten_arrays(reference) + decided.delta
+            new_vector = origin + decided.delta
             new_arrays = unflatten_vector(new_vector, reference)
             if not all(np.all(np.isfinite(a)) for a in new_arrays.values()):
                 failure = "the aggregate overflows the model's dtype"
@@ -655,7 +660,10 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
     # ------------------------------------------------------------------ internals
 
     def _make_batch(
-        self, valid: Sequence[ValidReply], reference: Mapping[str, np.ndarray]
+        self,
+        valid: Sequence[ValidReply],
+        reference: Mapping[str, np.ndarray],
+        origin: np.ndarray,
     ) -> UpdateBatch:
         order = list(reference)
         # The deltas stay a view on the replies (their decoded arrays share the
@@ -663,7 +671,7 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         # was 8.8 GB on top of the 4.4 GB of replies.
         deltas = DeltaMatrix(
             [[reply.arrays[name] for name in order] for reply in valid],
-            flatten_arrays(reference, order),
+            origin,  # flatten_arrays(reference), in the reference's order
             finite_sources=True,  # validate_reply rejects NaN and infinity
         )
         return UpdateBatch(

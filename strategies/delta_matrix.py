@@ -56,6 +56,10 @@ GRAM_GROUP_SPANS = 8
 norms_and_centred_gram`: fixed, so the partial sums are added in the same order
 whatever the number of threads."""
 
+NORM_CANCELLATION_RATIO = 16.0
+"""Rows whose ``H_ii + H_oo`` exceeds this many times their squared norm get it
+recomputed from their values (:meth:`DeltaMatrix.norms_and_centred_gram`)."""
+
 _WORKERS = min(8, len(os.sched_getaffinity(0)))
 
 
@@ -64,6 +68,17 @@ def one_blas_thread() -> Any:
     on how many threads BLAS would have split it over (our own threads split the
     columns instead, in a fixed order)."""
     return threadpool_limits(limits=1, user_api="blas")
+
+
+def _span_groups(columns: int, width: int) -> list[list[tuple[int, int]]]:
+    """Spans of ``width`` columns covering ``[0, columns)``, in groups of
+    :data:`GRAM_GROUP_SPANS` (fixed: partial sums added in the same order whatever
+    the number of threads)."""
+    spans = [(start, min(start + width, columns)) for start in range(0, columns, width)]
+    return [
+        spans[first : first + GRAM_GROUP_SPANS]
+        for first in range(0, len(spans), GRAM_GROUP_SPANS)
+    ]
 
 
 def accumulate_rows(
@@ -410,12 +425,13 @@ class DeltaMatrix:  # pylint: disable=too-many-instance-attributes
                 out = total[start:stop]
                 out[:] = 0.0
                 origin = None if self._origin is None else self._origin[start:stop]
+                segments = self._segments(start, stop)
                 for position, (coefficient, source) in enumerate(
                     zip(values, self._rows, strict=True)
                 ):
                     if coefficient == 0.0:
                         continue
-                    self._copy_row(int(source), start, stop, row)
+                    self._copy_row(int(source), segments, row)
                     if origin is not None:
                         np.subtract(row, origin, out=row)
                     if scales is not None:
@@ -430,45 +446,59 @@ class DeltaMatrix:  # pylint: disable=too-many-instance-attributes
                 list(pool.map(work, chunks))
         return total
 
-    def _copy_row(self, source: int, start: int, stop: int, out: np.ndarray) -> None:
-        """Source row ``source`` on columns ``[start, stop)``, cast into ``out``."""
+    def _segments(self, start: int, stop: int) -> tuple[tuple[int, int, int, int], ...]:
+        """How columns ``[start, stop)`` lie in the pieces, the same for every row:
+        ``(piece, low, high, at)``, piece values ``[low, high)`` going to
+        ``out[at : at + high − low]``. Found once per span, not once per row."""
         bounds = self._bounds
-        pieces = self._sources[source]
         piece = int(np.searchsorted(bounds, start, side="right")) - 1
         position = start
+        segments = []
         while position < stop:
             low, high = int(bounds[piece]), int(bounds[piece + 1])
             end = min(stop, high)
-            out[position - start : end - start] = pieces[piece][
-                position - low : end - low
-            ]
+            if end > position:
+                segments.append((piece, position - low, end - low, position - start))
             position = end
             piece += 1
+        return tuple(segments)
+
+    def _copy_row(
+        self,
+        source: int,
+        segments: tuple[tuple[int, int, int, int], ...],
+        out: np.ndarray,
+    ) -> None:
+        """Source row ``source`` on a span's ``segments``, cast into ``out``."""
+        pieces = self._sources[source]
+        for piece, low, high, at in segments:
+            out[at : at + high - low] = pieces[piece][low:high]
 
     def norms_and_centred_gram(self, centre: int) -> tuple[np.ndarray, np.ndarray]:
         """``‖y_i‖²`` and ``G = (Y − 1 y_cᵀ)(Y − 1 y_cᵀ)ᵀ`` in one sweep over the rows.
 
-        Each span of columns is read once: its float64 block gives the squared
-        norms (the same spans and sums as :meth:`row_norms`, so the same bits),
-        then row ``centre`` is subtracted from every row and the block's Gram
-        matrix (BLAS ``syrk``, on one thread) is added to its group's partial sum;
-        groups of :data:`GRAM_GROUP_SPANS` spans run on worker threads and their
-        partial sums are added in column order, so the result does not depend on
-        the number of threads. Centring on a row of the bulk is what keeps the
-        Gram identity of :func:`strategies.aggregators.squared_norms_and_distances`
-        from cancelling.
+        Each span of columns is read once and its block's Gram matrix (BLAS
+        ``syrk``, on one thread) is added to its group's partial sum; groups of
+        :data:`GRAM_GROUP_SPANS` spans run on worker threads and their partial sums
+        are added in column order, so the result does not depend on the number of
+        threads. Centring on a row of the bulk is what keeps the Gram identity of
+        :func:`strategies.aggregators.squared_norms_and_distances` from cancelling.
+
+        Rows that are plain deltas (no scale, no mix: a strategy's batch) are
+        centred before the origin is taken off, ``y_i − y_c = x_i − x_c``, with the
+        origin as one more row of the block: a block is then the rows cast to
+        float64 and one subtraction, and ``‖y_i‖² = ‖(x_i − x_c) − (o − x_c)‖²``
+        comes out of the same ``syrk`` (:meth:`_source_gram`). Other rows take the
+        general route: origin, scales and mix applied per block, squared norms
+        summed beside the Gram matrix (the spans and sums of :meth:`row_norms`).
         """
         k, columns = self.shape
         if not 0 <= centre < k:
             raise IndexError(f"centre {centre} is not a row of {k}")
+        if self._scales is None and self._mixing is None:
+            return self._source_gram(centre)
         width = max(STREAM_MIN_COLUMNS, STREAM_ELEMENTS // self._rows.shape[0])
-        spans = [
-            (start, min(start + width, columns)) for start in range(0, columns, width)
-        ]
-        groups = [
-            spans[first : first + GRAM_GROUP_SPANS]
-            for first in range(0, len(spans), GRAM_GROUP_SPANS)
-        ]
+        groups = _span_groups(columns, width)
         chunks = np.array_split(np.arange(len(groups)), min(_WORKERS, len(groups)) or 1)
 
         def work(chunk: np.ndarray) -> list[tuple[list[np.ndarray], np.ndarray]]:
@@ -490,17 +520,76 @@ class DeltaMatrix:  # pylint: disable=too-many-instance-attributes
                 results.append((squares, gram))
             return results
 
-        with one_blas_thread():
-            if len(chunks) == 1:
-                parts = work(chunks[0])
-            else:
-                with ThreadPoolExecutor(len(chunks)) as pool:
-                    parts = [part for found in pool.map(work, chunks) for part in found]
+        parts = self._on_workers(work, chunks)
         gram = np.zeros((k, k))
         for _, partial in parts:
             gram += partial
         squares = [square for found, _ in parts for square in found]
         squared_norms = np.sum(squares, axis=0) if squares else np.zeros(k)
+        return squared_norms, gram
+
+    def _on_workers(self, work: Any, chunks: list[np.ndarray]) -> list[Any]:
+        """``work(chunk)`` for every chunk, on threads, BLAS on one thread each;
+        the results of all chunks in chunk order."""
+        with one_blas_thread():
+            if len(chunks) == 1:
+                return list(work(chunks[0]))
+            with ThreadPoolExecutor(len(chunks)) as pool:
+                return [part for found in pool.map(work, chunks) for part in found]
+
+    def _source_gram(self, centre: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`norms_and_centred_gram` of unscaled, unmixed rows.
+
+        The block of a span holds ``x_i − x_c`` for every row ``i`` (each
+        difference of two float32 values is exact in float64) and ``o − x_c`` in
+        its last row; its Gram matrix ``H`` gives the centred Gram matrix
+        (``H[:k, :k]``) and ``‖y_i‖² = H_ii + H_oo − 2 H_io``. That identity
+        cancels for a row much shorter than its distance to the centre (a delta
+        near 0, e.g. a free-rider's): where ``H_ii + H_oo`` exceeds
+        :data:`NORM_CANCELLATION_RATIO` times the result, the row's norm is
+        recomputed from its values (:meth:`row_norms`), so every squared norm has
+        the precision of a sum of squares.
+        """
+        k, columns = self.shape
+        source_centre = int(self._rows[centre])
+        width = max(STREAM_MIN_COLUMNS, STREAM_ELEMENTS // (k + 1))
+        groups = _span_groups(columns, width)
+        chunks = np.array_split(np.arange(len(groups)), min(_WORKERS, len(groups)) or 1)
+        origin = self._origin
+
+        def work(chunk: np.ndarray) -> list[np.ndarray]:
+            scratch = np.empty((k + 1, width))
+            centre_row = np.empty(width)
+            results = []
+            for index in chunk:
+                gram = np.zeros((k + 1, k + 1))
+                for start, stop in groups[index]:
+                    block = scratch[:, : stop - start]
+                    segments = self._segments(start, stop)
+                    for target, source in zip(block, self._rows, strict=False):
+                        self._copy_row(int(source), segments, target)
+                    if origin is None:
+                        block[k] = 0.0
+                    else:
+                        block[k] = origin[start:stop]
+                    here = centre_row[: stop - start]
+                    self._copy_row(source_centre, segments, here)
+                    block -= here
+                    gram += block @ block.T
+                results.append(gram)
+            return results
+
+        total = np.zeros((k + 1, k + 1))
+        for partial in self._on_workers(work, chunks):
+            total += partial
+        gram = np.ascontiguousarray(total[:k, :k])
+        diagonal = np.diag(total)
+        spread = diagonal[:k] + diagonal[k]
+        with np.errstate(over="ignore", invalid="ignore"):
+            squared_norms = np.maximum(spread - 2.0 * total[:k, k], 0.0)
+            doubtful = ~(spread <= NORM_CANCELLATION_RATIO * squared_norms)
+        if np.any(doubtful):
+            squared_norms[doubtful] = self.rows(doubtful).row_norms() ** 2
         return squared_norms, gram
 
     def row_norms(self) -> np.ndarray:

@@ -16,7 +16,7 @@ strategy cannot drift apart.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -211,12 +211,27 @@ class InMemoryStore:
         self.put_reputations(reputations)
 
 
-def update_sha256(arrays: Mapping[str, np.ndarray]) -> str:
+HASH_CHUNK_BYTES = 1 << 18
+"""Bytes of an array handed to :func:`update_sha256`'s ``inspect`` at a time: small
+enough to stay in a core's cache between the inspection and the hash."""
+
+
+def update_sha256(
+    arrays: Mapping[str, np.ndarray],
+    inspect: Callable[[str, np.ndarray], None] | None = None,
+) -> str:
     """Hex SHA-256 of named arrays, independent of how they were transported.
 
     Hashes, for each name in sorted order: the name, the dtype string, the shape and
     the C-contiguous bytes. Client (signing) and aggregator (verifying) must agree,
     so this is the one definition.
+
+    ``inspect(name, chunk)``, when given, sees every array in consecutive chunks of
+    about :data:`HASH_CHUNK_BYTES` just before they are hashed (and may raise):
+    validation checks the values there, while the chunk is still in cache, instead
+    of in a separate pass over the replies (SHA-256 of values it just read ran at
+    1.4 GB/s on the 2-core machine against 1.1 GB/s for values read from memory).
+    The digest is the same with or without it.
     """
     digest = hashlib.sha256()
     for name in sorted(arrays):
@@ -224,8 +239,19 @@ def update_sha256(arrays: Mapping[str, np.ndarray]) -> str:
         digest.update(name.encode())
         digest.update(b"\0" + array.dtype.str.encode() + b"\0")
         digest.update(repr(tuple(array.shape)).encode() + b"\0")
-        if array.size:  # hashed in place: a tobytes() copy would double the traffic
-            digest.update(array.data.cast("B"))
+        if not array.size:
+            continue
+        # Hashed in place: a tobytes() copy would double the traffic.
+        data = array.data.cast("B")
+        if inspect is None:
+            digest.update(data)
+            continue
+        flat = array.reshape(-1)
+        width = array.itemsize
+        step = max(1, HASH_CHUNK_BYTES // width)
+        for start in range(0, flat.shape[0], step):
+            inspect(name, flat[start : start + step])
+            digest.update(data[start * width : (start + step) * width])
     return digest.hexdigest()
 
 

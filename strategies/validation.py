@@ -159,7 +159,7 @@ def validate_reply(
         metric_record = _single_record(content.metric_records, "MetricRecord")
         num_examples = _num_examples(metric_record, weighted_by_key)
         arrays = _read_update(array_record, reference)
-        digest = update_sha256(arrays)
+        digest = update_sha256(arrays, _reject_non_finite)
         if authenticator is not None:
             _authenticate(
                 authenticator,
@@ -332,6 +332,7 @@ def _read_update(
         if len(array.data) > limit:
             raise _Rejection(f"array '{name}' payload is larger than the model allows")
         payload[name] = _read_array(name, array, None)
+        _reject_non_finite(name, payload[name])
     try:
         model = decoded_update(payload, reference)
     except ValueError as error:
@@ -388,10 +389,17 @@ def _read_array(name: str, array: Array, expected: np.ndarray | None) -> np.ndar
         _check_form(name, str(values.dtype), values.shape, expected)
     elif values.dtype.kind not in NUMERIC_DTYPE_KINDS:
         raise _Rejection(f"array '{name}' has non-numeric dtype {values.dtype}")
-    if values.dtype.kind == "f" and not all_finite(values):
-        raise _Rejection(f"array '{name}' contains NaN or Inf")
+    # Finiteness is checked while the update is hashed (_reject_non_finite), chunk
+    # by chunk, in the same pass over the reply's bytes.
     values.setflags(write=False)
     return values
+
+
+def _reject_non_finite(name: str, chunk: np.ndarray) -> None:
+    """``update_sha256``'s inspection in :func:`validate_reply`: NaN or infinity in
+    a floating-point array rejects the reply."""
+    if chunk.dtype.kind == "f" and not all_finite(chunk):
+        raise _Rejection(f"array '{name}' contains NaN or Inf")
 
 
 def _decode(array: Array) -> np.ndarray:

@@ -130,9 +130,44 @@ def test_lazy_rows_match_brute_force_and_row_norms() -> None:
     for name, (matrix, expected) in cases.items():
         squared_norms, distances = squared_norms_and_distances(matrix)
         assert relative_error(distances, exact_distances(expected)) < 1e-13, name
-        np.testing.assert_array_equal(
-            np.sqrt(squared_norms), matrix.row_norms(), err_msg=name
+        truth = exact_squared_norms(expected)
+        np.testing.assert_allclose(squared_norms, truth, rtol=1e-13, err_msg=name)
+        np.testing.assert_allclose(
+            matrix.row_norms(), np.sqrt(truth), rtol=1e-14, err_msg=name
         )
+
+
+def exact_squared_norms(matrix: np.ndarray) -> np.ndarray:
+    """Exactly rounded ``Σ x_ik²`` of every row."""
+    return np.array([math.fsum(row * row) for row in np.asarray(matrix, np.float64)])
+
+
+@pytest.mark.usefixtures("narrow_blocks")
+def test_short_deltas_get_norms_from_their_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A delta far shorter than its distance to the centre (a free-rider's, 0)
+    would cancel in the Gram identity: its norm is recomputed, exactly 0 for 0."""
+    rng = np.random.default_rng(4)
+    origin = 5.0 + rng.standard_normal(300)
+    models = (origin + rng.standard_normal((6, 300))).astype(np.float32)
+    models[2] = origin.astype(np.float32)  # a free-rider sends the model back
+    origin = origin.astype(np.float32).astype(np.float64)
+    models[4] = (origin + 1e-7 * rng.standard_normal(300)).astype(np.float32)
+    lazy = DeltaMatrix([(row,) for row in models], origin)
+    recounted: list[int] = []
+    original = DeltaMatrix.row_norms
+
+    def spy(self: DeltaMatrix) -> np.ndarray:
+        recounted.append(self.shape[0])
+        return original(self)
+
+    monkeypatch.setattr(DeltaMatrix, "row_norms", spy)
+    squared_norms, _ = lazy.norms_and_centred_gram(0)
+    assert recounted == [2], "only the two short rows are recomputed"
+    assert squared_norms[2] == 0.0
+    truth = exact_squared_norms(models.astype(np.float64) - origin)
+    np.testing.assert_allclose(squared_norms, truth, rtol=1e-13)
 
 
 def test_sweep_and_sum_do_not_depend_on_the_thread_count(

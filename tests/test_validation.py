@@ -420,3 +420,51 @@ def test_evaluation_reply_validation() -> None:
         result = validate_evaluate_reply(bad)
         assert isinstance(result, RejectedReply)
         assert reason in result.reason
+
+
+def test_inspected_digest_is_the_digest_and_sees_every_value_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import hashlib
+
+    from strategies import records
+
+    monkeypatch.setattr(records, "HASH_CHUNK_BYTES", 40)  # several chunks an array
+    rng = np.random.default_rng(0)
+    arrays: dict[str, np.ndarray] = {
+        "b.weight": rng.standard_normal((7, 9)).astype(np.float32),
+        "a.bias": rng.standard_normal(3),
+        "count": np.array(7, dtype=np.int64),
+        "empty": np.zeros(0, dtype=np.float32),
+    }
+    seen: dict[str, list[np.ndarray]] = {}
+    inspected = update_sha256(
+        arrays, lambda name, chunk: seen.setdefault(name, []).append(chunk.copy())
+    )
+    assert inspected == update_sha256(arrays)
+    reference = hashlib.sha256()  # the definition, written out once more
+    for name in sorted(arrays):
+        value = np.atleast_1d(arrays[name])  # a 0-d array is hashed as shape (1,)
+        reference.update(name.encode() + b"\0" + value.dtype.str.encode() + b"\0")
+        reference.update(repr(value.shape).encode() + b"\0" + value.tobytes())
+    assert inspected == reference.hexdigest()
+    assert len(seen["b.weight"]) == 7  # 63 float32 values, 10 a chunk
+    for name, value in arrays.items():
+        chunks = seen.get(name, [])
+        joined = np.concatenate(chunks) if chunks else np.zeros(0, value.dtype)
+        np.testing.assert_array_equal(joined, value.reshape(-1))
+
+
+def test_a_nan_in_the_last_chunk_rejects_the_reply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from strategies import records
+
+    monkeypatch.setattr(records, "HASH_CHUNK_BYTES", 8)
+    weight = client_model()["conv.weight"].copy()
+    weight[-1, -1] = np.nan
+    result = validate_reply(
+        make_train_reply(with_array("conv.weight", weight), 5, 3), REFERENCE, 1
+    )
+    assert isinstance(result, RejectedReply)
+    assert result.reason == "array 'conv.weight' contains NaN or Inf"
