@@ -12,6 +12,16 @@ round waits about one audit).
 
     .venv/bin/python -m benchmarks.audit_cost                # ~1 min
     .venv/bin/python -m benchmarks.audit_cost --parameters 20000 --repeats 1
+    .venv/bin/python -m benchmarks.audit_cost --lie alter    # + a real run, minutes
+
+``--lie`` also times a real localhost federation (``examples/localhost/run.py``:
+four eligible peers, k = 3, three clients, two rounds of digits, exact median)
+whose first aggregator tells that lie in round 1: seconds from the lie's
+detection (the first auditor's accusation, one recomputation after the lie) to the
+lease's revocation (the first eligible peer that counted ⌈2k/3⌉ accusations) and
+to the next final honest round (the successor's lease, epoch 2, advertising
+round 1: it does so only once that round's block is final). Times come from the
+peers' log stamps and the observer's clock, on the same host.
 
 Writes ``benchmarks/results/audit_cost.json``. Times are wall clock (median of
 ``--repeats``) on whatever else the machine is doing; the load average is recorded.
@@ -20,11 +30,11 @@ Writes ``benchmarks/results/audit_cost.json``. Times are wall clock (median of
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
-import os
-import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +51,8 @@ from flwr.app import (
 )
 from flwr.supercore.task_identity import TaskIdentity
 
+from benchmarks.netns_hosts import localhost_example
+from benchmarks.result_files import write_result
 from flp2p.audit.recompute import (
     audit_round,
     decode_replies,
@@ -49,6 +61,7 @@ from flp2p.audit.recompute import (
     recompute_round,
 )
 from flp2p.identity import ContributionAuthenticator, Identity
+from flp2p.peer.round_audit import LIES
 from flp2p.signatures import contribution_message
 from strategies import TrustedFedAvg
 from strategies.records import (
@@ -186,12 +199,86 @@ def _measure_round(
     ]
 
 
+LIE_RUN_TIMEOUT = 900.0
+
+
+def _first_stamp(logs: list[Path], marker: str) -> float | None:
+    """Unix time of the earliest line holding ``marker`` in ``logs`` (``None``)."""
+    example = localhost_example()
+    stamps = [
+        datetime.datetime.strptime(line[:23], example.LOG_TIME_FORMAT).timestamp()
+        for log in logs
+        for line in log.read_text(errors="replace").splitlines()
+        if marker in line and line[:4].isdigit()
+    ]
+    return min(stamps, default=None)
+
+
+def lie_to_recovery(lie: str, work_dir: Path) -> dict[str, Any]:
+    """Seconds from a Byzantine aggregator's detected lie to its revocation and to
+    the next final honest round, in a real localhost run (module docstring)."""
+    example = localhost_example()
+    federation = example.LocalFederation(
+        work_dir,
+        clients=3,
+        rounds=2,
+        strategy="median",
+        insecure=True,
+        eligible_peers=4,
+        parameters=("audit.committee_size=3",),
+        byzantine_aggregator=lie,
+    )
+    started = time.time()
+    try:
+        federation.start()
+        replaced = federation.observe(
+            example.watch_lease(
+                federation,
+                lambda lease: lease.epoch >= 2 and lease.last_round >= 1,
+                LIE_RUN_TIMEOUT,
+            )
+        )
+        honest_final_at = time.time()
+        codes = federation.wait_clients(LIE_RUN_TIMEOUT)
+    finally:
+        federation.stop()
+    if replaced is None or set(codes.values()) != {0}:
+        raise SystemExit(f"the {lie} run did not complete: {codes}")
+    logs = [work_dir / f"{name}.log" for name in federation.eligible]
+    detected = _first_stamp(logs, "differs; accusing")
+    revoked = _first_stamp(logs, ": revoked")
+    if detected is None or revoked is None:
+        raise SystemExit(f"the {lie} run logged no accusation or revocation")
+    return {
+        "lie": lie,
+        "eligible_peers": 4,
+        "committee": 3,
+        "clients": 3,
+        "lie_detected_after_start_s": round(detected - started, 2),
+        "revocation_after_lie_s": round(revoked - detected, 2),
+        "next_final_honest_round_after_lie_s": round(honest_final_at - detected, 2),
+        "run_s": round(time.time() - started, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parameters", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--lie", choices=LIES, help="also time a real run with this lie (minutes)"
+    )
     args = parser.parse_args()
     logging.disable(logging.INFO)
+    recovery = None
+    if args.lie is not None:
+        with tempfile.TemporaryDirectory(prefix="audit-cost-") as folder:
+            recovery = lie_to_recovery(args.lie, Path(folder))
+        print(
+            f"{recovery['lie']}: lease revoked {recovery['revocation_after_lie_s']} s "
+            "after the lie was detected, next final honest round after "
+            f"{recovery['next_final_honest_round_after_lie_s']} s"
+        )
     rows = measure(args.parameters, args.repeats)
     for row in rows:
         print(
@@ -201,17 +288,10 @@ def main() -> None:
             f"+{row['extra_cpu_s']:.3f} s CPU "
             f"(aggregation {row['aggregation_cpu_s']:.3f} s)"
         )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "audit_cost.json").write_text(
-        json.dumps(
-            {
-                "rows": rows,
-                "machine": platform.platform(),
-                "load_average": os.getloadavg(),
-            },
-            indent=2,
-        )
-    )
+    record: dict[str, Any] = {"rows": rows}
+    if recovery is not None:
+        record["lie_to_recovery"] = recovery
+    write_result(RESULTS, "audit_cost.json", record, None)
 
 
 if __name__ == "__main__":

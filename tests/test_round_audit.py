@@ -190,7 +190,7 @@ class Federation:
         return final, "" if model is None else update_sha256(model)
 
     def aggregate_model(
-        self, lie: str | None = None
+        self, lie: str | None = None, raising: bool = False
     ) -> tuple[bool, dict[str, np.ndarray] | None]:
         """Round 1 through AuditedRounds: (final, model handed to Flower)."""
         with self.ledger("aggregator", self.aggregator) as ledger:
@@ -213,9 +213,15 @@ class Federation:
                 arrays, _ = gate.aggregate_train(1, signed_replies())
             except RoundNotFinal:
                 assert ledger.height == 0  # nothing appended
+                if raising:
+                    raise
                 return False, None
             assert arrays is not None
             return True, {k: arrays[k].numpy() for k in arrays}
+
+    def aggregate_raising(self) -> None:
+        """Round 1 through AuditedRounds, letting RoundNotFinal out."""
+        self.aggregate_model(raising=True)
 
     def revoked(self) -> bool:
         with self.ledger("auditor-0") as ledger:
@@ -397,6 +403,63 @@ def test_one_lying_auditor_neither_blocks_nor_revokes(federation: Federation) ->
         (status,) = finality_report(ledger, 3)
         assert status.is_final and status.finality is not None
         assert status.finality.valid == 2
+
+
+def kill_auditors(federation: Federation, *indices: int) -> list[str]:
+    """Stop the audit receivers of ``indices``: their addresses refuse connections,
+    as a dead peer's still listed in the DHT do. Returns their node ids."""
+    for index in indices:
+        stop = federation.receivers[index].stop()
+        asyncio.run_coroutine_threadsafe(stop, federation.loop).result(10)
+    return [federation.auditors[i].node_id for i in indices]
+
+
+def test_dead_members_are_dropped_and_the_committee_redrawn_from_the_rest(
+    federation: Federation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two of the three members died after the candidates were fixed (the
+    # successor's view after a failover): drawn as they were, the committee
+    # could reach 1 of the 2 co-signatures it needs, and the run stalled.
+    monkeypatch.setattr("flp2p.peer.round_audit.RETRY_SECONDS", 0.05)
+    federation.start()
+    dead = kill_auditors(federation, 0, 1)
+    survivor = federation.auditors[2].node_id
+
+    final, model = federation.aggregate()
+
+    assert final
+    with federation.ledger("aggregator") as ledger:
+        block = ledger.block(1)
+        assert block.aggregate_sha256 == model and block.signature_valid()
+        assert block.candidates == (survivor,)
+        assert not set(dead) & set(block.candidates)
+        (status,) = finality_report(ledger, 3)
+        assert status.is_final and status.committee is not None
+        assert status.committee.members == (survivor,)
+    replica = federation.folder / "replica.db"
+    with federation.ledger("aggregator") as ledger:
+        chain = [b.to_bytes() for b in ledger.blocks()]
+        statements = ledger.cosignatures(1)
+    sync_replica(replica, FEDERATION, chain, None, statements, 3)
+    with Ledger.open(replica) as copy:
+        assert copy.height == 1  # the replica appended the redrawn block as final
+    assert federation.accusations == []
+
+
+def test_a_dead_cosigner_of_the_previous_block_stops_the_round_clearly(
+    federation: Federation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A member that co-signed the block before must stay a candidate (else an
+    # aggregator could drop honest auditors); if it is dead too few remain.
+    monkeypatch.setattr("flp2p.peer.round_audit.RETRY_SECONDS", 0.05)
+    federation.start()
+    dead = kill_auditors(federation, 0, 1)
+    monkeypatch.setattr(
+        Ledger, "required_candidates", lambda self, aggregator: tuple(sorted(dead))
+    )
+
+    with pytest.raises(RoundNotFinal, match=r"1/2 co-signatures; committee member"):
+        federation.aggregate_raising()
 
 
 def test_audit_payload_round_trips_and_refuses_a_truncated_block() -> None:

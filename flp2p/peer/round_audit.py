@@ -24,6 +24,13 @@ that refused accuse the aggregator in the DHT (:mod:`flp2p.peer.auditor`);
 ⌈2m/3⌉ accusations revoke its lease and an honest successor continues from the
 last final block (:mod:`flp2p.peer.revocation_watch`).
 
+A member that never answers (no address, or only network errors: a dead peer
+the DHT still lists) is dropped: the block is re-signed with the remaining
+candidates and the committee redrawn from the same seed, so every verifier
+redraws it from the block. A member that co-signed the previous block cannot be
+dropped (:meth:`flp2p.ledger.Ledger.required_candidates`): then the round is not
+final and says so.
+
 Fewer eligible peers than k: all of the others audit (``m`` < k, threshold
 ⌈2m/3⌉). No other eligible peer, or ``audit.committee_size = 0``: there is no
 committee; blocks are appended on the aggregator's signature alone, as before
@@ -346,9 +353,48 @@ class AuditedRounds(StrategyWrapper):
         previous = self.checkpoints.load(block.server_round - 1)
         if self.lie is not None:
             arrays, block = self._lie(block, arrays, previous.arrays)
-        payload = audit_payload(block.to_bytes(), encode_replies(signed))
-        claim = audit_claim(block, previous.sha256)
-        statements = asyncio.run(self._collect(committee, claim, payload))
+        encoded = encode_replies(signed)
+        required = set(ledger.required_candidates(me))
+        while True:
+            payload = audit_payload(block.to_bytes(), encoded)
+            claim = audit_claim(block, previous.sha256)
+            statements, unreachable = asyncio.run(
+                self._collect(committee, claim, payload)
+            )
+            if len(statements) >= committee.threshold or not unreachable:
+                break
+            stuck = sorted(unreachable & required)
+            if stuck:
+                raise RoundNotFinal(
+                    f"round {block.server_round} is not final: "
+                    f"{len(statements)}/{committee.threshold} co-signatures; "
+                    f"committee member {stuck[0][:12]}… does not answer, and it "
+                    "co-signed the previous block, so the committee cannot be "
+                    "redrawn without it"
+                )
+            # A member that never answered (dead, or its address stale in the
+            # DHT) can neither sign nor accuse: redraw from the same seed among
+            # the remaining candidates, which the re-signed block records so that
+            # every verifier redraws the same committee.
+            pool = committee_pool(block, ledger, me)
+            block = replace(
+                block, candidates=tuple(sorted(set(pool) - unreachable))
+            ).signed_by(self.identity)
+            redrawn = ledger.next_committee(me, self.committee_size, block.candidates)
+            assert redrawn is not None
+            log.warning(
+                "round %d: committee member(s) %s did not answer; redrawn among %d "
+                "remaining candidate(s): %d member(s)",
+                block.server_round,
+                ", ".join(f"{m[:12]}…" for m in sorted(unreachable)),
+                len(block.candidates or ()),
+                len(redrawn.members),
+            )
+            committee = redrawn
+            if not committee.members:
+                ledger.append_block(block.to_bytes())
+                log.info("round %d: no live committee", block.server_round)
+                return arrays, metrics
         try:
             ledger.append_final_block(block.to_bytes(), statements, self.committee_size)
         except LedgerError as error:
@@ -387,11 +433,13 @@ class AuditedRounds(StrategyWrapper):
 
     async def _collect(
         self, committee: Committee, claim: Mapping[str, Any], payload: bytes
-    ) -> list[AuditStatement]:
-        """Statements of the members, asking again those that did not sign."""
+    ) -> tuple[list[AuditStatement], set[str]]:
+        """Statements of the members, asking again those that did not sign; and
+        the members that never answered (no address, or only network errors)."""
         federation = self.recorder.ledger.federation
         signed: dict[str, AuditStatement] = {}
         judged: set[str] = set()
+        answered: set[str] = set()
         for attempt in range(AUDIT_ATTEMPTS):
             if attempt:
                 await asyncio.sleep(RETRY_SECONDS)
@@ -411,6 +459,8 @@ class AuditedRounds(StrategyWrapper):
                 if isinstance(answer, AuditStatement):
                     signed[member] = answer
                     continue
+                if not is_unreachable(answer):
+                    answered.add(member)
                 if is_verdict(answer):
                     judged.add(member)  # asking again changes nothing
                 log.warning("auditor %s… did not sign: %s", member[:12], answer)
@@ -418,7 +468,8 @@ class AuditedRounds(StrategyWrapper):
                 committee.members
             ):
                 break
-        return list(signed.values())
+        silent = set(committee.members) - set(signed) - answered
+        return list(signed.values()), silent
 
     def _lie(
         self,
@@ -452,6 +503,24 @@ class AuditedRounds(StrategyWrapper):
             "Byzantine aggregator (%s) in round %d", self.lie, block.server_round
         )
         return arrays, block.signed_by(self.identity)
+
+
+def is_unreachable(answer: str) -> bool:
+    """Whether a refusal is a network error (nothing came from the auditor): not
+    its ``refused: …`` line nor a statement that failed to verify."""
+    return not any(
+        marker in answer
+        for marker in ("refused", "malformed statement", "does not sign the claim")
+    )
+
+
+def committee_pool(block: Block, ledger: Ledger, aggregator: str) -> tuple[str, ...]:
+    """The peers ``block``'s committee is drawn from: its recorded candidates, or
+    (a block without them) the genesis' eligible peers other than ``aggregator``."""
+    if block.candidates is not None:
+        return block.candidates
+    tip = ledger.block(0)
+    return tuple(sorted(set(tip.allowed_signers) - {aggregator}))
 
 
 def is_verdict(answer: str) -> bool:
