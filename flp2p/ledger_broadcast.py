@@ -16,13 +16,14 @@ import logging
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from flp2p.audit.statements import AuditStatement, StatementError
 from flp2p.ledger import Block, ChainError, Ledger, LedgerError
 from flp2p.ledger.verify import signer_node_id
+from strategies.records import CONFIG_KEY, METRICS_KEY
 from strategies.wrapping import StrategyWrapper
 
 log = logging.getLogger(__name__)
@@ -33,17 +34,25 @@ LEDGER_COSIGNATURES_KEY = "ledger-cosignatures"
 """Field of the training instruction holding those blocks' co-signatures (list of
 audit statements as JSON strings; issue 15)."""
 CATCH_UP_BLOCKS = 8
-"""Blocks sent with each instruction: enough for a client that sat out a few rounds
-to catch up, small enough to keep instructions light (a 20-client block is ~8 KB)."""
+"""Blocks sent with each instruction to a node whose replica is known to be recent:
+enough for a client that sat out a few rounds to catch up, small enough to keep
+instructions light (a 20-client block is ~8 KB). A node whose replica height is not
+known, or lies further back, is sent every block after the height it last reported
+(the whole chain for a first-time client): a window alone would never reach a fresh
+client's empty replica once the chain outgrew it."""
 
 
 class LedgerBroadcast(StrategyWrapper):
-    """Holds any Flower strategy and attaches the newest ledger blocks to its
-    training instructions.
+    """Holds any Flower strategy and attaches ledger blocks to its training
+    instructions.
 
     ``LedgerBroadcast(strategy, ledger)``; the ledger must be the one the strategy
     records into. Everything else is the held strategy's (:class:`strategies.
     wrapping.StrategyWrapper`), ``epsilon`` of a central-DP strategy included.
+
+    Each node's replica height is learnt from its replies (``ledger-height``) and a
+    refusal (``ledger-refused``) forgets it, so the next instruction to that node
+    carries every block after what it verifiably holds.
 
     Parameters
     ----------
@@ -56,28 +65,69 @@ class LedgerBroadcast(StrategyWrapper):
     def __init__(self, strategy: Strategy, ledger: Ledger) -> None:
         super().__init__(strategy)
         self.ledger = ledger
+        self.replica_heights: dict[int, int] = {}
+        """Flower node id → the height its replica last reported."""
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Configure as the strategy does, with the newest blocks in the config."""
+        """Configure as the strategy does, each instruction with the blocks its
+        node lacks."""
         height = self.ledger.height
-        blocks = (
-            []
-            if height is None
-            else self.ledger.blocks_bytes_after(height - CATCH_UP_BLOCKS)
+        messages = list(
+            self.strategy.configure_train(server_round, arrays, config, grid)
         )
-        with_blocks = ConfigRecord(dict(config.items()))
-        with_blocks[LEDGER_BLOCKS_KEY] = blocks
-        if height is not None:
-            statements = [
-                json.dumps(statement.to_json())
-                for h in range(max(1, height + 1 - CATCH_UP_BLOCKS), height + 1)
-                for statement in self.ledger.cosignatures(h)
-            ]
-            if statements:
-                with_blocks[LEDGER_COSIGNATURES_KEY] = statements
-        return self.strategy.configure_train(server_round, arrays, with_blocks, grid)
+        if height is None:
+            return messages
+        window_start = height - CATCH_UP_BLOCKS
+        sent: dict[int, ConfigRecord] = {}  # one record per distinct start height
+        for message in messages:
+            held = self.replica_heights.get(message.metadata.dst_node_id, -1)
+            after = window_start if held >= window_start else held
+            if after not in sent:
+                sent[after] = self._catch_up(after, height)
+            message.content = _with_config(message.content, sent[after])
+        return messages
+
+    def _catch_up(self, after: int, height: int) -> ConfigRecord:
+        """Blocks above ``after`` and their co-signatures, as config fields."""
+        blocks = self.ledger.blocks_bytes_after(after)
+        fields = ConfigRecord({LEDGER_BLOCKS_KEY: blocks})
+        statements = [
+            json.dumps(statement.to_json())
+            for h in range(max(1, after + 1), height + 1)
+            for statement in self.ledger.cosignatures(h)
+        ]
+        if statements:
+            fields[LEDGER_COSIGNATURES_KEY] = statements
+        return fields
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate as the strategy does; note each replica's reported height."""
+        replies = list(replies)
+        for reply in replies:
+            if reply.has_error():
+                continue
+            metrics = reply.content.metric_records.get(METRICS_KEY)
+            node = reply.metadata.src_node_id
+            if metrics is None:
+                continue
+            if metrics.get("ledger-refused"):
+                self.replica_heights.pop(node, None)
+            elif isinstance(height := metrics.get("ledger-height"), int):
+                self.replica_heights[node] = height
+        return self.strategy.aggregate_train(server_round, replies)
+
+
+def _with_config(content: RecordDict, blocks: ConfigRecord) -> RecordDict:
+    """A copy of ``content`` whose ``config`` record also holds ``blocks``: the held
+    strategy may share one content and one config between all its messages."""
+    copied = RecordDict(dict(content.items()))
+    config = content.config_records.get(CONFIG_KEY, ConfigRecord())
+    copied[CONFIG_KEY] = ConfigRecord({**dict(config.items()), **dict(blocks.items())})
+    return copied
 
 
 def block_height(block_bytes: bytes) -> int:

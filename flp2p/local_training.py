@@ -53,9 +53,8 @@ from flp2p.models import (
 )
 from flp2p.partition_files import PartitionKey, open_partition
 from flp2p.round_timings import note
-from strategies.records import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
+from strategies.records import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
 
-CONFIG_KEY = "config"
 """Key of the ConfigRecord in instructions (Flower's default)."""
 TRAINING_DATA_KEY = "flp2p-training-data"
 """ArrayRecord (``images``, ``labels``) a mod may put in an instruction: the examples

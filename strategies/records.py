@@ -26,6 +26,9 @@ import numpy as np
 
 ARRAYS_KEY = "arrays"
 """Key of the :class:`flwr.app.ArrayRecord` holding the model in every message."""
+CONFIG_KEY = "config"
+"""Key of the :class:`flwr.app.ConfigRecord` of every instruction (Flower's own
+strategies' ``configrecord_key`` default)."""
 METRICS_KEY = "metrics"
 """Key of the :class:`flwr.app.MetricRecord` in every reply."""
 NUM_EXAMPLES_KEY = "num-examples"

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from helpers_ledger import FEDERATION, KeySigner, make_report
+from helpers_messages import make_train_reply
 
 from flp2p.ledger import Ledger, LedgerError
 from flp2p.ledger_broadcast import (
@@ -40,19 +41,74 @@ def aggregator_ledger(tmp_path: Path, rounds: int) -> Ledger:
     return ledger
 
 
-def test_instructions_carry_the_newest_blocks(tmp_path: Path) -> None:
+def _sent_heights(messages: list[Message]) -> dict[int, list[int]]:
+    return {
+        m.metadata.dst_node_id: [
+            block_height(b)
+            for b in m.content.config_records["config"][LEDGER_BLOCKS_KEY]
+        ]
+        for m in messages
+    }
+
+
+def test_instructions_carry_the_newest_blocks_to_recent_replicas(
+    tmp_path: Path,
+) -> None:
     ledger = aggregator_ledger(tmp_path, rounds=CATCH_UP_BLOCKS + 4)
     strategy = LedgerBroadcast(ScreenedFedAvg(min_available_nodes=3), ledger)
     arrays = ArrayRecord({"w": Array(np.zeros(2))})
     config = ConfigRecord({"lr": 0.1})
-    messages = list(strategy.configure_train(5, arrays, config, FakeGrid()))
-    assert len(messages) == 3
-    sent = messages[0].content.config_records["config"][LEDGER_BLOCKS_KEY]
-    heights = [block_height(b) for b in sent]
-    assert heights == list(
-        range(ledger.height - CATCH_UP_BLOCKS + 1, ledger.height + 1)
+    height = ledger.height
+    assert height is not None
+    # Node 11 reported the height before last, node 12 one far behind the window.
+    reports = {11: height - 1, 12: height - CATCH_UP_BLOCKS - 3}
+    list(strategy.configure_train(4, arrays, config, FakeGrid()))
+    strategy.aggregate_train(
+        4,
+        [
+            make_train_reply({"w": np.ones(2)}, 5, node, metrics={"ledger-height": h})
+            for node, h in reports.items()
+        ],
     )
+    messages = list(strategy.configure_train(5, arrays, config, FakeGrid()))
+    sent = _sent_heights(messages)
+    assert sent[11] == list(range(height - CATCH_UP_BLOCKS + 1, height + 1))
+    assert sent[12] == list(range(reports[12] + 1, height + 1))
+    assert sent[13] == list(range(height + 1))  # never reported: the whole chain
+    for m in messages:  # the held strategy's own config survives
+        assert m.content.config_records["config"]["lr"] == 0.1
     assert LEDGER_BLOCKS_KEY not in config  # the caller's record is not touched
+    ledger.close()
+
+
+def test_a_fresh_client_after_many_rounds_catches_up_and_a_refusal_resends(
+    tmp_path: Path,
+) -> None:
+    ledger = aggregator_ledger(tmp_path, rounds=CATCH_UP_BLOCKS + 4)
+    strategy = LedgerBroadcast(ScreenedFedAvg(min_available_nodes=3), ledger)
+    arrays = ArrayRecord({"w": Array(np.zeros(2))})
+    messages = list(strategy.configure_train(13, arrays, ConfigRecord(), FakeGrid()))
+    blocks = messages[0].content.config_records["config"][LEDGER_BLOCKS_KEY]
+    # A window alone (the former behaviour) cannot start an empty replica:
+    with pytest.raises(LedgerError):
+        sync_replica(tmp_path / "window.db", FEDERATION, blocks[-CATCH_UP_BLOCKS:])
+    fresh = tmp_path / "fresh.db"
+    assert sync_replica(fresh, FEDERATION, blocks) == ledger.height
+    with Ledger.open(fresh) as replica:
+        assert replica.verify() == ledger.height + 1
+    # A node that reported a height, then refused a block, gets everything again.
+    height = ledger.height
+    assert height is not None
+    strategy.aggregate_train(
+        13,
+        [make_train_reply({"w": np.ones(2)}, 5, 11, metrics={"ledger-height": height})],
+    )
+    list(strategy.configure_train(14, arrays, ConfigRecord(), FakeGrid()))
+    strategy.aggregate_train(
+        14, [make_train_reply({"w": np.ones(2)}, 5, 11, metrics={"ledger-refused": 1})]
+    )
+    messages = list(strategy.configure_train(15, arrays, ConfigRecord(), FakeGrid()))
+    assert _sent_heights(messages)[11] == list(range(height + 1))
     ledger.close()
 
 
