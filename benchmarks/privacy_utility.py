@@ -44,10 +44,10 @@ RESULTS = Path(__file__).resolve().parent / "results" / "privacy"
 def run(out: Path, name: str, overrides: list[str]) -> dict[str, Any]:
     """One federation (skipped if its folder already holds a completed run)."""
     folder = out / "runs" / name
-    done = completed_summary(folder)
+    settings = RunSettings.from_config(compose([*overrides, "output.plot=false"]))
+    done = completed_summary(folder, settings.fingerprint)
     if done is not None:
         return done
-    settings = RunSettings.from_config(compose([*overrides, "output.plot=false"]))
     return simulate(settings, folder)
 
 

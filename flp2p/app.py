@@ -294,6 +294,7 @@ def run_reporter(
             "dataset": settings.dataset,
             "clients": settings.clients,
             "seed": settings.seed,
+            "settings_sha256": settings.fingerprint,
         }
     )
     return reporter

@@ -8,12 +8,13 @@ every bad value is caught before any training starts, with a message naming the 
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,17 @@ class TrainSettings:
     momentum: float = 0.9
     max_steps: int | None = None
     """Cap on local optimiser steps per round (``None``: all ``epochs``)."""
+
+
+RESULT_NEUTRAL_SETTINGS = (
+    "plot",
+    "progress",
+    "num_cpus",
+    "cpus_per_client",
+    "ray_address",
+)
+"""Settings that change how a run is executed or shown, not what it computes: a
+resumed sweep may change them and still skip the runs already done."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,19 @@ class RunSettings:
     ledger_enabled: bool = True
     ledger_replicate: bool = True
     ledger_path: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of every setting that can change the run's result (all but
+        :data:`RESULT_NEUTRAL_SETTINGS`): ``resume`` skips a finished run only if
+        it was run with the same fingerprint, so a sweep whose rounds, data,
+        attack or strategy changed never mixes old runs into new tables."""
+        kept = [
+            (f.name, getattr(self, f.name))
+            for f in fields(self)
+            if f.name not in RESULT_NEUTRAL_SETTINGS
+        ]
+        return hashlib.sha256(repr(kept).encode()).hexdigest()
 
     @property
     def client_threads(self) -> int:

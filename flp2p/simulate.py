@@ -80,7 +80,7 @@ def simulate(settings: RunSettings, output_dir: Path) -> dict[str, Any]:
             f"examples of {settings.dataset}"
         )
     build_strategy(settings)  # fail on a bad strategy before Ray starts
-    discard_unfinished_run(output_dir)
+    discard_unfinished_run(output_dir, settings.fingerprint)
     partitions = tuple(
         partition_indices(
             data.train.labels,
@@ -127,27 +127,44 @@ def check_ray_head(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-def discard_unfinished_run(output_dir: Path) -> None:
+def discard_unfinished_run(output_dir: Path, fingerprint: str | None = None) -> None:
     """Remove what an interrupted run left in its folder before running it again.
 
     A rerun (``resume=true`` after a crash) must start from round 0: its run
     ledger would otherwise carry the reputations and blocks of the lost attempt.
-    A folder holding a completed run is left alone.
+    A folder holding a completed run (of the settings ``fingerprint`` names, if
+    given) is left alone.
     """
-    if completed_summary(output_dir) is not None:
+    if completed_summary(output_dir, fingerprint) is not None:
         return
     for name in (LEDGER_FILE, f"{LEDGER_FILE}-wal", f"{LEDGER_FILE}-shm"):
         (output_dir / name).unlink(missing_ok=True)
     shutil.rmtree(output_dir / REPLICA_DIR, ignore_errors=True)
 
 
-def completed_summary(output_dir: Path) -> dict[str, Any] | None:
-    """The summary of a run folder that already finished, else ``None``."""
+def completed_summary(
+    output_dir: Path, fingerprint: str | None = None
+) -> dict[str, Any] | None:
+    """The summary of a run folder that already finished, else ``None``.
+
+    With ``fingerprint`` (:attr:`RunSettings.fingerprint`), only a run of exactly
+    those settings counts as finished: one of other settings (an older sweep's
+    rounds, say) is not this run's result.
+    """
+    summary = _summary_of(output_dir)
+    if summary is None or summary.get("status") != "completed":
+        return None
+    if fingerprint is not None and summary.get("settings_sha256") != fingerprint:
+        return None
+    return summary
+
+
+def _summary_of(output_dir: Path) -> dict[str, Any] | None:
     path = output_dir / SUMMARY_FILE
     if not path.is_file():
         return None
     summary: dict[str, Any] = json.loads(path.read_text())
-    return summary if summary.get("status") == "completed" else None
+    return summary
 
 
 def _discard_if_empty(output_dir: Path) -> None:
@@ -165,12 +182,20 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         settings = RunSettings.from_config(cfg)
         tracking = TrackingSettings.from_spec(cfg.get("logger"))
         tracking.check_available()
-        if cfg.get("resume") and (done := completed_summary(output_dir)) is not None:
-            print(
-                f"flp2p.simulate: {output_dir} already completed; skipped",
-                file=sys.stderr,
-            )
-            return done
+        if cfg.get("resume"):
+            done = completed_summary(output_dir, settings.fingerprint)
+            if done is not None:
+                print(
+                    f"flp2p.simulate: {output_dir} already completed; skipped",
+                    file=sys.stderr,
+                )
+                return done
+            if completed_summary(output_dir) is not None:
+                print(
+                    f"flp2p.simulate: {output_dir} holds a run of other settings "
+                    "(or of a version that did not record them); running it again",
+                    file=sys.stderr,
+                )
         try:
             return simulate(settings, output_dir)
         finally:

@@ -109,3 +109,60 @@ def test_a_rerun_starts_without_the_interrupted_attempts_ledger(tmp_path: Path) 
         assert (run_dir / "ledger.db").exists() is kept
         assert (run_dir / "replicas").exists() is kept
         assert (run_dir / "summary.json").exists()
+
+
+def test_settings_fingerprint_names_what_changes_a_result() -> None:
+    base = ["dataset=digits", "rounds=2", "clients=4", "strategy=trusted"]
+
+    def fingerprint(extra: list[str]) -> str:
+        return RunSettings.from_config(compose([*base, *extra])).fingerprint
+
+    same = fingerprint([])
+    assert fingerprint([]) == same
+    # How a run is executed or shown does not change what it computes ...
+    assert fingerprint(["simulation.num_cpus=1", "output.plot=false"]) == same
+    # ... every setting of the federation does.
+    for changed in (["rounds=3"], ["seed=1"], ["attack=alie"], ["train.lr=0.1"]):
+        assert fingerprint(changed) != same, changed
+
+
+def test_resume_skips_only_a_finished_run_of_the_same_settings(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+
+    def run(*overrides: str) -> str:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "flp2p.simulate",
+                "dataset=digits",
+                "clients=2",
+                "strategy=fedavg",
+                "simulation.backend=in_process",
+                "resume=true",
+                "output.progress=false",
+                "output.plot=false",
+                f"hydra.run.dir={run_dir}",
+                *overrides,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stderr
+
+    def summary() -> dict[str, object]:
+        loaded: dict[str, object] = json.loads((run_dir / "summary.json").read_text())
+        return loaded
+
+    run("rounds=1")
+    first = summary()
+    assert first["rounds_completed"] == 1 and first["settings_sha256"]
+    assert "already completed; skipped" in run("rounds=1", "simulation.num_cpus=1")
+    assert summary() == first
+    # Another number of rounds in the same folder is another run, not a result.
+    assert "holds a run of other settings" in run("rounds=2")
+    second = summary()
+    assert second["rounds_completed"] == 2
+    assert second["settings_sha256"] != first["settings_sha256"]
