@@ -90,17 +90,7 @@ class LedgerBroadcast(StrategyWrapper):
         return messages
 
     def _catch_up(self, after: int, height: int) -> ConfigRecord:
-        """Blocks above ``after`` and their co-signatures, as config fields."""
-        blocks = self.ledger.blocks_bytes_after(after)
-        fields = ConfigRecord({LEDGER_BLOCKS_KEY: blocks})
-        statements = [
-            json.dumps(statement.to_json())
-            for h in range(max(1, after + 1), height + 1)
-            for statement in self.ledger.cosignatures(h)
-        ]
-        if statements:
-            fields[LEDGER_COSIGNATURES_KEY] = statements
-        return fields
+        return catch_up_fields(self.ledger, after, height)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -119,6 +109,21 @@ class LedgerBroadcast(StrategyWrapper):
             elif isinstance(height := metrics.get("ledger-height"), int):
                 self.replica_heights[node] = height
         return self.strategy.aggregate_train(server_round, replies)
+
+
+def catch_up_fields(ledger: Ledger, after: int, height: int) -> ConfigRecord:
+    """Blocks above ``after`` up to ``height`` and their co-signatures, as config
+    fields: a replica with a committee appends a round block only with them."""
+    blocks = ledger.blocks_bytes_after(after)
+    fields = ConfigRecord({LEDGER_BLOCKS_KEY: blocks})
+    statements = [
+        json.dumps(statement.to_json())
+        for h in range(max(1, after + 1), height + 1)
+        for statement in ledger.cosignatures(h)
+    ]
+    if statements:
+        fields[LEDGER_COSIGNATURES_KEY] = statements
+    return fields
 
 
 def _with_config(content: RecordDict, blocks: ConfigRecord) -> RecordDict:

@@ -72,7 +72,7 @@ def final_chain(federation: Any, name: str) -> list[Any]:
         ledger.verify()
         statuses = finality_report(ledger, K)
         assert statuses and all(s.is_final for s in statuses), [
-            s.summary for s in statuses
+            s.summary() for s in statuses
         ]
         blocks = list(ledger.blocks())
     # Every round was trained: no round ended at its deadline without replies.

@@ -61,12 +61,6 @@ def federation(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="first run (94 s): detected, revoked, replaced and completed, but "
-    "client-0's replica held block 1 without its co-signatures (0/2 valid); "
-    "not diagnosed yet",
-    strict=False,
-)
 def test_an_altering_aggregator_on_another_host_is_revoked_and_replaced(
     federation: Any,
 ) -> None:

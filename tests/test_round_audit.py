@@ -14,9 +14,10 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -47,7 +48,16 @@ from flp2p.local_training import arrays_to_record, record_to_arrays
 from flp2p.peer.auditor import committee_auditor
 from flp2p.peer.checkpoints import Checkpoint, CheckpointStore
 from flp2p.peer.complaints import omission_auditor
-from flp2p.peer.federation_app import FederationRoundLedger
+from flp2p.peer.federation_app import (
+    AGGREGATORS_NODE_KEY,
+    FEDERATION_NODE_KEY,
+    LEDGER_NODE_KEY,
+    SETTINGS_KEY,
+    FederationRoundLedger,
+    deliver_final_model,
+    join_ids,
+    make_peer_client_app,
+)
 from flp2p.peer.round_audit import (
     LIES,
     AuditedRounds,
@@ -526,3 +536,73 @@ def instruction(
         dst_node_id=1,
         message_type=MessageType.TRAIN,
     )
+
+
+class ParticipantGrid:
+    """One participant whose SuperNode runs the peer ClientApp in process; its
+    ledger copy starts at the genesis (it missed every round's instruction).
+    ``strip`` drops the co-signatures from what it receives."""
+
+    def __init__(self, federation: Federation, name: str, strip: bool) -> None:
+        self.replica = federation.folder / name / "ledger.db"
+        with federation.ledger("aggregator") as ledger:
+            sync_replica(self.replica, FEDERATION, [ledger.block(0).to_bytes()])
+        self.strip = strip
+        self.app = make_peer_client_app()
+        self.context = Context(
+            run_id=1,
+            node_id=7,
+            node_config={
+                "partition-id": 0,
+                LEDGER_NODE_KEY: str(self.replica),
+                FEDERATION_NODE_KEY: FEDERATION,
+                AGGREGATORS_NODE_KEY: join_ids(federation.eligible),
+            },
+            state=RecordDict(),
+            run_config={SETTINGS_KEY: json.dumps({"audit": {"committee_size": 3}})},
+        )
+        self.replies: list[Message] = []
+
+    def get_node_ids(self) -> list[int]:
+        return [7]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], timeout: float | None = None
+    ) -> list[Message]:
+        for message in messages:
+            if self.strip:
+                config = message.content.config_records["config"]
+                message.content["config"] = ConfigRecord(
+                    {k: v for k, v in config.items() if k != LEDGER_COSIGNATURES_KEY}
+                )
+            self.replies.append(self.app(message, self.context))
+        return self.replies
+
+    def metrics(self) -> dict[str, Any]:
+        (reply,) = self.replies
+        assert not reply.has_error(), reply.error
+        return dict(reply.content.metric_records["metrics"].items())
+
+
+def test_the_final_model_delivery_appends_final_blocks_only(
+    federation: Federation,
+) -> None:
+    # The namespace run's finding: a participant that missed the last
+    # instruction got the round block from the final-model delivery, which
+    # carried no co-signatures, and its replica (k ignored) stored it bare.
+    federation.start()
+    final, model = federation.aggregate_model()
+    assert final and model is not None
+    late = ParticipantGrid(federation, "late", strip=False)
+    stripped = ParticipantGrid(federation, "stripped", strip=True)
+    with federation.ledger("aggregator") as ledger:
+        for grid in (late, stripped):
+            deliver_final_model(grid, Checkpoint(1, model), ledger, FEDERATION)
+    assert late.metrics()["ledger-height"] == 1
+    with Ledger.open(late.replica) as replica:
+        (status,) = finality_report(replica, 3)
+        assert status.is_final, status.summary()
+    # Without its co-signatures the block is refused, not stored bare.
+    assert stripped.metrics()["ledger-refused"] == 1
+    with Ledger.open(stripped.replica) as replica:
+        assert replica.height == 0

@@ -83,7 +83,12 @@ from flp2p.client_mods import (
 from flp2p.config import ConfigError, RunSettings, build_strategy, compose
 from flp2p.identity import ContributionAuthenticator, Identity
 from flp2p.ledger import Ledger
-from flp2p.ledger_broadcast import CATCH_UP_BLOCKS, LEDGER_BLOCKS_KEY, LedgerBroadcast
+from flp2p.ledger_broadcast import (
+    CATCH_UP_BLOCKS,
+    LEDGER_BLOCKS_KEY,
+    LedgerBroadcast,
+    catch_up_fields,
+)
 from flp2p.local_training import CONFIG_KEY, client_evaluate, client_train
 from flp2p.peer.app_folder import flatten_parameters
 from flp2p.peer.checkpoints import (
@@ -610,10 +615,13 @@ def deliver_final_model(
         How many participants confirmed within ``timeout`` seconds.
     """
     height = None if ledger is None else ledger.height
-    blocks = (
-        []
+    # With their co-signatures: a participant whose replica lacks a round block
+    # (it missed the last instruction) appends it only if final, and without them
+    # a replica that ignored k stored it bare, not final (issue 15).
+    chain = (
+        ConfigRecord({LEDGER_BLOCKS_KEY: []})
         if ledger is None or height is None
-        else ledger.blocks_bytes_after(height - CATCH_UP_BLOCKS)
+        else catch_up_fields(ledger, height - CATCH_UP_BLOCKS, height)
     )
     content = RecordDict(
         {
@@ -622,7 +630,7 @@ def deliver_final_model(
                 {
                     "federation": federation,
                     "server-round": final.server_round,
-                    LEDGER_BLOCKS_KEY: blocks,
+                    **dict(chain.items()),
                 }
             ),
         }
@@ -871,9 +879,9 @@ def make_peer_client_app(settings: RunSettings | None = None) -> ClientApp:
 
     @app.query(
         mods=[
-            ledger_sync_mod(
-                lambda context: replica_from_node_config(context.node_config)
-            )
+            # k as for training: the final delivery's blocks are appended only
+            # if final, never on the aggregator's signature alone.
+            ledger_sync_mod(audited_replica)
         ]
     )
     def _final_model(msg: Message, context: Context) -> Message:
