@@ -43,14 +43,16 @@ def _commit_round(ledger: Ledger, server_round: int) -> None:
     ReputationBook(store=ledger).commit(report, make_reputations(report), ledger)
 
 
-def _commit_rounds_until_killed(path: str, writing: object) -> None:
-    """Child process: commit rounds forever, flagging when inside a commit."""
+def _commit_rounds_until_killed(path: str, writing: object, committed: object) -> None:
+    """Child process: commit rounds forever, flagging when inside a commit and
+    counting the commits done."""
     ledger = Ledger.open(path, federation=FEDERATION, signer=AGGREGATOR, create=True)
     server_round = (ledger.height or 0) + 1
     while True:
         writing.value = 1  # type: ignore[attr-defined]
         _commit_round(ledger, server_round)
         writing.value = 0  # type: ignore[attr-defined]
+        committed.value += 1  # type: ignore[attr-defined]
         server_round += 1
 
 
@@ -129,15 +131,23 @@ def test_sigkill_during_commits_never_leaves_standings_without_their_block(
     rng = random.Random(20261202)
     # No lock: a writer killed while holding a Value's lock would deadlock the test.
     writing = _FORK.RawValue("i", 0)
+    committed = _FORK.RawValue("i", 0)
     killed_mid_commit = 0
     heights = []
-    for _ in range(TRIALS):
+    for trial in range(TRIALS):
+        committed.value = 0
         writer = _FORK.Process(
-            target=_commit_rounds_until_killed, args=(str(path), writing)
+            target=_commit_rounds_until_killed, args=(str(path), writing, committed)
         )
         writer.start()
         while not writing.value and writer.is_alive():
             time.sleep(0.001)  # until its first commit began (the ledger is open)
+        if trial % 4 == 3:
+            # Every fourth writer first finishes a commit, so the chain grows even
+            # when load makes every commit outlast the measured round duration.
+            deadline = time.monotonic() + 60
+            while not committed.value and time.monotonic() < deadline:
+                time.sleep(0.001)
         time.sleep(rng.uniform(0.0, max_delay_s))
         os.kill(writer.pid, signal.SIGKILL)  # type: ignore[arg-type]
         writer.join()
