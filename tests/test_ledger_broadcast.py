@@ -216,3 +216,42 @@ def test_a_bad_block_in_the_middle_keeps_the_verified_prefix(tmp_path: Path) -> 
     # the refused block and those after it arrive again, genuine: the chain completes
     assert sync_replica(replica, FEDERATION, blocks) == 5
     ledger.close()
+
+
+class CapturingGrid:
+    """A grid with one participant that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+
+    def get_node_ids(self) -> list[int]:
+        return [21]
+
+    def send_and_receive(
+        self, messages: list[Message], timeout: float
+    ) -> list[Message]:
+        self.sent.extend(messages)
+        return []
+
+
+def test_the_final_model_reaches_a_participant_far_behind_with_the_whole_chain(
+    tmp_path: Path,
+) -> None:
+    from flp2p.peer.checkpoints import Checkpoint
+    from flp2p.peer.federation_app import deliver_final_model
+
+    ledger = aggregator_ledger(tmp_path, rounds=CATCH_UP_BLOCKS + 4)
+    height = ledger.height
+    assert height is not None
+    grid = CapturingGrid()
+    deliver_final_model(
+        grid, Checkpoint(height, {"w": np.zeros(2)}), ledger, FEDERATION
+    )
+    (message,) = grid.sent
+    blocks = message.content.config_records["config"][LEDGER_BLOCKS_KEY]
+    far_behind = tmp_path / "far-behind.db"
+    sync_replica(far_behind, FEDERATION, blocks[:2])  # it left after round 1
+    assert sync_replica(far_behind, FEDERATION, blocks) == height
+    with Ledger.open(far_behind) as replica:
+        assert replica.verify() == height + 1
+    ledger.close()

@@ -84,7 +84,6 @@ from flp2p.config import ConfigError, RunSettings, build_strategy, compose
 from flp2p.identity import ContributionAuthenticator, Identity
 from flp2p.ledger import Ledger
 from flp2p.ledger_broadcast import (
-    CATCH_UP_BLOCKS,
     LEDGER_BLOCKS_KEY,
     LedgerBroadcast,
     catch_up_fields,
@@ -617,11 +616,13 @@ def deliver_final_model(
     height = None if ledger is None else ledger.height
     # With their co-signatures: a participant whose replica lacks a round block
     # (it missed the last instruction) appends it only if final, and without them
-    # a replica that ignored k stored it bare, not final (issue 15).
+    # a replica that ignored k stored it bare, not final (issue 15). The whole
+    # chain, once per run: a participant further behind than a round's window
+    # would refuse a window that does not start at its height.
     chain = (
         ConfigRecord({LEDGER_BLOCKS_KEY: []})
         if ledger is None or height is None
-        else catch_up_fields(ledger, height - CATCH_UP_BLOCKS, height)
+        else catch_up_fields(ledger, -1, height)
     )
     content = RecordDict(
         {
