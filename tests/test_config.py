@@ -154,6 +154,23 @@ def test_central_privacy_gives_the_dp_wrappers_arguments() -> None:
     assert strategy.clipping.clip_norm == kwargs["clip_norm"]
 
 
+def test_central_adaptive_clipping_plan_spends_the_target_over_the_run() -> None:
+    # The planned noise covers the aggregate and the clip count together, so the
+    # accountant reaches the target after the last round, not beyond it.
+    from strategies.base import ScreenedFedAvg
+    from strategies.central_dp import CentralDP
+
+    privacy = CentralPrivacy(target_epsilon=8.0, adaptive_clipping=True)
+    kwargs = privacy.strategy_kwargs(1.0, 200, 10, 0)
+    assert kwargs["clip_count_noise"] == pytest.approx(200 / 20)
+    fixed = CentralPrivacy(target_epsilon=8.0).strategy_kwargs(1.0, 200, 10, 0)
+    assert kwargs["noise_multiplier"] > fixed["noise_multiplier"]
+    strategy = CentralDP(ScreenedFedAvg(), **kwargs)
+    for _ in range(10):
+        strategy.privacy_accountant.step()
+    assert strategy.epsilon == pytest.approx(8.0, rel=0.01)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
