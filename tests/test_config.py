@@ -171,6 +171,32 @@ def test_central_adaptive_clipping_plan_spends_the_target_over_the_run() -> None
     assert strategy.epsilon == pytest.approx(8.0, rel=0.01)
 
 
+def test_build_strategy_plans_adaptive_clipping_like_the_settings() -> None:
+    # build_strategy and CentralPrivacy once planned separately; the built wrapper
+    # must carry the count noise and the combined multiplier the settings plan.
+    from strategies.central_dp import combined_noise_multiplier, noise_multiplier_for
+
+    settings = RunSettings.from_config(
+        compose(
+            [
+                "privacy=central",
+                "strategy=screened_fedavg",
+                "clients=40",
+                "rounds=4",
+                "privacy.adaptive_clipping=true",
+            ]
+        )
+    )
+    strategy = build_strategy(settings)
+    assert strategy.clipping.count_noise == pytest.approx(40 / 20)
+    assert strategy.clipping.learning_rate > 0
+    planned = noise_multiplier_for(8.0, 1e-5, settings.fraction_train, 4)
+    assert combined_noise_multiplier(
+        strategy.noise_multiplier, strategy.clipping.count_noise
+    ) == pytest.approx(planned)
+    assert strategy.privacy_accountant.noise_multiplier == pytest.approx(planned)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
