@@ -20,6 +20,10 @@ DP-FedAvg works when many users share each round: the noise per coordinate is
 ``⌈participants / sampling⌉`` clients with ``fraction_train = sampling`` (the
 sampling rate the accountant amplifies by), beside its own non-private run.
 
+Each row also gives ``tail_accuracy``, the mean of the last ``TAIL_ROUNDS`` rounds (as
+the robustness matrix does): in short runs one round's accuracy swings by several
+points, which would decide a 3 pp gap by luck.
+
 Writes ``benchmarks/results/privacy/privacy_utility.{csv,json,png}``.
 """
 
@@ -34,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.robustness_matrix import TAIL_ROUNDS, tail_accuracy
 from flp2p.config import RunSettings, compose
 from flp2p.models import build_model
 from flp2p.simulate import completed_summary, simulate
@@ -255,12 +260,14 @@ def main() -> None:
         if per_round != args.clients or args.sampling != 1.0:
             name = f"{name}-p{per_round}-q{args.sampling:g}"
         summary = run(args.out, name, [*base, *population(per_round), *overrides])
+        metrics = args.out / "runs" / name / "metrics.csv"
         rows.append(
             {
                 "mode": mode,
                 "participants": per_round,
                 "epsilon": epsilon,
                 "final_accuracy": summary.get("final_accuracy"),
+                "tail_accuracy": tail_accuracy(metrics) if metrics.is_file() else None,
                 "reported_epsilon": summary.get("epsilon")
                 or largest_client_epsilon(args.out / "runs" / name),
                 "seconds": summary.get("seconds"),
@@ -268,7 +275,8 @@ def main() -> None:
         )
         print(
             f"{mode:>15} {per_round:>5} per round ε={epsilon:<6g} "
-            f"accuracy {summary.get('final_accuracy')}"
+            f"accuracy {summary.get('final_accuracy')} "
+            f"(last {TAIL_ROUNDS} rounds {rows[-1]['tail_accuracy']})"
         )
 
     participants_axis = args.participants or [args.clients]
@@ -292,7 +300,9 @@ def main() -> None:
             record(
                 "central",
                 eps,
-                f"central-{eps:g}",
+                # The overrides name the run: a cached run with other settings
+                # must not be taken for this one.
+                "-".join([f"central-{eps:g}", *args.central_override]),
                 [
                     "privacy=central",
                     f"privacy.target_epsilon={eps}",

@@ -301,13 +301,17 @@ def run_reporter(
 
 
 def privacy_spent(strategy: Any) -> Callable[[], dict[str, float]] | None:
-    """Reads ε and δ after each round from a strategy with central DP, if any.
+    """Reads ε, δ and the clip norm after each round from a central-DP strategy, if any.
 
     Client-side DP-SGD's ε comes from the replies instead (:mod:`flp2p.reply_tap`).
     """
     if not hasattr(strategy, "epsilon"):
         return None
-    return lambda: {"epsilon": strategy.epsilon, "delta": strategy.delta}
+    return lambda: {
+        "epsilon": strategy.epsilon,
+        "delta": strategy.delta,
+        "clip_norm": strategy.clipping.clip_norm,
+    }
 
 
 def make_server_app(settings: RunSettings | None, output_dir: Path | None) -> ServerApp:

@@ -439,26 +439,24 @@ def _instantiated(value: Any) -> Any:
 def _central_dp_variant(settings: RunSettings, cls: type) -> dict[str, Any]:
     """The arguments of the :class:`~strategies.central_dp.CentralDP` wrapper."""
     from strategies.base import ScreenedFedAvg
-    from strategies.central_dp import noise_multiplier_for
 
     if not (isinstance(cls, type) and issubclass(cls, ScreenedFedAvg)):
         raise ConfigError(
             f"privacy=central needs an flp2p strategy, not {cls.__name__}: use "
             "strategy=screened_fedavg (FedAvg semantics) or strategy=trusted"
         )
-    spec = {k: v for k, v in settings.privacy.items() if k != "name"}
-    target = spec.pop("target_epsilon", None)
-    delta = float(spec.get("delta", 1e-5))
-    if (spec.get("noise_multiplier") is None) == (target is None):
+    from flp2p.privacy_settings import CentralPrivacy
+
+    privacy = settings.privacy
+    if not isinstance(privacy, CentralPrivacy):
         raise ConfigError(
-            "privacy 'central': give exactly one of noise_multiplier or target_epsilon"
+            f"privacy=central needs {CentralPrivacy.__name__} settings, "
+            f"not {type(privacy).__name__}"
         )
-    if target is not None:
-        spec["noise_multiplier"] = noise_multiplier_for(
-            float(target), delta, settings.fraction_train, settings.rounds
+    # One planner (CentralPrivacy) for the noise, the share cap and the clip count.
+    try:
+        return privacy.strategy_kwargs(
+            settings.fraction_train, settings.clients, settings.rounds, settings.seed
         )
-    if spec.get("max_share") is None:
-        expected = max(1, math.ceil(settings.fraction_train * settings.clients))
-        spec["max_share"] = min(1.0, 2.0 / expected)
-    spec.setdefault("seed", settings.seed)
-    return spec
+    except ValueError as err:
+        raise ConfigError(f"privacy 'central': {err}") from None

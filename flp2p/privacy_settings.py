@@ -55,7 +55,9 @@ class CentralPrivacy(PrivacySettings):
     adaptive_clipping: bool = False
     target_quantile: float = 0.5
     clip_learning_rate: float = 0.2
-    clip_count_noise: float = 0.0
+    clip_count_noise: float | None = None
+    """Std of the noise on the adaptive clip count (``None``: participants / 20, as
+    Andrew et al. 2021 suggest; unused without adaptive clipping)."""
     seed: int | None = None
     """Noise seed (``None``: the run's seed)."""
 
@@ -78,17 +80,31 @@ class CentralPrivacy(PrivacySettings):
         ``target_epsilon`` becomes the noise multiplier that spends it over
         ``rounds`` rounds sampled at ``fraction_train``; an unset ``max_share``
         becomes 2 / ⌈fraction_train × clients⌉ (at most 1); an unset seed the run's.
+        With adaptive clipping the planned multiplier is what the aggregate's and the
+        count's noise spend together, so the aggregate's own ``z`` is a little larger.
         """
-        from strategies.central_dp import noise_multiplier_for
+        from strategies.central_dp import (
+            noise_multiplier_for,
+            update_noise_multiplier_for,
+        )
 
         kwargs = self.spec()
+        expected = max(1, math.ceil(fraction_train * clients))
+        if kwargs["clip_count_noise"] is None:
+            kwargs["clip_count_noise"] = (
+                expected / 20 if self.adaptive_clipping else 0.0
+            )
         target = kwargs.pop("target_epsilon")
         if target is not None:
-            kwargs["noise_multiplier"] = noise_multiplier_for(
+            planned = noise_multiplier_for(
                 float(target), self.delta, fraction_train, rounds
             )
+            kwargs["noise_multiplier"] = (
+                update_noise_multiplier_for(planned, kwargs["clip_count_noise"])
+                if self.adaptive_clipping
+                else planned
+            )
         if kwargs["max_share"] is None:
-            expected = max(1, math.ceil(fraction_train * clients))
             kwargs["max_share"] = min(1.0, 2.0 / expected)
         kwargs.setdefault("seed", seed)
         return kwargs

@@ -52,9 +52,11 @@ successor resuming from that round continues ``seconds`` (:attr:`RunReporter.clo
 METRICS_COLUMNS = ("round", "accuracy", "loss", "seconds")
 PRIVACY_COLUMNS: Mapping[str, tuple[str, ...]] = {
     "dpsgd": ("epsilon", "epsilon_median", "delta"),
-    "central": ("epsilon", "delta"),
+    "central": ("epsilon", "delta", "clip_norm"),
 }
-"""Columns ``metrics.csv`` adds after :data:`METRICS_COLUMNS` per privacy mode."""
+"""Columns ``metrics.csv`` adds after :data:`METRICS_COLUMNS` per privacy mode
+(central ``clip_norm``: the one the next round clips to, which adaptive clipping moves).
+"""
 CLIENT_EPSILON_KEY = "dp-epsilon"
 CLIENT_DELTA_KEY = "dp-delta"
 TOP_PEERS = 5

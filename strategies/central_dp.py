@@ -173,6 +173,36 @@ class CentralPrivacyAccountant:
         return float(self.accountant.get_epsilon(delta=self.delta))
 
 
+def combined_noise_multiplier(update_noise: float, count_noise: float) -> float:
+    """z of the one Gaussian mechanism a round releases with adaptive clipping.
+
+    The round releases the noisy aggregate (multiplier ``update_noise``) and the noisy
+    count of updates within the clip norm (std ``count_noise``, sensitivity 1); RDP
+    adds over the two, ``α / 2z²`` each, so together they are one Gaussian with
+    ``z = (z_Δ⁻² + σ_b⁻²)^(-1/2)`` (Andrew et al. 2021, Theorem 1).
+    """
+    if update_noise == 0.0 or count_noise == 0.0:
+        return 0.0
+    return float((update_noise**-2 + count_noise**-2) ** -0.5)
+
+
+def update_noise_multiplier_for(total_noise: float, count_noise: float) -> float:
+    """The aggregate's z that, with the count's noise, spends a total ``total_noise``.
+
+    Raises
+    ------
+    ValueError
+        If ``count_noise`` is not above ``total_noise`` (the count alone would spend
+        more than the whole budget).
+    """
+    if count_noise <= total_noise:
+        raise ValueError(
+            f"clip_count_noise {count_noise:g} must exceed the planned noise "
+            f"multiplier {total_noise:g} (the count alone would spend the budget)"
+        )
+    return float((total_noise**-2 - count_noise**-2) ** -0.5)
+
+
 def noise_multiplier_for(
     target_epsilon: float, delta: float, sample_rate: float, rounds: int
 ) -> float:
@@ -216,7 +246,9 @@ class CentralDP(StrategyWrapper):
     adaptive_clipping : bool
         Track the ``target_quantile`` of update norms (Andrew et al. 2021).
     target_quantile, clip_learning_rate, clip_count_noise : float
-        Parameters of :class:`AdaptiveClipNorm`.
+        Parameters of :class:`AdaptiveClipNorm`. With adaptive clipping the clip norm
+        is released too, so ``clip_count_noise`` must be positive and the accountant
+        counts both noises (:func:`combined_noise_multiplier`).
     seed : int | None
         Seed of the noise (``None``: fresh OS entropy, what a deployment wants).
     """
@@ -247,6 +279,12 @@ class CentralDP(StrategyWrapper):
             raise ValueError(f"noise_multiplier must be ≥ 0, got {noise_multiplier}")
         if not 0 < max_share <= 1:
             raise ValueError(f"max_share must lie in (0, 1], got {max_share}")
+        if adaptive_clipping and clip_count_noise <= 0:
+            # A noiseless count would publish each round's clip norm unaccounted.
+            raise ValueError(
+                "adaptive clipping needs clip_count_noise > 0 (the clip norm it "
+                "releases must be private too)"
+            )
         self.noise_multiplier = noise_multiplier
         self.max_share = max_share
         self.clipping = AdaptiveClipNorm(
@@ -256,7 +294,11 @@ class CentralDP(StrategyWrapper):
             clip_count_noise,
         )
         self.privacy_accountant = CentralPrivacyAccountant(
-            noise_multiplier, min(1.0, strategy.fraction_train), delta
+            combined_noise_multiplier(noise_multiplier, clip_count_noise)
+            if adaptive_clipping
+            else noise_multiplier,
+            min(1.0, strategy.fraction_train),
+            delta,
         )
         self.rng = np.random.default_rng(seed)
         self.last_sensitivity = 0.0

@@ -154,6 +154,49 @@ def test_central_privacy_gives_the_dp_wrappers_arguments() -> None:
     assert strategy.clipping.clip_norm == kwargs["clip_norm"]
 
 
+def test_central_adaptive_clipping_plan_spends_the_target_over_the_run() -> None:
+    # The planned noise covers the aggregate and the clip count together, so the
+    # accountant reaches the target after the last round, not beyond it.
+    from strategies.base import ScreenedFedAvg
+    from strategies.central_dp import CentralDP
+
+    privacy = CentralPrivacy(target_epsilon=8.0, adaptive_clipping=True)
+    kwargs = privacy.strategy_kwargs(1.0, 200, 10, 0)
+    assert kwargs["clip_count_noise"] == pytest.approx(200 / 20)
+    fixed = CentralPrivacy(target_epsilon=8.0).strategy_kwargs(1.0, 200, 10, 0)
+    assert kwargs["noise_multiplier"] > fixed["noise_multiplier"]
+    strategy = CentralDP(ScreenedFedAvg(), **kwargs)
+    for _ in range(10):
+        strategy.privacy_accountant.step()
+    assert strategy.epsilon == pytest.approx(8.0, rel=0.01)
+
+
+def test_build_strategy_plans_adaptive_clipping_like_the_settings() -> None:
+    # build_strategy and CentralPrivacy once planned separately; the built wrapper
+    # must carry the count noise and the combined multiplier the settings plan.
+    from strategies.central_dp import combined_noise_multiplier, noise_multiplier_for
+
+    settings = RunSettings.from_config(
+        compose(
+            [
+                "privacy=central",
+                "strategy=screened_fedavg",
+                "clients=40",
+                "rounds=4",
+                "privacy.adaptive_clipping=true",
+            ]
+        )
+    )
+    strategy = build_strategy(settings)
+    assert strategy.clipping.count_noise == pytest.approx(40 / 20)
+    assert strategy.clipping.learning_rate > 0
+    planned = noise_multiplier_for(8.0, 1e-5, settings.fraction_train, 4)
+    assert combined_noise_multiplier(
+        strategy.noise_multiplier, strategy.clipping.count_noise
+    ) == pytest.approx(planned)
+    assert strategy.privacy_accountant.noise_multiplier == pytest.approx(planned)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

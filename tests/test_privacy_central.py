@@ -12,6 +12,8 @@ from strategies.central_dp import (
     CentralPrivacyAccountant,
     cap_shares,
     clip_rows,
+    combined_noise_multiplier,
+    update_noise_multiplier_for,
     weighted_mean_sensitivity,
 )
 from strategies.records import InMemoryStore, Verdict
@@ -137,6 +139,39 @@ def test_adaptive_clip_norm_tracks_the_quantile() -> None:
     for _ in range(200):
         clipping.update(norms, rng)
     assert clipping.clip_norm == pytest.approx(5.5, rel=0.1)
+
+
+def test_adaptive_clipping_is_accounted_as_both_noises() -> None:
+    # Releasing the noisy count beside the aggregate must cost privacy: the same
+    # aggregate noise spends more ε with adaptive clipping than without.
+    batch = batch_of(np.ones((4, 3)))
+    fixed = CentralDP(ScreenedFedAvg(), noise_multiplier=1.0, max_share=0.5)
+    adaptive = CentralDP(
+        ScreenedFedAvg(),
+        noise_multiplier=1.0,
+        max_share=0.5,
+        adaptive_clipping=True,
+        clip_count_noise=2.0,
+    )
+    by_hand = CentralPrivacyAccountant(
+        (1.0**-2 + 2.0**-2) ** -0.5, sample_rate=1.0, delta=1e-5
+    )
+    for r in (1, 2, 3):
+        fixed.aggregate_updates(r, batch)
+        adaptive.aggregate_updates(r, batch)
+        by_hand.step()
+    assert adaptive.epsilon > fixed.epsilon
+    assert adaptive.epsilon == pytest.approx(by_hand.epsilon)
+    with pytest.raises(ValueError, match="clip_count_noise > 0"):
+        CentralDP(ScreenedFedAvg(), adaptive_clipping=True, clip_count_noise=0.0)
+
+
+def test_planned_update_noise_with_the_count_spends_the_planned_total() -> None:
+    z = update_noise_multiplier_for(2.0, 50.0)
+    assert z > 2.0
+    assert combined_noise_multiplier(z, 50.0) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="must exceed"):
+        update_noise_multiplier_for(2.0, 1.5)
 
 
 def test_dp_variant_is_built_once_and_validates() -> None:

@@ -264,6 +264,9 @@ def test_central_dp_epsilon_goes_to_metrics_csv_as_well(tmp_path: Path) -> None:
     assert tuple(rows[0]) == (*METRICS_COLUMNS, *PRIVACY_COLUMNS["central"])
     epsilon = [float(r["epsilon"]) for r in rows]
     assert epsilon[0] == 0.0 < epsilon[1] < epsilon[2]  # one accountant step a round
+    # Fixed clipping: every round clips to the configured norm.
+    clip_norm = getattr(settings.privacy, "clip_norm")  # noqa: B009  # the central field
+    assert {float(r["clip_norm"]) for r in rows} == {clip_norm}
     assert summary["epsilon"] == pytest.approx(epsilon[-1], rel=1e-5)
     assert "epsilon_median" not in summary  # one ε for the aggregate, not per client
 
