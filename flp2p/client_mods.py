@@ -59,6 +59,8 @@ from flp2p.ledger import Block, Ledger, LedgerError
 from flp2p.ledger_broadcast import (
     LEDGER_BLOCKS_KEY,
     LEDGER_COSIGNATURES_KEY,
+    LEDGER_HEIGHT_METRIC,
+    LEDGER_REFUSED_METRIC,
     decode_cosignatures,
     sync_replica,
 )
@@ -374,10 +376,10 @@ def ledger_sync_mod(replica_of: Callable[[Context], LedgerReplica | None]) -> Mo
                 partition_id_of(context),
                 refused,
             )
-            metrics["ledger-refused"] = 1
+            metrics[LEDGER_REFUSED_METRIC] = 1
             return reply
         if height is not None:
-            metrics["ledger-height"] = height
+            metrics[LEDGER_HEIGHT_METRIC] = height
         return reply
 
     return mod

@@ -33,6 +33,10 @@ LEDGER_BLOCKS_KEY = "ledger-blocks"
 LEDGER_COSIGNATURES_KEY = "ledger-cosignatures"
 """Field of the training instruction holding those blocks' co-signatures (list of
 audit statements as JSON strings; issue 15)."""
+LEDGER_HEIGHT_METRIC = "ledger-height"
+"""Reply metric: the height of the sender's replica after the instruction's blocks."""
+LEDGER_REFUSED_METRIC = "ledger-refused"
+"""Reply metric: 1 when the sender's replica refused a block of the instruction."""
 CATCH_UP_BLOCKS = 8
 """Blocks sent with each instruction to a node whose replica is known to be recent:
 enough for a client that sat out a few rounds to catch up, small enough to keep
@@ -85,12 +89,9 @@ class LedgerBroadcast(StrategyWrapper):
             held = self.replica_heights.get(message.metadata.dst_node_id, -1)
             after = window_start if held >= window_start else held
             if after not in sent:
-                sent[after] = self._catch_up(after, height)
+                sent[after] = catch_up_fields(self.ledger, after, height)
             message.content = _with_config(message.content, sent[after])
         return messages
-
-    def _catch_up(self, after: int, height: int) -> ConfigRecord:
-        return catch_up_fields(self.ledger, after, height)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -101,12 +102,12 @@ class LedgerBroadcast(StrategyWrapper):
             if reply.has_error():
                 continue
             metrics = reply.content.metric_records.get(METRICS_KEY)
-            node = reply.metadata.src_node_id
             if metrics is None:
                 continue
-            if metrics.get("ledger-refused"):
+            node = reply.metadata.src_node_id
+            if metrics.get(LEDGER_REFUSED_METRIC):
                 self.replica_heights.pop(node, None)
-            elif isinstance(height := metrics.get("ledger-height"), int):
+            elif isinstance(height := metrics.get(LEDGER_HEIGHT_METRIC), int):
                 self.replica_heights[node] = height
         return self.strategy.aggregate_train(server_round, replies)
 
