@@ -362,9 +362,10 @@ class TrustedFedAvg(ScreenedFedAvg):
         have dropped attackers), so the stage does not assume ``β n`` Byzantine rows
         among the survivors of a round with ``n`` replies.
 
-        Returns the aggregate, the final weights and, when the certified filter
-        vouched for a strict subset of the rows in play, that subset as a mask over
-        every row (else ``None``).
+        Returns the aggregate, the final weights (shares summing to 1; the aggregate
+        is a shorter step than their weighted mean when the bounds cannot carry a
+        whole one) and, when the certified filter vouched for a strict subset of
+        the rows in play, that subset as a mask over every row (else ``None``).
         """
         assert self.stage is not None
         used = np.flatnonzero(weights > 0.0)
@@ -391,8 +392,11 @@ class TrustedFedAvg(ScreenedFedAvg):
             live = inside > 0.0
             room = np.min(self.reputation_ceiling * robust[live] / inside[live])
             inside = inside * min(1.0 / float(inside.sum()), float(room))
+        # When the capped newcomers and the ceilings cannot carry a whole step
+        # together, the aggregate takes a shorter one rather than break a bound or
+        # lose the round; the outcome reports the shares, as central DP does.
         final = np.zeros_like(weights)
-        final[used] = inside
+        final[used] = inside / float(inside.sum())
         return aggregators.weighted_sum(rows, inside), final, vouched
 
     def _confirm_down_weights(

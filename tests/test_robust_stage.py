@@ -184,6 +184,51 @@ def test_trusted_reputation_stays_inside_the_robust_bound() -> None:
     assert strategy.reputation_ceiling == pytest.approx(1 / 0.7)
 
 
+def test_a_round_the_ceilings_cannot_fill_takes_a_shorter_step() -> None:
+    """Four graduated identities among ten newcomers: the newcomers are capped at
+    ``probation_share`` of the weight, and the graduated ones may not rise above
+    ``ceiling × 1/14`` each, so together they cannot carry a whole step. The round
+    is aggregated all the same (it failed every round from there on in the
+    Fashion-MNIST Gaussian run and the model froze): a shorter step with every
+    coefficient inside its bound, the shares reported normalised."""
+    rng = np.random.default_rng(5)
+    rows = heterogeneous(rng, 14, 30)
+    rows.setflags(write=False)
+    strategy = TrustedFedAvg(use_detectors=False, sketch_seed=0)
+    policy = strategy.policy
+    for i in range(14):
+        graduated = i < 4
+        strategy.book.store.put_reputations(
+            [
+                ReputationState(
+                    f"row-{i}",
+                    0.9 if graduated else policy.initial_score,
+                    Tier.GOLD if graduated else Tier.SILVER,
+                    rounds_accepted=50 if graduated else 1,
+                )
+            ]
+        )
+    batch = UpdateBatch(
+        identities=tuple(f"row-{i}" for i in range(14)),
+        node_ids=tuple(range(14)),
+        num_examples=np.full(14, 100, dtype=np.int64),
+        deltas=DeltaMatrix.of(rows),
+        digests=tuple(str(i) for i in range(14)),
+        metrics=({},) * 14,
+        reference={},
+    )
+    outcome = strategy.aggregate_updates(6, batch)
+    assert outcome.weights.sum() == pytest.approx(1.0)
+    coefficients = np.linalg.lstsq(rows.T, outcome.delta, rcond=None)[0]
+    step = float(coefficients.sum())
+    assert 0.0 < step < 1.0 - 1e-6  # the step is shorter, not refused
+    np.testing.assert_allclose(coefficients, step * outcome.weights, atol=1e-9)
+    assert strategy.stage is not None
+    robust = strategy.stage.weights(pairwise_squared_distances(rows))
+    assert np.all(coefficients <= strategy.reputation_ceiling * robust + 1e-9)
+    assert outcome.weights[4:].sum() == pytest.approx(policy.probation_share)
+
+
 def test_trusted_refuses_a_ceiling_below_one() -> None:
     with pytest.raises(ValueError, match="reputation_ceiling"):
         TrustedFedAvg(reputation_ceiling=0.5)
