@@ -78,6 +78,20 @@ def replace_content(
     return make_reply(RecordDict(content), node_id=3)
 
 
+def _with_bias_payload(payload: bytes) -> Message:
+    """A good reply whose ``conv.bias`` carries ``payload`` as its ``.npy`` bytes."""
+    return replace_content(
+        **{
+            ARRAYS_KEY: ArrayRecord(
+                {
+                    **array_record(client_model()),
+                    "conv.bias": Array("float32", (2,), "numpy.ndarray", payload),
+                }
+            )
+        }
+    )
+
+
 def contentless_reply() -> Message:
     """A reply with neither content nor error.
 
@@ -230,6 +244,19 @@ MALFORMED: dict[str, tuple[Callable[[], Message], str]] = {
                     }
                 )
             }
+        ),
+        "'conv.bias' cannot be decoded",
+    ),
+    # The header's length field is read before the (cached) parse: a field that
+    # points past the payload, or a version numpy has no reader for, is the
+    # reply's fault and rejects it.
+    "header cut short": (
+        lambda: _with_bias_payload(npy_bytes(np.zeros(2, np.float32))[:20]),
+        "'conv.bias' cannot be decoded",
+    ),
+    "unknown npy version": (
+        lambda: _with_bias_payload(
+            b"\x93NUMPY\x09\x00" + npy_bytes(np.zeros(2, np.float32))[8:]
         ),
         "'conv.bias' cannot be decoded",
     ),
