@@ -36,6 +36,7 @@ import numpy as np
 import yaml
 
 from benchmarks.plotstyle import CLEAN_FEDAVG_STYLE, ordered
+from flp2p.sweep import collect_sweep
 
 RESULTS = Path(__file__).resolve().parent / "results" / "robustness"
 ATTACK_ORDER = (
@@ -131,36 +132,37 @@ def attacker_weight_share(ledger_db: Path, attackers: set[str]) -> float | None:
 
 
 def load_runs(sweep_dir: Path) -> list[RunResult]:
-    """Every completed run of the sweep, read from its folder."""
+    """Every completed run of the sweep, read from its folder.
+
+    From the run folders, not the sweep's ``results.csv``: Hydra writes that only
+    when a multirun ends, and a sweep of several sittings is analysed between them.
+    """
     results = []
-    with (sweep_dir / "results.csv").open() as stream:
-        for row in csv.DictReader(stream):
-            if row["status"] != "completed" or not row["final_accuracy"]:
-                continue
-            folder = sweep_dir / row["job"]
-            config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
-            seed = int(row["seed"])
-            attackers = (
-                attacker_identities(
-                    seed, int(config["clients"]), float(config["attack"]["fraction"])
-                )
-                if row["attack"] != "none"
-                else set()
+    for row in collect_sweep(sweep_dir):
+        if row["status"] != "completed" or row["final_accuracy"] is None:
+            continue
+        folder = sweep_dir / row["job"]
+        config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
+        seed = int(row["seed"])
+        attackers = (
+            attacker_identities(
+                seed, int(config["clients"]), float(config["attack"]["fraction"])
             )
-            results.append(
-                RunResult(
-                    strategy=row["strategy"],
-                    attack=row["attack"],
-                    seed=seed,
-                    accuracy=tail_accuracy(folder / "metrics.csv"),
-                    final_accuracy=float(row["final_accuracy"]),
-                    attacker_weight=attacker_weight_share(
-                        folder / "ledger.db", attackers
-                    )
-                    if attackers
-                    else None,
-                )
+            if row["attack"] != "none"
+            else set()
+        )
+        results.append(
+            RunResult(
+                strategy=row["strategy"],
+                attack=row["attack"],
+                seed=seed,
+                accuracy=tail_accuracy(folder / "metrics.csv"),
+                final_accuracy=float(row["final_accuracy"]),
+                attacker_weight=attacker_weight_share(folder / "ledger.db", attackers)
+                if attackers
+                else None,
             )
+        )
     return results
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,12 @@ import pytest
 import yaml
 
 from benchmarks.byzfl_pipeline import ByzFLPipeline, load_byzfl_aggregators
-from benchmarks.robustness_matrix import ATTACK_ORDER, worst_cases, write_markdown
+from benchmarks.robustness_matrix import (
+    ATTACK_ORDER,
+    load_runs,
+    worst_cases,
+    write_markdown,
+)
 from flp2p.config import CONF_DIR
 from strategies import aggregators
 from strategies.preaggregation import NearestNeighbourMixing, compose
@@ -110,3 +116,41 @@ def test_byzfl_pipeline_is_byzfl_nnm_then_median_with_f_from_the_fraction() -> N
     np.testing.assert_array_equal(rows, before)  # ByzFL's steps work on a copy
     with pytest.raises(ValueError, match="unknown ByzFL steps"):
         ByzFLPipeline(steps=["NoSuchRule"])
+
+
+def finished_run(sweep_dir: Path, strategy: str, attack: str, status: str) -> None:
+    """A run folder as ``flp2p.simulate`` leaves it (no ledger: a Flower rule)."""
+    folder = sweep_dir / f"{strategy}_{attack}_seed0"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text(
+        yaml.safe_dump({"clients": 20, "attack": {"fraction": 0.3}})
+    )
+    (folder / "metrics.csv").write_text(
+        "round,accuracy,loss,seconds\n0,0.1,2.3,1\n1,0.5,1.0,2\n2,0.7,0.8,3\n"
+    )
+    (folder / "summary.json").write_text(
+        json.dumps(
+            {
+                "strategy": strategy,
+                "attack": attack,
+                "seed": 0,
+                "status": status,
+                "final_accuracy": 0.7 if status == "completed" else None,
+            }
+        )
+    )
+
+
+def test_an_interrupted_sweep_is_analysed_from_its_run_folders(tmp_path: Path) -> None:
+    """Hydra writes results.csv only when a multirun ends; a sweep stopped between
+    sittings has none, and its finished runs are what the tables are made of."""
+    finished_run(tmp_path, "fedavg", "none", "completed")
+    finished_run(tmp_path, "fedmedian", "alie", "completed")
+    finished_run(tmp_path, "fedmedian", "ipm", "running")
+    assert not (tmp_path / "results.csv").exists()
+    runs = load_runs(tmp_path)
+    assert {(run.strategy, run.attack) for run in runs} == {
+        ("fedavg", "none"),
+        ("fedmedian", "alie"),
+    }
+    assert all(run.accuracy == pytest.approx(0.6) for run in runs)
