@@ -24,6 +24,9 @@ Each row also gives ``tail_accuracy``, the mean of the last ``TAIL_ROUNDS`` roun
 the robustness matrix does): in short runs one round's accuracy swings by several
 points, which would decide a 3 pp gap by luck.
 
+``--seeds`` repeats every run with each seed; ``privacy_utility_seeds.csv``, the
+json's ``summary`` and the plot give each point's mean and spread over them.
+
 Writes ``benchmarks/results/privacy/privacy_utility.{csv,json,png}``.
 """
 
@@ -36,6 +39,7 @@ import math
 import sqlite3
 import time
 from pathlib import Path
+from statistics import mean, stdev
 from typing import Any
 
 from benchmarks.robustness_matrix import TAIL_ROUNDS, tail_accuracy
@@ -127,6 +131,36 @@ def opacus_overhead(
     }
 
 
+def over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (mode, participants, ε): mean and spread of the seeds' accuracies.
+
+    For each of ``final_accuracy`` and ``tail_accuracy`` over the ``n`` seeds that
+    report it: the mean, the sample standard deviation
+    :math:`s = \\sqrt{\\sum_i (a_i - \\bar a)^2 / (n - 1)}` (``None`` for one seed)
+    and the range (min, max). Rows keep the order in which each point first appears.
+    """
+    groups: dict[tuple[str, int, float], list[dict[str, Any]]] = {}
+    for row in rows:
+        key = (row["mode"], row["participants"], row["epsilon"])
+        groups.setdefault(key, []).append(row)
+    summary = []
+    for (mode, participants, epsilon), members in groups.items():
+        point: dict[str, Any] = {
+            "mode": mode,
+            "participants": participants,
+            "epsilon": epsilon,
+            "seeds": [r["seed"] for r in members],
+        }
+        for metric in ("final_accuracy", "tail_accuracy"):
+            values = [r[metric] for r in members if r[metric] is not None]
+            point[metric] = mean(values) if values else None
+            point[f"{metric}_std"] = stdev(values) if len(values) > 1 else None
+            point[f"{metric}_min"] = min(values) if values else None
+            point[f"{metric}_max"] = max(values) if values else None
+        summary.append(point)
+    return summary
+
+
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -147,18 +181,26 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     for mode, (marker, color) in styles.items():
         for participants in counts if mode == "central" else [None]:
             points = sorted(
-                (r["epsilon"], r["final_accuracy"])
+                (r["epsilon"], r["final_accuracy"], r.get("final_accuracy_std") or 0.0)
                 for r in rows
                 if r["mode"] == mode
                 and r["final_accuracy"] is not None
                 and (participants is None or r.get("participants") == participants)
             )
             if points:
-                eps, acc = zip(*points, strict=True)
+                eps, acc, std = zip(*points, strict=True)
                 label = (
                     mode if participants is None else f"{mode}, {participants}/round"
                 )
-                ax.plot(eps, [100 * a for a in acc], marker, color=color, label=label)
+                ax.errorbar(
+                    eps,
+                    [100 * a for a in acc],
+                    yerr=[100 * s for s in std],
+                    fmt=marker,
+                    color=color,
+                    capsize=3,
+                    label=label,
+                )
     if baseline is not None:
         ax.axhline(
             100 * baseline["final_accuracy"],
@@ -168,7 +210,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("ε (δ = 1e-5); dpsgd: per client, sample level; central: user level")
-    ax.set_ylabel("final test accuracy (%)")
+    ax.set_ylabel("final test accuracy (%), mean ± s.d. over seeds")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
@@ -224,6 +266,14 @@ def main() -> None:
         help="extra overrides of the central-DP runs only (e.g. privacy.max_share=0.001"
         " for equal shares, privacy.adaptive_clipping=true)",
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="repeat every run with each seed (partition, init, sampling, noise);"
+        " the summary gives mean and spread over them",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not 0.0 < args.sampling <= 1.0:
@@ -250,6 +300,7 @@ def main() -> None:
         return [f"clients={clients}", f"fraction_train={args.sampling}"]
 
     def record(
+        seed: int,
         mode: str,
         epsilon: float,
         name: str,
@@ -259,11 +310,16 @@ def main() -> None:
         per_round = args.clients if participants is None else participants
         if per_round != args.clients or args.sampling != 1.0:
             name = f"{name}-p{per_round}-q{args.sampling:g}"
-        summary = run(args.out, name, [*base, *population(per_round), *overrides])
+        if seed != 0:  # seed 0 keeps its old name, so earlier runs stay cached
+            name = f"{name}-s{seed}"
+        summary = run(
+            args.out, name, [*base, f"seed={seed}", *population(per_round), *overrides]
+        )
         metrics = args.out / "runs" / name / "metrics.csv"
         rows.append(
             {
                 "mode": mode,
+                "seed": seed,
                 "participants": per_round,
                 "epsilon": epsilon,
                 "final_accuracy": summary.get("final_accuracy"),
@@ -274,55 +330,59 @@ def main() -> None:
             }
         )
         print(
-            f"{mode:>15} {per_round:>5} per round ε={epsilon:<6g} "
+            f"{mode:>15} seed {seed} {per_round:>5} per round ε={epsilon:<6g} "
             f"accuracy {summary.get('final_accuracy')} "
             f"(last {TAIL_ROUNDS} rounds {rows[-1]['tail_accuracy']})"
         )
 
-    participants_axis = args.participants or [args.clients]
-    if "dpsgd" in args.modes or args.clients in participants_axis:
-        record("none", float("inf"), "none", [])
-    for eps in args.epsilons if "dpsgd" in args.modes else []:
-        record(
-            "dpsgd",
-            eps,
-            f"dpsgd-{eps:g}",
-            [
-                "privacy=dpsgd",
-                "privacy.noise_multiplier=null",
-                f"privacy.target_epsilon={eps}",
-            ],
-        )
-    for participants in participants_axis if "central" in args.modes else []:
-        if participants != args.clients or args.sampling != 1.0:
-            record("none", float("inf"), "none", [], participants)
-        for eps in args.epsilons:
+    for seed in args.seeds:
+        participants_axis = args.participants or [args.clients]
+        if "dpsgd" in args.modes or args.clients in participants_axis:
+            record(seed, "none", float("inf"), "none", [])
+        for eps in args.epsilons if "dpsgd" in args.modes else []:
             record(
-                "central",
+                seed,
+                "dpsgd",
                 eps,
-                # The overrides name the run: a cached run with other settings
-                # must not be taken for this one.
-                "-".join([f"central-{eps:g}", *args.central_override]),
+                f"dpsgd-{eps:g}",
                 [
-                    "privacy=central",
+                    "privacy=dpsgd",
+                    "privacy.noise_multiplier=null",
                     f"privacy.target_epsilon={eps}",
-                    *args.central_override,
-                ],
-                participants,
-            )
-    if args.attack != "none" and "central" in args.modes:
-        for eps in args.epsilons:
-            record(
-                "central+attack",
-                eps,
-                f"central-{eps:g}-{args.attack}",
-                [
-                    "privacy=central",
-                    f"privacy.target_epsilon={eps}",
-                    f"attack={args.attack}",
-                    f"strategy={args.attack_strategy}",
                 ],
             )
+        for participants in participants_axis if "central" in args.modes else []:
+            if participants != args.clients or args.sampling != 1.0:
+                record(seed, "none", float("inf"), "none", [], participants)
+            for eps in args.epsilons:
+                record(
+                    seed,
+                    "central",
+                    eps,
+                    # The overrides name the run: a cached run with other settings
+                    # must not be taken for this one.
+                    "-".join([f"central-{eps:g}", *args.central_override]),
+                    [
+                        "privacy=central",
+                        f"privacy.target_epsilon={eps}",
+                        *args.central_override,
+                    ],
+                    participants,
+                )
+        if args.attack != "none" and "central" in args.modes:
+            for eps in args.epsilons:
+                record(
+                    seed,
+                    "central+attack",
+                    eps,
+                    f"central-{eps:g}-{args.attack}",
+                    [
+                        "privacy=central",
+                        f"privacy.target_epsilon={eps}",
+                        f"attack={args.attack}",
+                        f"strategy={args.attack_strategy}",
+                    ],
+                )
 
     # Opacus' step cost only matters beside DP-SGD runs.
     overhead = opacus_overhead(args.dataset) if "dpsgd" in args.modes else None
@@ -330,9 +390,15 @@ def main() -> None:
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    summary = over_seeds(rows)
+    with (args.out / "privacy_utility_seeds.csv").open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(summary[0]))
+        writer.writeheader()
+        writer.writerows(summary)
     payload = {
         "command": "python -m benchmarks.privacy_utility "
         + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
+        "summary": summary,
         "runs": rows,
         "opacus": overhead,
     }
@@ -340,7 +406,7 @@ def main() -> None:
     text = json.dumps(payload, indent=2).replace("Infinity", '"inf"')
     (args.out / "privacy_utility.json").write_text(text + "\n")
     plot(
-        rows,
+        summary,
         args.out / "privacy_utility.png",
         f"{args.dataset}, {args.clients} clients, {args.rounds} rounds",
     )
