@@ -335,8 +335,8 @@ def main() -> None:
             f"(last {TAIL_ROUNDS} rounds {rows[-1]['tail_accuracy']})"
         )
 
+    participants_axis = args.participants or [args.clients]
     for seed in args.seeds:
-        participants_axis = args.participants or [args.clients]
         if "dpsgd" in args.modes or args.clients in participants_axis:
             record(seed, "none", float("inf"), "none", [])
         for eps in args.epsilons if "dpsgd" in args.modes else []:

@@ -208,16 +208,7 @@ def test_a_round_the_ceilings_cannot_fill_takes_a_shorter_step() -> None:
                 )
             ]
         )
-    batch = UpdateBatch(
-        identities=tuple(f"row-{i}" for i in range(14)),
-        node_ids=tuple(range(14)),
-        num_examples=np.full(14, 100, dtype=np.int64),
-        deltas=DeltaMatrix.of(rows),
-        digests=tuple(str(i) for i in range(14)),
-        metrics=({},) * 14,
-        reference={},
-    )
-    outcome = strategy.aggregate_updates(6, batch)
+    outcome = strategy.aggregate_updates(6, batch_of_rows(rows))
     assert outcome.weights.sum() == pytest.approx(1.0)
     coefficients = np.linalg.lstsq(rows.T, outcome.delta, rcond=None)[0]
     step = float(coefficients.sum())
@@ -495,8 +486,13 @@ def toy_round(strategy: TrustedFedAvg, attackers: int) -> AggregationOutcome:
     far = honest.mean(axis=0) + 20.0 * np.eye(40)[0]
     rows = np.vstack([far + 0.01 * rng.standard_normal((attackers, 40)), honest])
     rows.setflags(write=False)
+    return strategy.aggregate_updates(1, batch_of_rows(rows))
+
+
+def batch_of_rows(rows: np.ndarray) -> UpdateBatch:
+    """Row ``i`` from ``row-{i}``, 100 examples each (``rows`` read-only)."""
     n = len(rows)
-    batch = UpdateBatch(
+    return UpdateBatch(
         identities=tuple(f"row-{i}" for i in range(n)),
         node_ids=tuple(range(n)),
         num_examples=np.full(n, 100, dtype=np.int64),
@@ -505,7 +501,6 @@ def toy_round(strategy: TrustedFedAvg, attackers: int) -> AggregationOutcome:
         metrics=({},) * n,
         reference={},
     )
-    return strategy.aggregate_updates(1, batch)
 
 
 def test_only_down_weights_the_second_look_confirms_are_kept() -> None:
