@@ -137,6 +137,10 @@ class ValidatingProtocol(KademliaProtocol):
         """Tasks started by this protocol and not finished yet."""
         return len(self._tasks)
 
+    def tasks(self) -> list[asyncio.Task[Any]]:
+        """The tasks counted by :attr:`running_tasks`, to await them."""
+        return list(self._tasks)
+
     async def close(self) -> None:
         """Fail every RPC still waiting, then cancel and await every task started.
 
