@@ -18,6 +18,7 @@ import pytest
 from helpers_dht import NOW, FakeClock, genesis_for, lease_for, node_record, signed
 from kademlia.network import Server
 from kademlia.node import Node
+from kademlia.storage import ForgetfulStorage
 
 from flp2p.dht import AddressBook, SignedRecord
 from flp2p.identity import Identity
@@ -62,8 +63,12 @@ class Network:
         return [book.server.storage.get(key) for book in self.books]
 
     async def push(self, key: bytes, raw: object) -> list[bool]:
-        """Mallory's STORE of ``raw`` into every honest node; their answers."""
-        attacker = await self.stock_node(None)
+        """Mallory's STORE of ``raw`` into every honest node; their answers.
+
+        The sending node keeps nothing, so it cannot hand honest nodes records they
+        were handed before (a test may have made one forget a record on purpose).
+        """
+        attacker = await self.stock_node(None, keeps_nothing=True)
         answers = await asyncio.gather(
             *(
                 attacker.protocol.call_store(_contact(book), key, raw)
@@ -83,12 +88,16 @@ class Network:
             await book.server.bootstrap([holder_address(holder)])
         yield
 
-    async def stock_node(self, node_id: bytes | None) -> Server:
+    async def stock_node(
+        self, node_id: bytes | None, keeps_nothing: bool = False
+    ) -> Server:
         """A Mallory-run stock kademlia node, alive until the scenario ends.
 
         Alive, so honest routers that met her pay no timeouts for a dead contact.
         """
         server = Server(node_id=node_id)
+        if keeps_nothing:  # a TTL of 0 culls every value as it is stored
+            server.storage = ForgetfulStorage(ttl=0)
         await server.listen(0, interface="127.0.0.1")
         server.protocol._wait_timeout = 0.5
         await server.bootstrap([self.books[0].address])
