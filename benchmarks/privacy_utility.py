@@ -33,7 +33,6 @@ Writes ``benchmarks/results/privacy/privacy_utility.{csv,json,png}``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sqlite3
@@ -42,7 +41,7 @@ from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
 
-from benchmarks.robustness_matrix import TAIL_ROUNDS, tail_accuracy
+from benchmarks.robustness_matrix import TAIL_ROUNDS, tail_accuracy, write_csv
 from flp2p.config import RunSettings, compose
 from flp2p.models import build_model
 from flp2p.simulate import completed_summary, simulate
@@ -386,15 +385,9 @@ def main() -> None:
 
     # Opacus' step cost only matters beside DP-SGD runs.
     overhead = opacus_overhead(args.dataset) if "dpsgd" in args.modes else None
-    with (args.out / "privacy_utility.csv").open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, args.out / "privacy_utility.csv")
     summary = over_seeds(rows)
-    with (args.out / "privacy_utility_seeds.csv").open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(summary[0]))
-        writer.writeheader()
-        writer.writerows(summary)
+    write_csv(summary, args.out / "privacy_utility_seeds.csv")
     payload = {
         "command": "python -m benchmarks.privacy_utility "
         + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),

@@ -150,13 +150,14 @@ def test_reputation_never_lifts_a_row_above_its_ceiling(
     assert np.all(w <= ceiling * pi + 1e-12)
     assert np.all(w[rho == 0] == 0)
     assert w.sum() <= 1 + 1e-9
-    live = (pi * rho) > 0
+    product = pi * rho
+    live = product > 0
     if (ceiling * pi[live]).sum() >= 1 + 1e-9:
         assert w.sum() == pytest.approx(1.0)
         # A subnormal π_i ρ_i carries too few digits for its ratio to be compared.
-        normal = (pi * rho) >= np.finfo(np.float64).tiny
+        normal = product >= np.finfo(np.float64).tiny
         free = live & normal & (w < ceiling * pi - 1e-12)
-        ratios = w[free] / (pi[free] * rho[free])
+        ratios = w[free] / product[free]
         assert np.allclose(ratios, ratios[0]) if ratios.size else True
 
 
