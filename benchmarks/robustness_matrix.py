@@ -31,6 +31,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, stdev
+from typing import Any
 
 import numpy as np
 import yaml
@@ -387,6 +388,35 @@ def write_markdown(rows: list[dict[str, object]], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+WORST_CASE_STYLE: dict[str, Any] = {"color": "#4e79a7", "label": "worst case"}
+PARTIAL_WORST_STYLE: dict[str, Any] = {
+    "color": "#c9d6e8",
+    "hatch": "//",
+    "edgecolor": "#4e79a7",
+    "label": "worst so far (not every attack run yet)",
+}
+
+
+def worst_case_bars(
+    rows: list[dict[str, object]], strategies: list[str]
+) -> list[tuple[float, bool]]:
+    """Per strategy of ``strategies``, its worst-case accuracy in % and whether it is
+    final: the minimum over the attacks it has run (``none`` left out, as in
+    :func:`worst_cases`), final only once it ran every attack of the sweep; NaN if it
+    ran none. A partial sweep's bar must not pass for a worst case."""
+    final = worst_cases(rows)
+    so_far: dict[str, float] = {}
+    for r in rows:
+        name = str(r["strategy"])
+        if r["attack"] != "none" and name in strategies:
+            value = 100 * float(r["accuracy_mean"])  # type: ignore[arg-type]
+            so_far[name] = min(so_far.get(name, value), value)
+    return [
+        (final[s][1], True) if s in final else (so_far.get(s, float("nan")), False)
+        for s in strategies
+    ]
+
+
 def plot_heatmap(rows: list[dict[str, object]], path: Path) -> None:
     import matplotlib
 
@@ -420,8 +450,11 @@ def plot_heatmap(rows: list[dict[str, object]], path: Path) -> None:
     ax.set_xlabel("attack (30 % of clients malicious)")
     ax.set_title(f"test accuracy (%), mean of the last {TAIL_ROUNDS} rounds")
     fig.colorbar(image, ax=ax, label="accuracy (%)")
-    worst = np.nanmin(grid, axis=1)
-    bar.barh(range(len(strategies)), worst, color="#4e79a7")
+    bars = worst_case_bars(rows, strategies)
+    for final, style in ((True, WORST_CASE_STYLE), (False, PARTIAL_WORST_STYLE)):
+        picked = [i for i, (_, done) in enumerate(bars) if done is final]
+        if picked:
+            bar.barh(picked, [bars[i][0] for i in picked], **style)
     bar.set_yticks(range(len(strategies)), [])
     bar.invert_yaxis()
     clean = grid[strategies.index("fedavg"), 0] if "fedavg" in strategies else None
@@ -432,7 +465,7 @@ def plot_heatmap(rows: list[dict[str, object]], path: Path) -> None:
             bar.axvline(
                 ceiling, color="#59a14f", linewidth=1.2, label="honest clients only"
             )
-        bar.legend(loc="lower right", fontsize=8)
+    bar.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=7, frameon=False)
     bar.set_xlim(0, 100)
     bar.set_xlabel("worst-case accuracy (%)")
     fig.tight_layout()

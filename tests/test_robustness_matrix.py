@@ -13,6 +13,7 @@ from benchmarks.byzfl_pipeline import ByzFLPipeline, load_byzfl_aggregators
 from benchmarks.robustness_matrix import (
     ATTACK_ORDER,
     load_runs,
+    worst_case_bars,
     worst_cases,
     write_markdown,
 )
@@ -154,3 +155,22 @@ def test_an_interrupted_sweep_is_analysed_from_its_run_folders(tmp_path: Path) -
         ("fedmedian", "alie"),
     }
     assert all(run.accuracy == pytest.approx(0.6) for run in runs)
+
+
+def test_a_partial_row_s_bar_is_marked_and_the_clean_run_is_no_worst_case() -> None:
+    rows = [
+        *ROWS,
+        cell("fedmedian", "none", 0.40),  # lower than its one attack: not counted
+    ]
+    bars = dict(
+        zip(
+            ["fedavg", "trusted", "fedmedian", "flwr_krum"],
+            worst_case_bars(rows, ["fedavg", "trusted", "fedmedian", "flwr_krum"]),
+            strict=True,
+        )
+    )
+    assert bars["fedavg"] == (pytest.approx(30.0), True)
+    assert bars["trusted"] == (pytest.approx(80.0), True)
+    assert bars["fedmedian"] == (pytest.approx(60.0), False)
+    value, final = bars["flwr_krum"]
+    assert np.isnan(value) and not final
