@@ -517,12 +517,15 @@ def weights_within_bound(
     order = order[
         np.argsort(np.log(caps[order]) - np.log(wanted[order]), kind="stable")
     ]
-    for step, index in enumerate(order):
+    for step in range(order.size):
         # Sums recomputed, not updated: a subtraction would cancel tiny weights.
         fixed = float(caps[order[:step]].sum())
         free = order[step:]
         shares = (1.0 - fixed) * (wanted[free] / wanted[free].sum())
-        if shares[0] <= caps[index]:
+        # Every free row, not only the next breakpoint's: near subnormals the log
+        # order and the rounded shares can disagree, and stopping on the first row
+        # alone left another above its cap (then clipped: Σ w < 1).
+        if np.all(shares <= caps[free]):
             weights = np.zeros_like(robust)
             weights[order[:step]] = caps[order[:step]]
             weights[free] = np.minimum(caps[free], shares)

@@ -161,6 +161,17 @@ def test_reputation_never_lifts_a_row_above_its_ceiling(
         assert np.allclose(ratios, ratios[0]) if ratios.size else True
 
 
+def test_a_subnormal_robust_weight_does_not_stop_the_water_filling_early() -> None:
+    """Found by hypothesis: the subnormal row's breakpoint comes first by log ratio,
+    its rounded share already met its cap, and the filling stopped there with the
+    preferred row clipped to its cap (Σ w = 0.958)."""
+    pi = np.array([0.5, 0.5, 5e-324])
+    w = weights_within_bound(pi, np.array([1.0, 2.0, 2.0]), 1.25)
+    assert w.sum() == pytest.approx(1.0)
+    assert w[1] == pytest.approx(0.625)  # the preferred row sits at its ceiling
+    assert w[0] == pytest.approx(0.375)
+
+
 def test_trusted_reputation_stays_inside_the_robust_bound() -> None:
     """A Platinum identity among Silver ones, preferred tenfold: its weight is at
     most the ceiling times what the robust stage gives it, and the weights still
