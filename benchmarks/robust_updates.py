@@ -118,8 +118,9 @@ class BenchmarkConfig:
     directions: int | None = None
     """Span the clients' own parts in this many random directions (``None``: each
     its own, i.e. spread over ``clients`` directions). Real updates' spread is
-    concentrated in a few directions; the certified filter's scale ``s²`` is the
-    *mean* eigenvalue of the honest spread, so such rows are rarely certified."""
+    concentrated in a few directions: the top eigenvalue of the honest spread is then
+    several times the mean one ``s²``, and only the certified filter's spread along
+    the top direction, ``s²(v)``, lets such rows be certified."""
 
     @property
     def turn_round(self) -> int:
