@@ -24,7 +24,8 @@ Each row also gives ``tail_accuracy``, the mean of the last ``TAIL_ROUNDS`` roun
 the robustness matrix does): in short runs one round's accuracy swings by several
 points, which would decide a 3 pp gap by luck.
 
-``--seeds`` repeats every run with each seed; ``privacy_utility_seeds.csv``, the
+``--override`` changes every run alike (``train.lr=0.02``): the non-private baseline
+must train as the private runs do. ``--seeds`` repeats every run with each seed; ``privacy_utility_seeds.csv``, the
 json's ``summary`` and the plot give each point's mean and spread over them.
 
 Writes ``benchmarks/results/privacy/privacy_utility.{csv,json,png}``.
@@ -258,6 +259,13 @@ def main() -> None:
         help="share of clients sampled per round at each --participants point",
     )
     parser.add_argument(
+        "--override",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra overrides of every run, private or not (e.g. train.lr=0.02)",
+    )
+    parser.add_argument(
         "--central-override",
         nargs="*",
         default=[],
@@ -286,6 +294,7 @@ def main() -> None:
         f"train.max_steps={args.max_steps or 'null'}",
         "simulation.backend=in_process",
         "ledger.replicate=false",
+        *args.override,
     ]
     if args.threads:
         base.append(f"simulation.num_cpus={args.threads}")

@@ -24,7 +24,7 @@ from flwr.app import ConfigRecord
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from flp2p.models import LOSS_PROBE_SIZE, TrainResult, evaluate
+from flp2p.models import LOSS_PROBE_SIZE, TrainResult, evaluate, seed_torch
 from flp2p.privacy_settings import PrivacySettings
 
 if TYPE_CHECKING:
@@ -222,7 +222,7 @@ def train_dpsgd(
 
     if not ModuleValidator.is_valid(model):
         model = ModuleValidator.fix(model)
-    torch.manual_seed(seed)
+    seed_torch(seed)
     probe = slice(0, LOSS_PROBE_SIZE)
     loss_before = evaluate(model, images[probe], labels[probe])[0]
     model.train()  # Opacus refuses a module in eval mode

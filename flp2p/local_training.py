@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.common.constant import SType
 
 from flp2p.config import RunSettings, TrainSettings
 from flp2p.data import ArrayDataset, client_partition
@@ -54,6 +56,7 @@ from flp2p.models import (
 from flp2p.partition_files import PartitionKey, open_partition
 from flp2p.round_timings import note
 from strategies.records import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
+from strategies.validation import decode_array
 
 """Key of the ConfigRecord in instructions (Flower's default)."""
 TRAINING_DATA_KEY = "flp2p-training-data"
@@ -69,12 +72,60 @@ instead of loading and splitting the data set every round."""
 
 def arrays_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     """Named numpy arrays as a Flower ArrayRecord (order preserved)."""
-    return ArrayRecord({name: Array(np.asarray(a)) for name, a in arrays.items()})
+    return ArrayRecord({name: numpy_array(np.asarray(a)) for name, a in arrays.items()})
 
 
 def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """A Flower ArrayRecord as named numpy arrays (order preserved)."""
-    return {name: record[name].numpy() for name in record}
+    """A Flower ArrayRecord as named numpy arrays (order preserved).
+
+    Writable copies, as ``Array.numpy()`` returns them, decoded by
+    :func:`~strategies.validation.decode_array`: ``np.load`` parses each ``.npy``
+    header with ``ast.literal_eval``, about 0.3 ms per array, and a simulated client
+    decodes its instruction's model and its reply's three times per round.
+    """
+    return {name: decode_array(record[name]).copy(order="K") for name in record}
+
+
+def numpy_array(values: np.ndarray) -> Array:
+    """``Array(values)``, the same bytes (``.npy`` header, then the values), with
+    the header built once per dtype, shape and memory order.
+
+    ``np.save`` formats the header dictionary anew for every array; a client
+    encodes a model per reply, a dozen arrays. Arrays ``np.save`` writes in another
+    way (object or structured dtypes) take Flower's own path.
+    """
+    if values.dtype.kind not in _PLAIN_DTYPE_KINDS or values.dtype.metadata:
+        return Array(values)
+    fortran = bool(values.flags.f_contiguous and not values.flags.c_contiguous)
+    header = _npy_header(values.dtype, values.shape, fortran)
+    return Array(
+        dtype=str(values.dtype),
+        shape=tuple(values.shape),
+        stype=SType.NUMPY,
+        data=header + values.tobytes(order="F" if fortran else "C"),
+    )
+
+
+_PLAIN_DTYPE_KINDS = frozenset("biufc")
+"""Dtype kinds whose ``.npy`` payload is the raw values (``numpy.lib.format``)."""
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header(dtype: np.dtype[Any], shape: tuple[int, ...], fortran: bool) -> bytes:
+    """The ``.npy`` header ``np.save`` writes for an array of this form: format 1.0,
+    or 2.0 when the header does not fit 1.0's 16-bit length (as ``np.save`` picks)."""
+    fields = {
+        "descr": np.lib.format.dtype_to_descr(dtype),
+        "fortran_order": fortran,
+        "shape": shape,
+    }
+    buffer = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(buffer, fields)
+    except ValueError:
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_2_0(buffer, fields)
+    return buffer.getvalue()
 
 
 def federation_name(settings: RunSettings) -> str:

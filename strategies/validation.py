@@ -16,7 +16,7 @@ well-formed update is *plausible* (norms, directions) is for the detectors and
 robust rules.
 
 Nothing here mutates the reply: arrays are read-only views on the reply's own bytes
-(no copy of the payload, see ``_decode``).
+(no copy of the payload, see :func:`decode_array`).
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ _NPY_HEADER_ALLOWANCE = 4096
 """Bytes a serialised ``.npy`` payload may exceed the raw array size by (header)."""
 
 _DECODE_ATTEMPTS = 3
-"""Tries of a decode that fails with a spurious ``SystemError`` (see ``_decode``)."""
+"""Tries of a decode that fails with a spurious ``SystemError`` (see
+:func:`decode_array`)."""
 
 
 @dataclass(frozen=True)
@@ -382,7 +383,7 @@ def _read_array(name: str, array: Array, expected: np.ndarray | None) -> np.ndar
         if len(array.data) > expected.nbytes + _NPY_HEADER_ALLOWANCE:
             raise _Rejection(f"array '{name}' payload is larger than its shape allows")
     try:
-        values = _decode(array)
+        values = decode_array(array)
     except Exception as error:
         detail = f"{type(error).__name__}: {error}"[:120]
         raise _Rejection(f"array '{name}' cannot be decoded ({detail})") from error
@@ -403,15 +404,16 @@ def _reject_non_finite(name: str, chunk: np.ndarray) -> None:
         raise _Rejection(f"array '{name}' contains NaN or Inf")
 
 
-def _decode(array: Array) -> np.ndarray:
-    """The array a reply carries, as a read-only view on the reply's own bytes.
+def decode_array(array: Array) -> np.ndarray:
+    """The array ``array`` carries, as a read-only view on its own bytes.
 
     ``Array.numpy()`` (``np.load``) copies the payload; a round of 100 ResNet-50
     replies would then hold its 10 GB twice. A ``numpy.ndarray`` payload is a
     ``.npy`` file, so the values are the bytes after its header:
     :func:`numpy.frombuffer` reads them in place (``bytes`` are immutable, so the
     view cannot change under the strategy). Anything else (another serialisation,
-    a buffer that is not ``bytes``) goes through ``Array.numpy()``.
+    a buffer that is not ``bytes``) goes through ``Array.numpy()``. The values are
+    those ``Array.numpy()`` returns, bit for bit, in the same memory order.
     """
     data = array.data
     if array.stype != SType.NUMPY or not isinstance(data, bytes):

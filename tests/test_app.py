@@ -6,8 +6,17 @@ import hashlib
 
 import numpy as np
 import pytest
+import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    RecordDict,
+)
 
 from flp2p.app import central_evaluator, make_client_app
 from flp2p.client_mods import simulated_signing_key
@@ -18,9 +27,10 @@ from flp2p.local_training import (
     client_train,
     federation_name,
     initial_model,
+    numpy_array,
     record_to_arrays,
 )
-from flp2p.models import get_weights
+from flp2p.models import get_weights, seed_torch
 from flp2p.signatures import contribution_message
 from strategies.records import (
     ARRAYS_KEY,
@@ -94,6 +104,47 @@ def test_training_reply_is_signed_by_a_stable_identity(settings: RunSettings) ->
     other = app(msg, node_context(0))
     assert again.content[IDENTITY_KEY][IDENTITY_ID] == identity[IDENTITY_ID]
     assert other.content[IDENTITY_KEY][IDENTITY_ID] != identity[IDENTITY_ID]
+
+
+ARRAY_FORMS = {
+    "float32 matrix": np.arange(12, dtype=np.float32).reshape(3, 4),
+    "Fortran order": np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+    "strided view": np.arange(24).reshape(2, 3, 4)[:, ::2],
+    "scalar": np.array(2.5),
+    "empty": np.zeros((0, 5), dtype=np.int64),
+    "big-endian": np.arange(5, dtype=">f4"),
+    "bool": np.array([True, False, True]),
+    "complex": np.ones(3, dtype=np.complex64),
+    "64 dimensions": np.zeros((1,) * 64, dtype=np.uint8),
+    "unicode (Flower's path)": np.array(["ab", "c"]),
+}
+
+
+@pytest.mark.parametrize("values", ARRAY_FORMS.values(), ids=ARRAY_FORMS.keys())
+def test_arrays_encode_and_decode_as_flowers_own_codec(values: np.ndarray) -> None:
+    """The cached-header encoder writes the bytes ``np.save`` writes, and the
+    decoder returns what ``np.load`` returns: same values, dtype, order, writable."""
+    ours, flowers = numpy_array(values), Array(values)
+    assert (ours.dtype, ours.shape, ours.stype) == (
+        flowers.dtype,
+        flowers.shape,
+        flowers.stype,
+    )
+    assert ours.data == flowers.data
+    decoded = record_to_arrays(ArrayRecord({"x": flowers}))["x"]
+    expected = flowers.numpy()
+    assert decoded.dtype == expected.dtype and decoded.shape == expected.shape
+    assert np.array_equal(decoded, expected)
+    assert decoded.flags.f_contiguous == expected.flags.f_contiguous
+    decoded[...] = decoded  # writable, a copy of the reply's bytes
+    assert decoded.flags.writeable
+
+
+def test_seed_torch_starts_the_stream_torch_manual_seed_starts() -> None:
+    seed_torch(11)
+    ours = torch.rand(5)
+    torch.manual_seed(11)
+    assert torch.equal(ours, torch.rand(5))
 
 
 def test_training_moves_the_model(settings: RunSettings) -> None:
