@@ -25,8 +25,9 @@ the robustness matrix does): in short runs one round's accuracy swings by severa
 points, which would decide a 3 pp gap by luck.
 
 ``--override`` changes every run alike (``train.lr=0.02``): the non-private baseline
-must train as the private runs do. ``--seeds`` repeats every run with each seed; ``privacy_utility_seeds.csv``, the
-json's ``summary`` and the plot give each point's mean and spread over them.
+must train as the private runs do. ``--seeds`` repeats every run with each seed;
+``privacy_utility_seeds.csv``, the json's ``summary`` and the plot give each
+point's mean and spread over them.
 
 Writes ``benchmarks/results/privacy/privacy_utility.{csv,json,png}``.
 """
