@@ -69,11 +69,12 @@ def kademlia_id(identity: Identity) -> bytes:
 
 async def dht_view(
     federation: Any, targets: Sequence[bytes]
-) -> tuple[set[bytes], set[bytes]]:
+) -> tuple[set[bytes], set[bytes]] | None:
     """Kademlia ids of the DHT nodes a client-only observer meets through the
     bootstrap peer, and every id those nodes name when asked for their contacts
-    closest to each of ``targets`` (a contact at distance 0 is always named)."""
-    book = AddressBook(Identity.generate(), rpc_timeout=2.0, client_only=True)
+    closest to each of ``targets`` (a contact at distance 0 is always named);
+    None if a contact did not answer."""
+    book = AddressBook(Identity.generate(), rpc_timeout=5.0, client_only=True)
     await book.start(federation.placement("observer")[1])
     try:
         host, port = federation.bootstrap.rsplit(":", 1)
@@ -87,11 +88,34 @@ async def dht_view(
                 answered, nodes = await protocol.find_node(
                     address, protocol.sender_id, target
                 )
-                assert answered, f"{address} did not answer"
+                if not answered:
+                    return None
                 named |= {bytes(node[0]) for node in nodes}
         return {bytes(c.id) for c in contacts}, named
     finally:
         await book.stop()
+
+
+def settled_dht_view(
+    federation: Any, participants: Sequence[bytes], full_nodes: set[bytes]
+) -> tuple[set[bytes], set[bytes]]:
+    """Look at the DHT until it shows every full node (up to a minute).
+
+    A lookup skips a contact that is slow to answer (the stall timeout), so on a
+    loaded host one look may miss a full node; a participant must never be seen,
+    in any look.
+    """
+    deadline = time.monotonic() + 60.0
+    while True:
+        view = federation.observe(dht_view(federation, participants))
+        if view is not None:
+            contacts, named = view
+            assert not (contacts | named) & set(participants), "a client is routed"
+            if contacts == full_nodes == named or time.monotonic() > deadline:
+                return contacts, named
+        elif time.monotonic() > deadline:
+            raise AssertionError("a DHT node did not answer for a minute")
+        time.sleep(2.0)
 
 
 def test_three_participants_on_other_hosts_survive_the_aggregator(
@@ -112,9 +136,9 @@ def test_three_participants_on_other_hosts_survive_the_aggregator(
         kademlia_id(Identity.load(federation.work_dir / "founder.key")),
         *(kademlia_id(identity_of(federation, n)) for n in federation.eligible),
     }
-    contacts, named = federation.observe(dht_view(federation, participants))
+    contacts, named = settled_dht_view(federation, participants, full_nodes)
     assert contacts == full_nodes
-    assert named == full_nodes and not named & set(participants)
+    assert named == full_nodes
     failover = example.kill_holder_and_watch(federation, KILL_AFTER_ROUND, TIMEOUT)
     codes = federation.wait_clients(TIMEOUT)
     took = time.monotonic() - started
