@@ -207,16 +207,24 @@ BYZFL_PREFIX = "byzfl_"
 """ByzFL's pipelines through the same Flower app (``conf/strategy/byzfl_*.yaml``)."""
 
 
+def attacked_accuracies(rows: list[dict[str, object]]) -> dict[str, dict[str, float]]:
+    """Per strategy, its accuracy in % (mean over seeds) under each attack it ran;
+    ``none`` left out."""
+    acc: dict[str, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        if r["attack"] != "none":
+            acc[str(r["strategy"])][str(r["attack"])] = 100 * float(
+                r["accuracy_mean"]  # type: ignore[arg-type]
+            )
+    return acc
+
+
 def worst_cases(rows: list[dict[str, object]]) -> dict[str, tuple[str, float]]:
     """Per strategy, the attack that hurts it most and its accuracy in % (ByzFL's
     methodology: the minimum over attacks of the mean over seeds; ``none`` left out,
     and a strategy counts only where it ran every attack the sweep has)."""
-    acc: dict[str, dict[str, float]] = defaultdict(dict)
-    for r in rows:
-        if r["attack"] != "none" and r["strategy"] != CEILING[0]:
-            acc[str(r["strategy"])][str(r["attack"])] = 100 * float(
-                r["accuracy_mean"]  # type: ignore[arg-type]
-            )
+    acc = attacked_accuracies(rows)
+    acc.pop(CEILING[0], None)
     attacks = set().union(*acc.values()) if acc else set()
     return {
         strategy: min(by_attack.items(), key=lambda item: item[1])
@@ -405,14 +413,11 @@ def worst_case_bars(
     :func:`worst_cases`), final only once it ran every attack of the sweep; NaN if it
     ran none. A partial sweep's bar must not pass for a worst case."""
     final = worst_cases(rows)
-    so_far: dict[str, float] = {}
-    for r in rows:
-        name = str(r["strategy"])
-        if r["attack"] != "none" and name in strategies:
-            value = 100 * float(r["accuracy_mean"])  # type: ignore[arg-type]
-            so_far[name] = min(so_far.get(name, value), value)
+    acc = attacked_accuracies(rows)
     return [
-        (final[s][1], True) if s in final else (so_far.get(s, float("nan")), False)
+        (final[s][1], True)
+        if s in final
+        else (min(acc[s].values()) if acc.get(s) else float("nan"), False)
         for s in strategies
     ]
 

@@ -241,14 +241,6 @@ def _filter_iterations(
         c = c * (1.0 - projections / largest)
 
 
-def top_eigenvalue(squared_distances: np.ndarray, c: np.ndarray) -> float:
-    """Top eigenvalue of the ``c / Σc``-weighted covariance of the rows (from ``D``)."""
-    p = c / c.sum()
-    root = np.sqrt(p)
-    gram = centred_gram(squared_distances, p)
-    return float(np.linalg.eigvalsh(root[:, None] * gram * root[None, :])[-1])
-
-
 def top_direction(
     squared_distances: np.ndarray, c: np.ndarray
 ) -> tuple[float, np.ndarray]:
@@ -298,10 +290,11 @@ def carries_certificate(
     ``scale`` is ``s²`` (:func:`spread_scale`); ``s²(v_c)`` is
     :func:`direction_spread` of every row's projection on ``c``'s top direction.
     """
-    if top_eigenvalue(squared_distances, c) <= threshold * scale:
-        return True
     eigenvalue, projections = top_direction(squared_distances, c)
-    return eigenvalue <= threshold * max(scale, direction_spread(projections, f))
+    # The isotropic floor decides most candidates without sorting projections.
+    if eigenvalue <= threshold * scale:
+        return True
+    return eigenvalue <= threshold * direction_spread(projections, f)
 
 
 def spread_scale(squared_distances: np.ndarray, f: int) -> float:
