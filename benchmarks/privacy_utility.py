@@ -220,6 +220,19 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def plot_title(args: argparse.Namespace) -> str:
+    """The figure's title: the federation sizes its points ran with."""
+    sizes = {*(args.participants or [args.clients])}
+    if "dpsgd" in args.modes:
+        sizes.add(args.clients)
+    if sizes == {args.clients} and args.sampling == 1.0:
+        federation = f"{args.clients} clients"
+    else:
+        per_round = ", ".join(str(n) for n in sorted(sizes))
+        federation = f"{per_round} per round (sampling {args.sampling:g})"
+    return f"{args.dataset}, {federation}, {args.rounds} rounds"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="fmnist")
@@ -408,11 +421,7 @@ def main() -> None:
     # ε = ∞ (no privacy) is written as the string "inf": JSON has no infinity.
     text = json.dumps(payload, indent=2).replace("Infinity", '"inf"')
     (args.out / "privacy_utility.json").write_text(text + "\n")
-    plot(
-        summary,
-        args.out / "privacy_utility.png",
-        f"{args.dataset}, {args.clients} clients, {args.rounds} rounds",
-    )
+    plot(summary, args.out / "privacy_utility.png", plot_title(args))
     if overhead is not None:
         print(
             f"Opacus DP-SGD step: {overhead['overhead_ratio']:.2f}x plain "

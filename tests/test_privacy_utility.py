@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from benchmarks.privacy_utility import over_seeds
+from benchmarks.privacy_utility import over_seeds, plot_title
 
 
 def row(mode: str, seed: int, final: float | None, tail: float) -> dict[str, object]:
@@ -43,3 +43,25 @@ def test_over_seeds_one_seed_has_no_sd() -> None:
     (point,) = over_seeds([row("none", 0, 0.5, 0.5)])
     assert point["tail_accuracy_std"] is None
     assert point["tail_accuracy_min"] == point["tail_accuracy_max"] == 0.5
+
+
+def test_the_figure_s_title_names_the_participants_per_round() -> None:
+    """A central-only run at 1,000 per round once titled its figure "20 clients"
+    (the --clients default, which it never ran)."""
+    from argparse import Namespace
+
+    def title(**changes: object) -> str:
+        args = {"dataset": "fmnist", "clients": 20, "rounds": 10, "sampling": 1.0}
+        args |= {"participants": None, "modes": ["dpsgd", "central"], **changes}
+        return plot_title(Namespace(**args))
+
+    assert title() == "fmnist, 20 clients, 10 rounds"
+    assert title(participants=[1000], modes=["central"]) == (
+        "fmnist, 1000 per round (sampling 1), 10 rounds"
+    )
+    assert title(participants=[200, 1000]) == (
+        "fmnist, 20, 200, 1000 per round (sampling 1), 10 rounds"
+    )
+    assert title(participants=[1000], modes=["central"], sampling=0.5).startswith(
+        "fmnist, 1000 per round (sampling 0.5)"
+    )
