@@ -222,7 +222,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 def plot_title(args: argparse.Namespace) -> str:
     """The figure's title: the federation sizes its points ran with."""
-    sizes = {*(args.participants or [args.clients])}
+    sizes = set(args.participants or [args.clients])
     if "dpsgd" in args.modes:
         sizes.add(args.clients)
     if sizes == {args.clients} and args.sampling == 1.0:

@@ -417,7 +417,7 @@ def worst_case_bars(
     return [
         (final[s][1], True)
         if s in final
-        else (min(acc[s].values()) if acc.get(s) else float("nan"), False)
+        else (min(acc.get(s, {}).values(), default=float("nan")), False)
         for s in strategies
     ]
 
