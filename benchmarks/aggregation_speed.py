@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -240,6 +241,27 @@ def plain_weighted_mean(workload: Workload) -> np.ndarray:
     return (weights / weights.sum()) @ workload.updates
 
 
+def exact_gram(workload: Workload) -> np.ndarray:
+    """A floor of any rule on pairwise distances: the ``(n, n)`` Gram matrix of the
+    rows in float64 (the cast, then one BLAS ``syrk``), with no centring, no
+    blocking and no reply decoding. The default pipeline's distances need at least
+    this much arithmetic (:mod:`strategies.delta_matrix`)."""
+    rows = workload.updates.astype(np.float64)
+    return rows @ rows.T
+
+
+def float32_gram(workload: Workload) -> np.ndarray:
+    """The same Gram matrix in float32: the arithmetic floor of pairwise geometry on
+    this machine, though not exact enough to decide near-ties the float64 way."""
+    return workload.updates @ workload.updates.T
+
+
+def reply_digests(workload: Workload) -> list[bytes]:
+    """A floor of any strategy that records what it aggregated: the SHA-256 of every
+    row's bytes (the ledger's update digests), on one thread."""
+    return [hashlib.sha256(row.data).digest() for row in workload.updates]
+
+
 def screened_contender(name: str, make_strategy: Callable[[], Any]) -> Contender:
     """Time one of our Message-API strategies (validation included) on fresh replies.
 
@@ -272,6 +294,9 @@ def default_contenders(f: int, beta: float, tau: float) -> list[Contender]:
     keep = lambda workload: workload  # noqa: E731  # the matrix needs no preparation
     return [
         Contender("weighted mean (numpy)", "baseline", keep, plain_weighted_mean),
+        Contender("Gram matrix, float64 (numpy)", "floor", keep, exact_gram),
+        Contender("Gram matrix, float32 (numpy)", "floor", keep, float32_gram),
+        Contender("SHA-256 of every row (hashlib)", "floor", keep, reply_digests),
         rule_contender("Mean", Mean(), weighted=True),
         rule_contender("CoordinateMedian", CoordinateMedian(), weighted=False),
         rule_contender(f"TrimmedMean(β={beta})", TrimmedMean(beta), weighted=False),
@@ -827,7 +852,7 @@ def main() -> None:
         contenders = [
             contender
             for contender in default_contenders(f, args.beta, args.tau)
-            if contender.family == "baseline"
+            if contender.family in ("baseline", "floor")
             or args.only.lower() in contender.name.lower()
         ]
         console.log(f"{n} × {d:,} float32, f = {f}: {detail}")
