@@ -1,10 +1,14 @@
 """How long one aggregation takes: our exact rules beside Flower's built-in strategies.
 
 Every contender aggregates the same batch of ``n`` client updates of ``d`` float32
-parameters: a plain numpy weighted mean (the floor), each rule of
+parameters: a plain numpy weighted mean (the baseline), each rule of
 :mod:`strategies.aggregators` on the ``(n, d)`` matrix, and each Flower 1.41 strategy's
 ``aggregate_train`` on the same updates carried as reply :class:`flwr.app.Message`\\ s
-(the path a real round takes, records and all).
+(the path a real round takes, records and all). Three *floors* run beside them: the
+bare kernels a strategy that computes pairwise distances and records what it
+aggregated cannot skip (the float64 and float32 Gram matrices of the rows, the
+SHA-256 of every row), so a strategy's ratio to Flower's FedAvg can be read against
+the least it could be on this machine.
 
     .venv/bin/python benchmarks/aggregation_speed.py               # 50 × 1M, ~1-2 min
     .venv/bin/python benchmarks/aggregation_speed.py --large       # 100 × 11M, 25.6M
@@ -21,7 +25,7 @@ the factor measured for the hungriest contender). Writes
 ``benchmarks/results/aggregation_large.json``.
 
 Reports, per contender: median seconds over ``--repeats`` timed runs, two ratios —
-to the numpy weighted mean (the floor for a rule on a ready matrix) and to Flower's
+to the numpy weighted mean (the baseline for a rule on a ready matrix) and to Flower's
 ``FedAvg.aggregate_train`` (the plain weighted mean as a strategy: the fair reference
 for strategies, which decode every reply's records first) — and the peak of memory
 *allocated during the call* as seen by :mod:`tracemalloc` (numpy reports its buffers to
@@ -236,7 +240,7 @@ def rule_contender(name: str, rule: Any, weighted: bool) -> Contender:
 
 
 def plain_weighted_mean(workload: Workload) -> np.ndarray:
-    """The floor: one float32 BLAS matrix-vector product."""
+    """The baseline: one float32 BLAS matrix-vector product."""
     weights = workload.num_examples.astype(np.float32)
     return (weights / weights.sum()) @ workload.updates
 
