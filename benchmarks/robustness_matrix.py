@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sqlite3
 import subprocess
 import sys
@@ -132,6 +133,27 @@ def attacker_weight_share(ledger_db: Path, attackers: set[str]) -> float | None:
     return mean(shares) if shares else None
 
 
+ATTACKER_SHARE_FILE = "attacker_share.json"
+"""Beside a run's ``ledger.db``: the share read from it. Ledgers are not kept in git
+(``*.db``, ~0.2 MB a run), so a fresh clone's analysis reads this instead."""
+
+
+def recorded_attacker_share(folder: Path, attackers: set[str]) -> float | None:
+    """The attackers' weight share of the run in ``folder``, from its ledger when it
+    has one (then written to :data:`ATTACKER_SHARE_FILE`), else from that file."""
+    recorded = folder / ATTACKER_SHARE_FILE
+    share = attacker_weight_share(folder / "ledger.db", attackers)
+    if share is not None:
+        entry = {"attacker_weight_share": share, "source": "ledger.db"}
+        if not recorded.is_file() or json.loads(recorded.read_text()) != entry:
+            recorded.write_text(json.dumps(entry, indent=2) + "\n")
+        return share
+    if recorded.is_file():
+        value = json.loads(recorded.read_text()).get("attacker_weight_share")
+        return None if value is None else float(value)
+    return None
+
+
 def load_runs(sweep_dir: Path) -> list[RunResult]:
     """Every completed run of the sweep, read from its folder.
 
@@ -159,7 +181,7 @@ def load_runs(sweep_dir: Path) -> list[RunResult]:
                 seed=seed,
                 accuracy=tail_accuracy(folder / "metrics.csv"),
                 final_accuracy=float(row["final_accuracy"]),
-                attacker_weight=attacker_weight_share(folder / "ledger.db", attackers)
+                attacker_weight=recorded_attacker_share(folder, attackers)
                 if attackers
                 else None,
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import yaml
 from benchmarks.byzfl_pipeline import ByzFLPipeline, load_byzfl_aggregators
 from benchmarks.robustness_matrix import (
     ATTACK_ORDER,
+    attacker_identities,
     load_runs,
     worst_case_bars,
     worst_cases,
@@ -155,6 +157,25 @@ def test_an_interrupted_sweep_is_analysed_from_its_run_folders(tmp_path: Path) -
         ("fedmedian", "alie"),
     }
     assert all(run.accuracy == pytest.approx(0.6) for run in runs)
+
+
+def test_the_attackers_share_outlives_the_ledger(tmp_path: Path) -> None:
+    """Ledgers are not in git: the share read from one is kept beside it, so the
+    table a fresh clone makes still has it."""
+    finished_run(tmp_path, "trusted", "alie", "completed")
+    folder = tmp_path / "trusted_alie_seed0"
+    attacker = sorted(attacker_identities(0, 20, 0.3))[0]
+    with sqlite3.connect(folder / "ledger.db") as db:
+        db.execute("CREATE TABLE contributions (height, identity, weight)")
+        db.executemany(
+            "INSERT INTO contributions VALUES (?, ?, ?)",
+            [(1, attacker, 0.25), (1, "honest", 0.75), (2, "honest", 1.0)],
+        )
+    assert load_runs(tmp_path)[0].attacker_weight == pytest.approx(0.125)
+    (folder / "ledger.db").unlink()
+    assert load_runs(tmp_path)[0].attacker_weight == pytest.approx(0.125)
+    (folder / "attacker_share.json").unlink()
+    assert load_runs(tmp_path)[0].attacker_weight is None
 
 
 def test_a_partial_row_s_bar_is_marked_and_the_clean_run_is_no_worst_case() -> None:
