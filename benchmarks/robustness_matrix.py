@@ -145,8 +145,7 @@ def recorded_attacker_share(folder: Path, attackers: set[str]) -> float | None:
     share = attacker_weight_share(folder / "ledger.db", attackers)
     if share is not None:
         entry = {"attacker_weight_share": share, "source": "ledger.db"}
-        if not recorded.is_file() or json.loads(recorded.read_text()) != entry:
-            recorded.write_text(json.dumps(entry, indent=2) + "\n")
+        recorded.write_text(json.dumps(entry, indent=2) + "\n")
         return share
     if recorded.is_file():
         value = json.loads(recorded.read_text()).get("attacker_weight_share")
