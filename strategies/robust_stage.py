@@ -347,7 +347,31 @@ def certified_filter(
     return certify(squared_distances, f, threshold).weights
 
 
-def certify(squared_distances: np.ndarray, f: int, threshold: float) -> Certification:
+@dataclass(frozen=True)
+class Population:
+    """All ``n`` valid rows of a round, when the filter runs on some of them.
+
+    Attributes
+    ----------
+    squared_distances : np.ndarray
+        ``(n, n)`` pairwise squared distances of every valid row.
+    rows : np.ndarray
+        Indices of the rows the filter runs on (the survivors of the detectors).
+    f : int
+        Byzantine rows assumed among all ``n``.
+    """
+
+    squared_distances: np.ndarray
+    rows: np.ndarray
+    f: int
+
+
+def certify(
+    squared_distances: np.ndarray,
+    f: int,
+    threshold: float,
+    population: Population | None = None,
+) -> Certification:
     """The certified filter's weights and the set of rows they vouch for.
 
     At each iterate ``c`` that carries the certificate (:func:`carries_certificate`:
@@ -356,23 +380,38 @@ def certify(squared_distances: np.ndarray, f: int, threshold: float) -> Certific
     the certificate (along its own top direction) is returned, as ``c / Σc``. When the
     rows at hand pass at once (no attack, or attackers already dropped by the
     detectors) the weights are exactly ``1/n``: the plain mean.
+
+    ``population``: the rows at hand are ``population.rows`` of more valid rows, at
+    most ``population.f`` of which are Byzantine. The scales ``s²`` and ``s²(v_c)``
+    are then read from all of them (``c`` is zero on the others), which step 1 of
+    the module docstring allows for any rows with at most that many Byzantine ones:
+    honest rows that the detectors dropped still show the honest spread, where ``f``
+    attackers assumed among fewer rows would make the scales of those rows alone
+    strict enough to filter honest ones (:meth:`CertifiedStage.certify_survivors`).
     """
     n = squared_distances.shape[0]
     if not 0 <= 2 * f < n:
         raise ValueError(f"the covariance filter needs n > 2f, got f={f}, n={n}")
     if not threshold > 0.0:
         raise ValueError(f"threshold must be positive, got {threshold}")
-    scale = spread_scale(squared_distances, f)
+    if population is None:
+        population = Population(squared_distances, np.arange(n), f)
+    scale = spread_scale(population.squared_distances, population.f)
+
+    def carries(weights: np.ndarray) -> bool:
+        everywhere = np.zeros(population.squared_distances.shape[0])
+        everywhere[population.rows] = weights
+        return carries_certificate(
+            population.squared_distances, everywhere, population.f, threshold, scale
+        )
+
     best, best_eigenvalue = np.full(n, 1.0 / n), np.inf
     for c, p, eigenvalue in filter_iterates(squared_distances, f):
         # The isotropic floor first: it decides without another eigendecomposition.
-        if eigenvalue <= threshold * scale or carries_certificate(
-            squared_distances, c, f, threshold, scale
-        ):
+        if eigenvalue <= threshold * scale or carries(c):
             rounded = np.where(c >= 0.5, 1.0, 0.0)
             if float(rounded.sum()) >= n - f and (
-                np.array_equal(rounded, c)
-                or carries_certificate(squared_distances, rounded, f, threshold, scale)
+                np.array_equal(rounded, c) or carries(rounded)
             ):
                 return Certification(rounded / float(rounded.sum()), rounded > 0.0)
             if float(c.sum()) >= n - f:
@@ -475,8 +514,8 @@ class CertifiedStage:
     Parameters
     ----------
     byzantine_fraction : float
-        Assumed fraction of Byzantine rows among those reaching the stage,
-        ``0 ≤ β < ½``; ``f`` is capped at ``⌊(n − 1)/2⌋``.
+        Assumed fraction of Byzantine rows among the valid replies, ``0 ≤ β < ½``;
+        ``f`` is capped at ``⌊(n − 1)/2⌋`` of the rows the filter runs on.
     threshold : float
         ``C`` of the certificate ``λ ≤ C s²`` (module docstring), ``> 0``.
     """
@@ -501,6 +540,31 @@ class CertifiedStage:
         """``π`` and the rows it vouches for (:func:`certify`)."""
         f = self.byzantine_count(squared_distances.shape[0])
         return certify(squared_distances, f, self.threshold)
+
+    def certify_survivors(
+        self, squared_distances: np.ndarray, survivors: np.ndarray
+    ) -> Certification:
+        """``π`` over the rows ``survivors`` (indices) of all ``n`` valid rows, whose
+        pairwise squared distances are ``D``, and the survivors it vouches for.
+
+        ``β`` bounds the Byzantine share of the *replies*: all ``F = ⌊β n⌋`` may be
+        among the ``n'`` survivors, since a row dropped before the stage may have
+        been honest (an attacker who has read the detectors can make them drop
+        one). So the filter assumes ``min(F, ⌊(n' − 1)/2⌋)`` of the survivors, and
+        reads its scales from all ``n`` rows (:func:`certify`'s ``population``).
+        Assuming ``⌊β n'⌋`` let 6 attackers of 20, shifted along the honest rows'
+        top direction, pass as 5 once the detectors had rejected one honest row
+        (relative error 0.81 in that round, where the filter alone on the 20 rows
+        gives 0.16: ``benchmarks/tailored_attacks.py``).
+        """
+        n, kept = squared_distances.shape[0], survivors.shape[0]
+        replies_f = self.byzantine_count(n)
+        f = min(replies_f, filter_max_f(kept))
+        in_play = squared_distances[np.ix_(survivors, survivors)]
+        if kept == n:
+            return certify(in_play, f, self.threshold)
+        population = Population(squared_distances, survivors, replies_f)
+        return certify(in_play, f, self.threshold, population)
 
     def describe(self, n: int | None = None) -> str:
         """One line for a summary (with ``f`` when ``n`` is known)."""

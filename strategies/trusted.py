@@ -159,8 +159,9 @@ class TrustedFedAvg(ScreenedFedAvg):
         (from a config: a nested ``_target_``) aggregates the accepted rows instead
         (with the weights if the rule supports them, else uniformly).
     byzantine_fraction : float (default: 0.3)
-        ``β``: assumed Byzantine fraction among the rows that reach the robust stage
-        (``"robust"`` only; ``0 ≤ β < ½``).
+        ``β``: assumed Byzantine fraction among the valid replies of a round
+        (``"robust"`` only; ``0 ≤ β < ½``); all of them may be among the rows that
+        reach the robust stage.
     reputation_ceiling : float | None (default: None)
         ``"robust"`` only: the most reputation may raise a row above its robust
         weight, ``≥ 1``; ``None`` for ``1 / (1 − β)``, as if the stage had dropped a
@@ -355,12 +356,12 @@ class TrustedFedAvg(ScreenedFedAvg):
         """Robust stage on the rows in play; reputation re-weights inside its bound.
 
         ``distances`` are the pairwise squared distances of all rows of ``deltas``
-        (:func:`~strategies.aggregators.squared_norms_and_distances`); the stage
-        reads those of the rows in play (computed here when not given).
-
-        ``f`` is taken from the rows that reach the stage (detectors may already
-        have dropped attackers), so the stage does not assume ``β n`` Byzantine rows
-        among the survivors of a round with ``n`` replies.
+        (:func:`~strategies.aggregators.squared_norms_and_distances`; computed here
+        when not given). The certified filter runs on the rows in play with ``f``
+        of all the valid replies and its scales read from all of them
+        (:meth:`~strategies.robust_stage.CertifiedStage.certify_survivors`): rows
+        the detectors dropped may have been honest. The former stage (NNM ∘ CAF)
+        takes ``f`` from the rows in play.
 
         Returns the aggregate, the final weights (shares summing to 1; the aggregate
         is a shorter step than their weighted mean when the bounds cannot carry a
@@ -370,14 +371,12 @@ class TrustedFedAvg(ScreenedFedAvg):
         assert self.stage is not None
         used = np.flatnonzero(weights > 0.0)
         rows = deltas[used]
-        in_play = (
-            aggregators.pairwise_squared_distances(rows)
-            if distances is None
-            else distances[np.ix_(used, used)]
-        )
+        if distances is None:
+            distances = aggregators.pairwise_squared_distances(deltas)
+        in_play = distances[np.ix_(used, used)]
         vouched = None
         if isinstance(self.stage, CertifiedStage):
-            certification = self.stage.certify(in_play)
+            certification = self.stage.certify_survivors(distances, used)
             robust = certification.weights
             if certification.vouched is not None and not certification.vouched.all():
                 vouched = np.zeros(weights.shape[0], dtype=bool)

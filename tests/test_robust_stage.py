@@ -34,6 +34,7 @@ from strategies.robust_stage import (
     CertifiedFilter,
     CertifiedStage,
     CovarianceFilter,
+    Population,
     RobustStage,
     carries_certificate,
     certified_filter,
@@ -646,3 +647,45 @@ def test_certify_vouches_for_the_hard_set_it_returns() -> None:
     )
     clean = certify(pairwise_squared_distances(honest), 4, 4.0)
     assert clean.vouched is not None and clean.vouched.all()
+
+
+# ------------------------------------------------- rows that survived the detectors
+
+
+def test_with_every_row_surviving_the_stage_is_the_plain_certified_filter() -> None:
+    from benchmarks.robust_updates import BenchmarkConfig, SyntheticFederation
+
+    rows = SyntheticFederation(BenchmarkConfig(width=300)).round()
+    rows[:6] = rows[:6].mean(axis=0) - 2.0 * rows.std(axis=0)  # ALIE-like attackers
+    distances = pairwise_squared_distances(rows)
+    stage = CertifiedStage(0.3)
+    survived = stage.certify_survivors(distances, np.arange(20))
+    alone = certify(distances, 6, stage.threshold)
+    np.testing.assert_array_equal(survived.weights, alone.weights)
+
+
+def test_survivors_are_filtered_for_the_replies_f_with_the_replies_scales() -> None:
+    """Sign-flipped attackers dropped by the detectors, honest spread in 3 directions:
+    assuming 6 attackers among the 14 honest survivors, scales read from those 14
+    alone drop 5–6 honest rows; read from all 20 rows (which 6 Byzantine ones cannot
+    raise) they certify the 14 at once: the plain mean of the honest rows."""
+    from benchmarks.robust_updates import BenchmarkConfig, SyntheticFederation
+
+    federation = SyntheticFederation(BenchmarkConfig(directions=3))
+    for _ in range(3):
+        benign = federation.round()
+        rows = np.vstack([-benign[:6], benign[6:]])
+        distances = pairwise_squared_distances(rows)
+        survivors = np.arange(6, 20)
+        survived = CertifiedStage(0.3).certify_survivors(distances, survivors)
+        np.testing.assert_allclose(survived.weights, np.full(14, 1 / 14))
+        alone = certify(distances[np.ix_(survivors, survivors)], 6, 4.0)
+        assert (alone.weights == 0.0).sum() >= 5
+
+
+def test_the_population_scales_are_those_of_every_row() -> None:
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((12, 8))
+    distances = pairwise_squared_distances(rows)
+    everyone = certify(distances, 3, 4.0, Population(distances, np.arange(12), 3))
+    np.testing.assert_array_equal(everyone.weights, certify(distances, 3, 4.0).weights)

@@ -1,5 +1,6 @@
 """benchmarks/tailored_attacks.py: each family crafts what it says, the search finds
-the worst factor, a stateful rule goes on from the copy that fared worst."""
+the worst factor, a stateful rule goes on from the copy that fared worst; and the
+attack it found no longer passes 6 attackers as 5."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ from benchmarks.tailored_attacks import (
     worst_gamma,
 )
 from strategies import aggregators
+from strategies.base import AggregationOutcome
+from strategies.records import Verdict
+from strategies.robust_stage import CertifiedStage
 
 
 def honest_rows(seed: int = 0, rows: int = 12, width: int = 30) -> np.ndarray:
@@ -179,3 +183,42 @@ def test_the_report_ranks_the_default_among_the_rows() -> None:
     for name, by_family in summary["errors"]["3"].items():
         assert worst[name]["error"] == max(by_family.values())
         assert len(summary["gammas"]["3"][name]["alie"]) == config.rounds
+
+
+def test_an_honest_row_the_detectors_reject_does_not_lower_the_stages_f() -> None:
+    """The attack this benchmark found: 6 of 20 attackers, each an honest client's
+    offset shifted by 6 √λ₁ along the top principal direction. The detectors reject
+    one honest row; with ``f`` taken from the 19 survivors (5) every attacker was
+    kept (relative error 0.81)."""
+    config = BenchmarkConfig(byzfl=False)
+    honest = SyntheticFederation(config).round()[6:]
+    rng = np.random.default_rng([config.seed, 1, 6])
+    crafted = crafted_rows("top_direction_spread", honest, 6, 6.0, rng)
+    rows = RoundRows(
+        1,
+        tuple(f"byzantine-{i}" for i in range(6))
+        + tuple(f"client-{i}" for i in range(6, 20)),
+        np.vstack([crafted, honest]),
+        honest.mean(0),
+        True,
+    )
+    default = strategy_contenders(20, 6, config.width)[0].build()
+    strategy = default.strategy  # type: ignore[attr-defined]
+    captured: list[AggregationOutcome] = []
+    hook = strategy.aggregate_updates
+
+    def spy(server_round: int, batch: object) -> AggregationOutcome:
+        outcome: AggregationOutcome = hook(server_round, batch)
+        captured.append(outcome)
+        return outcome
+
+    strategy.aggregate_updates = spy
+    error = relative_error(default(rows), rows.honest_mean)
+    (outcome,) = captured
+    rejected = [i for i, v in enumerate(outcome.verdicts) if v is Verdict.REJECTED]
+    assert any(i >= 6 for i in rejected), "no honest row rejected: not the case"
+    assert not outcome.weights[:6].any()  # every attacker filtered
+    alone = CertifiedStage(0.3).weights(
+        aggregators.pairwise_squared_distances(rows.rows)
+    )
+    assert error <= relative_error(alone @ rows.rows, rows.honest_mean) + 1e-9
