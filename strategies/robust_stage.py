@@ -382,23 +382,30 @@ def certify(
     detectors) the weights are exactly ``1/n``: the plain mean.
 
     ``population``: the rows at hand are ``population.rows`` of more valid rows, at
-    most ``population.f`` of which are Byzantine. The scales ``s²`` and ``s²(v_c)``
-    are then read from all of them (``c`` is zero on the others), which step 1 of
-    the module docstring allows for any rows with at most that many Byzantine ones:
-    honest rows that the detectors dropped still show the honest spread, where ``f``
-    attackers assumed among fewer rows would make the scales of those rows alone
-    strict enough to filter honest ones (:meth:`CertifiedStage.certify_survivors`).
+    most ``population.f`` of which are Byzantine. Each scale is then the larger of
+    the one read from the rows at hand (with ``f``) and the one read from all of
+    them (with ``population.f``, ``c`` zero on the others). Step 1 of the module
+    docstring bounds both by ``κ σ²`` (with ``κ`` of the rows at hand, the larger),
+    so the larger is a bound too: honest rows that the detectors dropped still show
+    the honest spread, where ``f`` attackers assumed among fewer rows would make the
+    scales of those rows alone strict enough to filter honest ones; identical
+    rejected rows (IPM, ALIE) lower the scales of all rows, not those of the rows
+    at hand (:meth:`CertifiedStage.certify_survivors`).
     """
     n = squared_distances.shape[0]
     if not 0 <= 2 * f < n:
         raise ValueError(f"the covariance filter needs n > 2f, got f={f}, n={n}")
     if not threshold > 0.0:
         raise ValueError(f"threshold must be positive, got {threshold}")
-    if population is None:
-        population = Population(squared_distances, np.arange(n), f)
-    scale = spread_scale(population.squared_distances, population.f)
+    scale = spread_scale(squared_distances, f)
+    if population is not None:
+        scale = max(scale, spread_scale(population.squared_distances, population.f))
 
     def carries(weights: np.ndarray) -> bool:
+        if carries_certificate(squared_distances, weights, f, threshold, scale):
+            return True
+        if population is None:
+            return False
         everywhere = np.zeros(population.squared_distances.shape[0])
         everywhere[population.rows] = weights
         return carries_certificate(
@@ -551,7 +558,8 @@ class CertifiedStage:
         among the ``n'`` survivors, since a row dropped before the stage may have
         been honest (an attacker who has read the detectors can make them drop
         one). So the filter assumes ``min(F, ⌊(n' − 1)/2⌋)`` of the survivors, and
-        reads its scales from all ``n`` rows (:func:`certify`'s ``population``).
+        reads its scales from them and from all ``n`` rows (:func:`certify`'s
+        ``population``).
         Assuming ``⌊β n'⌋`` let 6 attackers of 20, shifted along the honest rows'
         top direction, pass as 5 once the detectors had rejected one honest row
         (relative error 0.81 in that round, where the filter alone on the 20 rows
