@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.supercore.task_identity import TaskIdentity
 from rich.console import Console
 from rich.markup import escape
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
@@ -62,6 +61,7 @@ from benchmarks.robust_updates import (
     RoundRows,
     SyntheticFederation,
     contenders_for,
+    messages_outside_an_engine,
     relative_error,
 )
 
@@ -205,10 +205,7 @@ def run_tailored(
 ) -> TailoredResults:
     """Every contender against every family, for each ``f`` of ``config.byzantine``
     (BLAS on one thread, as in :func:`benchmarks.robust_updates.run_benchmark`)."""
-    TaskIdentity.run_id = 1  # messages built outside an engine need one
-    TaskIdentity.task_id = 1
-    TaskIdentity.node_id = 1
-    logging.getLogger("flwr").setLevel(logging.ERROR)
+    messages_outside_an_engine(logging.ERROR)
     started = time.perf_counter()
     results = TailoredResults(config)
     with threadpool_limits(limits=1):
