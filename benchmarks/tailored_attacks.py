@@ -63,6 +63,7 @@ from benchmarks.robust_updates import (
     contenders_for,
     messages_outside_an_engine,
     relative_error,
+    selected_rows,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tailored_attacks"
@@ -212,6 +213,7 @@ def run_tailored(
         for f in config.byzantine:
             errors: dict[str, dict[str, float]] = {}
             chosen: dict[str, dict[str, list[float]]] = {}
+            results.errors[f], results.gammas[f] = errors, chosen
             for contender in contenders(config, f):
                 contender_started = time.perf_counter()
                 results.sources[contender.label] = contender.source
@@ -223,14 +225,12 @@ def run_tailored(
                     )
                     chosen[contender.label][family] = [s.gamma for s in searches]
                 if progress is not None:
-                    by_family = errors[contender.label]
-                    family = max(by_family, key=lambda name: by_family[name])
+                    family, error = results.worst(f, contender.label)
                     seconds = time.perf_counter() - contender_started
                     progress(
-                        f"f = {f}  {contender.label:<48} worst {by_family[family]:.3f}"
+                        f"f = {f}  {contender.label:<48} worst {error:.3f}"
                         f" ({family})  ({seconds:.1f} s)"
                     )
-            results.errors[f], results.gammas[f] = errors, chosen
     results.seconds = time.perf_counter() - started
     return results
 
@@ -262,18 +262,6 @@ def spread_name(config: BenchmarkConfig) -> str:
     return "isotropic" if config.directions is None else f"{config.directions}dir"
 
 
-def ranked_rows(summary: Mapping[str, Any], f: str) -> list[str]:
-    """README's rows of one ``f``: every ``[strategy]`` row, the four lowest worst
-    cases of each library and the plain mean, sorted by worst case."""
-    worst = summary["worst_case"][f]
-    chosen = {name for name in worst if name.endswith("[strategy]")}
-    for source in ("[flp2p]", "[ByzFL]"):
-        rows = sorted((n for n in worst if n.endswith(source)), key=_error_of(worst))
-        chosen.update(rows[:4])
-    chosen.update(name for name in ("Mean [flp2p]", "Average [ByzFL]") if name in worst)
-    return sorted(chosen, key=lambda name: (worst[name]["error"], name))
-
-
 def _error_of(worst: Mapping[str, Mapping[str, Any]]) -> Callable[[str], float]:
     return lambda name: float(worst[name]["error"])
 
@@ -296,7 +284,7 @@ def markdown_report(summary: Mapping[str, Any]) -> str:
             "| rule [source] | " + " | ".join(families) + " | **worst** |",
             "|---" * (len(families) + 2) + "|",
         ]
-        for name in ranked_rows(summary, f):
+        for name in selected_rows(errors):
             label = f"**{name}** (default)" if name == DEFAULT_LABEL else name
             cells = [f"{errors[name][family]:.3f}" for family in families]
             lines.append(

@@ -373,7 +373,6 @@ class TrustedFedAvg(ScreenedFedAvg):
         rows = deltas[used]
         if distances is None:
             distances = aggregators.pairwise_squared_distances(deltas)
-        in_play = distances[np.ix_(used, used)]
         vouched = None
         if isinstance(self.stage, CertifiedStage):
             certification = self.stage.certify_survivors(distances, used)
@@ -382,7 +381,7 @@ class TrustedFedAvg(ScreenedFedAvg):
                 vouched = np.zeros(weights.shape[0], dtype=bool)
                 vouched[used[certification.vouched]] = True
         else:
-            robust = self.stage.weights(in_play)
+            robust = self.stage.weights(distances[np.ix_(used, used)])
         inside = weights_within_bound(robust, weights[used], self.reputation_ceiling)
         if self.use_reputation:
             # The water-filling may lift newcomers with everyone else: cap them
