@@ -188,6 +188,44 @@ def load_runs(sweep_dir: Path) -> list[RunResult]:
     return results
 
 
+@dataclass(frozen=True)
+class SeedProgress:
+    """A seed's runs so far against the sweep's cells (every strategy × attack any
+    seed has run)."""
+
+    seed: int
+    runs: int
+    cells: int
+
+    @property
+    def complete(self) -> bool:
+        return self.runs == self.cells
+
+
+def tabled_runs(runs: list[RunResult]) -> tuple[list[RunResult], list[SeedProgress]]:
+    """The runs the tables are made of, and the seeds left out of them.
+
+    Only seeds that have run every cell are tabled, so each cell averages the same
+    seeds: a cell that had one seed more than its neighbours would differ by luck.
+    The others' runs stay in the sweep folder and count as progress. Before any
+    seed is complete, every run is tabled (the start of a sweep).
+    """
+    cells = {(r.strategy, r.attack) for r in runs}
+    by_seed: dict[int, set[tuple[str, str]]] = defaultdict(set)
+    for r in runs:
+        by_seed[r.seed].add((r.strategy, r.attack))
+    progress = [
+        SeedProgress(seed, len(done), len(cells))
+        for seed, done in sorted(by_seed.items())
+    ]
+    complete = {p.seed for p in progress if p.complete}
+    if not complete:
+        return runs, []
+    return [r for r in runs if r.seed in complete], [
+        p for p in progress if not p.complete
+    ]
+
+
 def summarise(runs: list[RunResult]) -> list[dict[str, object]]:
     """One row per cell: accuracy over seeds, gap to clean FedAvg (pp), attackers'
     weight share (flp2p strategies)."""
@@ -347,7 +385,11 @@ def matrix(
     return strategies, attacks, grid
 
 
-def write_markdown(rows: list[dict[str, object]], path: Path) -> None:
+def write_markdown(
+    rows: list[dict[str, object]],
+    path: Path,
+    pending: list[SeedProgress] | None = None,
+) -> None:
     strategies, attacks, grid = matrix(rows)
     best = np.nanmax(grid, axis=0)
     spread = {
@@ -378,6 +420,14 @@ def write_markdown(rows: list[dict[str, object]], path: Path) -> None:
         "seeds (± the standard deviation over seeds); best per attack in bold; "
         "worst case: the minimum over the attacks (`none` excluded) and the attack."
     )
+    if pending:
+        lines += [
+            "",
+            "Not in the table until they have run every cell (so that each cell "
+            "averages the same seeds): "
+            + ", ".join(f"seed {p.seed} ({p.runs} of {p.cells} runs)" for p in pending)
+            + ".",
+        ]
     ceiling = ceiling_accuracy(rows)
     if ceiling is not None:
         lines += [
@@ -500,11 +550,12 @@ def plot_heatmap(rows: list[dict[str, object]], path: Path) -> None:
 
 
 def analyse(out: Path) -> list[dict[str, object]]:
-    rows = summarise(load_runs(out / "sweep"))
+    runs, pending = tabled_runs(load_runs(out / "sweep"))
+    rows = summarise(runs)
     if not rows:
         raise SystemExit(f"no completed runs under {out / 'sweep'}")
     write_csv(rows, out / "robustness.csv")
-    write_markdown(rows, out / "robustness.md")
+    write_markdown(rows, out / "robustness.md", pending)
     plot_heatmap(rows, out / "robustness.png")
     print((out / "robustness.md").read_text())
     return rows

@@ -13,8 +13,10 @@ import yaml
 from benchmarks.byzfl_pipeline import ByzFLPipeline, load_byzfl_aggregators
 from benchmarks.robustness_matrix import (
     ATTACK_ORDER,
+    RunResult,
     attacker_identities,
     load_runs,
+    tabled_runs,
     worst_case_bars,
     worst_cases,
     write_markdown,
@@ -195,3 +197,36 @@ def test_a_partial_row_s_bar_is_marked_and_the_clean_run_is_no_worst_case() -> N
     assert bars["fedmedian"] == (pytest.approx(60.0), False)
     value, final = bars["flwr_krum"]
     assert np.isnan(value) and not final
+
+
+def run(strategy: str, attack: str, seed: int, accuracy: float = 0.8) -> RunResult:
+    return RunResult(strategy, attack, seed, accuracy, accuracy, None)
+
+
+def test_only_seeds_that_ran_every_cell_are_tabled_and_the_rest_is_progress(
+    tmp_path: Path,
+) -> None:
+    """A cell with one seed more than its neighbours would differ from them by
+    luck: a seed enters the table only once it has run every cell."""
+    grid = [(s, a) for s in ("fedavg", "trusted") for a in ("none", "alie")]
+    runs = [run(s, a, 0) for s, a in grid]
+    runs += [run("fedavg", "none", 1, 0.2), run("trusted", "alie", 1, 0.2)]
+    tabled, pending = tabled_runs(runs)
+    assert {r.seed for r in tabled} == {0} and len(tabled) == 4
+    assert [(p.seed, p.runs, p.cells) for p in pending] == [(1, 2, 4)]
+    path = tmp_path / "robustness.md"
+    write_markdown(ROWS, path, pending)
+    assert "seed 1 (2 of 4 runs)" in path.read_text()
+
+    runs += [run("fedavg", "alie", 1), run("trusted", "none", 1)]
+    tabled, pending = tabled_runs(runs)
+    assert len(tabled) == 8 and pending == []
+
+
+def test_before_any_seed_is_complete_every_run_is_tabled() -> None:
+    runs = [
+        run("fedavg", "none", 0),
+        run("trusted", "alie", 0),
+        run("fedavg", "alie", 1),
+    ]
+    assert tabled_runs(runs) == (runs, [])
