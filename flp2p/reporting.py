@@ -79,21 +79,29 @@ class VerdictCounts:
     rejected: int = 0
     top_reason: str | None = None
     """Commonest reason among the rejected replies (``None`` when none was)."""
+    unweighted: int = 0
+    """Accepted or down-weighted replies that got no weight all the same (the
+    default strategy's robust stage left them out; their verdict is the
+    detectors')."""
 
     @classmethod
-    def of(cls, judged: Iterable[tuple[str, str]]) -> VerdictCounts:
-        """Count ``(verdict, reason)`` pairs (verdict values of the ledger)."""
+    def of(cls, judged: Iterable[tuple[str, str, float]]) -> VerdictCounts:
+        """Count ``(verdict, reason, weight)`` rows (values of the ledger)."""
         verdicts: Counter[str] = Counter()
         reasons: Counter[str] = Counter()
-        for verdict, reason in judged:
+        unweighted = 0
+        for verdict, reason, weight in judged:
             verdicts[verdict] += 1
             if verdict == "rejected":
                 reasons[reason or "no reason given"] += 1
+            elif verdict in ("accepted", "downweighted") and weight == 0.0:
+                unweighted += 1
         return cls(
             accepted=verdicts["accepted"],
             downweighted=verdicts["downweighted"],
             rejected=verdicts["rejected"],
             top_reason=reasons.most_common(1)[0][0] if reasons else None,
+            unweighted=unweighted,
         )
 
     def __add__(self, other: VerdictCounts) -> VerdictCounts:
@@ -102,15 +110,20 @@ class VerdictCounts:
             self.accepted + other.accepted,
             self.downweighted + other.downweighted,
             self.rejected + other.rejected,
+            unweighted=self.unweighted + other.unweighted,
         )
 
     def text(self) -> str:
-        """``accepted 3  down-weighted 0  rejected 1 (norm outlier)``."""
+        """``accepted 3  down-weighted 0  rejected 1 (norm outlier)``, then
+        ``  of them at weight 0: 2`` when kept replies got no weight."""
         line = (
             f"accepted {self.accepted}  down-weighted {self.downweighted}  "
             f"rejected {self.rejected}"
         )
-        return line + (f" ({self.top_reason})" if self.top_reason else "")
+        line += f" ({self.top_reason})" if self.top_reason else ""
+        if self.unweighted:
+            line += f"  kept at weight 0: {self.unweighted}"
+        return line
 
 
 def round_verdicts(ledger: Ledger, server_round: int) -> VerdictCounts | None:
@@ -123,7 +136,8 @@ def round_verdicts(ledger: Ledger, server_round: int) -> VerdictCounts | None:
     if block is None or block.server_round != server_round:
         return None
     return VerdictCounts.of(
-        (str(row["verdict"]), str(row["reason"])) for row in block.contributions
+        (str(row["verdict"]), str(row["reason"]), float(row["weight"]))
+        for row in block.contributions
     )
 
 
@@ -239,7 +253,7 @@ class RunReporter:
             for block in self.ledger.blocks():
                 if 0 < block.server_round < self.resume_round:
                     self.verdict_totals += VerdictCounts.of(
-                        (str(row["verdict"]), str(row["reason"]))
+                        (str(row["verdict"]), str(row["reason"]), float(row["weight"]))
                         for row in block.contributions
                     )
 
@@ -354,6 +368,7 @@ class RunReporter:
                 "downweighted": totals.downweighted,
                 "rejected": totals.rejected,
             }
+            payload["kept_at_weight_0"] = totals.unweighted
         if error is not None:
             payload["error"] = error
         return payload

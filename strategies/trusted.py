@@ -24,6 +24,8 @@ ScreenedFedAvg`):
    if the detectors, run again on the vouched rows alone, confirm it: the first
    look's centres and scales included the dropped rows, which an adaptive attacker
    uses to push honest outliers over a threshold and so cost them reputation.
+   A reply the detectors kept that the stage gives no weight keeps its verdict
+   and has the reason :data:`LEFT_OUT`, so the ledger says it did not count.
    Alternatives (``robust_rule``): the norm-bounded mean of
    before (``"mean"``: each row bounded to ``norm_bound_ratio`` × the median
    accepted norm, Sun, Kairouz, Suresh & McMahan, "Can You Really Backdoor Federated
@@ -95,6 +97,27 @@ the default robust stage and the norm-bounded mean. Any other rule is an
 :class:`~strategies.aggregators.AggregationRule` object, which a config gives as
 ``robust_rule: {_target_: strategies.aggregators.CoordinateMedian}`` (the one
 registry idiom: no table of rule names here)."""
+
+
+LEFT_OUT = "weight 0: left out by the robust stage"
+"""Reason of a reply the detectors kept and the robust stage gave no weight. Its
+verdict stays the detectors' (reputation reads verdicts, and the stage may leave
+out an honest outlier), so without this the ledger would call it plainly
+accepted while it did not count."""
+
+
+def name_left_out(
+    verdicts: Sequence[Verdict], reasons: Sequence[str], weights: np.ndarray
+) -> tuple[str, ...]:
+    """``reasons`` with :data:`LEFT_OUT` on every row kept by the detectors (accepted
+    or down-weighted) whose final weight is 0."""
+    kept = (Verdict.ACCEPTED, Verdict.DOWNWEIGHTED)
+    return tuple(
+        (f"{reason}; {LEFT_OUT}" if reason else LEFT_OUT)
+        if verdict in kept and weight == 0.0
+        else reason
+        for verdict, reason, weight in zip(verdicts, reasons, weights, strict=True)
+    )
 
 
 def norm_bound_factors(norms: np.ndarray, used: np.ndarray, ratio: float) -> np.ndarray:
@@ -342,6 +365,7 @@ class TrustedFedAvg(ScreenedFedAvg):
                 verdicts, reasons = self._confirm_down_weights(
                     batch, verdicts, reasons, vouched, past, norms
                 )
+            reasons = name_left_out(verdicts, reasons, weights)
         else:
             delta, weights = self._aggregate(batch.deltas, weights, context)
         return AggregationOutcome(delta, weights, verdicts, reasons, screening.scores)

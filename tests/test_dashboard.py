@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,30 @@ def _ledger(path: Path, rounds: list[int], peers: int = 4) -> None:
         path, federation=FEDERATION, signer=KeySigner(1), create=True
     ) as ledger:
         record_rounds(ledger, rounds, peers)
+
+
+def test_an_accepted_reply_at_weight_0_is_listed_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    """The default strategy's robust stage can give no weight to a reply the
+    detectors accepted; the table of replies that did not count in full shows it."""
+    report = make_report(1)
+    left_out = "weight 0: left out by the robust stage"
+    first, *others = report.contributions
+    moved = replace(first, weight=0.0, reason=left_out)
+    total = sum(c.weight for c in others if c.weight > 0)
+    others = [replace(c, weight=c.weight / total) for c in others]
+    report = replace(report, contributions=(moved, *others))
+    db = tmp_path / "ledger.db"
+    with Ledger.open(
+        db, federation=FEDERATION, signer=KeySigner(1), create=True
+    ) as ledger:
+        ledger.record_round(report, make_reputations(report))
+    judged = {(j.identity, j.verdict, j.reason) for j in read_snapshot(db).judgements}
+    assert judged == {
+        ("peer-000", "accepted", left_out),
+        ("peer-003", "rejected", "norm outlier"),
+    }
 
 
 def test_snapshot_reads_verdicts_reputation_tokens_and_chain(tmp_path: Path) -> None:

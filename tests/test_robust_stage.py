@@ -49,7 +49,7 @@ from strategies.robust_stage import (
     top_direction,
     weights_within_bound,
 )
-from strategies.trusted import TrustedFedAvg
+from strategies.trusted import LEFT_OUT, TrustedFedAvg
 
 
 def brute_force_caf(x: np.ndarray, f: int) -> np.ndarray:
@@ -608,6 +608,19 @@ def test_only_down_weights_the_second_look_confirms_are_kept() -> None:
         "the certified filter kept"
     )
     assert outcome.verdicts[:6] == (Verdict.ACCEPTED,) * 6  # no new flags
+
+
+def test_rows_the_stage_leaves_out_say_so_and_keep_their_verdict() -> None:
+    """The detectors accept the six far rows (the toy detector flags only row 10),
+    the filter gives them no weight: the verdict stays, the reason tells."""
+    detector = FlagsAmongMany(always="row-10", crowd="row-11", quorum=14)
+    outcome = toy_round(TrustedFedAvg(detectors=[detector], sketch_seed=0), 6)
+    assert outcome.verdicts[:6] == (Verdict.ACCEPTED,) * 6
+    assert outcome.reasons[:6] == (LEFT_OUT,) * 6
+    counted = [i for i in range(6, 20) if outcome.weights[i] > 0.0]
+    assert len(counted) == 14
+    assert all(LEFT_OUT not in outcome.reasons[i] for i in counted)
+    assert outcome.verdicts[10] is Verdict.DOWNWEIGHTED  # weighted: no such reason
 
 
 def test_no_second_look_when_the_filter_vouches_for_every_row_or_none() -> None:

@@ -42,17 +42,36 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 def test_verdict_counts_name_the_commonest_rejection_reason() -> None:
     counts = VerdictCounts.of(
         [
-            ("accepted", ""),
-            ("downweighted", "on probation"),
-            ("rejected", "norm outlier"),
-            ("rejected", "cosine outlier"),
-            ("rejected", "norm outlier"),
+            ("accepted", "", 0.5),
+            ("downweighted", "on probation", 0.5),
+            ("rejected", "norm outlier", 0.0),
+            ("rejected", "cosine outlier", 0.0),
+            ("rejected", "norm outlier", 0.0),
         ]
     )
     assert counts == VerdictCounts(1, 1, 3, "norm outlier")
     assert counts.text() == ("accepted 1  down-weighted 1  rejected 3 (norm outlier)")
-    assert VerdictCounts.of([("accepted", "")]).text().endswith("rejected 0")
+    assert VerdictCounts.of([("accepted", "", 1.0)]).text().endswith("rejected 0")
     assert counts + counts == VerdictCounts(2, 2, 6)
+
+
+def test_kept_replies_without_weight_are_counted_and_shown() -> None:
+    """The default strategy's robust stage may give no weight to a reply the
+    detectors accepted: the round line must not pass it off as counted."""
+    counts = VerdictCounts.of(
+        [
+            ("accepted", "", 0.5),
+            ("accepted", "weight 0: left out by the robust stage", 0.0),
+            ("downweighted", "cosine; weight 0: left out by the robust stage", 0.0),
+            ("downweighted", "cosine", 0.5),
+            ("rejected", "norm outlier", 0.0),
+        ]
+    )
+    assert (counts.accepted, counts.downweighted, counts.unweighted) == (2, 2, 2)
+    assert counts.text() == (
+        "accepted 2  down-weighted 2  rejected 1 (norm outlier)  kept at weight 0: 2"
+    )
+    assert (counts + counts).unweighted == 4
 
 
 def test_client_privacy_is_the_max_and_median_of_the_replies() -> None:

@@ -177,7 +177,8 @@ def leaderboard_rows(snapshot: DashboardSnapshot) -> list[dict[str, Any]]:
 
 
 def judgement_rows(snapshot: DashboardSnapshot) -> list[dict[str, Any]]:
-    """Rows of the table of down-weighted and rejected replies, newest first."""
+    """Rows of the table of down-weighted, rejected and weight-0 replies, newest
+    first."""
     return [
         {
             "round": j.server_round,

@@ -76,7 +76,7 @@ def layout(refresh_ms: int) -> html.Div:
             ),
             html.H3("tokens leaderboard"),
             _table("leaderboard", _LEADERBOARD_COLUMNS, page_size=25),
-            html.H3("down-weighted and rejected replies"),
+            html.H3("down-weighted, rejected and weight-0 replies"),
             _table("judgements", _JUDGEMENT_COLUMNS, page_size=15),
             dcc.Interval(id="refresh", interval=refresh_ms),
             dcc.Store(id="figures-shown"),

@@ -182,7 +182,7 @@ GROUP BY c.height ORDER BY c.height
 _JUDGEMENTS_SQL = """
 SELECT b.server_round, c.identity, c.verdict, c.reason, c.weight
 FROM contributions AS c JOIN blocks AS b ON b.height = c.height
-WHERE c.verdict != 'accepted' ORDER BY c.height DESC, c.position
+WHERE c.verdict != 'accepted' OR c.weight = 0 ORDER BY c.height DESC, c.position
 """
 _REPUTATIONS_SQL = """
 SELECT b.server_round, s.identity, s.score, s.tier
