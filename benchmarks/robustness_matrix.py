@@ -7,7 +7,9 @@ run that already completed is skipped — then writes
 * ``robustness.csv`` — one row per strategy × attack (mean, min, max over seeds,
   and the gap to clean FedAvg in percentage points),
 * ``robustness.md`` — the matrix as a markdown table (README),
-* ``robustness.png`` — a heatmap.
+* ``robustness.png`` — a heatmap,
+* ``robustness_runs.csv`` — every completed run (strategy, attack, seed), with
+  whether it is in the tables: only seeds that ran every cell are.
 
 It also runs FedAvg over the honest clients only (``strategy=honest_only``, same
 seeds; ``--no-ceiling`` skips it): the ceiling for any filter, reported beside the
@@ -77,6 +79,8 @@ def run_sweep(out: Path, overrides: list[str]) -> None:
         raise SystemExit("robustness_matrix: the sweep failed (see its output above)")
 
 
+RUNS_FILE = "robustness_runs.csv"
+"""Every completed run, one row each, with whether it is in the table."""
 TAIL_ROUNDS = 3
 """Accuracy of a run = mean test accuracy of its last rounds: one round's accuracy
 swings by several points under label skew, which would decide close cells by luck."""
@@ -549,12 +553,34 @@ def plot_heatmap(rows: list[dict[str, object]], path: Path) -> None:
     plt.close(fig)
 
 
+def run_rows(runs: list[RunResult], tabled: list[RunResult]) -> list[dict[str, object]]:
+    """One row per completed run, tabled or not: what each seed gave, so that the
+    runs of a seed still under way can be read before it enters the table."""
+    kept = {id(r) for r in tabled}
+    return [
+        {
+            "strategy": r.strategy,
+            "attack": r.attack,
+            "seed": r.seed,
+            "accuracy": round(r.accuracy, 4),
+            "final_round_accuracy": round(r.final_accuracy, 4),
+            "attacker_weight_share": None
+            if r.attacker_weight is None
+            else round(r.attacker_weight, 4),
+            "in_table": id(r) in kept,
+        }
+        for r in sorted(runs, key=lambda r: (r.seed, r.strategy, r.attack))
+    ]
+
+
 def analyse(out: Path) -> list[dict[str, object]]:
-    runs, pending = tabled_runs(load_runs(out / "sweep"))
+    every = load_runs(out / "sweep")
+    runs, pending = tabled_runs(every)
     rows = summarise(runs)
     if not rows:
         raise SystemExit(f"no completed runs under {out / 'sweep'}")
     write_csv(rows, out / "robustness.csv")
+    write_csv(run_rows(every, runs), out / RUNS_FILE)
     write_markdown(rows, out / "robustness.md", pending)
     plot_heatmap(rows, out / "robustness.png")
     print((out / "robustness.md").read_text())

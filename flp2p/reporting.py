@@ -135,9 +135,14 @@ def round_verdicts(ledger: Ledger, server_round: int) -> VerdictCounts | None:
     block = ledger.latest_block()
     if block is None or block.server_round != server_round:
         return None
+    return block_verdicts(block.contributions)
+
+
+def block_verdicts(contributions: Iterable[Mapping[str, Any]]) -> VerdictCounts:
+    """The verdict counts of a block's contribution rows (ledger values)."""
     return VerdictCounts.of(
-        (str(row["verdict"]), str(row["reason"]), float(row["weight"]))
-        for row in block.contributions
+        (str(row["verdict"]), str(row["reason"]), float(row["weight"] or 0.0))
+        for row in contributions
     )
 
 
@@ -252,10 +257,7 @@ class RunReporter:
         if self.ledger is not None and self.resume_round > 0:
             for block in self.ledger.blocks():
                 if 0 < block.server_round < self.resume_round:
-                    self.verdict_totals += VerdictCounts.of(
-                        (str(row["verdict"]), str(row["reason"]), float(row["weight"]))
-                        for row in block.contributions
-                    )
+                    self.verdict_totals += block_verdicts(block.contributions)
 
     def __enter__(self) -> RunReporter:
         self._start = time.perf_counter()

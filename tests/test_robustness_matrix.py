@@ -16,6 +16,7 @@ from benchmarks.robustness_matrix import (
     RunResult,
     attacker_identities,
     load_runs,
+    run_rows,
     tabled_runs,
     worst_case_bars,
     worst_cases,
@@ -217,6 +218,12 @@ def test_only_seeds_that_ran_every_cell_are_tabled_and_the_rest_is_progress(
     path = tmp_path / "robustness.md"
     write_markdown(ROWS, path, pending)
     assert "seed 1 (2 of 4 runs)" in path.read_text()
+
+    listed = run_rows(runs, tabled)
+    assert (
+        len(listed) == 6 and [r["in_table"] for r in listed] == [True] * 4 + [False] * 2
+    )
+    assert [(r["seed"], r["accuracy"]) for r in listed][4:] == [(1, 0.2), (1, 0.2)]
 
     runs += [run("fedavg", "alie", 1), run("trusted", "none", 1)]
     tabled, pending = tabled_runs(runs)
