@@ -79,7 +79,7 @@ class VerdictCounts:
     rejected: int = 0
     top_reason: str | None = None
     """Commonest reason among the rejected replies (``None`` when none was)."""
-    unweighted: int = 0
+    kept_at_weight_0: int = 0
     """Accepted or down-weighted replies that got no weight all the same (the
     default strategy's robust stage left them out; their verdict is the
     detectors')."""
@@ -89,19 +89,19 @@ class VerdictCounts:
         """Count ``(verdict, reason, weight)`` rows (values of the ledger)."""
         verdicts: Counter[str] = Counter()
         reasons: Counter[str] = Counter()
-        unweighted = 0
+        kept_at_weight_0 = 0
         for verdict, reason, weight in judged:
             verdicts[verdict] += 1
             if verdict == "rejected":
                 reasons[reason or "no reason given"] += 1
             elif verdict in ("accepted", "downweighted") and weight == 0.0:
-                unweighted += 1
+                kept_at_weight_0 += 1
         return cls(
             accepted=verdicts["accepted"],
             downweighted=verdicts["downweighted"],
             rejected=verdicts["rejected"],
             top_reason=reasons.most_common(1)[0][0] if reasons else None,
-            unweighted=unweighted,
+            kept_at_weight_0=kept_at_weight_0,
         )
 
     def __add__(self, other: VerdictCounts) -> VerdictCounts:
@@ -110,19 +110,19 @@ class VerdictCounts:
             self.accepted + other.accepted,
             self.downweighted + other.downweighted,
             self.rejected + other.rejected,
-            unweighted=self.unweighted + other.unweighted,
+            kept_at_weight_0=self.kept_at_weight_0 + other.kept_at_weight_0,
         )
 
     def text(self) -> str:
         """``accepted 3  down-weighted 0  rejected 1 (norm outlier)``, then
-        ``  of them at weight 0: 2`` when kept replies got no weight."""
+        ``  kept at weight 0: 2`` when kept replies got no weight."""
         line = (
             f"accepted {self.accepted}  down-weighted {self.downweighted}  "
             f"rejected {self.rejected}"
         )
         line += f" ({self.top_reason})" if self.top_reason else ""
-        if self.unweighted:
-            line += f"  kept at weight 0: {self.unweighted}"
+        if self.kept_at_weight_0:
+            line += f"  kept at weight 0: {self.kept_at_weight_0}"
         return line
 
 
@@ -370,7 +370,7 @@ class RunReporter:
                 "downweighted": totals.downweighted,
                 "rejected": totals.rejected,
             }
-            payload["kept_at_weight_0"] = totals.unweighted
+            payload["kept_at_weight_0"] = totals.kept_at_weight_0
         if error is not None:
             payload["error"] = error
         return payload

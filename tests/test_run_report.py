@@ -67,11 +67,11 @@ def test_kept_replies_without_weight_are_counted_and_shown() -> None:
             ("rejected", "norm outlier", 0.0),
         ]
     )
-    assert (counts.accepted, counts.downweighted, counts.unweighted) == (2, 2, 2)
+    assert (counts.accepted, counts.downweighted, counts.kept_at_weight_0) == (2, 2, 2)
     assert counts.text() == (
         "accepted 2  down-weighted 2  rejected 1 (norm outlier)  kept at weight 0: 2"
     )
-    assert (counts + counts).unweighted == 4
+    assert (counts + counts).kept_at_weight_0 == 4
 
 
 def test_client_privacy_is_the_max_and_median_of_the_replies() -> None:
@@ -185,6 +185,7 @@ def test_reporter_lines_carry_verdicts_and_epsilon(tmp_path: Path) -> None:
     assert (summary["epsilon"], summary["epsilon_median"]) == (5.0, 3.5)
     assert summary["delta"] == 1e-5
     assert summary["verdicts"] == {"accepted": 6, "downweighted": 0, "rejected": 2}
+    assert summary["kept_at_weight_0"] == 0  # every accepted made-up reply counted
 
 
 def test_a_resumed_reporter_continues_the_folders_files(tmp_path: Path) -> None:
