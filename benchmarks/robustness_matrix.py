@@ -556,7 +556,7 @@ def plot_heatmap(rows: list[dict[str, object]], path: Path) -> None:
 def run_rows(runs: list[RunResult], tabled: list[RunResult]) -> list[dict[str, object]]:
     """One row per completed run, tabled or not: what each seed gave, so that the
     runs of a seed still under way can be read before it enters the table."""
-    kept = {id(r) for r in tabled}
+    kept = set(tabled)
     return [
         {
             "strategy": r.strategy,
@@ -567,7 +567,7 @@ def run_rows(runs: list[RunResult], tabled: list[RunResult]) -> list[dict[str, o
             "attacker_weight_share": None
             if r.attacker_weight is None
             else round(r.attacker_weight, 4),
-            "in_table": id(r) in kept,
+            "in_table": r in kept,
         }
         for r in sorted(runs, key=lambda r: (r.seed, r.strategy, r.attack))
     ]

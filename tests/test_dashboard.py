@@ -45,6 +45,7 @@ from flp2p.dht import NodeRecord
 from flp2p.ledger import Ledger
 from flp2p.peer.addresses import parse_address
 from flp2p.peer.tls import INSECURE_FINGERPRINT
+from strategies.trusted import LEFT_OUT
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium")
@@ -70,9 +71,8 @@ def test_an_accepted_reply_at_weight_0_is_listed_with_its_reason(
     """The default strategy's robust stage can give no weight to a reply the
     detectors accepted; the table of replies that did not count in full shows it."""
     report = make_report(1)
-    left_out = "weight 0: left out by the robust stage"
     first, *others = report.contributions
-    moved = replace(first, weight=0.0, reason=left_out)
+    moved = replace(first, weight=0.0, reason=LEFT_OUT)
     total = sum(c.weight for c in others if c.weight > 0)
     others = [replace(c, weight=c.weight / total) for c in others]
     report = replace(report, contributions=(moved, *others))
@@ -83,7 +83,7 @@ def test_an_accepted_reply_at_weight_0_is_listed_with_its_reason(
         ledger.record_round(report, make_reputations(report))
     judged = {(j.identity, j.verdict, j.reason) for j in read_snapshot(db).judgements}
     assert judged == {
-        ("peer-000", "accepted", left_out),
+        ("peer-000", "accepted", LEFT_OUT),
         ("peer-003", "rejected", "norm outlier"),
     }
 
